@@ -25,7 +25,13 @@ pub struct Dims {
 
 impl Dims {
     /// Dims with HV = H.
-    pub fn new(batch: usize, seq_len: usize, heads: usize, key_dim: usize, value_dim: usize) -> Self {
+    pub fn new(
+        batch: usize,
+        seq_len: usize,
+        heads: usize,
+        key_dim: usize,
+        value_dim: usize,
+    ) -> Self {
         Dims {
             batch,
             seq_len,
@@ -142,7 +148,9 @@ impl Sequences {
             t,
         };
         if cu.len() < 2 {
-            return Err(bad("it needs at least two entries (N+1 offsets for N >= 1 sequences)"));
+            return Err(bad(
+                "it needs at least two entries (N+1 offsets for N >= 1 sequences)",
+            ));
         }
         if cu[0] != 0 {
             return Err(bad("the first offset is not 0"));

@@ -86,7 +86,9 @@ pub enum SpecError {
         supported: &'static str,
     },
     /// The fixed scale is not a positive finite number.
-    #[error("spec `{spec}`: scale {value} is not allowed; use a positive finite number or the default K^-1/2")]
+    #[error(
+        "spec `{spec}`: scale {value} is not allowed; use a positive finite number or the default K^-1/2"
+    )]
     BadScale {
         /// The spec's name.
         spec: String,
@@ -119,7 +121,9 @@ pub enum ShapeError {
         hv: usize,
     },
     /// cu_seqlens is malformed.
-    #[error("cu_seqlens {found:?} is malformed: {why}; it must start at 0, never decrease and end at T = {t}")]
+    #[error(
+        "cu_seqlens {found:?} is malformed: {why}; it must start at 0, never decrease and end at T = {t}"
+    )]
     BadCuSeqlens {
         /// The offsets given.
         found: Vec<i64>,
@@ -129,7 +133,9 @@ pub enum ShapeError {
         t: usize,
     },
     /// Varlen needs B = 1.
-    #[error("varlen (cu_seqlens given) needs batch B = 1 with the sequences packed along T; got B = {b}")]
+    #[error(
+        "varlen (cu_seqlens given) needs batch B = 1 with the sequences packed along T; got B = {b}"
+    )]
     VarlenBatch {
         /// The batch given.
         b: usize,
@@ -147,7 +153,9 @@ pub enum ShapeError {
         symbolic: String,
     },
     /// A tensor the spec needs is missing.
-    #[error("tensor `{name}` ({role}, shape {symbolic}) is required by this spec but was not given")]
+    #[error(
+        "tensor `{name}` ({role}, shape {symbolic}) is required by this spec but was not given"
+    )]
     MissingTensor {
         /// The tensor's name.
         name: String,

@@ -228,7 +228,8 @@ impl Spec {
             Role::Query | Role::Key | Role::Value => true,
             Role::Gate => matches!(self.decay, Decay::Scalar | Decay::Diagonal),
             Role::Beta => {
-                self.write == Write::BetaOuter || matches!(self.transition, Transition::Delta { .. })
+                self.write == Write::BetaOuter
+                    || matches!(self.transition, Transition::Delta { .. })
             }
             Role::Bonus => self.read == Read::ExclusiveBonus,
             Role::DecayRate => self.decay == Decay::Constant(ConstantRate::Input),

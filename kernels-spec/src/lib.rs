@@ -44,6 +44,7 @@ mod canonical;
 mod dims;
 mod error;
 mod forms;
+mod notation;
 pub mod reference;
 mod validate;
 

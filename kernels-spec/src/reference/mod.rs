@@ -113,7 +113,11 @@ impl Inputs {
     }
 
     /// Checks every tensor against the spec and returns the dims and sequences.
-    pub fn check(&self, spec: &Spec, opts: &RunOptions) -> Result<(Dims, Sequences), ReferenceError> {
+    pub fn check(
+        &self,
+        spec: &Spec,
+        opts: &RunOptions,
+    ) -> Result<(Dims, Sequences), ReferenceError> {
         spec.validate()?;
         let dims = self.dims()?;
         let seqs = Sequences::new(&dims, opts.cu_seqlens.as_deref())?;
@@ -142,7 +146,12 @@ impl Inputs {
                     .into());
                 }
                 (Some(_), Some(t)) => {
-                    check_shape(&name, t, &dims.input_shape(role, &spec.decay), role.shape_text(&spec.decay))?;
+                    check_shape(
+                        &name,
+                        t,
+                        &dims.input_shape(role, &spec.decay),
+                        role.shape_text(&spec.decay),
+                    )?;
                 }
                 (None, None) => {}
             }
@@ -154,7 +163,12 @@ impl Inputs {
     }
 }
 
-pub(crate) fn check_shape(name: &str, t: &Tensor, expected: &[usize], symbolic: &str) -> Result<(), ShapeError> {
+pub(crate) fn check_shape(
+    name: &str,
+    t: &Tensor,
+    expected: &[usize],
+    symbolic: &str,
+) -> Result<(), ShapeError> {
     if t.shape != expected || t.data.len() != expected.iter().product::<usize>() {
         return Err(ShapeError::TensorShape {
             name: name.to_string(),
@@ -232,7 +246,9 @@ pub fn backward(
     if let Some(dht) = dht {
         check_shape("dht", dht, &dims.state_shape(seqs.len()), "[N, HV, K, V]")?;
     }
-    Ok(recurrence::backward(spec, inputs, &dims, &seqs, opts, d_o, dht))
+    Ok(recurrence::backward(
+        spec, inputs, &dims, &seqs, opts, d_o, dht,
+    ))
 }
 
 /// fla-style random inputs for `spec` at `dims` from `seed`: q, k, v, u standard normal;
@@ -264,7 +280,11 @@ pub fn random_inputs(spec: &Spec, dims: &Dims, seed: u64) -> Inputs {
 }
 
 /// The constant log-decay of value head `hv` for a spec with a constant decay.
-pub(crate) fn constant_log_decay(rate: ConstantRate, decay_rate: Option<&Tensor>, hv: usize) -> f64 {
+pub(crate) fn constant_log_decay(
+    rate: ConstantRate,
+    decay_rate: Option<&Tensor>,
+    hv: usize,
+) -> f64 {
     match rate {
         ConstantRate::Retnet => (1.0 - 2f64.powi(-5 - hv as i32)).ln(),
         ConstantRate::Input => decay_rate.map_or(0.0, |t| t.data[hv]),

@@ -45,7 +45,8 @@ impl Head<'_> {
         ((self.batch * self.dims.seq_len + t) * self.dims.heads + self.h) * self.dims.key_dim
     }
     fn v_base(&self, t: usize) -> usize {
-        ((self.batch * self.dims.seq_len + t) * self.dims.value_heads + self.hv) * self.dims.value_dim
+        ((self.batch * self.dims.seq_len + t) * self.dims.value_heads + self.hv)
+            * self.dims.value_dim
     }
     fn scalar_at(&self, t: usize) -> usize {
         (self.batch * self.dims.seq_len + t) * self.dims.value_heads + self.hv
@@ -64,7 +65,10 @@ impl Head<'_> {
             Decay::Scalar => vec![self.gate().data[self.scalar_at(t)].exp(); kd],
             Decay::Diagonal => {
                 let b = self.diag_base(t);
-                self.gate().data[b..b + kd].iter().map(|g| g.exp()).collect()
+                self.gate().data[b..b + kd]
+                    .iter()
+                    .map(|g| g.exp())
+                    .collect()
             }
         };
         Token {
@@ -129,7 +133,10 @@ fn apply_delta(s: &mut [f64], k: &[f64], beta: f64, vd: usize) {
 
 /// `Σ_j A_ij B_ij` per row i.
 fn row_dots(a: &[f64], b: &[f64], vd: usize) -> Vec<f64> {
-    a.chunks(vd).zip(b.chunks(vd)).map(|(x, y)| dot(x, y)).collect()
+    a.chunks(vd)
+        .zip(b.chunks(vd))
+        .map(|(x, y)| dot(x, y))
+        .collect()
 }
 
 /// The state after decay and transition, before the write.
@@ -163,7 +170,13 @@ fn step(spec: &Spec, tok: &Token, scale: f64, bonus: &[f64], s: &mut [f64], o: &
     let vd = o.len();
     if spec.read == Read::ExclusiveBonus {
         let w = st_times(s, &tok.q, vd);
-        let b: f64 = tok.q.iter().zip(bonus).zip(&tok.k).map(|((q, u), k)| q * u * k).sum();
+        let b: f64 = tok
+            .q
+            .iter()
+            .zip(bonus)
+            .zip(&tok.k)
+            .map(|((q, u), k)| q * u * k)
+            .sum();
         o.iter_mut()
             .zip(w.iter().zip(&tok.v))
             .for_each(|(oj, (wj, vj))| *oj = scale * (wj + b * vj));
@@ -176,18 +189,17 @@ fn step(spec: &Spec, tok: &Token, scale: f64, bonus: &[f64], s: &mut [f64], o: &
     }
 }
 
-/// One token backward. `ds` holds dL/dS_t on entry and dL/dS_{t−1} on exit; `du` accumulates
+/// One token backward (the spec, scale and bonus come from `hd`). `ds` holds dL/dS_t on entry and dL/dS_{t−1} on exit; `du` accumulates
 /// the bonus gradient.
 fn step_back(
-    spec: &Spec,
+    hd: &Head<'_>,
     tok: &Token,
-    scale: f64,
-    bonus: &[f64],
     s_prev: &[f64],
     ds: &mut [f64],
     d_o: &[f64],
     du: &mut [f64],
 ) -> TokenGrad {
+    let (spec, scale, bonus) = (hd.spec, hd.scale, hd.bonus());
     let (kd, vd) = (tok.k.len(), tok.v.len());
     let mut g = TokenGrad {
         dq: vec![0.0; kd],
@@ -242,13 +254,22 @@ fn step_back(
     if spec.read == Read::ExclusiveBonus {
         add_outer(ds, scale, &tok.q, d_o);
         let vdo = dot(&tok.v, d_o);
-        let quk: f64 = tok.q.iter().zip(bonus).zip(&tok.k).map(|((q, u), k)| q * u * k).sum();
+        let quk: f64 = tok
+            .q
+            .iter()
+            .zip(bonus)
+            .zip(&tok.k)
+            .map(|((q, u), k)| q * u * k)
+            .sum();
         for i in 0..kd {
-            g.dq[i] += scale * (dot(&s_prev[i * vd..(i + 1) * vd], d_o) + vdo * bonus[i] * tok.k[i]);
+            g.dq[i] +=
+                scale * (dot(&s_prev[i * vd..(i + 1) * vd], d_o) + vdo * bonus[i] * tok.k[i]);
             g.dk[i] += scale * vdo * bonus[i] * tok.q[i];
             du[i] += scale * vdo * tok.q[i] * tok.k[i];
         }
-        g.dv.iter_mut().zip(d_o).for_each(|(x, y)| *x += scale * quk * y);
+        g.dv.iter_mut()
+            .zip(d_o)
+            .for_each(|(x, y)| *x += scale * quk * y);
     }
     g
 }
@@ -313,7 +334,9 @@ fn prepare(spec: &Spec, inputs: &Inputs, dims: &Dims, opts: &RunOptions) -> Prep
     Prepared {
         q,
         k,
-        scale: opts.scale.unwrap_or_else(|| spec.scale.resolve(dims.key_dim)),
+        scale: opts
+            .scale
+            .unwrap_or_else(|| spec.scale.resolve(dims.key_dim)),
     }
 }
 
@@ -358,7 +381,13 @@ fn initial_state(inputs: &Inputs, dims: &Dims, n: usize, hv: usize) -> Vec<f64> 
     }
 }
 
-pub(super) fn forward(spec: &Spec, inputs: &Inputs, dims: &Dims, seqs: &Sequences, opts: &RunOptions) -> Outputs {
+pub(super) fn forward(
+    spec: &Spec,
+    inputs: &Inputs,
+    dims: &Dims,
+    seqs: &Sequences,
+    opts: &RunOptions,
+) -> Outputs {
     let prep = prepare(spec, inputs, dims, opts);
     let mut o = Tensor::zeros(&dims.output_shape());
     let mut ht = opts
@@ -371,7 +400,14 @@ pub(super) fn forward(spec: &Spec, inputs: &Inputs, dims: &Dims, seqs: &Sequence
             let mut s = initial_state(inputs, dims, n, hv);
             for t in start..end {
                 let ob = hd.v_base(t);
-                step(spec, &hd.token(t), hd.scale, hd.bonus(), &mut s, &mut o.data[ob..ob + vd]);
+                step(
+                    spec,
+                    &hd.token(t),
+                    hd.scale,
+                    hd.bonus(),
+                    &mut s,
+                    &mut o.data[ob..ob + vd],
+                );
             }
             if let Some(ht) = ht.as_mut() {
                 let b = state_base(dims, n, hv);
@@ -412,7 +448,14 @@ pub(super) fn backward(
                 if (t - start) % CHECKPOINT == 0 {
                     checkpoints.push(s.clone());
                 }
-                step(spec, &hd.token(t), hd.scale, hd.bonus(), &mut s, &mut scratch);
+                step(
+                    spec,
+                    &hd.token(t),
+                    hd.scale,
+                    hd.bonus(),
+                    &mut s,
+                    &mut scratch,
+                );
             }
             let sb = state_base(dims, n, hv);
             let mut ds = match dht {
@@ -434,31 +477,45 @@ pub(super) fn backward(
                     let t = t0 + i;
                     let ob = hd.v_base(t);
                     let g = step_back(
-                        spec,
+                        &hd,
                         tok,
-                        hd.scale,
-                        hd.bonus(),
                         &states[i],
                         &mut ds,
                         &d_o.data[ob..ob + vd],
                         &mut du_head,
                     );
                     let qb = hd.qk_base(t);
-                    dqh.data[qb..qb + kd].iter_mut().zip(&g.dq).for_each(|(a, b)| *a += b);
-                    dkh.data[qb..qb + kd].iter_mut().zip(&g.dk).for_each(|(a, b)| *a += b);
-                    dv.data[ob..ob + vd].iter_mut().zip(&g.dv).for_each(|(a, b)| *a += b);
+                    dqh.data[qb..qb + kd]
+                        .iter_mut()
+                        .zip(&g.dq)
+                        .for_each(|(a, b)| *a += b);
+                    dkh.data[qb..qb + kd]
+                        .iter_mut()
+                        .zip(&g.dk)
+                        .for_each(|(a, b)| *a += b);
+                    dv.data[ob..ob + vd]
+                        .iter_mut()
+                        .zip(&g.dv)
+                        .for_each(|(a, b)| *a += b);
                     if let Some(db) = dbeta.as_mut() {
                         db.data[hd.scalar_at(t)] += g.dbeta;
                     }
                     // d/dg exp(g) = exp(g): the log-gate gradient is dd ⊙ d.
                     let dlog: Vec<f64> = g.dd.iter().zip(&tok.d).map(|(a, b)| a * b).collect();
                     match (spec.decay, dg.as_mut(), drate.as_mut()) {
-                        (Decay::Scalar, Some(dg), _) => dg.data[hd.scalar_at(t)] += dlog.iter().sum::<f64>(),
+                        (Decay::Scalar, Some(dg), _) => {
+                            dg.data[hd.scalar_at(t)] += dlog.iter().sum::<f64>()
+                        }
                         (Decay::Diagonal, Some(dg), _) => {
                             let b = hd.diag_base(t);
-                            dg.data[b..b + kd].iter_mut().zip(&dlog).for_each(|(a, b)| *a += b);
+                            dg.data[b..b + kd]
+                                .iter_mut()
+                                .zip(&dlog)
+                                .for_each(|(a, b)| *a += b);
                         }
-                        (Decay::Constant(_), _, Some(dr)) => dr.data[hv] += dlog.iter().sum::<f64>(),
+                        (Decay::Constant(_), _, Some(dr)) => {
+                            dr.data[hv] += dlog.iter().sum::<f64>()
+                        }
                         _ => {}
                     }
                 }
@@ -475,7 +532,10 @@ pub(super) fn backward(
         }
     }
     let (dq, dk) = if spec.features.qk_l2norm {
-        (l2norm_back(&inputs.q, &dqh, kd), l2norm_back(&inputs.k, &dkh, kd))
+        (
+            l2norm_back(&inputs.q, &dqh, kd),
+            l2norm_back(&inputs.k, &dkh, kd),
+        )
     } else {
         (dqh, dkh)
     };

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The README's test command: installs what is missing (scripts/setup.sh), then runs every check
+# CI runs — formatting, clippy with warnings denied, the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+eval "$(bash scripts/setup.sh --print-env)"
+step() { echo; echo "==> $*"; }
+step "cargo fmt --check"
+cargo fmt --all --check
+step "cargo clippy (warnings denied)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+step "cargo test"
+cargo test --workspace --locked
