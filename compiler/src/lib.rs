@@ -1,0 +1,12 @@
+//! linrec's kernel compiler: spec → plan → kernels → MLIR → PTX / HSACO / SPIR-V.
+//!
+//! This is the only crate in the workspace that links LLVM/MLIR (through melior). Stages are
+//! modules named after themselves; so far only [`lower`] exists, proving the toolchain: it runs
+//! MLIR pass pipelines in process and hands back the serialized kernel as plain data.
+//!
+//! melior's `Context` is not `Send`; every entry point creates its own context, so the public
+//! API is text in, text/bytes out and can be called from any thread.
+
+pub mod lower;
+
+pub use lower::{LowerError, lower_to_ptx};

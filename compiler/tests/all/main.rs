@@ -1,0 +1,6 @@
+//! The one integration-test binary of `linrec-compiler`.
+//!
+//! Every test here links MLIR statically (a ~250 MB executable), so all of them live in this
+//! single binary, split into modules, instead of one binary per file.
+
+mod lower;
