@@ -4,3 +4,4 @@
 //! single binary, split into modules, instead of one binary per file.
 
 mod lower;
+mod plan;

@@ -280,7 +280,7 @@ pub fn random_inputs(spec: &Spec, dims: &Dims, seed: u64) -> Inputs {
 }
 
 /// The constant log-decay of value head `hv` for a spec with a constant decay.
-pub(crate) fn constant_log_decay(
+pub fn constant_log_decay(
     rate: ConstantRate,
     decay_rate: Option<&Tensor>,
     hv: usize,
