@@ -183,7 +183,8 @@ impl Sequences {
 /// Per-call options shared by the reference and the runtime.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunOptions {
-    /// Overrides the spec's scale for this call.
+    /// Overrides the spec's scale for this call; like [`crate::Scale::Value`], a positive finite
+    /// number (anything else is an error, not a NaN output).
     pub scale: Option<f64>,
     /// Varlen offsets `[N+1]` over the packed T (B must be 1).
     pub cu_seqlens: Option<Vec<i64>>,

@@ -119,8 +119,20 @@ impl Inputs {
         opts: &RunOptions,
     ) -> Result<(Dims, Sequences), ReferenceError> {
         spec.validate()?;
+        if let Some(value) = opts.scale {
+            // The override obeys the spec's rule: a NaN, zero or negative scale is an error,
+            // not a silently wrong (or NaN) output.
+            if !(value.is_finite() && value > 0.0) {
+                return Err(SpecError::BadScale {
+                    spec: spec.name.clone(),
+                    value,
+                }
+                .into());
+            }
+        }
         let dims = self.dims()?;
-        let seqs = Sequences::new(&dims, opts.cu_seqlens.as_deref())?;
+        // Tensors before sequences: once q's element count matches its shape, B is a real
+        // size and the per-row spans can be built.
         for role in crate::forms::Role::ALL {
             let declared = spec.input(role);
             let name = declared.map_or(role.as_str().to_string(), |i| i.name.clone());
@@ -156,6 +168,7 @@ impl Inputs {
                 (None, None) => {}
             }
         }
+        let seqs = Sequences::new(&dims, opts.cu_seqlens.as_deref())?;
         if let Some(h0) = &self.h0 {
             check_shape("h0", h0, &dims.state_shape(seqs.len()), "[N, HV, K, V]")?;
         }
@@ -169,13 +182,27 @@ pub(crate) fn check_shape(
     expected: &[usize],
     symbolic: &str,
 ) -> Result<(), ShapeError> {
-    if t.shape != expected || t.data.len() != expected.iter().product::<usize>() {
-        return Err(ShapeError::TensorShape {
-            name: name.to_string(),
-            found: t.shape.clone(),
-            expected: expected.to_vec(),
-            symbolic: symbolic.to_string(),
-        });
+    let error = |symbolic: String| ShapeError::TensorShape {
+        name: name.to_string(),
+        found: t.shape.clone(),
+        expected: expected.to_vec(),
+        symbolic,
+    };
+    if t.shape != expected {
+        return Err(error(symbolic.to_string()));
+    }
+    // Checked: shapes read off user tensors may be absurd, and an overflowing product must be
+    // an error, not a panic.
+    let count = expected.iter().try_fold(1usize, |n, d| n.checked_mul(*d));
+    if count != Some(t.data.len()) {
+        let why = match count {
+            Some(n) => format!(
+                "{symbolic}; its data holds {} values, not {n}",
+                t.data.len()
+            ),
+            None => format!("{symbolic}; its element count overflows"),
+        };
+        return Err(error(why));
     }
     Ok(())
 }
@@ -280,11 +307,7 @@ pub fn random_inputs(spec: &Spec, dims: &Dims, seed: u64) -> Inputs {
 }
 
 /// The constant log-decay of value head `hv` for a spec with a constant decay.
-pub fn constant_log_decay(
-    rate: ConstantRate,
-    decay_rate: Option<&Tensor>,
-    hv: usize,
-) -> f64 {
+pub fn constant_log_decay(rate: ConstantRate, decay_rate: Option<&Tensor>, hv: usize) -> f64 {
     match rate {
         ConstantRate::Retnet => (1.0 - 2f64.powi(-5 - hv as i32)).ln(),
         ConstantRate::Input => decay_rate.map_or(0.0, |t| t.data[hv]),
