@@ -8,7 +8,11 @@ fn linrec() -> Command {
 
 fn stdout(args: &[&str]) -> String {
     let out = linrec().args(args).output().expect("linrec runs");
-    assert!(out.status.success(), "linrec {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "linrec {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -43,7 +47,9 @@ fn list_and_catalogue_agree() {
     let names: Vec<&str> = linrec::catalogue::BUILTINS.iter().map(|b| b.name).collect();
     assert_eq!(names, BUILTINS);
     for b in linrec::catalogue::BUILTINS {
-        b.spec().validate().unwrap_or_else(|e| panic!("{}: {e}", b.name));
+        b.spec()
+            .validate()
+            .unwrap_or_else(|e| panic!("{}: {e}", b.name));
         assert_eq!(b.spec().name, b.name);
     }
 }
@@ -108,7 +114,10 @@ fn run_rejects_bad_shapes_with_exit_2() {
         ("1,8,4", "give B,T,H,K,V"),
         ("a,b,c,d,e", "give B,T,H,K,V"),
     ] {
-        let out = linrec().args(["run", "--shape", shape]).output().expect("linrec runs");
+        let out = linrec()
+            .args(["run", "--shape", shape])
+            .output()
+            .expect("linrec runs");
         assert_eq!(out.status.code(), Some(2), "{shape}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "{shape}: {err}");

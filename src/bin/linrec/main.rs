@@ -9,7 +9,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "linrec", version, about = "A compiler for linear-attention GPU kernels")]
+#[command(
+    name = "linrec",
+    version,
+    about = "A compiler for linear-attention GPU kernels"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -40,11 +40,18 @@ fn parse_shape(s: &str) -> Result<Dims, Failure> {
         [b, t, h, hv, k, v] => Dims::new(b, t, h, k, v).with_value_heads(hv),
         _ => return Err(bad()),
     };
-    dims.validate().map_err(|e| Failure::usage(format!("--shape: {e}")))?;
+    dims.validate()
+        .map_err(|e| Failure::usage(format!("--shape: {e}")))?;
     Ok(dims)
 }
 
-fn loss(spec: &Spec, inputs: &Inputs, opts: &RunOptions, d_o: &Tensor, dht: &Tensor) -> Result<f64, Failure> {
+fn loss(
+    spec: &Spec,
+    inputs: &Inputs,
+    opts: &RunOptions,
+    d_o: &Tensor,
+    dht: &Tensor,
+) -> Result<f64, Failure> {
     let out = reference::forward(spec, inputs, opts).map_err(Failure::usage)?;
     let dot = |a: &Tensor, b: &Tensor| a.data.iter().zip(&b.data).map(|(x, y)| x * y).sum::<f64>();
     Ok(dot(&out.o, d_o) + out.ht.as_ref().map_or(0.0, |ht| dot(ht, dht)))
@@ -91,7 +98,8 @@ pub fn run(args: &RunArgs) -> Result<(), Failure> {
     let out = reference::forward(&spec, &inputs, &opts).map_err(Failure::usage)?;
     let t_fwd = start.elapsed();
     let start = Instant::now();
-    let grads = reference::backward(&spec, &inputs, &opts, &d_o, Some(&dht)).map_err(Failure::usage)?;
+    let grads =
+        reference::backward(&spec, &inputs, &opts, &d_o, Some(&dht)).map_err(Failure::usage)?;
     let t_bwd = start.elapsed();
     println!(
         "forward  {:>9.2} ms   ‖o‖ = {:.6}   ‖ht‖ = {:.6}",
@@ -99,7 +107,10 @@ pub fn run(args: &RunArgs) -> Result<(), Failure> {
         out.o.norm(),
         out.ht.as_ref().map_or(0.0, Tensor::norm)
     );
-    println!("backward {:>9.2} ms   (exact reverse sweep)", t_bwd.as_secs_f64() * 1e3);
+    println!(
+        "backward {:>9.2} ms   (exact reverse sweep)",
+        t_bwd.as_secs_f64() * 1e3
+    );
 
     // Spot-check the exact backward against central differences of L = Σ o⊙do + Σ ht⊙dht.
     println!("gradient spot check (central differences, 4 elements per tensor):");
@@ -126,11 +137,14 @@ pub fn run(args: &RunArgs) -> Result<(), Failure> {
             let h = 1e-5;
             let mut plus = inputs.clone();
             let mut minus = inputs.clone();
-            if let (Some(p), Some(m)) = (tensor_mut(&mut plus, role), tensor_mut(&mut minus, role)) {
+            if let (Some(p), Some(m)) = (tensor_mut(&mut plus, role), tensor_mut(&mut minus, role))
+            {
                 p.data[idx] += h;
                 m.data[idx] -= h;
             }
-            let fd = (loss(&spec, &plus, &opts, &d_o, &dht)? - loss(&spec, &minus, &opts, &d_o, &dht)?) / (2.0 * h);
+            let fd = (loss(&spec, &plus, &opts, &d_o, &dht)?
+                - loss(&spec, &minus, &opts, &d_o, &dht)?)
+                / (2.0 * h);
             let a = analytic.data[idx];
             err = err.max((fd - a).abs() / (1.0 + a.abs()));
         }

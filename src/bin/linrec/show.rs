@@ -29,7 +29,10 @@ pub fn run(name: &str) -> Result<(), Failure> {
             input.role.shape_text(&spec.decay)
         );
     }
-    println!("  {:<6} {:<11} [N, HV, K, V]  (optional initial state, fp32)", "h0", "state");
+    println!(
+        "  {:<6} {:<11} [N, HV, K, V]  (optional initial state, fp32)",
+        "h0", "state"
+    );
     println!();
     println!("normalized spec (canonical encoding):");
     for line in spec.canonical_text().lines() {
@@ -39,19 +42,27 @@ pub fn run(name: &str) -> Result<(), Failure> {
     println!("constraints:");
     println!("  HV % H == 0 (GVA: HV value/state heads share H query/key heads)");
     println!("  head dims K, V in 1..=256; any T >= 0; inputs bf16, f16 or f32, fp32 accumulation");
-    println!("  varlen: B = 1, cu_seqlens [N+1] from 0, non-decreasing, ending at T (empty sequences allowed)");
+    println!(
+        "  varlen: B = 1, cu_seqlens [N+1] from 0, non-decreasing, ending at T (empty sequences allowed)"
+    );
     match spec.decay {
         Decay::Scalar | Decay::Diagonal => {
-            println!("  gates are log-space: the decay factor is exp(g) (g <= 0 keeps the state bounded)")
+            println!(
+                "  gates are log-space: the decay factor is exp(g) (g <= 0 keeps the state bounded)"
+            )
         }
         Decay::Constant(_) => println!("  constant decay: log-space rate per value head"),
         Decay::None => {}
     }
     if matches!(spec.transition, Transition::Delta { .. }) {
-        println!("  delta rule: beta in [0, 2] keeps the transition contractive; keys should be unit-norm");
+        println!(
+            "  delta rule: beta in [0, 2] keeps the transition contractive; keys should be unit-norm"
+        );
     }
     if spec.read == Read::ExclusiveBonus {
-        println!("  exclusive read: o_t reads S_(t-1); the current token enters through the bonus u");
+        println!(
+            "  exclusive read: o_t reads S_(t-1); the current token enters through the bonus u"
+        );
     }
     Ok(())
 }
