@@ -1,1 +1,53 @@
+//! linrec's runtime: devices, typed device buffers, a module cache and kernel launch.
+//!
+//! Backends load their vendor library at run time, so this crate builds on any machine and
+//! a missing driver is an error value ([`RuntimeError::DriverNotFound`]), never a panic or a
+//! link failure:
+//!
+//! | backend | library | modules |
+//! |---|---|---|
+//! | [`CudaBackend`] | `libcuda.so.1` (cudarc, `dynamic-loading`) | PTX text or cubin |
+//! | [`OpenClBackend`] | `libOpenCL.so.1` (opencl3, `dynamic`) | SPIR-V (`clCreateProgramWithIL`) |
+//!
+//! HIP and Level Zero come later. CI runs the SPIR-V kernels through [`OpenClBackend`] on
+//! Intel's CPU OpenCL runtime (`scripts/setup-opencl.sh`).
+//!
+//! This crate does not depend on `linrec-compiler` and never links LLVM: it loads modules
+//! from bytes (ahead-of-time artifacts, or a JIT behind a later `jit` feature).
+//!
+//! The layers:
+//! - [`Backend`]: one opened device of one vendor API, in bytes and opaque handles.
+//! - [`Device`]: picks a backend ([`DeviceKind`]), allocates [`DeviceBuffer`]s that carry
+//!   dtype, shape and strides, caches modules by a caller-chosen key, and checks launch
+//!   arguments against a [`KernelSignature`] so that a wrong argument is an error naming it.
+//!
+//! ```no_run
+//! use linrec_runtime::{Device, DeviceKind};
+//! # fn main() -> linrec_runtime::Result<()> {
+//! let dev = Device::new(DeviceKind::from_env()?)?;   // LINREC_DEVICE=auto|cuda|opencl
+//! println!("running on {}", dev.info().label());
+//! # Ok(()) }
+//! ```
 
+mod backend;
+mod buffer;
+mod cache;
+mod cuda;
+mod device;
+mod dtype;
+mod error;
+mod opencl;
+mod signature;
+
+pub use backend::{
+    Backend, BackendKind, DeviceId, DeviceInfo, FillPattern, KernelHandle, LaunchArg, LaunchConfig,
+    ModuleFormat, ModuleHandle, RawBuffer,
+};
+pub use buffer::{DeviceBuffer, contiguous_strides};
+pub use cache::ModuleCache;
+pub use cuda::{CudaBackend, probe_driver as probe_cuda_driver};
+pub use device::{Device, DeviceKind, enumerate_backend, poison_pattern};
+pub use dtype::{DType, Element};
+pub use error::{Result, RuntimeError};
+pub use opencl::OpenClBackend;
+pub use signature::{Bindings, Dim, KernelArg, KernelSignature, Layout, ParamSpec, ScalarType};

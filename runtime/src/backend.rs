@@ -1,0 +1,444 @@
+//! The [`Backend`] trait every vendor implements, and the types that cross it.
+//!
+//! A backend value is one *opened* device (a CUDA context + stream, an OpenCL context + queue).
+//! It works in bytes and opaque handles; dtype, shape and argument checks live one level up
+//! in [`crate::Device`], so each backend stays a thin layer over its driver.
+
+use std::any::Any;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::{Result, RuntimeError};
+
+/// The vendor APIs linrec can launch through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    /// NVIDIA, through the CUDA driver API (cudarc, libcuda loaded at run time); loads PTX.
+    Cuda,
+    /// Any OpenCL 2.1+ device that takes SPIR-V (`clCreateProgramWithIL`): Intel GPUs, and
+    /// Intel's CPU runtime, on which CI runs the SPIR-V kernels.
+    OpenCl,
+}
+
+impl BackendKind {
+    /// Lower-case name (`cuda`, `opencl`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            BackendKind::Cuda => "cuda",
+            BackendKind::OpenCl => "opencl",
+        }
+    }
+
+    /// The module format the backend loads.
+    pub const fn module_format(self) -> ModuleFormat {
+        match self {
+            BackendKind::Cuda => ModuleFormat::Ptx,
+            BackendKind::OpenCl => ModuleFormat::SpirV,
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What [`Backend::load_module`] takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ModuleFormat {
+    /// PTX text (a cubin ELF image is accepted too).
+    Ptx,
+    /// A SPIR-V binary module (Kernel capability, OpenCL memory model).
+    SpirV,
+}
+
+impl fmt::Display for ModuleFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ModuleFormat::Ptx => "PTX",
+            ModuleFormat::SpirV => "SPIR-V",
+        })
+    }
+}
+
+/// Process-unique identity of an opened device; buffers, modules and kernels carry it so a
+/// launch can refuse handles from another device before the driver sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DeviceId(u64);
+
+impl DeviceId {
+    /// A fresh id; backends call this once when they open a device.
+    pub fn fresh() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        DeviceId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// What a backend tells about a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// The backend.
+    pub backend: BackendKind,
+    /// Index in the backend's list of usable devices.
+    pub ordinal: usize,
+    /// Device name (`NVIDIA H100 80GB HBM3`, `Intel(R) Xeon(R) ...`).
+    pub name: String,
+    /// Vendor or OpenCL platform name.
+    pub vendor: String,
+    /// Driver version as the driver reports it.
+    pub driver_version: String,
+    /// Global memory in bytes.
+    pub total_memory: u64,
+    /// Largest block (work-group) size in threads.
+    pub max_threads_per_block: usize,
+    /// Shared (local) memory a block may use, in bytes.
+    pub max_shared_memory_per_block: usize,
+    /// CUDA compute capability (major, minor); `None` elsewhere.
+    pub compute_capability: Option<(u32, u32)>,
+    /// OpenCL IL versions (`SPIR-V_1.0 ... SPIR-V_1.4`); `None` elsewhere.
+    pub il_version: Option<String>,
+    /// Whether this is a CPU device (Intel's CPU OpenCL runtime): fine for correctness,
+    /// meaningless for timings.
+    pub is_cpu: bool,
+}
+
+impl DeviceInfo {
+    /// The format of modules this device loads.
+    pub fn module_format(&self) -> ModuleFormat {
+        self.backend.module_format()
+    }
+
+    /// Short label used in messages: `opencl:0 (Intel(R) OpenCL / AMD EPYC)`.
+    pub fn label(&self) -> String {
+        if self.vendor.is_empty() {
+            format!("{}:{} ({})", self.backend, self.ordinal, self.name)
+        } else {
+            format!(
+                "{}:{} ({} / {})",
+                self.backend, self.ordinal, self.vendor, self.name
+            )
+        }
+    }
+}
+
+/// Grid and block sizes (CUDA terms) and dynamic shared memory of a launch.
+///
+/// OpenCL gets global size = grid × block and local size = block. On OpenCL,
+/// `shared_mem_bytes > 0` adds one trailing `__local` pointer argument of that size (the way
+/// SPIR-V from MLIR's LLVM-dialect route takes workgroup memory); kernels from the SPIR-V
+/// dialect route declare workgroup memory statically and must launch with 0.
+///
+/// ```
+/// use linrec_runtime::LaunchConfig;
+/// let cfg = LaunchConfig::linear(1000, 64);
+/// assert_eq!(cfg.grid, [16, 1, 1]);
+/// assert_eq!(cfg.block, [64, 1, 1]);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaunchConfig {
+    /// Blocks per grid in x, y, z.
+    pub grid: [u32; 3],
+    /// Threads per block in x, y, z.
+    pub block: [u32; 3],
+    /// Dynamic shared memory per block, in bytes.
+    pub shared_mem_bytes: u32,
+}
+
+impl LaunchConfig {
+    /// One-dimensional launch with enough blocks of `block` threads to cover `n` threads.
+    pub fn linear(n: u32, block: u32) -> Self {
+        let block = block.max(1);
+        LaunchConfig {
+            grid: [n.div_ceil(block), 1, 1],
+            block: [block, 1, 1],
+            shared_mem_bytes: 0,
+        }
+    }
+
+    /// Total threads per block.
+    pub fn threads_per_block(&self) -> u64 {
+        self.block.iter().map(|&b| u64::from(b)).product()
+    }
+
+    /// Whether the grid is empty (some dimension is 0): such a launch does nothing, which
+    /// is how an empty sequence (T = 0) goes through without a special case in the caller.
+    pub fn is_empty(&self) -> bool {
+        self.grid.contains(&0)
+    }
+}
+
+/// A kernel argument as a backend sees it: a buffer pointer or a scalar by value.
+#[derive(Debug, Clone, Copy)]
+pub enum LaunchArg<'a> {
+    /// A device buffer, passed as a bare pointer (`cl_mem` on OpenCL).
+    Buffer(&'a RawBuffer),
+    /// `i32` scalar.
+    I32(i32),
+    /// `u32` scalar.
+    U32(u32),
+    /// `i64` scalar.
+    I64(i64),
+    /// `f32` scalar.
+    F32(f32),
+}
+
+impl LaunchArg<'_> {
+    /// Short description for messages (`buffer`, `i32`, ...).
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            LaunchArg::Buffer(_) => "buffer",
+            LaunchArg::I32(_) => "i32",
+            LaunchArg::U32(_) => "u32",
+            LaunchArg::I64(_) => "i64",
+            LaunchArg::F32(_) => "f32",
+        }
+    }
+}
+
+/// A repeating pattern for [`Backend::fill`]; the buffer's byte length must be a multiple of
+/// the pattern's size. Fills run on the device (`clEnqueueFillBuffer`, `cuMemsetD*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FillPattern {
+    /// One byte repeated.
+    U8(u8),
+    /// Two bytes repeated (little-endian), e.g. an f16/bf16 NaN.
+    U16(u16),
+    /// Four bytes repeated (little-endian), e.g. an f32 NaN.
+    U32(u32),
+}
+
+impl FillPattern {
+    /// Size of one repetition in bytes.
+    pub const fn size_bytes(self) -> usize {
+        match self {
+            FillPattern::U8(_) => 1,
+            FillPattern::U16(_) => 2,
+            FillPattern::U32(_) => 4,
+        }
+    }
+}
+
+/// Device memory owned by a backend; freed when dropped.
+///
+/// The payload is the backend's own type (an OpenCL buffer, a `CudaSlice<u8>`), reached with
+/// [`RawBuffer::downcast`].
+pub struct RawBuffer {
+    device: DeviceId,
+    bytes: usize,
+    inner: Box<dyn Any + Send + Sync>,
+}
+
+impl RawBuffer {
+    /// Wraps a backend allocation of `bytes` bytes on `device`.
+    pub fn new(device: DeviceId, bytes: usize, inner: Box<dyn Any + Send + Sync>) -> Self {
+        RawBuffer {
+            device,
+            bytes,
+            inner,
+        }
+    }
+
+    /// Usable size in bytes (what was asked for; the allocation may be larger).
+    pub fn len_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The device that owns the memory.
+    pub fn device_id(&self) -> DeviceId {
+        self.device
+    }
+
+    /// The backend payload, if it has type `T`.
+    pub fn downcast<T: 'static>(&self) -> Option<&T> {
+        self.inner.downcast_ref::<T>()
+    }
+}
+
+impl fmt::Debug for RawBuffer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawBuffer")
+            .field("device", &self.device)
+            .field("bytes", &self.bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A loaded module (CUDA module, OpenCL program). Cheap to clone; unloaded when the last
+/// clone and every kernel taken from it are dropped.
+#[derive(Clone)]
+pub struct ModuleHandle {
+    device: DeviceId,
+    inner: Arc<dyn Any + Send + Sync>,
+}
+
+impl ModuleHandle {
+    /// Wraps a backend module.
+    pub fn new(device: DeviceId, inner: Arc<dyn Any + Send + Sync>) -> Self {
+        ModuleHandle { device, inner }
+    }
+
+    /// The device the module was loaded on.
+    pub fn device_id(&self) -> DeviceId {
+        self.device
+    }
+
+    /// The backend payload, if it has type `T`.
+    pub fn downcast<T: 'static>(&self) -> Option<&T> {
+        self.inner.downcast_ref::<T>()
+    }
+}
+
+impl fmt::Debug for ModuleHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ModuleHandle")
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A kernel entry point of a loaded module. Cheap to clone.
+#[derive(Clone)]
+pub struct KernelHandle {
+    device: DeviceId,
+    name: Arc<str>,
+    inner: Arc<dyn Any + Send + Sync>,
+}
+
+impl KernelHandle {
+    /// Wraps a backend kernel.
+    pub fn new(device: DeviceId, name: &str, inner: Arc<dyn Any + Send + Sync>) -> Self {
+        KernelHandle {
+            device,
+            name: name.into(),
+            inner,
+        }
+    }
+
+    /// The kernel's name in the module.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The device the kernel was loaded on.
+    pub fn device_id(&self) -> DeviceId {
+        self.device
+    }
+
+    /// The backend payload, if it has type `T`.
+    pub fn downcast<T: 'static>(&self) -> Option<&T> {
+        self.inner.downcast_ref::<T>()
+    }
+}
+
+impl fmt::Debug for KernelHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KernelHandle")
+            .field("device", &self.device)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One opened device of one vendor API.
+///
+/// Calls are synchronous with respect to host memory: `upload` may return before the copy
+/// lands on the device but the host slice is free to reuse, and `download` returns with the
+/// data in `out`. Launches are asynchronous; `synchronize` waits for them. Every call returns
+/// an error value on failure, never panics.
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// Which vendor API.
+    fn kind(&self) -> BackendKind;
+
+    /// Lower-case backend name (`cuda`, `opencl`).
+    fn name(&self) -> &'static str {
+        self.kind().name()
+    }
+
+    /// This device's identity (stamped on every handle it creates).
+    fn device_id(&self) -> DeviceId;
+
+    /// Facts about the opened device.
+    fn info(&self) -> &DeviceInfo;
+
+    /// Every usable device this backend's driver sees (the opened one among them).
+    fn devices(&self) -> Result<Vec<DeviceInfo>>;
+
+    /// Allocates `bytes` bytes of device memory; 0 is allowed (empty tensors are legal).
+    /// The contents are unspecified: poison them with [`Backend::fill`] in tests.
+    fn allocate(&self, bytes: usize) -> Result<RawBuffer>;
+
+    /// Copies `data` to the start of `dst` (`data.len() <= dst.len_bytes()`).
+    fn upload(&self, dst: &RawBuffer, data: &[u8]) -> Result<()>;
+
+    /// Copies the first `out.len()` bytes of `src` into `out`, waiting for pending work.
+    fn download(&self, src: &RawBuffer, out: &mut [u8]) -> Result<()>;
+
+    /// Fills all of `dst` with `pattern` on the device.
+    fn fill(&self, dst: &RawBuffer, pattern: FillPattern) -> Result<()>;
+
+    /// Loads a module: PTX text (or cubin) on CUDA, a SPIR-V binary on OpenCL.
+    fn load_module(&self, image: &[u8]) -> Result<ModuleHandle>;
+
+    /// Looks up a kernel entry point in a loaded module.
+    fn kernel(&self, module: &ModuleHandle, name: &str) -> Result<KernelHandle>;
+
+    /// Enqueues a kernel. Arguments are passed in order: buffers as bare device pointers,
+    /// scalars by value.
+    fn launch(
+        &self,
+        kernel: &KernelHandle,
+        config: &LaunchConfig,
+        args: &[LaunchArg<'_>],
+    ) -> Result<()>;
+
+    /// Waits until all enqueued work on this device has finished.
+    fn synchronize(&self) -> Result<()>;
+}
+
+/// Rejects handles from another device, before they reach a driver that would crash on them.
+pub(crate) fn check_same_device(
+    backend: &dyn Backend,
+    what: impl FnOnce() -> String,
+    found: DeviceId,
+) -> Result<()> {
+    if found == backend.device_id() {
+        Ok(())
+    } else {
+        Err(RuntimeError::WrongDevice {
+            what: what(),
+            expected: backend.info().label(),
+            found: format!("#{}", found.0),
+        })
+    }
+}
+
+/// Checks a fill request against the buffer size (shared by every backend).
+pub(crate) fn check_fill(buffer: &RawBuffer, pattern: FillPattern) -> Result<()> {
+    if buffer.len_bytes() % pattern.size_bytes() != 0 {
+        return Err(RuntimeError::Layout {
+            what: "fill".into(),
+            detail: format!(
+                "buffer of {} bytes is not a whole number of {}-byte patterns",
+                buffer.len_bytes(),
+                pattern.size_bytes()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Checks a copy size against the buffer size (shared by every backend).
+pub(crate) fn check_copy(what: &str, buffer: &RawBuffer, host_len: usize) -> Result<()> {
+    if host_len > buffer.len_bytes() {
+        return Err(RuntimeError::Layout {
+            what: what.into(),
+            detail: format!(
+                "{host_len} host bytes do not fit a device buffer of {} bytes",
+                buffer.len_bytes()
+            ),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,20 @@
+//! linrec-runtime's integration tests, in one binary (one link, one process start).
+//!
+//! - `kernels`: execution checks shared by the backends, on the fixture modules
+//!   (tests/fixtures: kernels.spv and kernels.ptx, made from .mlir sources by regen.sh).
+//! - `opencl`: those checks on an OpenCL device that takes SPIR-V — Intel's CPU runtime in CI.
+//!   Without a runtime they skip with a note, except under `CI=true`, where they fail: CI
+//!   must install it (`scripts/setup-opencl.sh`).
+//! - `checks`: argument/shape/dtype/stride/device checks, on an in-memory mock backend so
+//!   they run everywhere.
+//! - `cuda`: the CUDA backend's "driver not found" path on machines without libcuda, and the
+//!   shared checks on PTX where a GPU is present (never in CI, which has none).
+//! - `select`: `DeviceKind::Auto` falls back to OpenCL.
+
+mod checks;
+mod common;
+mod cuda;
+mod kernels;
+mod mock;
+mod opencl;
+mod select;
