@@ -11,4 +11,4 @@
 pub mod lower;
 pub mod plan;
 
-pub use lower::{LowerError, lower_to_ptx};
+pub use lower::{BinaryFormat, LowerError, Lowered, Target, lower, lower_to_ptx};
