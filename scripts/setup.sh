@@ -2,9 +2,10 @@
 # One idempotent set-up step for linrec's development and CI machines (Debian 12 / Ubuntu):
 #   - LLVM/MLIR 22 (melior links it; the MLIR tools check our IR), lld-22 (AMD code objects),
 #     libclang (bindgen for mlir-sys), spirv-tools (spirv-val);
-#   - ptxas from PyPI (nvidia-cuda-nvcc, CUDA 13.0 to match the GPU machines' driver).
+#   - ptxas from PyPI (nvidia-cuda-nvcc, CUDA 13.0 to match the GPU machines' driver);
+#   - Intel's CPU OpenCL runtime (scripts/setup-opencl.sh), which executes our SPIR-V in tests.
 # Safe to run any number of times: it installs only what is missing.
-# Prints `export ...` lines for the tool paths to stderr-free stdout when called with --print-env.
+# With --print-env it prints `export ...` lines for the tools (for `eval`); logs go to stderr.
 set -euo pipefail
 
 APT_PACKAGES=(llvm-22-dev libmlir-22-dev mlir-22-tools libpolly-22-dev lld-22 libzstd-dev
@@ -53,7 +54,10 @@ fi
 chmod +x "$PTXAS" 2>/dev/null || true
 log "ptxas: $PTXAS"
 
+OCL_ENV="$(bash "$(dirname "$0")/setup-opencl.sh" --print-env)"
+
 if [ "${1:-}" = "--print-env" ]; then
+  echo "$OCL_ENV"
   echo "export LINREC_PTXAS=\"$PTXAS\""
   echo "export PATH=\"$(dirname "$PTXAS"):/usr/lib/llvm-22/bin:\$PATH\""
 fi
