@@ -1,9 +1,98 @@
-//! The built-in variants. Each is a plain [`Spec`] plus the fla call that computes the same
-//! function, so users can switch between the two.
+//! The built-in variants, declared with [`recurrence!`](crate::recurrence) exactly as a user
+//! would declare their own. Each comes with the fla call that computes the same function, so
+//! users can switch between the two.
+//!
+//! Every built-in is also a typed API: [`GatedDeltaNet::spec`], [`GatedDeltaNetInputs`], ...
+//!
+//! ```
+//! use linrec::catalogue::{GatedDeltaNet, GatedDeltaNetInputs};
+//!
+//! assert_eq!(GatedDeltaNet::spec().name, "gated_delta_net");
+//! // One field per declared input: leaving one out does not compile.
+//! let inputs = GatedDeltaNetInputs { q: "q.bin", k: "k.bin", v: "v.bin", g: "g.bin", beta: "beta.bin" };
+//! let names: Vec<_> = inputs.named().iter().map(|(name, _, _)| *name).collect();
+//! assert_eq!(names, ["q", "k", "v", "g", "beta"]);
+//! ```
 
-use linrec_spec::{
-    ConstantRate, Decay, DeltaOrder, Features, Input, Read, Role, Scale, Spec, Transition, Write,
-};
+use linrec_spec::Spec;
+
+crate::recurrence! {
+    /// Linear attention (Katharopoulos et al. 2020): an undecayed sum of k vᵀ.
+    pub LinearAttn {
+        inputs { q: [K], k: [K], v: [V] }
+        state S: [K, V];
+        S = S + k * v^T;
+        o = S^T * q * scale;
+    }
+
+    /// RetNet retention (Sun et al. 2023): constant per-head decay γ_h = 1 − 2^(−5−h).
+    pub Retention {
+        inputs { q: [K], k: [K], v: [V] }
+        state S: [K, V];
+        S = gamma * S + k * v^T;
+        o = S^T * q * scale;
+    }
+
+    /// Gated retention / Mamba2 SSD: a data-dependent scalar decay per head and token.
+    pub SimpleGla {
+        inputs { q: [K], k: [K], v: [V], g: log_gate }
+        state S: [K, V];
+        S = exp(g) * S + k * v^T;
+        o = S^T * q * scale;
+    }
+
+    /// Gated Linear Attention (Yang et al. 2023): a data-dependent decay per key channel.
+    pub Gla {
+        inputs { q: [K], k: [K], v: [V], g: log_gate[K] }
+        state S: [K, V];
+        S = Diag(exp(g)) * S + k * v^T;
+        o = S^T * q * scale;
+    }
+
+    /// HGRN2 (Qin et al. 2024): GLA's recurrence with unscaled read; keys are the input gate 1 − exp(g).
+    pub Hgrn2 {
+        inputs { q: [K], k: [K], v: [V], g: log_gate[K] }
+        state S: [K, V];
+        S = Diag(exp(g)) * S + k * v^T;
+        o = S^T * q * scale;
+        scale = 1.0;
+    }
+
+    /// RWKV-6 (Peng et al. 2024): diagonal decay, exclusive read plus the bonus u for the current token.
+    pub Rwkv6 {
+        inputs { r: [K], k: [K], v: [V], w: log_gate[K], u: per_head[K] }
+        state S: [K, V];
+        S = Diag(exp(w)) * S + k * v^T;
+        o = (S_prev^T * r + sum(r * u * k) * v) * scale;
+    }
+
+    /// DeltaNet (Schlag et al. 2021; Yang et al. 2024): the delta rule, keys L2-normalised in kernel.
+    pub DeltaNet {
+        inputs { q: [K], k: [K], v: [V], beta: scalar }
+        state S: [K, V];
+        l2norm(q, k);
+        S = (I - beta * k * k^T) * S + beta * k * v^T;
+        o = S^T * q * scale;
+    }
+
+    /// Gated DeltaNet (Yang et al. 2024): the delta rule under a data-dependent scalar decay.
+    pub GatedDeltaNet {
+        inputs { q: [K], k: [K], v: [V], g: log_gate, beta: scalar }
+        state S: [K, V];
+        l2norm(q, k);
+        S = exp(g) * (I - beta * k * k^T) * S + beta * k * v^T;
+        o = S^T * q * scale;
+    }
+
+    /// Kimi Delta Attention (Kimi team 2025): the delta rule after a per-channel diagonal decay.
+    pub Kda {
+        inputs { q: [K], k: [K], v: [V], g: log_gate[K], beta: scalar }
+        state S: [K, V];
+        l2norm(q, k);
+        S = (I - beta * k * k^T) * Diag(exp(g)) * S + beta * k * v^T;
+        o = S^T * q * scale;
+    }
+}
 
 /// A built-in variant.
 #[derive(Clone, Copy, Debug)]
@@ -34,202 +123,61 @@ pub struct UnknownVariant {
     pub known: String,
 }
 
-fn inputs(list: &[(&str, Role)]) -> Vec<Input> {
-    list.iter().map(|(n, r)| Input::new(*n, *r)).collect()
-}
-
-const QKV: [(&str, Role); 3] = [("q", Role::Query), ("k", Role::Key), ("v", Role::Value)];
-
-fn base(name: &str, doc: &str, extra: &[(&str, Role)]) -> Spec {
-    let mut all = QKV.to_vec();
-    all.extend_from_slice(extra);
-    Spec {
-        name: name.into(),
-        doc: doc.into(),
-        inputs: inputs(&all),
-        decay: Decay::None,
-        transition: Transition::Identity,
-        write: Write::Outer,
-        read: Read::Inclusive,
-        scale: Scale::InvSqrtK,
-        features: Features::default(),
-    }
-}
-
-fn delta(order: DeltaOrder) -> Transition {
-    Transition::Delta { order }
-}
-
-const L2NORM: Features = Features { qk_l2norm: true };
-
-fn linear_attn() -> Spec {
-    base(
-        "linear_attn",
-        "Linear attention (Katharopoulos et al. 2020): an undecayed sum of k vᵀ.",
-        &[],
-    )
-}
-
-fn retention() -> Spec {
-    Spec {
-        decay: Decay::Constant(ConstantRate::Retnet),
-        ..base(
-            "retention",
-            "RetNet retention (Sun et al. 2023): constant per-head decay γ_h = 1 − 2^(−5−h).",
-            &[],
-        )
-    }
-}
-
-fn simple_gla() -> Spec {
-    Spec {
-        decay: Decay::Scalar,
-        ..base(
-            "simple_gla",
-            "Gated retention / Mamba2 SSD: a data-dependent scalar decay per head and token.",
-            &[("g", Role::Gate)],
-        )
-    }
-}
-
-fn gla() -> Spec {
-    Spec {
-        decay: Decay::Diagonal,
-        ..base(
-            "gla",
-            "Gated Linear Attention (Yang et al. 2023): a data-dependent decay per key channel.",
-            &[("g", Role::Gate)],
-        )
-    }
-}
-
-fn hgrn2() -> Spec {
-    Spec {
-        decay: Decay::Diagonal,
-        scale: Scale::Value(1.0),
-        ..base(
-            "hgrn2",
-            "HGRN2 (Qin et al. 2024): GLA's recurrence with unscaled read; keys are the input gate 1 − exp(g).",
-            &[("g", Role::Gate)],
-        )
-    }
-}
-
-fn rwkv6() -> Spec {
-    Spec {
-        inputs: inputs(&[
-            ("r", Role::Query),
-            ("k", Role::Key),
-            ("v", Role::Value),
-            ("w", Role::Gate),
-            ("u", Role::Bonus),
-        ]),
-        decay: Decay::Diagonal,
-        read: Read::ExclusiveBonus,
-        ..base(
-            "rwkv6",
-            "RWKV-6 (Peng et al. 2024): diagonal decay, exclusive read plus the bonus u for the current token.",
-            &[],
-        )
-    }
-}
-
-fn delta_net() -> Spec {
-    Spec {
-        transition: delta(DeltaOrder::DecayThenDelta),
-        write: Write::BetaOuter,
-        features: L2NORM,
-        ..base(
-            "delta_net",
-            "DeltaNet (Schlag et al. 2021; Yang et al. 2024): the delta rule, keys L2-normalised in kernel.",
-            &[("beta", Role::Beta)],
-        )
-    }
-}
-
-fn gated_delta_net() -> Spec {
-    Spec {
-        decay: Decay::Scalar,
-        transition: delta(DeltaOrder::DeltaThenDecay),
-        write: Write::BetaOuter,
-        features: L2NORM,
-        ..base(
-            "gated_delta_net",
-            "Gated DeltaNet (Yang et al. 2024): the delta rule under a data-dependent scalar decay.",
-            &[("g", Role::Gate), ("beta", Role::Beta)],
-        )
-    }
-}
-
-fn kda() -> Spec {
-    Spec {
-        decay: Decay::Diagonal,
-        transition: delta(DeltaOrder::DecayThenDelta),
-        write: Write::BetaOuter,
-        features: L2NORM,
-        ..base(
-            "kda",
-            "Kimi Delta Attention (Kimi team 2025): the delta rule after a per-channel diagonal decay.",
-            &[("g", Role::Gate), ("beta", Role::Beta)],
-        )
-    }
-}
-
 /// The built-ins, in the order `linrec list` shows them.
 pub const BUILTINS: &[Builtin] = &[
     Builtin {
         name: "linear_attn",
         aliases: &[],
         fla: "chunk_linear_attn(q, k, v, normalize=False)",
-        spec: linear_attn,
+        spec: || LinearAttn::spec().clone(),
     },
     Builtin {
         name: "retention",
         aliases: &[],
         fla: "chunk_retention(q, k, v)",
-        spec: retention,
+        spec: || Retention::spec().clone(),
     },
     Builtin {
         name: "simple_gla",
         aliases: &["mamba2"],
         fla: "chunk_simple_gla(q, k, v, g)  (Mamba2: q=C, k=B, v=x·dt, g=A·dt, scale=1)",
-        spec: simple_gla,
+        spec: || SimpleGla::spec().clone(),
     },
     Builtin {
         name: "gla",
         aliases: &[],
         fla: "chunk_gla(q, k, v, g)",
-        spec: gla,
+        spec: || Gla::spec().clone(),
     },
     Builtin {
         name: "hgrn2",
         aliases: &[],
-        fla: "chunk_gla(q, 1 - g.exp(), v, g, scale=1.0)  (fla's HGRN2Attention)",
-        spec: hgrn2,
+        fla: "chunk_gla(q, 1 - g.exp(), v, g, scale=1.0)  (fla's HGRN2Attention passes no scale: K^-1/2, which its output RMSNorm cancels)",
+        spec: || Hgrn2::spec().clone(),
     },
     Builtin {
         name: "rwkv6",
         aliases: &[],
         fla: "chunk_rwkv6(r, k, v, w, u)",
-        spec: rwkv6,
+        spec: || Rwkv6::spec().clone(),
     },
     Builtin {
         name: "delta_net",
         aliases: &[],
         fla: "chunk_delta_rule(q, k, v, beta, use_qk_l2norm_in_kernel=True)",
-        spec: delta_net,
+        spec: || DeltaNet::spec().clone(),
     },
     Builtin {
         name: "gated_delta_net",
         aliases: &[],
         fla: "chunk_gated_delta_rule(q, k, v, g, beta, use_qk_l2norm_in_kernel=True)",
-        spec: gated_delta_net,
+        spec: || GatedDeltaNet::spec().clone(),
     },
     Builtin {
         name: "kda",
         aliases: &[],
         fla: "chunk_kda(q, k, v, g, beta, use_qk_l2norm_in_kernel=True)",
-        spec: kda,
+        spec: || Kda::spec().clone(),
     },
 ];
 

@@ -12,7 +12,11 @@
 //! # Ok::<(), linrec::catalogue::UnknownVariant>(())
 //! ```
 
+// Lets the catalogue use `recurrence!`, whose expansion names `::linrec::...` paths.
+extern crate self as linrec;
+
 pub mod catalogue;
 
+pub use linrec_macros::recurrence;
 pub use linrec_spec as spec;
 pub use linrec_spec::reference;
