@@ -11,3 +11,5 @@ step "cargo clippy (warnings denied)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test"
 cargo test --workspace --locked
+step "a crate outside the workspace declares its own variant (examples/new-variant)"
+cargo run --quiet --manifest-path examples/new-variant/Cargo.toml --target-dir target

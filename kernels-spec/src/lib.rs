@@ -44,6 +44,7 @@ mod canonical;
 mod dims;
 mod error;
 mod forms;
+pub mod launch;
 mod notation;
 pub mod reference;
 mod validate;

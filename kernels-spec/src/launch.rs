@@ -1,0 +1,210 @@
+//! Launch metadata: what the compiler records about each kernel it writes and what the runtime
+//! needs to launch it without LLVM — entry point, parameter layout, grid and block formulas,
+//! memory needs. It lives here, in the crate both sides depend on, and is plain serde data (it
+//! is the `manifest.json` of an artifact folder).
+
+use serde::{Deserialize, Serialize};
+
+use crate::dims::Dims;
+use crate::forms::Role;
+
+/// Element type of the input/output tensors a kernel was compiled for. Accumulation, gates and
+/// states are always f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ElementType {
+    /// bfloat16.
+    Bf16,
+    /// IEEE half.
+    F16,
+    /// IEEE single.
+    F32,
+}
+
+impl ElementType {
+    /// All element types.
+    pub const ALL: [ElementType; 3] = [ElementType::Bf16, ElementType::F16, ElementType::F32];
+
+    /// `bf16`, `f16`, `f32`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ElementType::Bf16 => "bf16",
+            ElementType::F16 => "f16",
+            ElementType::F32 => "f32",
+        }
+    }
+
+    /// Size in bytes.
+    pub fn size(self) -> usize {
+        match self {
+            ElementType::Bf16 | ElementType::F16 => 2,
+            ElementType::F32 => 4,
+        }
+    }
+}
+
+impl std::fmt::Display for ElementType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for ElementType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ElementType::ALL
+            .into_iter()
+            .find(|t| t.name() == s)
+            .ok_or_else(|| format!("unknown dtype `{s}`; expected one of: bf16, f16, f32"))
+    }
+}
+
+/// What a kernel is specialised for. Part of the cache key and of the artifact's identity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct KernelConfig {
+    /// Element type of q, k, v (and o).
+    pub dtype: ElementType,
+    /// K, fixed at compile time (1..=256).
+    pub key_dim: usize,
+    /// V, fixed at compile time (1..=256).
+    pub value_dim: usize,
+    /// Chunk length C (16, 32 or 64).
+    pub chunk: usize,
+    /// An initial state is read.
+    pub initial_state: bool,
+    /// The final state is written.
+    pub final_state: bool,
+    /// Sequences come from `cu_seqlens` (i32 offsets) instead of batch rows.
+    pub varlen: bool,
+}
+
+/// An integer formula over the problem's sizes, for grids and buffer sizes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SizeExpr {
+    /// A constant.
+    Const(u64),
+    /// A problem size.
+    Sym(SizeSym),
+    /// Product.
+    Mul(Box<SizeExpr>, Box<SizeExpr>),
+    /// `ceil(a / b)`.
+    CeilDiv(Box<SizeExpr>, Box<SizeExpr>),
+}
+
+/// The problem sizes a [`SizeExpr`] may name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SizeSym {
+    /// Batch rows.
+    B,
+    /// Tokens per row (total with varlen).
+    T,
+    /// Query/key heads.
+    H,
+    /// Value heads.
+    Hv,
+    /// Key dim.
+    K,
+    /// Value dim.
+    V,
+    /// Sequences (B, or the number of `cu_seqlens` segments).
+    N,
+}
+
+impl SizeExpr {
+    /// `a · b`.
+    pub fn mul(a: SizeExpr, b: SizeExpr) -> SizeExpr {
+        SizeExpr::Mul(Box::new(a), Box::new(b))
+    }
+
+    /// `ceil(a / b)`.
+    pub fn ceil_div(a: SizeExpr, b: SizeExpr) -> SizeExpr {
+        SizeExpr::CeilDiv(Box::new(a), Box::new(b))
+    }
+
+    /// Evaluates for `dims` with `n` sequences; `None` on overflow or division by zero.
+    ///
+    /// ```
+    /// use linrec_spec::{Dims, launch::{SizeExpr, SizeSym}};
+    /// let e = SizeExpr::mul(SizeExpr::Sym(SizeSym::N), SizeExpr::ceil_div(SizeExpr::Sym(SizeSym::V), SizeExpr::Const(32)));
+    /// assert_eq!(e.eval(&Dims::new(2, 10, 4, 64, 100), 2), Some(8));
+    /// ```
+    pub fn eval(&self, dims: &Dims, n: usize) -> Option<u64> {
+        match self {
+            SizeExpr::Const(c) => Some(*c),
+            SizeExpr::Sym(s) => Some(match s {
+                SizeSym::B => dims.batch,
+                SizeSym::T => dims.seq_len,
+                SizeSym::H => dims.heads,
+                SizeSym::Hv => dims.value_heads,
+                SizeSym::K => dims.key_dim,
+                SizeSym::V => dims.value_dim,
+                SizeSym::N => n,
+            } as u64),
+            SizeExpr::Mul(a, b) => a.eval(dims, n)?.checked_mul(b.eval(dims, n)?),
+            SizeExpr::CeilDiv(a, b) => {
+                let (a, b) = (a.eval(dims, n)?, b.eval(dims, n)?);
+                (b != 0).then(|| a.div_ceil(b))
+            }
+        }
+    }
+}
+
+/// One kernel parameter, in ABI order. Buffers are passed as one bare device pointer each,
+/// scalars by value.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KernelParam {
+    /// A declared input of the spec (its dtype: [`KernelConfig::dtype`] for q/k/v, f32 for
+    /// gates, β, bonus).
+    Input(Role),
+    /// Per-value-head constant log-decay `[HV]` f32 (for the RetNet schedule the runtime computes
+    /// it on the host).
+    DecayRates,
+    /// Initial state `[N, HV, K, V]` f32.
+    InitialState,
+    /// Output `[B, T, HV, V]` in the input dtype.
+    Output,
+    /// Final state `[N, HV, K, V]` f32.
+    FinalState,
+    /// `cu_seqlens` `[N+1]` i32.
+    CuSeqlens,
+    /// Scratch memory, f32, [`KernelInfo::scratch`] elements per workgroup.
+    Scratch,
+    /// i32 scalar T.
+    SeqLen,
+    /// i32 scalar H.
+    Heads,
+    /// i32 scalar HV.
+    ValueHeads,
+    /// f32 scalar output scale.
+    Scale,
+}
+
+/// Everything needed to launch one compiled kernel.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KernelInfo {
+    /// Entry-point symbol in the binary.
+    pub entry: String,
+    /// Name of the spec and its canonical hash (hex).
+    pub spec_name: String,
+    /// Canonical hash of the spec (hex).
+    pub spec_hash: String,
+    /// `forward` (later: `backward`).
+    pub direction: String,
+    /// Target name (`sm_90`, `gfx942`, `spirv`).
+    pub target: String,
+    /// What the kernel is specialised for.
+    pub config: KernelConfig,
+    /// Parameters in ABI order.
+    pub params: Vec<KernelParam>,
+    /// Workgroups along x, y, z.
+    pub grid: [SizeExpr; 3],
+    /// Threads per workgroup along x, y, z.
+    pub block: [u32; 3],
+    /// Dynamic shared memory in bytes.
+    pub shared_bytes: u32,
+    /// f32 scratch elements each workgroup needs (0: no scratch parameter).
+    pub scratch: u64,
+}
