@@ -114,7 +114,7 @@ pub enum SizeSym {
 
 impl SizeExpr {
     /// `a · b`.
-    pub fn mul(a: SizeExpr, b: SizeExpr) -> SizeExpr {
+    pub fn product(a: SizeExpr, b: SizeExpr) -> SizeExpr {
         SizeExpr::Mul(Box::new(a), Box::new(b))
     }
 
@@ -127,7 +127,7 @@ impl SizeExpr {
     ///
     /// ```
     /// use linrec_spec::{Dims, launch::{SizeExpr, SizeSym}};
-    /// let e = SizeExpr::mul(SizeExpr::Sym(SizeSym::N), SizeExpr::ceil_div(SizeExpr::Sym(SizeSym::V), SizeExpr::Const(32)));
+    /// let e = SizeExpr::product(SizeExpr::Sym(SizeSym::N), SizeExpr::ceil_div(SizeExpr::Sym(SizeSym::V), SizeExpr::Const(32)));
     /// assert_eq!(e.eval(&Dims::new(2, 10, 4, 64, 100), 2), Some(8));
     /// ```
     pub fn eval(&self, dims: &Dims, n: usize) -> Option<u64> {
