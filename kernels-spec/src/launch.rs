@@ -208,3 +208,50 @@ pub struct KernelInfo {
     /// f32 scratch elements each workgroup needs (0: no scratch parameter).
     pub scratch: u64,
 }
+
+/// Version of the artifact manifest format.
+pub const MANIFEST_VERSION: u32 = 1;
+
+/// The `manifest.json` of an artifact folder written by `linrec compile`: every kernel's launch
+/// metadata and the file holding its binary.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// [`MANIFEST_VERSION`] of the writer.
+    pub version: u32,
+    /// Who compiled it: crate version and LLVM version (a loader refuses other versions' kernels
+    /// only when the launch ABI changed, which bumps [`MANIFEST_VERSION`]).
+    pub compiler: String,
+    /// One entry per kernel.
+    pub kernels: Vec<ManifestEntry>,
+}
+
+/// One compiled kernel of an artifact folder.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ManifestEntry {
+    /// File name of the binary, relative to the folder.
+    pub file: String,
+    /// SHA-256 of the binary (hex), checked on load.
+    pub sha256: String,
+    /// Compile time in milliseconds (informative).
+    pub compile_ms: f64,
+    /// How to launch it.
+    pub info: KernelInfo,
+}
+
+impl Manifest {
+    /// The kernel for a spec hash, direction, target and config, if the folder has it.
+    pub fn find(
+        &self,
+        spec_hash: &str,
+        direction: &str,
+        target: &str,
+        config: &KernelConfig,
+    ) -> Option<&ManifestEntry> {
+        self.kernels.iter().find(|e| {
+            e.info.spec_hash == spec_hash
+                && e.info.direction == direction
+                && e.info.target == target
+                && e.info.config == *config
+        })
+    }
+}
