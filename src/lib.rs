@@ -16,6 +16,7 @@
 extern crate self as linrec;
 
 pub mod catalogue;
+pub mod host;
 
 pub use linrec_macros::recurrence;
 pub use linrec_spec as spec;
