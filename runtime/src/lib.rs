@@ -36,6 +36,7 @@ mod cuda;
 mod device;
 mod dtype;
 mod error;
+pub mod op;
 mod opencl;
 mod signature;
 

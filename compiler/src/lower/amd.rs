@@ -81,6 +81,8 @@ pub(super) fn lower(
     let toolkit = prepare_toolkit(options)?;
     let lowering = lowering_pipeline(target);
     session.run(&mut module, &lowering)?;
+    // Printed once here (a few ms) so `--stage lowered` needs no second lowering.
+    let lowered_mlir = module.as_operation().to_string();
 
     let bin = serialize_pipeline("bin", &toolkit)?;
     let hsaco = session
@@ -107,6 +109,7 @@ pub(super) fn lower(
         target,
         binary: hsaco,
         amd_assembly,
+        lowered_mlir,
         pipeline: joined_pipeline(&lowering, &bin),
     })
 }

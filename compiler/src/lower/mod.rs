@@ -250,6 +250,8 @@ pub struct Lowered {
     binary: Vec<u8>,
     /// AMDGCN assembly (AMD only, when requested). PTX is not stored twice: it is `binary`.
     amd_assembly: Option<String>,
+    /// The module after the lowering pipeline, before serialization.
+    lowered_mlir: String,
     pipeline: String,
 }
 
@@ -300,6 +302,12 @@ impl Lowered {
             ),
             _ => None,
         }
+    }
+
+    /// The module after the lowering pipeline and before serialization: the LLVM dialect with
+    /// NVVM/ROCDL ops, or the `spirv.module` (what `linrec emit --stage lowered` shows).
+    pub fn lowered_mlir(&self) -> &str {
+        &self.lowered_mlir
     }
 
     /// The pass pipeline that produced [`Lowered::binary`], in `mlir-opt --pass-pipeline=` form,

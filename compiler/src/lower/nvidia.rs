@@ -34,6 +34,8 @@ pub(super) fn lower(session: &Session, mut module: Module) -> Result<Lowered, Lo
     let target = session.target;
     let lowering = lowering_pipeline(target);
     session.run(&mut module, &lowering)?;
+    // Printed once here (a few ms) so `--stage lowered` needs no second lowering.
+    let lowered_mlir = module.as_operation().to_string();
     let bytes = session.serialize(
         &module,
         SERIALIZE_PIPELINE,
@@ -45,6 +47,7 @@ pub(super) fn lower(session: &Session, mut module: Module) -> Result<Lowered, Lo
         target,
         binary: ptx.into_bytes(),
         amd_assembly: None,
+        lowered_mlir,
         pipeline: joined_pipeline(&lowering, SERIALIZE_PIPELINE),
     })
 }

@@ -40,6 +40,8 @@ pub(super) const SERIALIZE_PIPELINE: &str = "builtin.module(gpu-module-to-binary
 pub(super) fn lower(session: &Session, mut module: Module) -> Result<Lowered, LowerError> {
     const EXPECTED: &str = "SPIR-V binary";
     session.run(&mut module, LOWERING_PIPELINE)?;
+    // Printed once here (a few ms) so `--stage lowered` needs no second lowering.
+    let lowered_mlir = module.as_operation().to_string();
     let binary = session.serialize(&module, SERIALIZE_PIPELINE, ObjectFormat::Binary, EXPECTED)?;
     let magic = binary
         .get(..4)
@@ -58,6 +60,7 @@ pub(super) fn lower(session: &Session, mut module: Module) -> Result<Lowered, Lo
         target: session.target,
         binary,
         amd_assembly: None,
+        lowered_mlir,
         pipeline: joined_pipeline(LOWERING_PIPELINE, SERIALIZE_PIPELINE),
     })
 }

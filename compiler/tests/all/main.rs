@@ -3,5 +3,10 @@
 //! Every test here links MLIR statically (a ~250 MB executable), so all of them live in this
 //! single binary, split into modules, instead of one binary per file.
 
+mod e2e;
+mod emit;
+mod errors;
 mod lower;
 mod plan;
+mod specs;
+mod targets;

@@ -1,0 +1,247 @@
+//! The `artifact` stage: [`compile`] runs plan → schedule → emit → lower for one spec, target
+//! and config, and returns the kernel's bytes with the launch metadata the runtime needs
+//! ([`KernelInfo`]) and the text of every stage.
+//!
+//! `LINREC_DUMP_DIR=dir` writes every stage of every compiled kernel to
+//! `dir/<entry>.<target>.<config>/`: `00-plan.txt`, `01-schedule.txt`, `02-emit.mlir`,
+//! `03-lowered.mlir`, `04-<target>.{ptx,s,spv}` (AMD: also the `.hsaco`; SPIR-V: also the
+//! `.spvasm` when `spirv-dis` is installed), and `info.json`-like `05-info.txt` with the
+//! launch metadata.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use linrec_spec::Spec;
+use linrec_spec::launch::{KernelConfig, KernelInfo};
+
+use crate::emit::{self, EmitError};
+use crate::lower::{self, BinaryFormat, LowerError, Target};
+use crate::plan::{self, PlanError};
+use crate::schedule::{self, ScheduleError};
+
+/// The environment variable naming the stage-dump directory.
+pub const DUMP_DIR_ENV: &str = "LINREC_DUMP_DIR";
+
+/// One compiled kernel: bytes, launch metadata and every stage's text.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Artifact {
+    /// Launch metadata (entry point, parameters in ABI order, grid, block, scratch).
+    pub info: KernelInfo,
+    /// The kernel: PTX text bytes (NVIDIA), an HSACO code object (AMD), SPIR-V words in
+    /// little-endian bytes (SPIR-V).
+    pub binary: Vec<u8>,
+    /// The plan stage's text.
+    pub plan_text: String,
+    /// The schedule stage's text.
+    pub schedule_text: String,
+    /// The emitted MLIR (`gpu.container_module`).
+    pub mlir: String,
+    /// The module after the target's lowering pipeline, before serialization.
+    pub lowered: Option<String>,
+    /// Human-readable assembly: the PTX (NVIDIA), the AMDGCN assembly (AMD), the `spirv-dis`
+    /// disassembly (SPIR-V, only when `spirv-dis` is on `PATH` or `LINREC_SPIRV_DIS` names it).
+    pub asm: Option<String>,
+    /// Wall time of plan → schedule → emit → lower (disassembly and dumps excluded).
+    pub compile_time: Duration,
+}
+
+impl Artifact {
+    /// The target the kernel was compiled for.
+    pub fn target(&self) -> Result<Target, lower::UnknownTarget> {
+        self.info.target.parse()
+    }
+}
+
+/// Why a kernel could not be compiled.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CompileError {
+    /// The spec is invalid or uses a form the compiler does not derive yet
+    /// (`not yet supported: the diagonal decay ...`).
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// The config is outside what the kernels support (naming the field and the allowed
+    /// values), or the plan cannot be scheduled.
+    #[error(transparent)]
+    Schedule(#[from] ScheduleError),
+    /// Building the MLIR failed (a bug in linrec).
+    #[error(transparent)]
+    Emit(#[from] EmitError),
+    /// The target's pipeline failed or a tool it needs is missing.
+    #[error(transparent)]
+    Lower(#[from] LowerError),
+    /// `LINREC_DUMP_DIR` is set but a stage could not be written there.
+    #[error("LINREC_DUMP_DIR: cannot write `{}`: {source}", path.display())]
+    Dump {
+        /// The file or folder.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// Knobs for [`compile_with`]; [`compile`] uses [`CompileOptions::from_env`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CompileOptions {
+    /// Write every stage under this directory (see the module docs).
+    pub dump_dir: Option<PathBuf>,
+}
+
+impl CompileOptions {
+    /// Options from the environment: `LINREC_DUMP_DIR` (ignored when empty).
+    pub fn from_env() -> Self {
+        CompileOptions {
+            dump_dir: std::env::var_os(DUMP_DIR_ENV)
+                .filter(|d| !d.is_empty())
+                .map(PathBuf::from),
+        }
+    }
+
+    /// Sets [`CompileOptions::dump_dir`].
+    pub fn with_dump_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.dump_dir = Some(dir.into());
+        self
+    }
+}
+
+/// Compiles the forward kernel of `spec` for `target`, specialised for `config`, with the
+/// options of the environment (`LINREC_DUMP_DIR`).
+///
+/// ```no_run
+/// use linrec_compiler::{compile, Target};
+/// use linrec_spec::launch::{ElementType, KernelConfig};
+/// # fn spec() -> linrec_spec::Spec { unimplemented!() }
+/// let config = KernelConfig {
+///     dtype: ElementType::Bf16, key_dim: 64, value_dim: 64, chunk: 64,
+///     initial_state: true, final_state: true, varlen: false,
+/// };
+/// let artifact = compile(&spec(), Target::Sm90, &config)?;
+/// println!("{} in {:?}", artifact.info.entry, artifact.compile_time);
+/// # Ok::<(), linrec_compiler::CompileError>(())
+/// ```
+pub fn compile(
+    spec: &Spec,
+    target: Target,
+    config: &KernelConfig,
+) -> Result<Artifact, CompileError> {
+    compile_with(spec, target, config, &CompileOptions::from_env())
+}
+
+/// [`compile`] with explicit options.
+pub fn compile_with(
+    spec: &Spec,
+    target: Target,
+    config: &KernelConfig,
+    options: &CompileOptions,
+) -> Result<Artifact, CompileError> {
+    let start = Instant::now();
+    let plan = plan::forward(spec)?;
+    let schedule = schedule::forward(&plan, spec, target, config)?;
+    let mlir = emit::forward(&schedule)?;
+    let lowered = lower::lower(&mlir, target)?;
+    let compile_time = start.elapsed();
+
+    let asm = match lowered.format() {
+        BinaryFormat::Ptx | BinaryFormat::Hsaco => lowered.assembly().map(str::to_owned),
+        BinaryFormat::Spirv => spirv_dis(lowered.binary()),
+    };
+    let artifact = Artifact {
+        info: schedule.kernel_info(),
+        plan_text: plan.to_string(),
+        schedule_text: schedule.to_string(),
+        mlir,
+        lowered: Some(lowered.lowered_mlir().to_owned()),
+        asm,
+        binary: lowered.into_binary(),
+        compile_time,
+    };
+    if let Some(dir) = &options.dump_dir {
+        dump(dir, target, &artifact)?;
+    }
+    Ok(artifact)
+}
+
+/// A short, file-name-safe description of a config.
+pub fn config_tag(config: &KernelConfig) -> String {
+    format!(
+        "{}-k{}-v{}-c{}{}{}{}",
+        config.dtype,
+        config.key_dim,
+        config.value_dim,
+        config.chunk,
+        if config.initial_state { "-h0" } else { "" },
+        if config.final_state { "-ht" } else { "" },
+        if config.varlen { "-varlen" } else { "" },
+    )
+}
+
+fn dump(root: &Path, target: Target, a: &Artifact) -> Result<(), CompileError> {
+    let dir = root.join(format!(
+        "{}.{}.{}",
+        a.info.entry,
+        target.name(),
+        config_tag(&a.info.config)
+    ));
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| CompileError::Dump { path, source }
+    };
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    let write = |name: String, bytes: &[u8]| {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).map_err(io(&path))
+    };
+    write("00-plan.txt".into(), a.plan_text.as_bytes())?;
+    write("01-schedule.txt".into(), a.schedule_text.as_bytes())?;
+    write("02-emit.mlir".into(), a.mlir.as_bytes())?;
+    if let Some(lowered) = &a.lowered {
+        write("03-lowered.mlir".into(), lowered.as_bytes())?;
+    }
+    let t = target.name();
+    match target.format() {
+        BinaryFormat::Ptx => write(format!("04-{t}.ptx"), &a.binary)?,
+        BinaryFormat::Hsaco => {
+            write(format!("04-{t}.hsaco"), &a.binary)?;
+            if let Some(asm) = &a.asm {
+                write(format!("04-{t}.s"), asm.as_bytes())?;
+            }
+        }
+        BinaryFormat::Spirv => {
+            write(format!("04-{t}.spv"), &a.binary)?;
+            if let Some(asm) = &a.asm {
+                write(format!("04-{t}.spvasm"), asm.as_bytes())?;
+            }
+        }
+    }
+    write("05-info.txt".into(), format!("{:#?}\n", a.info).as_bytes())
+}
+
+/// The SPIR-V disassembly from `spirv-dis`, if it is installed (`LINREC_SPIRV_DIS`, else
+/// `PATH`); `None` otherwise. The tool reads the module from stdin.
+fn spirv_dis(binary: &[u8]) -> Option<String> {
+    use std::io::Write;
+    let exe = std::env::var_os("LINREC_SPIRV_DIS")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+        .or_else(|| {
+            std::env::split_paths(&std::env::var_os("PATH")?)
+                .map(|d| d.join("spirv-dis"))
+                .find(|p| p.is_file())
+        })?;
+    let mut child = Command::new(exe)
+        .args(["--no-color", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    child.stdin.take()?.write_all(binary).ok()?;
+    let out = child.wait_with_output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}

@@ -1,0 +1,437 @@
+//! The kernel's frame: arguments, the workgroup's coordinates, the state's initialisation, the
+//! sequential loop over chunks (whose body [`super::tile`] fills node by node), the sink phase
+//! and the final state. The layout is the portable schedule's (see [`crate::schedule`]).
+
+use linrec_spec::launch::{ElementType, KernelParam};
+use melior::ir::{
+    Attribute, Block, BlockLike, Region, RegionLike, Type, Value,
+    attribute::{IntegerAttribute, StringAttribute, TypeAttribute},
+    r#type::FunctionType,
+};
+
+use super::EmitError;
+use super::builder::{Builder, Cmp, R};
+use super::target::TargetOps;
+use crate::schedule::{Schedule, Tile};
+
+/// Values of the kernel's entry block that every later step uses.
+pub(super) struct Env<'c, 'a> {
+    /// Arguments in ABI order, with their parameter.
+    pub args: Vec<(KernelParam, Value<'c, 'a>)>,
+    /// Thread index in the workgroup.
+    pub tid: Value<'c, 'a>,
+    /// This workgroup's first element of the scratch buffer.
+    pub base: Value<'c, 'a>,
+    /// Sequence index.
+    pub n: Value<'c, 'a>,
+    /// Value head.
+    pub hv: Value<'c, 'a>,
+    /// Query/key head.
+    pub h: Value<'c, 'a>,
+    /// H and HV as indices.
+    pub heads: Value<'c, 'a>,
+    pub vheads: Value<'c, 'a>,
+    /// First value column of this workgroup.
+    pub v0: Value<'c, 'a>,
+    /// Valid columns of the block, `min(BV, V − v0)` (at least 1).
+    pub vvalid: Value<'c, 'a>,
+    /// Rows `[bos, eos)` of the flattened `[B·T]` tokens that form this sequence.
+    pub bos: Value<'c, 'a>,
+    pub eos: Value<'c, 'a>,
+    /// The output scale (f32).
+    pub scale: Value<'c, 'a>,
+    /// The per-head constant log-decay (f32), when the plan reads one.
+    pub decay: Option<Value<'c, 'a>>,
+}
+
+impl<'c, 'a> Env<'c, 'a> {
+    /// The argument of `param`.
+    pub fn arg(&self, param: &KernelParam) -> R<Value<'c, 'a>> {
+        self.args
+            .iter()
+            .find(|(p, _)| p == param)
+            .map(|(_, v)| *v)
+            .ok_or_else(|| EmitError::Schedule(format!("the kernel has no {param:?} parameter")))
+    }
+}
+
+/// The kernel emitter: the schedule, and how to build ops for its target.
+pub(super) struct Kernel<'s, 'c> {
+    pub b: Builder<'c>,
+    pub t: TargetOps,
+    pub s: &'s Schedule,
+}
+
+impl<'c> Kernel<'_, 'c> {
+    /// The dtype of q, k, v and o.
+    pub fn dtype(&self) -> ElementType {
+        self.s.config.dtype
+    }
+
+    /// The type of one kernel argument.
+    fn arg_type(&self, p: &KernelParam) -> Type<'c> {
+        match self.s.buffer_type(p) {
+            Some(ty) => self.t.memref(&self.b, ty),
+            None if *p == KernelParam::Scale => self.b.f32(),
+            None => self.b.int(32),
+        }
+    }
+
+    /// Builds the `gpu.func` and appends it to the `gpu.module` body `module`.
+    pub fn build(&self, module: &Block<'c>) -> R<()> {
+        let b = &self.b;
+        let types: Vec<Type<'c>> = self.s.params.iter().map(|p| self.arg_type(p)).collect();
+        let entry = Block::new(&types.iter().map(|t| (*t, b.loc)).collect::<Vec<_>>());
+        {
+            let mut args = Vec::new();
+            for (i, p) in self.s.params.iter().enumerate() {
+                let v = entry.argument(i).map_err(|e| EmitError::Build {
+                    op: "gpu.func argument".into(),
+                    detail: e.to_string(),
+                })?;
+                args.push((p.clone(), v.into()));
+            }
+            let env = self.prologue(&entry, args)?;
+            self.init_state(&entry, &env)?;
+            self.t.barrier(b, &entry)?;
+            self.chunk_loop(&entry, &env)?;
+            if self.s.config.final_state {
+                self.final_state(&entry, &env)?;
+            }
+            b.push0(&entry, b.op("gpu.return"))?;
+        }
+        let body = Region::new();
+        body.append_block(entry);
+        let function = FunctionType::new(b.ctx, &types, &[]);
+        let mut attrs = vec![
+            b.named(
+                "sym_name",
+                StringAttribute::new(b.ctx, &self.s.entry).into(),
+            ),
+            b.named("function_type", TypeAttribute::new(function.into()).into()),
+            b.named("gpu.kernel", Attribute::unit(b.ctx)),
+            b.named(
+                "workgroup_attributions",
+                IntegerAttribute::new(b.int(64), 0).into(),
+            ),
+        ];
+        attrs.extend(self.t.entry_attributes(b, self.s.block_threads)?);
+        b.push0(
+            module,
+            b.op("gpu.func").add_attributes(&attrs).add_regions([body]),
+        )
+    }
+
+    /// Workgroup coordinates, the sequence's rows, the scalars as indices.
+    fn prologue<'a>(
+        &self,
+        blk: &'a Block<'c>,
+        args: Vec<(KernelParam, Value<'c, 'a>)>,
+    ) -> R<Env<'c, 'a>> {
+        let b = &self.b;
+        let s = self.s;
+        let find = |p: KernelParam| {
+            args.iter()
+                .find(|(q, _)| *q == p)
+                .map(|(_, v)| *v)
+                .ok_or_else(|| EmitError::Schedule(format!("the kernel has no {p:?} parameter")))
+        };
+        let tid = b.gpu_id(blk, "gpu.thread_id", "x")?;
+        let bx = b.gpu_id(blk, "gpu.block_id", "x")?;
+        let by = b.gpu_id(blk, "gpu.block_id", "y")?;
+        let heads = b.to_index(blk, find(KernelParam::Heads)?)?;
+        let vheads = b.to_index(blk, find(KernelParam::ValueHeads)?)?;
+        let seq_len = b.to_index(blk, find(KernelParam::SeqLen)?)?;
+        let scale = find(KernelParam::Scale)?;
+
+        // Workgroup y = n·HV + hv; GVA: HV/H value heads share one q/k head.
+        let n = b.divui(blk, by, vheads)?;
+        let hv = b.remui(blk, by, vheads)?;
+        let group = b.divui(blk, vheads, heads)?;
+        let h = b.divui(blk, hv, group)?;
+
+        let bv = s.block_v as i64;
+        let bv_c = b.ci(blk, bv)?;
+        let v0 = b.muli(blk, bx, bv_c)?;
+        let vdim = b.ci(blk, s.config.value_dim as i64)?;
+        let rest = b.subi(blk, vdim, v0)?;
+        let vvalid = b.bin(blk, "arith.minui", rest, bv_c)?;
+
+        // This workgroup's scratch: workgroups are numbered y·gx + x.
+        let gx = s.config.value_dim.div_ceil(s.block_v) as i64;
+        let wg = b.mad(blk, bx, by, gx)?;
+        let scratch = b.ci(blk, s.scratch as i64)?;
+        let base = b.muli(blk, wg, scratch)?;
+
+        // Rows of this sequence: cu_seqlens is read here, on the device, so the host never waits.
+        let (bos, eos) = if s.config.varlen {
+            let cu = find(KernelParam::CuSeqlens)?;
+            let one = b.ci(blk, 1)?;
+            let n1 = b.addi(blk, n, one)?;
+            let lo = b.load(blk, cu, n)?;
+            let hi = b.load(blk, cu, n1)?;
+            (b.to_index(blk, lo)?, b.to_index(blk, hi)?)
+        } else {
+            let bos = b.muli(blk, n, seq_len)?;
+            (bos, b.addi(blk, bos, seq_len)?)
+        };
+
+        let decay = match &s.decay {
+            Some(p) => {
+                let rates = find(p.clone())?;
+                Some(b.load(blk, rates, hv)?)
+            }
+            None => None,
+        };
+        Ok(Env {
+            args,
+            tid,
+            base,
+            n,
+            hv,
+            h,
+            heads,
+            vheads,
+            v0,
+            vvalid,
+            bos,
+            eos,
+            scale,
+            decay,
+        })
+    }
+
+    /// The address in scratch of element `idx` of `tile`.
+    pub fn addr<'a>(
+        &self,
+        blk: &'a Block<'c>,
+        env: &Env<'c, '_>,
+        tile: Tile,
+        idx: Value<'c, '_>,
+    ) -> R<Value<'c, 'a>> {
+        let b = &self.b;
+        let off = b.ci(blk, tile.offset as i64)?;
+        let at = b.addi(blk, env.base, off)?;
+        b.addi(blk, at, idx)
+    }
+
+    /// Index of state element `(k, c)` of this workgroup in an `[N, HV, K, V]` state tensor.
+    fn state_index<'a>(
+        &self,
+        blk: &'a Block<'c>,
+        env: &Env<'c, '_>,
+        k: Value<'c, '_>,
+        c: Value<'c, '_>,
+    ) -> R<Value<'c, 'a>> {
+        let b = &self.b;
+        let head = b.muli(blk, env.n, env.vheads)?;
+        let head = b.addi(blk, head, env.hv)?;
+        let row = b.mad(blk, k, head, self.s.config.key_dim as i64)?;
+        let col = b.addi(blk, env.v0, c)?;
+        b.mad(blk, col, row, self.s.config.value_dim as i64)
+    }
+
+    /// A loop over the `len` elements of a tile, each thread taking every `block_threads`-th
+    /// one: `body(block, e)`.
+    pub fn strided<'a>(
+        &self,
+        blk: &'a Block<'c>,
+        env: &Env<'c, '_>,
+        len: u64,
+        body: impl for<'x> FnOnce(&'x Block<'c>, Value<'c, 'x>) -> R<()>,
+    ) -> R<()> {
+        let b = &self.b;
+        let ub = b.ci(blk, len as i64)?;
+        let step = b.ci(blk, i64::from(self.s.block_threads))?;
+        b.for_(blk, env.tid, ub, step, body)
+    }
+
+    /// Row and column of element `e` of a tile with `cols` columns.
+    pub fn row_col<'a>(
+        &self,
+        blk: &'a Block<'c>,
+        e: Value<'c, 'a>,
+        cols: usize,
+    ) -> R<(Value<'c, 'a>, Value<'c, 'a>)> {
+        let b = &self.b;
+        if cols == 1 {
+            return Ok((e, b.ci(blk, 0)?));
+        }
+        let w = b.ci(blk, cols as i64)?;
+        Ok((b.divui(blk, e, w)?, b.remui(blk, e, w)?))
+    }
+
+    /// `S ← h0` (or 0), columns past V read as 0.
+    fn init_state(&self, blk: &Block<'c>, env: &Env<'c, '_>) -> R<()> {
+        let b = &self.b;
+        let state = self.s.state;
+        let h0 = if self.s.config.initial_state {
+            Some(env.arg(&KernelParam::InitialState)?)
+        } else {
+            None
+        };
+        self.strided(blk, env, state.len(), |blk, e| {
+            let value = match h0 {
+                Some(h0) => {
+                    let (k, c) = self.row_col(blk, e, state.cols)?;
+                    let one = b.ci(blk, 1)?;
+                    let last = b.subi(blk, env.vvalid, one)?;
+                    let cc = b.bin(blk, "arith.minui", c, last)?;
+                    let idx = self.state_index(blk, env, k, cc)?;
+                    let x = b.load(blk, h0, idx)?;
+                    let ok = b.cmpi(blk, Cmp::Ult, c, env.vvalid)?;
+                    let zero = b.cf32(blk, 0.0)?;
+                    b.select(blk, ok, x, zero)?
+                }
+                None => b.cf32(blk, 0.0)?,
+            };
+            let scratch = env.arg(&KernelParam::Scratch)?;
+            let at = self.addr(blk, env, state, e)?;
+            b.store(blk, value, scratch, at)
+        })
+    }
+
+    /// The sequential loop over this sequence's chunks.
+    fn chunk_loop(&self, blk: &Block<'c>, env: &Env<'c, '_>) -> R<()> {
+        let b = &self.b;
+        let c = self.s.config.chunk as i64;
+        // ceil((eos − bos) / C), signed so that a malformed cu_seqlens (eos < bos) runs no chunk.
+        let len = b.subi(blk, env.eos, env.bos)?;
+        let round = b.ci(blk, c - 1)?;
+        let up = b.addi(blk, len, round)?;
+        let cc = b.ci(blk, c)?;
+        let chunks = b.bin(blk, "arith.divsi", up, cc)?;
+        let zero = b.ci(blk, 0)?;
+        let one = b.ci(blk, 1)?;
+        // Built by hand rather than with `Builder::for_`: the body stores entry-block values
+        // (the scale) next to its own, which needs the body's lifetime to be a plain local one.
+        let body = Block::new(&[(b.index(), b.loc)]);
+        {
+            let i = body.argument(0).map_err(|e| EmitError::Build {
+                op: "scf.for argument".into(),
+                detail: e.to_string(),
+            })?;
+            let start = b.mad(&body, env.bos, i.into(), c)?;
+            let rest = b.subi(&body, env.eos, start)?;
+            let cc = b.ci(&body, c)?;
+            let len = b.bin(&body, "arith.minsi", rest, cc)?;
+            self.chunk_body(&body, env, start, len)?;
+            b.yield_(&body, &[])?;
+        }
+        let region = Region::new();
+        region.append_block(body);
+        b.push0(
+            blk,
+            b.op("scf.for")
+                .add_operands(&[zero, chunks, one])
+                .add_regions([region]),
+        )
+    }
+
+    /// One chunk: every plan node, then o and the next state.
+    fn chunk_body<'a>(
+        &self,
+        blk: &'a Block<'c>,
+        env: &Env<'c, 'a>,
+        start: Value<'c, '_>,
+        len: Value<'c, '_>,
+    ) -> R<()> {
+        let mut uniforms = vec![None; self.s.plan.nodes.len()];
+        for i in 0..self.s.plan.nodes.len() {
+            if self.s.barrier_before[i] {
+                self.t.barrier(&self.b, blk)?;
+            }
+            self.node(blk, env, start, len, i, &mut uniforms)?;
+        }
+        if self.s.barrier_before_sinks {
+            self.t.barrier(&self.b, blk)?;
+        }
+        self.store_output(blk, env, start, len)?;
+        self.copy_state(blk, env)?;
+        self.t.barrier(&self.b, blk)
+    }
+
+    /// `o[rows, v0 + c] ← output tile`, for the chunk's valid rows and columns.
+    fn store_output(
+        &self,
+        blk: &Block<'c>,
+        env: &Env<'c, '_>,
+        start: Value<'c, '_>,
+        len: Value<'c, '_>,
+    ) -> R<()> {
+        let b = &self.b;
+        let tile = self.tile(self.s.output)?;
+        let o = env.arg(&KernelParam::Output)?;
+        let scratch = env.arg(&KernelParam::Scratch)?;
+        self.strided(blk, env, tile.len(), |blk, e| {
+            let (r, c) = self.row_col(blk, e, tile.cols)?;
+            let row_ok = b.cmpi(blk, Cmp::Ult, r, len)?;
+            let col_ok = b.cmpi(blk, Cmp::Ult, c, env.vvalid)?;
+            let ok = b.bin(blk, "arith.andi", row_ok, col_ok)?;
+            b.if_(blk, ok, |blk| {
+                let at = self.addr(blk, env, tile, e)?;
+                let x = b.load(blk, scratch, at)?;
+                let row = b.addi(blk, start, r)?;
+                let idx = self.value_index(blk, env, row, c)?;
+                self.t.store_f32(b, blk, x, o, idx, self.dtype())
+            })
+        })
+    }
+
+    /// Index of element `(row, v0 + c)` in a `[B·T, HV, V]` tensor (v and o).
+    pub fn value_index<'a>(
+        &self,
+        blk: &'a Block<'c>,
+        env: &Env<'c, '_>,
+        row: Value<'c, '_>,
+        c: Value<'c, '_>,
+    ) -> R<Value<'c, 'a>> {
+        let b = &self.b;
+        let head = b.muli(blk, row, env.vheads)?;
+        let head = b.addi(blk, head, env.hv)?;
+        let col = b.addi(blk, env.v0, c)?;
+        b.mad(blk, col, head, self.s.config.value_dim as i64)
+    }
+
+    /// `S ← next state tile`.
+    fn copy_state(&self, blk: &Block<'c>, env: &Env<'c, '_>) -> R<()> {
+        let b = &self.b;
+        let next = self.tile(self.s.state_out)?;
+        let state = self.s.state;
+        if next == state {
+            return Ok(());
+        }
+        let scratch = env.arg(&KernelParam::Scratch)?;
+        self.strided(blk, env, state.len(), |blk, e| {
+            let from = self.addr(blk, env, next, e)?;
+            let x = b.load(blk, scratch, from)?;
+            let to = self.addr(blk, env, state, e)?;
+            b.store(blk, x, scratch, to)
+        })
+    }
+
+    /// `ht ← S` for the valid columns.
+    fn final_state(&self, blk: &Block<'c>, env: &Env<'c, '_>) -> R<()> {
+        let b = &self.b;
+        let state = self.s.state;
+        let ht = env.arg(&KernelParam::FinalState)?;
+        let scratch = env.arg(&KernelParam::Scratch)?;
+        self.strided(blk, env, state.len(), |blk, e| {
+            let (k, c) = self.row_col(blk, e, state.cols)?;
+            let ok = b.cmpi(blk, Cmp::Ult, c, env.vvalid)?;
+            b.if_(blk, ok, |blk| {
+                let at = self.addr(blk, env, state, e)?;
+                let x = b.load(blk, scratch, at)?;
+                let idx = self.state_index(blk, env, k, c)?;
+                b.store(blk, x, ht, idx)
+            })
+        })
+    }
+
+    /// The tile of a plan value.
+    pub fn tile(&self, v: crate::plan::ValueId) -> R<Tile> {
+        self.s.values[v.0]
+            .tile()
+            .ok_or_else(|| EmitError::Schedule(format!("%{} has no tile", v.0)))
+    }
+}

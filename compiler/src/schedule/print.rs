@@ -1,0 +1,113 @@
+//! The schedule's deterministic text form (`01-schedule.txt` in a stage dump).
+
+use std::fmt;
+
+use linrec_spec::launch::{KernelParam, SizeExpr, SizeSym};
+
+use super::{BufferType, Placement, Schedule};
+
+fn size(e: &SizeExpr) -> String {
+    match e {
+        SizeExpr::Const(c) => c.to_string(),
+        SizeExpr::Sym(s) => match s {
+            SizeSym::B => "B",
+            SizeSym::T => "T",
+            SizeSym::H => "H",
+            SizeSym::Hv => "HV",
+            SizeSym::K => "K",
+            SizeSym::V => "V",
+            SizeSym::N => "N",
+        }
+        .into(),
+        SizeExpr::Mul(a, b) => format!("{}·{}", size(a), size(b)),
+        SizeExpr::CeilDiv(a, b) => format!("ceil({}/{})", size(a), size(b)),
+    }
+}
+
+/// A parameter's name as the kernel's argument list shows it.
+pub(crate) fn param_name(p: &KernelParam) -> String {
+    match p {
+        KernelParam::Input(role) => role.to_string(),
+        KernelParam::DecayRates => "decay_rates".into(),
+        KernelParam::InitialState => "h0".into(),
+        KernelParam::Output => "o".into(),
+        KernelParam::FinalState => "ht".into(),
+        KernelParam::CuSeqlens => "cu_seqlens".into(),
+        KernelParam::Scratch => "scratch".into(),
+        KernelParam::SeqLen => "T".into(),
+        KernelParam::Heads => "H".into(),
+        KernelParam::ValueHeads => "HV".into(),
+        KernelParam::Scale => "scale".into(),
+    }
+}
+
+impl fmt::Display for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.config;
+        writeln!(
+            f,
+            "schedule {} forward for {} (portable: one kernel)",
+            self.spec_name, self.target
+        )?;
+        writeln!(
+            f,
+            "  config   dtype {} K {} V {} chunk {}{}{}{}",
+            c.dtype,
+            c.key_dim,
+            c.value_dim,
+            c.chunk,
+            if c.initial_state { " h0" } else { "" },
+            if c.final_state { " final_state" } else { "" },
+            if c.varlen { " varlen" } else { "" },
+        )?;
+        writeln!(
+            f,
+            "  kernel   @{} grid ({}, {}, {}) block ({}, 1, 1) BV {}",
+            self.entry,
+            size(&self.grid[0]),
+            size(&self.grid[1]),
+            size(&self.grid[2]),
+            self.block_threads,
+            self.block_v
+        )?;
+        let params: Vec<String> = self
+            .params
+            .iter()
+            .map(|p| match self.buffer_type(p) {
+                Some(BufferType::Float(t)) => format!("{}: {t}*", param_name(p)),
+                Some(BufferType::I32) => format!("{}: i32*", param_name(p)),
+                None if *p == KernelParam::Scale => format!("{}: f32", param_name(p)),
+                None => format!("{}: i32", param_name(p)),
+            })
+            .collect();
+        writeln!(f, "  params   {}", params.join(", "))?;
+        writeln!(
+            f,
+            "  scratch  {} f32 per workgroup; state S [{} x {}] @ {}",
+            self.scratch, self.state.rows, self.state.cols, self.state.offset
+        )?;
+        if let Some(d) = &self.decay {
+            writeln!(f, "  decay    constant_gate reads {}[hv]", param_name(d))?;
+        }
+        writeln!(f, "  per chunk:")?;
+        for (i, node) in self.plan.nodes.iter().enumerate() {
+            if self.barrier_before[i] {
+                writeln!(f, "    barrier")?;
+            }
+            let place = match self.values[i] {
+                Placement::Uniform => "uniform".to_string(),
+                Placement::Tile(t) => format!("[{} x {}] @ {}", t.rows, t.cols, t.offset),
+            };
+            writeln!(f, "    %{i:<3} {:<38} {place}", node.op.to_string())?;
+        }
+        if self.barrier_before_sinks {
+            writeln!(f, "    barrier")?;
+        }
+        writeln!(
+            f,
+            "    store o <- %{}; S <- %{}",
+            self.output.0, self.state_out.0
+        )?;
+        writeln!(f, "    barrier")
+    }
+}

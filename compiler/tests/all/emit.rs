@@ -1,0 +1,180 @@
+//! The schedule and emit stages: snapshots of the schedule and of the emitted MLIR for the
+//! additive built-ins at one config (bf16, K = V = 64, C = 64, h0 + final state), for SPIR-V
+//! and sm_90, and the launch metadata the schedule records.
+
+use linrec_compiler::lower::Target;
+use linrec_compiler::{emit, plan, schedule};
+use linrec_spec::Role;
+use linrec_spec::launch::{KernelParam, SizeExpr, SizeSym};
+
+use crate::specs;
+
+fn schedule_of(spec: &linrec_spec::Spec, target: Target) -> schedule::Schedule {
+    let p = plan::forward(spec).expect("supported");
+    schedule::forward(&p, spec, target, &specs::config()).expect("schedules")
+}
+
+#[test]
+fn schedule_snapshots_of_the_additive_builtins() {
+    for s in [
+        specs::linear_attn(),
+        specs::retention(),
+        specs::simple_gla(),
+    ] {
+        let sched = schedule_of(&s, Target::Sm90);
+        insta::assert_snapshot!(format!("schedule_forward_{}", s.name), sched.to_string());
+    }
+}
+
+#[test]
+fn emitted_mlir_snapshots_for_spirv_and_sm_90() {
+    for s in [
+        specs::linear_attn(),
+        specs::retention(),
+        specs::simple_gla(),
+    ] {
+        for target in [Target::Spirv, Target::Sm90] {
+            let text = emit::forward(&schedule_of(&s, target)).expect("emits");
+            // Deterministic: a second emission is byte-identical.
+            assert_eq!(
+                text,
+                emit::forward(&schedule_of(&s, target)).expect("emits")
+            );
+            insta::assert_snapshot!(format!("emit_forward_{}_{}", s.name, target), text);
+        }
+    }
+}
+
+#[test]
+fn emitted_mlir_differs_per_vendor_where_documented() {
+    let s = specs::simple_gla();
+    let spirv = emit::forward(&schedule_of(&s, Target::Spirv)).expect("emits");
+    let nv = emit::forward(&schedule_of(&s, Target::Sm90)).expect("emits");
+    let amd = emit::forward(&schedule_of(&s, Target::Gfx942)).expect("emits");
+    // Buffers: dynamic memrefs (bf16 as i16) vs static flat memrefs for the bare-pointer ABI.
+    assert!(spirv.contains("memref<?xi16>") && !spirv.contains("bf16"));
+    assert!(nv.contains("memref<1099511627776xbf16>"));
+    // Entry ABI, exp2, barrier.
+    assert!(
+        spirv.contains(
+            "spirv.entry_point_abi = #spirv.entry_point_abi<workgroup_size = [128, 1, 1]>"
+        )
+    );
+    assert!(nv.contains("known_block_size = array<i32: 128, 1, 1>"));
+    assert!(amd.contains("known_block_size = array<i32: 128, 1, 1>"));
+    assert!(spirv.contains("spirv.CL.exp") && spirv.contains("CrossWorkgroupMemory"));
+    assert!(nv.contains("llvm.nvvm.ex2.approx.f32") && nv.contains("gpu.barrier"));
+    assert!(amd.contains("llvm.amdgcn.exp2.f32") && !amd.contains("nvvm"));
+    // No math-dialect ops: they would need libdevice / ROCm device libraries.
+    for text in [&spirv, &nv, &amd] {
+        assert!(!text.contains("math."), "{text}");
+    }
+}
+
+#[test]
+fn kernel_info_records_the_launch() {
+    let sched = schedule_of(&specs::retention(), Target::Spirv);
+    let info = sched.kernel_info();
+    assert_eq!(info.entry, "linrec_retention_fwd");
+    assert_eq!(info.direction, "forward");
+    assert_eq!(info.target, "spirv");
+    assert_eq!(info.block, [128, 1, 1]);
+    assert_eq!(info.shared_bytes, 0);
+    assert_eq!(
+        info.params,
+        vec![
+            KernelParam::Input(Role::Query),
+            KernelParam::Input(Role::Key),
+            KernelParam::Input(Role::Value),
+            KernelParam::DecayRates,
+            KernelParam::InitialState,
+            KernelParam::Output,
+            KernelParam::FinalState,
+            KernelParam::Scratch,
+            KernelParam::SeqLen,
+            KernelParam::Heads,
+            KernelParam::ValueHeads,
+            KernelParam::Scale,
+        ]
+    );
+    // grid = (ceil(V/32), N·HV, 1)
+    let dims = linrec_spec::Dims::new(3, 10, 2, 64, 100).with_value_heads(4);
+    let grid: Vec<u64> = info
+        .grid
+        .iter()
+        .map(|e| e.eval(&dims, 3).expect("fits"))
+        .collect();
+    assert_eq!(grid, vec![4, 12, 1]);
+    assert_eq!(
+        info.grid[1],
+        SizeExpr::product(SizeExpr::Sym(SizeSym::N), SizeExpr::Sym(SizeSym::Hv))
+    );
+    assert!(info.scratch >= 64 * 32, "the state tile alone is K·BV");
+    // The info is plain serde data: the spec hash identifies the spec.
+    assert_eq!(info.spec_hash, specs::retention().hash().hex());
+}
+
+#[test]
+fn scratch_is_reused_by_liveness() {
+    // Without reuse simple_gla's 25 tiles would need far more than the peak of live ones.
+    let sched = schedule_of(&specs::simple_gla(), Target::Sm90);
+    let total: u64 = sched
+        .values
+        .iter()
+        .filter_map(|p| p.tile())
+        .map(|t| t.len())
+        .sum();
+    assert!(
+        sched.scratch < total / 2,
+        "scratch {} vs {total} without reuse",
+        sched.scratch
+    );
+    // Tiles alive at once never overlap: a value's tile is intact from its node to its last
+    // reader (the sinks read after the last node).
+    use linrec_compiler::plan::{Op, ValueId};
+    let plan = &sched.plan;
+    let operands = |op: &Op| -> Vec<ValueId> {
+        match op {
+            Op::L2NormRows(x) | Op::CumSum(x) | Op::Last(x) | Op::PairDiff(x) | Op::Exp2(x) => {
+                vec![*x]
+            }
+            Op::MaskCausal { x, .. } => vec![*x],
+            Op::Mul(a, b) | Op::Add(a, b) | Op::Sub(a, b) | Op::Matmul { a, b, .. } => {
+                vec![*a, *b]
+            }
+            _ => vec![],
+        }
+    };
+    let n = plan.nodes.len();
+    let mut last = vec![0; n];
+    for (i, node) in plan.nodes.iter().enumerate() {
+        for v in operands(&node.op) {
+            last[v.0] = i;
+        }
+    }
+    last[sched.output.0] = n;
+    last[sched.state_out.0] = n;
+    let overlap = |a: schedule::Tile, b: schedule::Tile| {
+        a.offset < b.offset + b.len() && b.offset < a.offset + a.len()
+    };
+    for (i, node) in plan.nodes.iter().enumerate() {
+        let Some(written) = sched.values[i].tile() else {
+            continue;
+        };
+        if matches!(node.op, Op::StateIn) {
+            continue;
+        }
+        for (v, placement) in sched.values.iter().enumerate().take(i) {
+            if let Some(live) = placement.tile() {
+                if last[v] >= i {
+                    assert!(
+                        !overlap(written, live),
+                        "%{i} overwrites %{v}, read until %{}",
+                        last[v]
+                    );
+                }
+            }
+        }
+        assert!(!overlap(written, sched.state), "%{i} overwrites the state");
+    }
+}
