@@ -414,3 +414,48 @@ fn constant_input_rate_forward_runs_on_opencl() {
         ],
     );
 }
+
+#[test]
+fn a_compiled_kernel_refuses_wrong_buffers_by_name() {
+    let Some(dev) = device("a_compiled_kernel_refuses_wrong_buffers_by_name") else {
+        return;
+    };
+    let mut config = crate::specs::config();
+    config.initial_state = false;
+    let a = compile(&specs::simple_gla(), Target::Spirv, &config).expect("compiles");
+    let q = dev.alloc(DType::BF16, &[1, 4, 1, 64]).expect("alloc");
+    let v = dev.alloc(DType::BF16, &[1, 4, 1, 64]).expect("alloc");
+    let g_bf16 = dev.alloc(DType::BF16, &[1, 4, 1]).expect("alloc");
+    let k_short = dev.alloc(DType::BF16, &[1, 4, 1, 60]).expect("alloc");
+    let launch = |k: &DeviceBuffer, g: &DeviceBuffer| {
+        op::forward(
+            &dev,
+            &a.info,
+            &a.binary,
+            &op::ForwardArgs {
+                inputs: &[
+                    (Role::Query, &q),
+                    (Role::Key, k),
+                    (Role::Value, &v),
+                    (Role::Gate, g),
+                ],
+                initial_state: None,
+                cu_seqlens: None,
+                scale: 0.125,
+            },
+        )
+        .expect_err("wrong buffer")
+        .to_string()
+    };
+    let msg = launch(&q, &g_bf16);
+    assert!(
+        msg.contains("`g`") && msg.contains("expected dtype f32, found bf16"),
+        "{msg}"
+    );
+    let g = dev.alloc(DType::F32, &[1, 4, 1]).expect("alloc");
+    let msg = launch(&k_short, &g);
+    assert!(
+        msg.contains("`k`") && msg.contains("[B, T, H, 64]"),
+        "{msg}"
+    );
+}

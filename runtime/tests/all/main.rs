@@ -10,11 +10,13 @@
 //! - `cuda`: the CUDA backend's "driver not found" path on machines without libcuda, and the
 //!   shared checks on PTX where a GPU is present (never in CI, which has none).
 //! - `select`: `DeviceKind::Auto` falls back to OpenCL.
+//! - `op`: `op::forward`'s argument checks and output allocation, on the mock backend.
 
 mod checks;
 mod common;
 mod cuda;
 mod kernels;
 mod mock;
+mod op;
 mod opencl;
 mod select;
