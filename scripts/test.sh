@@ -9,7 +9,10 @@ step "cargo fmt --check"
 cargo fmt --all --check
 step "cargo clippy (warnings denied)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy -p linrec --no-default-features --all-targets --locked -- -D warnings
 step "cargo test"
 cargo test --workspace --locked
+step "cargo test without jit (the LLVM-free build; the macro's UI tests)"
+cargo test -p linrec --no-default-features --locked
 step "a crate outside the workspace declares its own variant (examples/new-variant)"
 cargo run --quiet --manifest-path examples/new-variant/Cargo.toml --target-dir target

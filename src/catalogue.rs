@@ -182,7 +182,7 @@ pub const BUILTINS: &[Builtin] = &[
 ];
 
 /// The variant `linrec run` uses when none is named.
-pub const DEFAULT_VARIANT: &str = "gated_delta_net";
+pub const DEFAULT_VARIANT: &str = "simple_gla";
 
 /// Finds a built-in by name or alias.
 ///

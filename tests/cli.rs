@@ -95,15 +95,22 @@ fn unknown_variant_lists_known_ones_and_exits_2() {
 #[test]
 fn run_checks_the_backward_of_every_builtin() {
     for name in BUILTINS {
-        let out = stdout(&["run", name, "--shape", "1,70,1,2,4,3"]);
+        let out = stdout(&[
+            "run",
+            name,
+            "--device",
+            "reference",
+            "--shape",
+            "1,70,1,2,4,3",
+        ]);
         assert!(out.contains("PASS"), "{name}:\n{out}");
     }
 }
 
 #[test]
-fn run_default_is_gated_delta_net() {
-    let out = stdout(&["run", "--shape", "1,8,1,4,4"]);
-    assert!(out.contains("variant  gated_delta_net"), "{out}");
+fn run_default_is_simple_gla() {
+    let out = stdout(&["run", "--device", "reference", "--shape", "1,8,1,4,4"]);
+    assert!(out.contains("variant  simple_gla"), "{out}");
 }
 
 #[test]
@@ -121,5 +128,195 @@ fn run_rejects_bad_shapes_with_exit_2() {
         assert_eq!(out.status.code(), Some(2), "{shape}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "{shape}: {err}");
+    }
+}
+
+/// True when Intel's CPU OpenCL runtime (or another SPIR-V device) is set up; in CI it must be.
+fn opencl_ready() -> bool {
+    let ready = std::env::var_os("OCL_ICD_VENDORS").is_some();
+    if !ready {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must run the OpenCL tests: scripts/test.sh sets OCL_ICD_VENDORS"
+        );
+        eprintln!(
+            "note: OCL_ICD_VENDORS unset, OpenCL CLI tests skipped (scripts/setup-opencl.sh)"
+        );
+    }
+    ready
+}
+
+#[test]
+fn run_on_opencl_passes_for_the_supported_variants() {
+    if !opencl_ready() {
+        return;
+    }
+    for (name, extra) in [
+        ("simple_gla", &["--shape", "2,75,2,32,16"][..]),
+        (
+            "linear_attn",
+            &["--shape", "1,40,1,2,16,16", "--dtype", "f16"][..],
+        ),
+        (
+            "retention",
+            &[
+                "--shape",
+                "1,70,2,24,8",
+                "--varlen",
+                "--dtype",
+                "f32",
+                "--chunk",
+                "32",
+            ][..],
+        ),
+    ] {
+        let mut args = vec!["run", name, "--device", "opencl"];
+        args.extend_from_slice(extra);
+        let out = stdout(&args);
+        assert!(out.contains("PASS"), "{name}:\n{out}");
+        assert!(out.contains("compiled for spirv"), "{name}:\n{out}");
+    }
+}
+
+#[test]
+fn emit_prints_every_stage() {
+    for (stage, needle) in [
+        ("plan", "plan simple_gla forward"),
+        ("schedule", "grid"),
+        ("mlir", "gpu.module"),
+        ("asm", ".visible .entry linrec_simple_gla_fwd"),
+    ] {
+        let out = stdout(&["emit", "simple_gla", "--target", "sm_90", "--stage", stage]);
+        assert!(
+            out.contains(needle),
+            "{stage}: `{needle}` missing from:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn compile_writes_a_manifest_that_run_loads() {
+    let dir = std::env::temp_dir().join(format!("linrec-cli-art-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().expect("utf-8 temp dir");
+    let out = linrec()
+        .args([
+            "compile",
+            "all",
+            "--target",
+            "sm_90",
+            "spirv",
+            "--head-dims",
+            "16",
+            "--out",
+            d,
+        ])
+        .output()
+        .expect("linrec runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("gla") && err.contains("skipped: spec `gla`: not yet supported"),
+        "{err}"
+    );
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("manifest.json")).expect("manifest written"),
+    )
+    .expect("manifest is JSON");
+    let kernels = manifest["kernels"].as_array().expect("kernels list");
+    // 3 supported variants × 2 targets × 8 option combinations (h0, final state, varlen).
+    assert_eq!(kernels.len(), 48);
+    for k in kernels {
+        let file = k["file"].as_str().expect("file name");
+        assert!(dir.join(file).exists(), "{file}");
+    }
+    if opencl_ready() {
+        let out = stdout(&[
+            "run",
+            "retention",
+            "--device",
+            "opencl",
+            "--artifacts",
+            d,
+            "--shape",
+            "1,20,1,16,16",
+        ]);
+        assert!(out.contains("PASS") && out.contains("loaded from"), "{out}");
+        // A config the folder does not hold names what is missing and how to build it.
+        let out = linrec()
+            .args([
+                "run",
+                "retention",
+                "--device",
+                "opencl",
+                "--artifacts",
+                d,
+                "--shape",
+                "1,20,1,32,32",
+            ])
+            .output()
+            .expect("linrec runs");
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("has no forward kernel of `retention`")
+                && err.contains("linrec compile retention"),
+            "{err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_kernel_arguments_exit_2_naming_the_argument() {
+    for (args, needle) in [
+        (&["emit", "simple_gla", "--target", "sm_75"][..], "sm_75"),
+        (
+            &["emit", "simple_gla", "--target", "sm_90", "--dtype", "fp8"][..],
+            "--dtype",
+        ),
+        (
+            &["emit", "simple_gla", "--target", "sm_90", "--chunk", "48"][..],
+            "--chunk 48",
+        ),
+        (
+            &[
+                "emit",
+                "simple_gla",
+                "--target",
+                "sm_90",
+                "--head-dims",
+                "300",
+            ][..],
+            "--head-dims",
+        ),
+        (
+            &["emit", "gla", "--target", "sm_90"][..],
+            "not yet supported: the diagonal decay",
+        ),
+        (
+            &[
+                "run",
+                "simple_gla",
+                "--device",
+                "opencl",
+                "--varlen",
+                "--shape",
+                "2,8,1,4,4",
+            ][..],
+            "B = 1",
+        ),
+    ] {
+        let out = linrec().args(args).output().expect("linrec runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        if args.contains(&"--varlen") && !opencl_ready() {
+            continue;
+        }
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
     }
 }

@@ -1,5 +1,10 @@
 //! The `linrec` command line: list and inspect variants, run them against the f64 reference.
 
+#[cfg(feature = "jit")]
+mod compile;
+#[cfg(feature = "jit")]
+mod emit;
+mod kernels;
 mod list;
 mod run;
 mod show;
@@ -28,8 +33,14 @@ enum Command {
         /// A built-in name or alias (see `linrec list`).
         variant: String,
     },
-    /// Run a variant on random inputs and check it against the f64 reference.
+    /// Run a variant on random inputs on a device and check it against the f64 reference.
     Run(run::RunArgs),
+    /// Print one compiler stage of a variant's kernel for a target.
+    #[cfg(feature = "jit")]
+    Emit(emit::EmitArgs),
+    /// Compile variants to ahead-of-time artifacts (binaries + manifest.json).
+    #[cfg(feature = "jit")]
+    Compile(compile::CompileArgs),
 }
 
 /// A failure the CLI reports: message and exit code (2 for bad input, 1 for a failed check).
@@ -65,6 +76,10 @@ fn main() -> ExitCode {
         }
         Command::Show { variant } => show::run(&variant),
         Command::Run(args) => run::run(&args),
+        #[cfg(feature = "jit")]
+        Command::Emit(args) => emit::run(&args),
+        #[cfg(feature = "jit")]
+        Command::Compile(args) => compile::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
