@@ -18,7 +18,7 @@ use linrec_spec::Spec;
 use linrec_spec::launch::{KernelConfig, KernelInfo};
 
 use crate::emit::{self, EmitError};
-use crate::lower::{self, BinaryFormat, LowerError, Target};
+use crate::lower::{self, BinaryFormat, LowerError, LowerOptions, Target};
 use crate::plan::{self, PlanError};
 use crate::schedule::{self, ScheduleError};
 
@@ -84,11 +84,24 @@ pub enum CompileError {
 }
 
 /// Knobs for [`compile_with`]; [`compile`] uses [`CompileOptions::from_env`].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CompileOptions {
     /// Write every stage under this directory (see the module docs).
     pub dump_dir: Option<PathBuf>,
+    /// AMD only: also produce the AMDGCN assembly ([`Artifact::asm`]). It costs a second LLVM
+    /// code generation (about half of an AMD compile), which a caller that only needs the code
+    /// object (`linrec compile`, a JIT) can skip. Default: on.
+    pub amd_assembly: bool,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        CompileOptions {
+            dump_dir: None,
+            amd_assembly: true,
+        }
+    }
 }
 
 impl CompileOptions {
@@ -98,7 +111,14 @@ impl CompileOptions {
             dump_dir: std::env::var_os(DUMP_DIR_ENV)
                 .filter(|d| !d.is_empty())
                 .map(PathBuf::from),
+            ..CompileOptions::default()
         }
+    }
+
+    /// Sets [`CompileOptions::amd_assembly`].
+    pub fn with_amd_assembly(mut self, on: bool) -> Self {
+        self.amd_assembly = on;
+        self
     }
 
     /// Sets [`CompileOptions::dump_dir`].
@@ -142,7 +162,11 @@ pub fn compile_with(
     let plan = plan::forward(spec)?;
     let schedule = schedule::forward(&plan, spec, target, config)?;
     let mlir = emit::forward(&schedule)?;
-    let lowered = lower::lower(&mlir, target)?;
+    let lowered = lower::lower_with(
+        &mlir,
+        target,
+        &LowerOptions::default().with_amd_assembly(options.amd_assembly),
+    )?;
     let compile_time = start.elapsed();
 
     let asm = match lowered.format() {

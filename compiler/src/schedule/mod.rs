@@ -197,7 +197,11 @@ pub fn forward(
     let err = |node: usize, why: String| ScheduleError::Plan {
         plan: plan.name.clone(),
         node,
-        op: plan.nodes[node].op.to_string(),
+        op: plan
+            .nodes
+            .get(node)
+            .map(|n| n.op.to_string())
+            .unwrap_or_default(),
         why,
     };
     if plan.direction != Direction::Forward {
