@@ -7,6 +7,7 @@ mod e2e;
 mod emit;
 mod errors;
 mod lower;
+mod mma;
 mod plan;
 mod specs;
 mod targets;
