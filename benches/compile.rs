@@ -3,6 +3,9 @@
 //!
 //! DESIGN §7's bar: all kernels of a variant for one target in under 1 s cold on 2 cores.
 
+// criterion_group! generates an undocumented public function.
+#![allow(missing_docs)]
+
 use criterion::{Criterion, criterion_group, criterion_main};
 use linrec::catalogue::BUILTINS;
 use linrec::spec::launch::{ElementType, KernelConfig};
