@@ -1,7 +1,7 @@
 //! End to end: spec → compile for `spirv` → `linrec_runtime::op::forward` on Intel's CPU
 //! OpenCL runtime → o and the final state against the f64 reference, with fla's criterion
 //! (`‖out − ref‖ / ‖ref‖ < 0.005`) over a shape matrix: odd T (0, 1, 63, 75, 500), head dims
-//! 16, 60, 64, 100, 128, varlen with empty sequences, h0, GVA, f32/bf16/f16, chunks 16/32/64.
+//! 1, 16, 60, 64, 100, 128, 256, varlen with empty sequences, h0, GVA, f32/bf16/f16, chunks 16/32/64.
 //! Inputs are rounded to the kernel's dtype first, so the reference sees the same values; the
 //! outputs are NaN-poisoned before the launch.
 //!
@@ -374,6 +374,9 @@ fn simple_gla_forward_runs_on_opencl() {
                 .varlen(&[0, 30, 30, 95]),
             Case::new(s(), Bf16, Dims::new(1, 500, 1, 16, 128), 16),
             Case::new(s(), F32, Dims::new(1, 1, 1, 100, 100), 64),
+            // The ends of the head-dim range.
+            Case::new(s(), Bf16, Dims::new(1, 20, 1, 256, 256), 16).h0(),
+            Case::new(s(), F32, Dims::new(1, 33, 1, 1, 3), 16).h0(),
         ],
     );
 }
