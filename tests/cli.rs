@@ -131,6 +131,32 @@ fn run_rejects_bad_shapes_with_exit_2() {
     }
 }
 
+#[cfg(not(feature = "jit"))]
+#[test]
+fn without_jit_run_asks_for_artifacts() {
+    if !opencl_ready() {
+        return;
+    }
+    let out = linrec()
+        .args([
+            "run",
+            "simple_gla",
+            "--device",
+            "opencl",
+            "--shape",
+            "1,8,1,4,4",
+        ])
+        .env_remove("LINREC_ARTIFACTS")
+        .output()
+        .expect("linrec runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("without the `jit` feature") && err.contains("--artifacts"),
+        "{err}"
+    );
+}
+
 /// True when Intel's CPU OpenCL runtime (or another SPIR-V device) is set up; in CI it must be.
 fn opencl_ready() -> bool {
     let ready = std::env::var_os("OCL_ICD_VENDORS").is_some();
@@ -146,6 +172,7 @@ fn opencl_ready() -> bool {
     ready
 }
 
+#[cfg(feature = "jit")]
 #[test]
 fn run_on_opencl_passes_for_the_supported_variants() {
     if !opencl_ready() {
@@ -178,6 +205,7 @@ fn run_on_opencl_passes_for_the_supported_variants() {
     }
 }
 
+#[cfg(feature = "jit")]
 #[test]
 fn emit_prints_every_stage() {
     for (stage, needle) in [
@@ -194,6 +222,7 @@ fn emit_prints_every_stage() {
     }
 }
 
+#[cfg(feature = "jit")]
 #[test]
 fn compile_writes_a_manifest_that_run_loads() {
     let dir = std::env::temp_dir().join(format!("linrec-cli-art-{}", std::process::id()));
@@ -271,6 +300,7 @@ fn compile_writes_a_manifest_that_run_loads() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[cfg(feature = "jit")]
 #[test]
 fn bad_kernel_arguments_exit_2_naming_the_argument() {
     for (args, needle) in [
