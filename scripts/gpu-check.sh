@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The forward conformance matrix on a GPU machine that has no Rust and no LLVM (DESIGN §8).
+#
+# Here (with LLVM):   bash scripts/gpu-check.sh prepare [DIR]
+#   builds linrec without `jit` (target/nojit) and compiles the matrix's kernels for sm_80 and
+#   sm_90 with the jit build; DIR (default .device) then holds `linrec` + `art/` to carry.
+# There (the GPU):    bash scripts/gpu-check.sh run [DIR]
+#   runs `linrec run --device cuda --artifacts DIR/art` over the matrix: random inputs,
+#   NaN-poisoned outputs, o and the final state checked against the f64 reference
+#   (fla's criterion, < 0.005). Ends with `N passed, N failed`.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+mode=${1:-}
+dir=${2:-.device}
+
+VARIANTS=(linear_attn retention simple_gla)
+# shape dtype extra-flags   (B,T,H,K,V or B,T,H,HV,K,V)
+MATRIX=(
+  "2,1,2,64,64        bf16"
+  "1,63,1,60,100      bf16"
+  "2,75,2,4,64,64     f16"
+  "1,500,2,128,128    bf16 --varlen"
+  "1,1000,4,128,128   f32"
+  "4,2048,8,64,64     f16"
+  "8,2048,16,128,128  bf16"
+)
+
+case "$mode" in
+  prepare)
+    eval "$(bash scripts/setup.sh --print-env)"
+    mkdir -p "$dir"
+    cargo build --release --locked --no-default-features --bin linrec --target-dir target/nojit
+    cp target/nojit/release/linrec "$dir/linrec"
+    cargo run --release --locked --quiet --bin linrec -- compile "${VARIANTS[@]}" \
+      --target sm_80 sm_90 --dtype bf16,f16,f32 --head-dims 64,60:100,128 --out "$dir/art"
+    du -sh "$dir"
+    ;;
+  run)
+    nvidia-smi --query-gpu=name,driver_version --format=csv,noheader || true
+    pass=0; fail=0
+    for variant in "${VARIANTS[@]}"; do
+      for row in "${MATRIX[@]}"; do
+        read -r shape dtype extra <<<"$row"
+        log=$("$dir/linrec" run "$variant" --device cuda --artifacts "$dir/art" \
+          --shape "$shape" --dtype "$dtype" $extra 2>&1)
+        if echo "$log" | grep -q '^PASS'; then
+          pass=$((pass + 1)); status=PASS
+        else
+          fail=$((fail + 1)); status=FAIL
+        fi
+        ratios=$(echo "$log" | grep '^check' | sed 's/.*= \([0-9.e+-]*\).*/\1/' | paste -sd' ')
+        ms=$(echo "$log" | grep '^time' | awk '{print $2}')
+        printf '%-5s %-12s %-20s %-5s %-9s o/ht %-22s %8s ms\n' "$status" "$variant" "$shape" "$dtype" "${extra:-}" "$ratios" "$ms"
+        [ "$status" = FAIL ] && echo "$log" | sed 's/^/      /'
+      done
+    done
+    echo "$pass passed, $fail failed"
+    [ "$fail" -eq 0 ]
+    ;;
+  *)
+    echo "usage: bash scripts/gpu-check.sh prepare|run [DIR]" >&2
+    exit 2
+    ;;
+esac
