@@ -203,6 +203,31 @@ pub fn config_tag(config: &KernelConfig) -> String {
     )
 }
 
+/// Who compiles: this crate's version and the LLVM it links, e.g.
+/// `linrec-compiler 0.1.0 (LLVM 22.1.8)`. Kernel caches key on it, so a new compiler or a new
+/// LLVM never reuses kernels an older one wrote; artifact manifests record it.
+///
+/// ```
+/// let fp = linrec_compiler::fingerprint();
+/// assert!(fp.starts_with("linrec-compiler ") && fp.contains("(LLVM 22."), "{fp}");
+/// ```
+pub fn fingerprint() -> String {
+    let (major, minor, patch) = llvm_version();
+    format!(
+        "linrec-compiler {} (LLVM {major}.{minor}.{patch})",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// The version of the LLVM linked into this binary (major, minor, patch), asked of LLVM
+/// itself rather than taken from the build, so it is right however LLVM was found.
+pub fn llvm_version() -> (u32, u32, u32) {
+    let (mut major, mut minor, mut patch) = (0, 0, 0);
+    // SAFETY: LLVMGetVersion only writes one unsigned int through each pointer it is given.
+    unsafe { mlir_sys::LLVMGetVersion(&mut major, &mut minor, &mut patch) };
+    (major, minor, patch)
+}
+
 fn dump(root: &Path, target: Target, a: &Artifact) -> Result<(), CompileError> {
     let dir = root.join(format!(
         "{}.{}.{}",
