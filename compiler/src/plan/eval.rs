@@ -1,11 +1,15 @@
 //! Runs a plan in f64 on the CPU, chunk by chunk, over whole tensors: the chunkwise algorithm
 //! exactly as the kernels will compute it, but without rounding. Comparing it with the
 //! token-by-token reference checks the plan's derivation independently of any target.
+//!
+//! [`forward`] scans the chunks of each (sequence, value head) carrying the state; [`backward`]
+//! first recomputes the state entering every chunk with the forward plan, then runs the
+//! backward plan over the chunks in reverse, carrying `dh`.
 
-use linrec_spec::reference::{self, Inputs, Outputs, ReferenceError, Tensor};
-use linrec_spec::{Decay, Role, RunOptions, Spec};
+use linrec_spec::reference::{self, Gradients, Inputs, Outputs, ReferenceError, Tensor};
+use linrec_spec::{Decay, Role, RunOptions, ShapeError, Spec, SpecError};
 
-use super::{Op, Param, Plan, Sink};
+use super::{Dim, Direction, Op, Param, Plan, Sink};
 
 /// A dense f64 tile: shape `[]`, `[n]` or `[r, c]`.
 #[derive(Clone, Debug)]
@@ -86,6 +90,14 @@ fn matmul(a: &Tile, b: &Tile, ta: bool, tb: bool) -> Tile {
     Tile::new(vec![m, n], out)
 }
 
+/// Where the rows of a per-token tensor (or of its gradient) live for one head.
+#[derive(Clone, Copy)]
+struct Layout {
+    heads: usize,
+    head: usize,
+    width: usize,
+}
+
 /// What one chunk reads: its valid rows and where they live.
 struct ChunkCtx<'a> {
     spec: &'a Spec,
@@ -97,49 +109,95 @@ struct ChunkCtx<'a> {
     len: usize,
     hv: usize,
     scale: f64,
+    /// The gradient of the output (backward only).
+    d_o: Option<&'a Tensor>,
 }
 
 impl ChunkCtx<'_> {
-    /// Rows `start..start+len` of a per-token input at the right head, zero-padded to C rows.
-    fn load(&self, role: Role) -> Tile {
+    /// The layout of `role`'s rows at this chunk's value head (q and k: its group's head).
+    fn layout(&self, role: Role) -> Layout {
         let d = &self.dims;
-        let (tensor, heads, head, width) = match role {
-            Role::Query => (&self.inputs.q, d.heads, self.hv / d.group(), d.key_dim),
-            Role::Key => (&self.inputs.k, d.heads, self.hv / d.group(), d.key_dim),
-            Role::Value => (&self.inputs.v, d.value_heads, self.hv, d.value_dim),
-            Role::Gate if self.spec.decay == Decay::Diagonal => (
-                self.inputs.g.as_ref().unwrap_or(&self.inputs.q),
-                d.value_heads,
-                self.hv,
-                d.key_dim,
-            ),
-            Role::Gate => (
-                self.inputs.g.as_ref().unwrap_or(&self.inputs.q),
-                d.value_heads,
-                self.hv,
-                1,
-            ),
-            Role::Beta => (
-                self.inputs.beta.as_ref().unwrap_or(&self.inputs.q),
-                d.value_heads,
-                self.hv,
-                1,
-            ),
-            Role::Bonus | Role::DecayRate => (&self.inputs.q, 0, 0, 0),
+        let (heads, head, width) = match role {
+            Role::Query | Role::Key => (d.heads, self.hv / d.group(), d.key_dim),
+            Role::Value => (d.value_heads, self.hv, d.value_dim),
+            Role::Gate if self.spec.decay == Decay::Diagonal => (d.value_heads, self.hv, d.key_dim),
+            Role::Gate | Role::Beta => (d.value_heads, self.hv, 1),
+            // Per-head parameters, not per-token rows.
+            Role::Bonus | Role::DecayRate => (0, 0, 0),
         };
-        let mut data = vec![0.0; self.chunk * width];
+        Layout { heads, head, width }
+    }
+
+    /// Offset of valid row `r` of the chunk in a tensor of layout `l`.
+    fn offset(&self, l: Layout, r: usize) -> usize {
+        ((self.batch * self.dims.seq_len + self.start + r) * l.heads + l.head) * l.width
+    }
+
+    /// The chunk's rows of `tensor`, zero-padded to C rows.
+    fn rows(&self, tensor: &Tensor, l: Layout) -> Vec<f64> {
+        let mut data = vec![0.0; self.chunk * l.width];
         for r in 0..self.len {
-            let t = self.start + r;
-            let base = ((self.batch * d.seq_len + t) * heads + head) * width;
-            data[r * width..(r + 1) * width].copy_from_slice(&tensor.data[base..base + width]);
+            let base = self.offset(l, r);
+            data[r * l.width..(r + 1) * l.width]
+                .copy_from_slice(&tensor.data[base..base + l.width]);
         }
-        let shape = if width == 1 && matches!(role, Role::Gate | Role::Beta) {
+        data
+    }
+
+    /// Adds the valid rows of `rows` (C rows of layout `l`) into `tensor`; padded rows are
+    /// dropped.
+    fn add_rows(&self, tensor: &mut Tensor, l: Layout, rows: &[f64]) {
+        for r in 0..self.len {
+            let base = self.offset(l, r);
+            tensor.data[base..base + l.width]
+                .iter_mut()
+                .zip(&rows[r * l.width..(r + 1) * l.width])
+                .for_each(|(a, b)| *a += b);
+        }
+    }
+
+    /// The chunk's rows of the input playing `role`, zero-padded to C rows.
+    fn load(&self, role: Role) -> Tile {
+        let l = self.layout(role);
+        let data = match self.inputs.get(role) {
+            Some(t) => self.rows(t, l),
+            // Validated: a role the plan loads is one the spec declares, so it was given.
+            None => vec![0.0; self.chunk * l.width],
+        };
+        let shape = if l.width == 1 && matches!(role, Role::Gate | Role::Beta) {
             vec![self.chunk]
         } else {
-            vec![self.chunk, width]
+            vec![self.chunk, l.width]
         };
         Tile::new(shape, data)
     }
+
+    fn extent(&self, d: Dim) -> usize {
+        match d {
+            Dim::C => self.chunk,
+            Dim::K => self.dims.key_dim,
+            Dim::V => self.dims.value_dim,
+        }
+    }
+
+    fn zeros(&self, shape: &super::Shape) -> Tile {
+        let shape: Vec<usize> = shape.0.iter().map(|d| self.extent(*d)).collect();
+        let n = shape.iter().product();
+        Tile::new(shape, vec![0.0; n])
+    }
+}
+
+/// A chunk length of 0 would never advance.
+fn check_chunk(chunk: usize) -> Result<(), ReferenceError> {
+    if chunk == 0 {
+        return Err(ShapeError::BadDim {
+            name: "C",
+            value: 0,
+            allowed: "a chunk length of at least 1 (kernels use 16, 32 or 64)",
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// Runs `plan` over every chunk of `chunk` tokens of every sequence and value head, returning
@@ -152,6 +210,7 @@ pub fn forward(
     chunk: usize,
 ) -> Result<Outputs, ReferenceError> {
     let (dims, seqs) = inputs.check(spec, opts)?;
+    check_chunk(chunk)?;
     let (kd, vd) = (dims.key_dim, dims.value_dim);
     let mut o = Tensor::zeros(&dims.output_shape());
     let mut ht = opts
@@ -177,13 +236,16 @@ pub fn forward(
                     len: chunk.min(end - s),
                     hv,
                     scale,
+                    d_o: None,
                 };
-                let (out, next) = run_chunk(plan, &ctx, &h);
-                for r in 0..ctx.len {
-                    let ob = ((batch * dims.seq_len + s + r) * dims.value_heads + hv) * vd;
-                    o.data[ob..ob + vd].copy_from_slice(&out[r * vd..(r + 1) * vd]);
+                let vals = run_chunk(plan, &ctx, &h, None);
+                if let Some(out) = sink(plan, &vals, Sink::Output) {
+                    let l = ctx.layout(Role::Value);
+                    ctx.add_rows(&mut o, l, &out.data);
                 }
-                h = next;
+                if let Some(next) = sink(plan, &vals, Sink::StateOut) {
+                    h.clone_from(&next.data);
+                }
                 s += chunk;
             }
             if let Some(ht) = ht.as_mut() {
@@ -194,8 +256,169 @@ pub fn forward(
     Ok(Outputs { o, ht })
 }
 
-/// Evaluates the DAG on one chunk; returns the output rows `[C, V]` and the next state.
-fn run_chunk(plan: &Plan, ctx: &ChunkCtx<'_>, h: &[f64]) -> (Vec<f64>, Vec<f64>) {
+/// The gradients of `L = Σ o ⊙ d_o + Σ ht ⊙ dht` by the backward `plan` (from
+/// [`super::backward`]), the same as [`reference::backward`] computes token by token.
+///
+/// Per (sequence, value head): the states entering each chunk are recomputed with the forward
+/// plan, then the chunks are swept in reverse, each taking `dh'` from the chunk after it (`dht`
+/// for the last) and handing its `dh` to the chunk before. q/k gradients of the value heads of
+/// a GVA group add up; gradients of padded rows are dropped; `dh0` is the final `dh` when `h0`
+/// was given.
+pub fn backward(
+    plan: &Plan,
+    spec: &Spec,
+    inputs: &Inputs,
+    opts: &RunOptions,
+    d_o: &Tensor,
+    dht: Option<&Tensor>,
+    chunk: usize,
+) -> Result<Gradients, ReferenceError> {
+    let (dims, seqs) = inputs.check(spec, opts)?;
+    check_chunk(chunk)?;
+    check_shape("do", d_o, &dims.output_shape(), "[B, T, HV, V]")?;
+    if let Some(dht) = dht {
+        check_shape("dht", dht, &dims.state_shape(seqs.len()), "[N, HV, K, V]")?;
+    }
+    let unsupported = |what| SpecError::Unsupported {
+        spec: spec.name.clone(),
+        what,
+        supported: "decay none, constant or data scalar with the identity transition and the \
+                    inclusive read, evaluated with the plan from plan::backward",
+    };
+    if plan.direction != Direction::Backward {
+        return Err(unsupported("a forward plan given to the backward evaluator").into());
+    }
+    let fwd = super::forward(spec).map_err(|e| match e {
+        super::PlanError::NotYetSupported { form, .. } => unsupported(form),
+        _ => unsupported("a spec without a forward plan"),
+    })?;
+    let (kd, vd) = (dims.key_dim, dims.value_dim);
+    let scale = opts.scale.unwrap_or_else(|| spec.scale.resolve(kd));
+    let zeros = |t: &Tensor| Tensor::zeros(&t.shape);
+    let mut grads = Gradients {
+        dq: zeros(&inputs.q),
+        dk: zeros(&inputs.k),
+        dv: zeros(&inputs.v),
+        dg: inputs.g.as_ref().map(zeros),
+        dbeta: inputs.beta.as_ref().map(zeros),
+        du: inputs.u.as_ref().map(zeros),
+        ddecay_rate: inputs.decay_rate.as_ref().map(zeros),
+        dh0: inputs.h0.as_ref().map(zeros),
+    };
+    for (n, &(batch, start, end)) in seqs.spans.iter().enumerate() {
+        for hv in 0..dims.value_heads {
+            let sb = (n * dims.value_heads + hv) * kd * vd;
+            let ctx_at = |s: usize| ChunkCtx {
+                spec,
+                inputs,
+                dims,
+                chunk,
+                batch,
+                start: s,
+                len: chunk.min(end - s),
+                hv,
+                scale,
+                d_o: Some(d_o),
+            };
+            // The state entering each chunk (recomputed, as the kernels will by default).
+            let mut h = match &inputs.h0 {
+                Some(h0) => h0.data[sb..sb + kd * vd].to_vec(),
+                None => vec![0.0; kd * vd],
+            };
+            let mut entering = Vec::new();
+            let mut s = start;
+            while s < end {
+                let vals = run_chunk(&fwd, &ctx_at(s), &h, None);
+                let next = sink(&fwd, &vals, Sink::StateOut).map(|t| t.data.clone());
+                entering.push((s, std::mem::replace(&mut h, next.unwrap_or_default())));
+                s += chunk;
+            }
+            let mut dh = match dht {
+                Some(d) => d.data[sb..sb + kd * vd].to_vec(),
+                None => vec![0.0; kd * vd],
+            };
+            for (s, h_in) in entering.iter().rev() {
+                let ctx = ctx_at(*s);
+                let vals = run_chunk(plan, &ctx, h_in, Some(&dh));
+                // No state_grad sink: nothing before this chunk reaches the loss through h.
+                let mut dh_prev = vec![0.0; kd * vd];
+                for (sink, id) in &plan.sinks {
+                    let t = &vals[id.0];
+                    match sink {
+                        Sink::Grad(role @ (Role::Bonus | Role::DecayRate)) => {
+                            // A per-head parameter: the chunk's (summed) part goes to head hv.
+                            if let Some(dst) = grad_mut(&mut grads, *role) {
+                                let w = t.data.len();
+                                dst.data[hv * w..(hv + 1) * w]
+                                    .iter_mut()
+                                    .zip(&t.data)
+                                    .for_each(|(a, b)| *a += b);
+                            }
+                        }
+                        Sink::Grad(role) => {
+                            if let Some(dst) = grad_mut(&mut grads, *role) {
+                                ctx.add_rows(dst, ctx.layout(*role), &t.data);
+                            }
+                        }
+                        Sink::StateGrad => dh_prev.clone_from(&t.data),
+                        Sink::Output | Sink::StateOut => {}
+                    }
+                }
+                dh = dh_prev;
+            }
+            if let Some(dh0) = grads.dh0.as_mut() {
+                dh0.data[sb..sb + kd * vd].copy_from_slice(&dh);
+            }
+        }
+    }
+    Ok(grads)
+}
+
+fn grad_mut(g: &mut Gradients, role: Role) -> Option<&mut Tensor> {
+    match role {
+        Role::Query => Some(&mut g.dq),
+        Role::Key => Some(&mut g.dk),
+        Role::Value => Some(&mut g.dv),
+        Role::Gate => g.dg.as_mut(),
+        Role::Beta => g.dbeta.as_mut(),
+        Role::Bonus => g.du.as_mut(),
+        Role::DecayRate => g.ddecay_rate.as_mut(),
+    }
+}
+
+/// Checks a gradient tensor's shape and element count.
+fn check_shape(
+    name: &str,
+    t: &Tensor,
+    expected: &[usize],
+    symbolic: &str,
+) -> Result<(), ShapeError> {
+    if t.shape == expected && t.data.len() == expected.iter().product::<usize>() {
+        return Ok(());
+    }
+    Err(ShapeError::TensorShape {
+        name: name.into(),
+        found: t.shape.clone(),
+        expected: expected.to_vec(),
+        symbolic: if t.shape == expected {
+            format!("{symbolic}; its data holds {} values", t.data.len())
+        } else {
+            symbolic.into()
+        },
+    })
+}
+
+/// The value a plan sends to `which`, if it has that sink.
+fn sink<'t>(plan: &Plan, vals: &'t [Tile], which: Sink) -> Option<&'t Tile> {
+    plan.sinks
+        .iter()
+        .find(|(s, _)| *s == which)
+        .map(|(_, id)| &vals[id.0])
+}
+
+/// Evaluates the DAG on one chunk given the state entering it and, for a backward plan, `dh'`;
+/// returns every node's value.
+fn run_chunk(plan: &Plan, ctx: &ChunkCtx<'_>, h: &[f64], dh_next: Option<&[f64]>) -> Vec<Tile> {
     let (kd, vd, c) = (ctx.dims.key_dim, ctx.dims.value_dim, ctx.chunk);
     let mut vals: Vec<Tile> = Vec::with_capacity(plan.nodes.len());
     for node in &plan.nodes {
@@ -264,16 +487,73 @@ fn run_chunk(plan: &Plan, ctx: &ChunkCtx<'_>, h: &[f64]) -> (Vec<f64>, Vec<f64>)
             Op::Add(a, b) => broadcast(v(a), v(b), |x, y| x + y),
             Op::Sub(a, b) => broadcast(v(a), v(b), |x, y| x - y),
             Op::Matmul { a, b, ta, tb } => matmul(v(a), v(b), *ta, *tb),
+            Op::GradIn(Sink::Output) => match ctx.d_o {
+                Some(d_o) => Tile::new(vec![c, vd], ctx.rows(d_o, ctx.layout(Role::Value))),
+                None => ctx.zeros(&node.shape),
+            },
+            Op::GradIn(Sink::StateOut) => match dh_next {
+                Some(dh) => Tile::new(vec![kd, vd], dh.to_vec()),
+                None => ctx.zeros(&node.shape),
+            },
+            // Only a forward sink receives a gradient from outside the chunk.
+            Op::GradIn(_) => ctx.zeros(&node.shape),
+            Op::ValidRows => Tile::new(
+                vec![c],
+                (0..c)
+                    .map(|r| if r < ctx.len { 1.0 } else { 0.0 })
+                    .collect(),
+            ),
+            Op::ReverseCumSum(x) => {
+                let x = v(x);
+                let mut data = x.data.clone();
+                let mut acc = 0.0;
+                for a in data.iter_mut().rev() {
+                    acc += *a;
+                    *a = acc;
+                }
+                Tile::new(x.shape.clone(), data)
+            }
+            Op::RowSum(x) => {
+                let x = v(x);
+                let w = x.cols();
+                Tile::new(
+                    vec![x.shape[0]],
+                    x.data.chunks(w).map(|row| row.iter().sum()).collect(),
+                )
+            }
+            Op::ColSum(x) => {
+                let x = v(x);
+                let w = x.cols();
+                let mut data = vec![0.0; w];
+                for row in x.data.chunks(w) {
+                    data.iter_mut().zip(row).for_each(|(a, b)| *a += b);
+                }
+                Tile::new(vec![w], data)
+            }
+            Op::SumAll(x) => Tile::scalar(v(x).data.iter().sum()),
+            Op::ScatterLast(x) => {
+                let mut data = vec![0.0; c];
+                if let Some(last) = data.last_mut() {
+                    *last = v(x).data[0];
+                }
+                Tile::new(vec![c], data)
+            }
+            Op::L2NormRowsVjp { x, dy } => {
+                let (x, dy) = (v(x), v(dy));
+                let w = x.cols();
+                let mut data = dy.data.clone();
+                for (row, drow) in x.data.chunks(w).zip(data.chunks_mut(w)) {
+                    let r = 1.0
+                        / (row.iter().map(|a| a * a).sum::<f64>() + reference::L2NORM_EPS).sqrt();
+                    let xd: f64 = row.iter().zip(drow.iter()).map(|(a, b)| a * b).sum();
+                    for (d, xi) in drow.iter_mut().zip(row) {
+                        *d = r * *d - r * r * r * xi * xd;
+                    }
+                }
+                Tile::new(x.shape.clone(), data)
+            }
         };
         vals.push(t);
     }
-    let mut out = vec![0.0; c * vd];
-    let mut next = h.to_vec();
-    for (sink, id) in &plan.sinks {
-        match sink {
-            Sink::Output => out.clone_from(&vals[id.0].data),
-            Sink::StateOut => next.clone_from(&vals[id.0].data),
-        }
-    }
-    (out, next)
+    vals
 }

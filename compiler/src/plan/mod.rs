@@ -9,11 +9,45 @@
 //! The plan is derived from the spec's forms, never from a variant's name. [`eval`] runs a plan
 //! in f64 on the CPU, chunk by chunk, so the derivation is checked against the token-by-token
 //! reference before any kernel exists.
+//!
+//! # How the backward is derived
+//!
+//! [`backward`] differentiates the forward plan in reverse mode (DESIGN §5: the backward is
+//! derived, not written per variant). The backward plan of a chunk recomputes the forward
+//! nodes it needs from the same inputs and the state entering the chunk, and takes two more
+//! sources, [`Op::GradIn`]: the chunk's `dO` rows and `dh'`, the gradient of the state leaving
+//! it. Walking the forward nodes in reverse, each node's gradient is the sum of what its
+//! consumers sent it, and its op's adjoint rule sends terms on to its operands:
+//!
+//! | op | adjoint (`dy` the node's gradient) |
+//! |---|---|
+//! | `matmul op(a)·op(b)` | two matmuls: `d op(a) = dy·op(b)ᵀ`, `d op(b) = op(a)ᵀ·dy`, transposed back when read transposed |
+//! | `mul`, `add`, `sub` | elementwise (`dy ⊙ other`, `±dy`), then a [`Op::RowSum`] or [`Op::SumAll`] over the dims the operand was broadcast across |
+//! | `exp2 x` | `dy ⊙ y ⊙ ln 2` |
+//! | `mask_causal` | the same mask with fill 0 |
+//! | `pair_diff x` | `row_sum(dy) − col_sum(dy)` |
+//! | `cumsum` | [`Op::ReverseCumSum`] |
+//! | `last` | [`Op::ScatterLast`] (into the last row) |
+//! | `l2norm_rows` | [`Op::L2NormRowsVjp`] |
+//! | `load role` | a sink, [`Sink::Grad`] of the role |
+//! | `state_in` | a sink, [`Sink::StateGrad`]: `dh`, the `dh'` of the previous chunk |
+//! | `constant_gate` | the decay rate's gradient, `Σ dy` over [`Op::ValidRows`], when the rate is an input; none for the fixed RetNet schedule |
+//! | `param`, `const` | none |
+//!
+//! Only operands that depend on an input with a gradient receive terms, and recomputed values
+//! no gradient needs are dropped, so no dead adjoint (of the scale, of a constant) appears. The
+//! reverse scan over chunks is the caller's: [`eval::backward`] sweeps the chunks backwards
+//! carrying `dh`, as the kernels will. The gate gradient falls out of the derivation; for a
+//! scalar gate it is fla's reverse chunk-local cumsum of `q⊙dq − k⊙dk` plus a last-row state
+//! term.
 
+mod ad;
+mod backward;
 pub mod eval;
 mod forward;
 mod print;
 
+pub use backward::backward;
 pub use forward::forward;
 
 use linrec_spec::Role;
@@ -106,6 +140,105 @@ pub enum Op {
         /// Transpose `b`.
         tb: bool,
     },
+    // Backward plans only: the sources and the adjoints of the ops above.
+    /// The gradient arriving at a forward sink: the chunk's `dO` rows (`[C, V]`, zero-padded)
+    /// for [`Sink::Output`], `dh'` (`[K, V]`, the gradient of the state leaving the chunk) for
+    /// [`Sink::StateOut`].
+    GradIn(Sink),
+    /// `[C]`: 1 on the chunk's valid rows, 0 on padding (the derivative of [`Op::ConstantGate`]
+    /// with respect to the decay rate).
+    ValidRows,
+    /// Reverse inclusive cumulative sum along C of a `[C]` tile, `y_i = Σ_{j ≥ i} x_j`: the
+    /// adjoint of [`Op::CumSum`].
+    ReverseCumSum(ValueId),
+    /// Sum over the columns of a matrix, `[R, X] → [R]`.
+    RowSum(ValueId),
+    /// Sum over the rows of a matrix, `[X, R] → [R]`.
+    ColSum(ValueId),
+    /// Sum of every element (a scalar).
+    SumAll(ValueId),
+    /// A `[C]` tile that is zero except its last row, which holds the scalar operand: the
+    /// adjoint of [`Op::Last`].
+    ScatterLast(ValueId),
+    /// The vector–Jacobian product of [`Op::L2NormRows`] at `x`:
+    /// `dx = r·dy − r³·x·(x·dy)` per row with `r = (‖x‖² + 1e-6)^{-1/2}`.
+    L2NormRowsVjp {
+        /// The rows that were normalised.
+        x: ValueId,
+        /// The gradient with respect to the normalised rows.
+        dy: ValueId,
+    },
+}
+
+impl Op {
+    /// The values this op reads, in operand order.
+    pub fn operands(&self) -> Vec<ValueId> {
+        match self {
+            Op::Load(_)
+            | Op::ConstantGate
+            | Op::StateIn
+            | Op::Param(_)
+            | Op::Const(_)
+            | Op::GradIn(_)
+            | Op::ValidRows => vec![],
+            Op::L2NormRows(x)
+            | Op::CumSum(x)
+            | Op::Last(x)
+            | Op::PairDiff(x)
+            | Op::Exp2(x)
+            | Op::MaskCausal { x, .. }
+            | Op::ReverseCumSum(x)
+            | Op::RowSum(x)
+            | Op::ColSum(x)
+            | Op::SumAll(x)
+            | Op::ScatterLast(x) => vec![*x],
+            Op::Mul(a, b) | Op::Add(a, b) | Op::Sub(a, b) | Op::Matmul { a, b, .. } => {
+                vec![*a, *b]
+            }
+            Op::L2NormRowsVjp { x, dy } => vec![*x, *dy],
+        }
+    }
+
+    /// The same op reading `f(v)` for each operand `v`.
+    pub fn map_operands(&self, f: impl Fn(ValueId) -> ValueId) -> Op {
+        match self {
+            Op::Load(_)
+            | Op::ConstantGate
+            | Op::StateIn
+            | Op::Param(_)
+            | Op::Const(_)
+            | Op::GradIn(_)
+            | Op::ValidRows => self.clone(),
+            Op::L2NormRows(x) => Op::L2NormRows(f(*x)),
+            Op::CumSum(x) => Op::CumSum(f(*x)),
+            Op::Last(x) => Op::Last(f(*x)),
+            Op::PairDiff(x) => Op::PairDiff(f(*x)),
+            Op::Exp2(x) => Op::Exp2(f(*x)),
+            Op::MaskCausal { x, strict, fill } => Op::MaskCausal {
+                x: f(*x),
+                strict: *strict,
+                fill: *fill,
+            },
+            Op::ReverseCumSum(x) => Op::ReverseCumSum(f(*x)),
+            Op::RowSum(x) => Op::RowSum(f(*x)),
+            Op::ColSum(x) => Op::ColSum(f(*x)),
+            Op::SumAll(x) => Op::SumAll(f(*x)),
+            Op::ScatterLast(x) => Op::ScatterLast(f(*x)),
+            Op::Mul(a, b) => Op::Mul(f(*a), f(*b)),
+            Op::Add(a, b) => Op::Add(f(*a), f(*b)),
+            Op::Sub(a, b) => Op::Sub(f(*a), f(*b)),
+            Op::Matmul { a, b, ta, tb } => Op::Matmul {
+                a: f(*a),
+                b: f(*b),
+                ta: *ta,
+                tb: *tb,
+            },
+            Op::L2NormRowsVjp { x, dy } => Op::L2NormRowsVjp {
+                x: f(*x),
+                dy: f(*dy),
+            },
+        }
+    }
 }
 
 /// Where a plan's results go.
@@ -115,6 +248,14 @@ pub enum Sink {
     Output,
     /// The state leaving the chunk `[K, V]`.
     StateOut,
+    /// Backward: the chunk's part of the gradient of the input playing this role — its rows
+    /// (`[C, K]`, `[C, V]` or `[C]`; padded rows are dropped by the caller) or, for
+    /// [`Role::DecayRate`], a scalar summed over the chunk's valid rows. A role without a sink
+    /// gets no gradient from this chunk.
+    Grad(Role),
+    /// Backward: `dh`, the gradient of the state entering the chunk `[K, V]` (the reverse scan
+    /// carries it to the previous chunk as its `dh'`).
+    StateGrad,
 }
 
 /// One node: an op and its result shape.
@@ -131,6 +272,9 @@ pub struct Node {
 pub enum Direction {
     /// o and the final state from the inputs.
     Forward,
+    /// The input gradients and `dh` of one chunk from its inputs, the state entering it, its
+    /// `dO` rows and `dh'` (see [`backward`]).
+    Backward,
 }
 
 /// A per-chunk tile program.
@@ -168,5 +312,14 @@ pub enum PlanError {
         spec: String,
         /// The form.
         form: &'static str,
+    },
+    /// The backward derivation met a plan it cannot differentiate (an op with no adjoint rule,
+    /// or operands that do not broadcast): a bug in the pass that built the plan.
+    #[error("cannot differentiate the plan of `{spec}`: {why}")]
+    Derivation {
+        /// The spec's name.
+        spec: String,
+        /// What went wrong.
+        why: String,
     },
 }

@@ -63,6 +63,25 @@ impl fmt::Display for Op {
                 if *ta { "ᵀ" } else { "" },
                 if *tb { "ᵀ" } else { "" }
             ),
+            Op::GradIn(sink) => write!(f, "grad_in {sink}"),
+            Op::ValidRows => f.write_str("valid_rows"),
+            Op::ReverseCumSum(x) => write!(f, "reverse_cumsum {x}"),
+            Op::RowSum(x) => write!(f, "row_sum {x}"),
+            Op::ColSum(x) => write!(f, "col_sum {x}"),
+            Op::SumAll(x) => write!(f, "sum {x}"),
+            Op::ScatterLast(x) => write!(f, "scatter_last {x}"),
+            Op::L2NormRowsVjp { x, dy } => write!(f, "l2norm_rows_vjp {x}, {dy}"),
+        }
+    }
+}
+
+impl fmt::Display for Sink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Sink::Output => f.write_str("output"),
+            Sink::StateOut => f.write_str("state_out"),
+            Sink::Grad(role) => write!(f, "grad {role}"),
+            Sink::StateGrad => f.write_str("state_grad"),
         }
     }
 }
@@ -71,6 +90,7 @@ impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let dir = match self.direction {
             Direction::Forward => "forward",
+            Direction::Backward => "backward",
         };
         writeln!(f, "plan {} {dir} (one chunk of C tokens)", self.name)?;
         for (i, node) in self.nodes.iter().enumerate() {
@@ -82,12 +102,11 @@ impl fmt::Display for Plan {
                 node.shape
             )?;
         }
-        for (sink, v) in &self.sinks {
-            let name = match sink {
-                Sink::Output => "output",
-                Sink::StateOut => "state_out",
-            };
-            writeln!(f, "  {name:<9} <- {v}")?;
+        // Sink names aligned on the longest (a forward plan's are at most 9 wide).
+        let names: Vec<String> = self.sinks.iter().map(|(s, _)| s.to_string()).collect();
+        let width = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
+        for (name, (_, v)) in names.iter().zip(&self.sinks) {
+            writeln!(f, "  {name:<width$} <- {v}")?;
         }
         Ok(())
     }

@@ -509,6 +509,19 @@ fn check_plan(
                     ));
                 }
             }
+            Op::GradIn(_)
+            | Op::ValidRows
+            | Op::ReverseCumSum(_)
+            | Op::RowSum(_)
+            | Op::ColSum(_)
+            | Op::SumAll(_)
+            | Op::ScatterLast(_)
+            | Op::L2NormRowsVjp { .. } => {
+                return Err(err(
+                    i,
+                    "a backward-plan op; backward plans are not scheduled yet".into(),
+                ));
+            }
         }
     }
     Ok(())
@@ -516,16 +529,7 @@ fn check_plan(
 
 /// The tiles a node reads (its tile operands; a uniform `last` reads its operand's tile too).
 pub(crate) fn tile_operands(op: &Op) -> Vec<ValueId> {
-    match op {
-        Op::Load(_) | Op::ConstantGate | Op::StateIn | Op::Param(_) | Op::Const(_) => vec![],
-        Op::L2NormRows(x)
-        | Op::CumSum(x)
-        | Op::Last(x)
-        | Op::PairDiff(x)
-        | Op::Exp2(x)
-        | Op::MaskCausal { x, .. } => vec![*x],
-        Op::Mul(a, b) | Op::Add(a, b) | Op::Sub(a, b) | Op::Matmul { a, b, .. } => vec![*a, *b],
-    }
+    op.operands()
 }
 
 /// Where barriers go: before a node that reads a tile written since the last barrier, or
