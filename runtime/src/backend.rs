@@ -1,6 +1,7 @@
 //! The [`Backend`] trait every vendor implements, and the types that cross it.
 //!
-//! A backend value is one *opened* device (a CUDA context + stream, an OpenCL context + queue).
+//! A backend value is one *opened* device (a CUDA context + stream, a HIP device, a Level Zero
+//! context + command list, an OpenCL context + queue).
 //! It works in bytes and opaque handles; dtype, shape and argument checks live one level up
 //! in [`crate::Device`], so each backend stays a thin layer over its driver.
 
@@ -16,16 +17,24 @@ use crate::error::{Result, RuntimeError};
 pub enum BackendKind {
     /// NVIDIA, through the CUDA driver API (cudarc, libcuda loaded at run time); loads PTX.
     Cuda,
+    /// AMD, through the HIP runtime's module API (libamdhip64 loaded at run time); loads
+    /// HSACO code objects.
+    Hip,
+    /// Intel GPUs, through Level Zero (libze_loader loaded at run time); loads SPIR-V, the
+    /// same modules as OpenCL.
+    LevelZero,
     /// Any OpenCL 2.1+ device that takes SPIR-V (`clCreateProgramWithIL`): Intel GPUs, and
     /// Intel's CPU runtime, on which CI runs the SPIR-V kernels.
     OpenCl,
 }
 
 impl BackendKind {
-    /// Lower-case name (`cuda`, `opencl`).
+    /// Lower-case name (`cuda`, `hip`, `level_zero`, `opencl`).
     pub const fn name(self) -> &'static str {
         match self {
             BackendKind::Cuda => "cuda",
+            BackendKind::Hip => "hip",
+            BackendKind::LevelZero => "level_zero",
             BackendKind::OpenCl => "opencl",
         }
     }
@@ -34,7 +43,8 @@ impl BackendKind {
     pub const fn module_format(self) -> ModuleFormat {
         match self {
             BackendKind::Cuda => ModuleFormat::Ptx,
-            BackendKind::OpenCl => ModuleFormat::SpirV,
+            BackendKind::Hip => ModuleFormat::Hsaco,
+            BackendKind::LevelZero | BackendKind::OpenCl => ModuleFormat::SpirV,
         }
     }
 }
@@ -52,6 +62,9 @@ pub enum ModuleFormat {
     Ptx,
     /// A SPIR-V binary module (Kernel capability, OpenCL memory model).
     SpirV,
+    /// An AMD GPU code object (HSACO: an ELF for `EM_AMDGPU`, built for the device's gfx
+    /// architecture), or a clang offload bundle of them.
+    Hsaco,
 }
 
 impl fmt::Display for ModuleFormat {
@@ -59,6 +72,7 @@ impl fmt::Display for ModuleFormat {
         f.write_str(match self {
             ModuleFormat::Ptx => "PTX",
             ModuleFormat::SpirV => "SPIR-V",
+            ModuleFormat::Hsaco => "HSACO",
         })
     }
 }
@@ -97,7 +111,13 @@ pub struct DeviceInfo {
     pub max_shared_memory_per_block: usize,
     /// CUDA compute capability (major, minor); `None` elsewhere.
     pub compute_capability: Option<(u32, u32)>,
-    /// OpenCL IL versions (`SPIR-V_1.0 ... SPIR-V_1.4`); `None` elsewhere.
+    /// The GPU architecture as the driver names it, for picking a code object: on HIP the
+    /// `gcnArchName` (`gfx90a:sramecc+:xnack-`: the processor, then its target features),
+    /// when the HIP release is one whose device-properties layout is known (see hip.rs);
+    /// `None` elsewhere (CUDA has [`DeviceInfo::compute_capability`]; SPIR-V is portable).
+    pub arch: Option<String>,
+    /// IL versions the device takes: OpenCL's list (`SPIR-V_1.0 ... SPIR-V_1.4`), or Level
+    /// Zero's highest (`SPIR-V_1.2`); `None` elsewhere.
     pub il_version: Option<String>,
     /// Whether this is a CPU device (Intel's CPU OpenCL runtime): fine for correctness,
     /// meaningless for timings.
@@ -125,7 +145,8 @@ impl DeviceInfo {
 
 /// Grid and block sizes (CUDA terms) and dynamic shared memory of a launch.
 ///
-/// OpenCL gets global size = grid × block and local size = block. On OpenCL,
+/// HIP takes them as CUDA does. OpenCL gets global size = grid × block and local size = block;
+/// Level Zero gets group count = grid and group size = block. On OpenCL and Level Zero,
 /// `shared_mem_bytes > 0` adds one trailing `__local` pointer argument of that size (the way
 /// SPIR-V from MLIR's LLVM-dialect route takes workgroup memory); kernels from the SPIR-V
 /// dialect route declare workgroup memory statically and must launch with 0.
@@ -351,7 +372,7 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Which vendor API.
     fn kind(&self) -> BackendKind;
 
-    /// Lower-case backend name (`cuda`, `opencl`).
+    /// Lower-case backend name (`cuda`, `hip`, `level_zero`, `opencl`).
     fn name(&self) -> &'static str {
         self.kind().name()
     }
@@ -378,7 +399,8 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Fills all of `dst` with `pattern` on the device.
     fn fill(&self, dst: &RawBuffer, pattern: FillPattern) -> Result<()>;
 
-    /// Loads a module: PTX text (or cubin) on CUDA, a SPIR-V binary on OpenCL.
+    /// Loads a module: PTX text (or cubin) on CUDA, a code object (HSACO) on HIP, a SPIR-V
+    /// binary on Level Zero and OpenCL.
     fn load_module(&self, image: &[u8]) -> Result<ModuleHandle>;
 
     /// Looks up a kernel entry point in a loaded module.
@@ -424,6 +446,38 @@ pub(crate) fn check_fill(buffer: &RawBuffer, pattern: FillPattern) -> Result<()>
                 buffer.len_bytes(),
                 pattern.size_bytes()
             ),
+        });
+    }
+    Ok(())
+}
+
+/// The SPIR-V magic number as the first word of a little-endian module.
+const SPIRV_MAGIC: u32 = 0x0723_0203;
+
+/// Checks that `image` looks like a little-endian SPIR-V module before a driver parses it
+/// (shared by the OpenCL and Level Zero backends, which load the same bytes).
+pub(crate) fn check_spirv(image: &[u8]) -> Result<()> {
+    let magic = image
+        .get(..4)
+        .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]));
+    if magic != Some(SPIRV_MAGIC) {
+        let detail = if magic == Some(SPIRV_MAGIC.swap_bytes()) {
+            "big-endian SPIR-V; the devices we target are little-endian".to_owned()
+        } else {
+            format!(
+                "{} bytes that do not start with the SPIR-V magic number 0x07230203",
+                image.len()
+            )
+        };
+        return Err(RuntimeError::InvalidModule {
+            expected: ModuleFormat::SpirV,
+            detail,
+        });
+    }
+    if image.len() % 4 != 0 {
+        return Err(RuntimeError::InvalidModule {
+            expected: ModuleFormat::SpirV,
+            detail: format!("{} bytes is not a whole number of words", image.len()),
         });
     }
     Ok(())

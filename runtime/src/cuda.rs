@@ -169,6 +169,7 @@ fn device_info(ordinal: usize, version: i32) -> Result<DeviceInfo> {
             u32::try_from(major).unwrap_or(0),
             u32::try_from(minor).unwrap_or(0),
         )),
+        arch: None,
         il_version: None,
         is_cpu: false,
     })

@@ -14,6 +14,8 @@ use crate::cache::ModuleCache;
 use crate::cuda::CudaBackend;
 use crate::dtype::{DType, Element};
 use crate::error::{Result, RuntimeError};
+use crate::hip::HipBackend;
+use crate::level_zero::LevelZeroBackend;
 use crate::opencl::OpenClBackend;
 use crate::signature::{Bindings, KernelArg, KernelSignature};
 
@@ -22,16 +24,22 @@ use crate::signature::{Bindings, KernelArg, KernelSignature};
 /// ```
 /// use linrec_runtime::DeviceKind;
 /// assert_eq!("opencl".parse::<DeviceKind>().unwrap(), DeviceKind::OpenCl);
-/// assert_eq!(DeviceKind::Auto.candidates().len(), 2);
+/// assert_eq!("l0".parse::<DeviceKind>().unwrap(), DeviceKind::LevelZero);
+/// assert_eq!(DeviceKind::Auto.candidates().len(), 4);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum DeviceKind {
-    /// The first backend with a usable device, in the order CUDA, OpenCL. (HIP and Level Zero
-    /// join this list when they land.)
+    /// The first backend with a usable device, in the order CUDA, HIP, Level Zero, OpenCL
+    /// (DESIGN §7): each vendor's native API before the portable one, so an Intel GPU runs
+    /// through Level Zero and OpenCL is left for Intel's CPU runtime and other devices.
     #[default]
     Auto,
     /// NVIDIA through the CUDA driver API.
     Cuda,
+    /// AMD through HIP.
+    Hip,
+    /// Intel GPUs through Level Zero.
+    LevelZero,
     /// An OpenCL device that takes SPIR-V.
     OpenCl,
 }
@@ -40,7 +48,8 @@ impl DeviceKind {
     /// The environment variable [`DeviceKind::from_env`] reads.
     pub const ENV_VAR: &'static str = "LINREC_DEVICE";
 
-    /// The kind named by `LINREC_DEVICE` (`auto`, `cuda`, `opencl`); `Auto` when unset.
+    /// The kind named by `LINREC_DEVICE` (`auto`, `cuda`, `hip`, `level_zero` or `l0`,
+    /// `opencl`); `Auto` when unset.
     pub fn from_env() -> Result<Self> {
         match std::env::var(Self::ENV_VAR) {
             Ok(v) if !v.trim().is_empty() => v.trim().parse(),
@@ -51,8 +60,15 @@ impl DeviceKind {
     /// The backends this kind tries, in order.
     pub fn candidates(self) -> &'static [BackendKind] {
         match self {
-            DeviceKind::Auto => &[BackendKind::Cuda, BackendKind::OpenCl],
+            DeviceKind::Auto => &[
+                BackendKind::Cuda,
+                BackendKind::Hip,
+                BackendKind::LevelZero,
+                BackendKind::OpenCl,
+            ],
             DeviceKind::Cuda => &[BackendKind::Cuda],
+            DeviceKind::Hip => &[BackendKind::Hip],
+            DeviceKind::LevelZero => &[BackendKind::LevelZero],
             DeviceKind::OpenCl => &[BackendKind::OpenCl],
         }
     }
@@ -65,11 +81,13 @@ impl FromStr for DeviceKind {
         match s.to_ascii_lowercase().as_str() {
             "auto" => Ok(DeviceKind::Auto),
             "cuda" | "nvidia" => Ok(DeviceKind::Cuda),
+            "hip" | "rocm" | "amd" => Ok(DeviceKind::Hip),
+            "level_zero" | "level-zero" | "levelzero" | "l0" | "ze" => Ok(DeviceKind::LevelZero),
             "opencl" | "ocl" => Ok(DeviceKind::OpenCl),
             _ => Err(RuntimeError::Parse {
                 what: "device kind",
                 value: s.to_owned(),
-                expected: "auto, cuda or opencl",
+                expected: "auto, cuda, hip, level_zero (or l0) or opencl",
             }),
         }
     }
@@ -80,6 +98,8 @@ impl fmt::Display for DeviceKind {
         f.write_str(match self {
             DeviceKind::Auto => "auto",
             DeviceKind::Cuda => "cuda",
+            DeviceKind::Hip => "hip",
+            DeviceKind::LevelZero => "level_zero",
             DeviceKind::OpenCl => "opencl",
         })
     }
@@ -89,6 +109,8 @@ impl fmt::Display for DeviceKind {
 pub fn enumerate_backend(backend: BackendKind) -> Result<Vec<DeviceInfo>> {
     match backend {
         BackendKind::Cuda => CudaBackend::enumerate(),
+        BackendKind::Hip => HipBackend::enumerate(),
+        BackendKind::LevelZero => LevelZeroBackend::enumerate(),
         BackendKind::OpenCl => OpenClBackend::enumerate(),
     }
 }
@@ -96,6 +118,8 @@ pub fn enumerate_backend(backend: BackendKind) -> Result<Vec<DeviceInfo>> {
 fn open_backend(backend: BackendKind, ordinal: usize) -> Result<Box<dyn Backend>> {
     Ok(match backend {
         BackendKind::Cuda => Box::new(CudaBackend::open(ordinal)?),
+        BackendKind::Hip => Box::new(HipBackend::open(ordinal)?),
+        BackendKind::LevelZero => Box::new(LevelZeroBackend::open(ordinal)?),
         BackendKind::OpenCl => Box::new(OpenClBackend::open(ordinal)?),
     })
 }
@@ -123,7 +147,7 @@ struct Inner {
 /// ```no_run
 /// use linrec_runtime::{Device, DeviceKind, KernelSignature, LaunchConfig, DType, ScalarType};
 /// # fn main() -> linrec_runtime::Result<()> {
-/// let dev = Device::new(DeviceKind::Auto)?;            // CUDA if present, else OpenCL
+/// let dev = Device::new(DeviceKind::Auto)?;            // CUDA, HIP, Level Zero, else OpenCL
 /// let x = dev.upload(&[1.0f32, 2.0, 3.0], &[3])?;
 /// let y = dev.upload(&[10.0f32, 20.0, 30.0], &[3])?;
 /// let out = dev.alloc_poisoned(DType::F32, &[3])?;     // NaN until written
@@ -210,7 +234,7 @@ impl Device {
         self.inner.backend.info()
     }
 
-    /// The module format this device loads (PTX or SPIR-V).
+    /// The module format this device loads (PTX, HSACO or SPIR-V).
     pub fn module_format(&self) -> ModuleFormat {
         self.kind().module_format()
     }

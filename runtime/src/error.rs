@@ -11,7 +11,8 @@ pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RuntimeError {
-    /// The vendor library (libcuda, libOpenCL) could not be loaded.
+    /// The vendor library (libcuda, libamdhip64, libze_loader, libOpenCL) could not be loaded,
+    /// or lacks an entry point the backend calls.
     #[error("{backend} driver not found: {detail}. {hint}")]
     DriverNotFound {
         /// Which backend.

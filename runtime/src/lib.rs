@@ -7,10 +7,14 @@
 //! | backend | library | modules |
 //! |---|---|---|
 //! | [`CudaBackend`] | `libcuda.so.1` (cudarc, `dynamic-loading`) | PTX text or cubin |
+//! | [`HipBackend`] | `libamdhip64.so` (own FFI; [`HIP_LIB_ENV`] overrides) | HSACO code objects |
+//! | [`LevelZeroBackend`] | `libze_loader.so.1` (own FFI; [`ZE_LIB_ENV`] overrides) | SPIR-V (`zeModuleCreate`) |
 //! | [`OpenClBackend`] | `libOpenCL.so.1` (opencl3, `dynamic`) | SPIR-V (`clCreateProgramWithIL`) |
 //!
-//! HIP and Level Zero come later. CI runs the SPIR-V kernels through [`OpenClBackend`] on
-//! Intel's CPU OpenCL runtime (`scripts/setup-opencl.sh`).
+//! [`DeviceKind::Auto`] tries them in that order. CI runs the SPIR-V kernels through
+//! [`OpenClBackend`] on Intel's CPU OpenCL runtime (`scripts/setup-opencl.sh`); no AMD or
+//! Intel GPU is there, so HIP and Level Zero are tested on their failure paths and argument
+//! packing ([`marshal`]).
 //!
 //! This crate does not depend on `linrec-compiler` and never links LLVM: it loads modules
 //! from bytes (ahead-of-time artifacts, or a JIT behind a later `jit` feature).
@@ -24,7 +28,7 @@
 //! ```no_run
 //! use linrec_runtime::{Device, DeviceKind};
 //! # fn main() -> linrec_runtime::Result<()> {
-//! let dev = Device::new(DeviceKind::from_env()?)?;   // LINREC_DEVICE=auto|cuda|opencl
+//! let dev = Device::new(DeviceKind::from_env()?)?;   // LINREC_DEVICE=auto|cuda|hip|level_zero|opencl
 //! println!("running on {}", dev.info().label());
 //! # Ok(()) }
 //! ```
@@ -35,7 +39,11 @@ mod cache;
 mod cuda;
 mod device;
 mod dtype;
+mod dylib;
 mod error;
+mod hip;
+mod level_zero;
+pub mod marshal;
 pub mod op;
 mod opencl;
 mod signature;
@@ -50,5 +58,7 @@ pub use cuda::{CudaBackend, probe_driver as probe_cuda_driver};
 pub use device::{Device, DeviceKind, enumerate_backend, poison_pattern};
 pub use dtype::{DType, Element};
 pub use error::{Result, RuntimeError};
+pub use hip::{HIP_LIB_ENV, HipBackend, probe_driver as probe_hip_driver};
+pub use level_zero::{LevelZeroBackend, ZE_LIB_ENV, probe_driver as probe_level_zero_driver};
 pub use opencl::OpenClBackend;
 pub use signature::{Bindings, Dim, KernelArg, KernelSignature, Layout, ParamSpec, ScalarType};

@@ -4,7 +4,7 @@
 //! compiles and links without any OpenCL installed; a missing loader or an ICD without an
 //! IL-capable device is an error value. In CI it runs the SPIR-V kernels on Intel's CPU
 //! OpenCL runtime (`scripts/setup-opencl.sh`); on an Intel GPU machine it is the fallback
-//! path next to Level Zero, with the same SPIR-V.
+//! path after Level Zero (`DeviceKind::Auto` tries Level Zero first), with the same SPIR-V.
 
 use std::ptr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -27,7 +27,7 @@ use opencl3::types::{CL_BLOCKING, cl_device_id, cl_mem};
 
 use crate::backend::{
     Backend, BackendKind, DeviceId, DeviceInfo, FillPattern, KernelHandle, LaunchArg, LaunchConfig,
-    ModuleFormat, ModuleHandle, RawBuffer, check_copy, check_fill, check_same_device,
+    ModuleHandle, RawBuffer, check_copy, check_fill, check_same_device, check_spirv,
 };
 use crate::error::{Result, RuntimeError};
 
@@ -38,9 +38,6 @@ const HINT: &str = "Install an OpenCL runtime that takes SPIR-V: on a CPU-only x
 `bash scripts/setup-opencl.sh` and then `eval \"$(bash scripts/setup-opencl.sh --print-env)\"` \
 (sets OCL_ICD_VENDORS to Intel's CPU runtime); on an Intel GPU machine install the GPU compute \
 runtime (intel-opencl-icd)";
-
-/// The SPIR-V magic number as the first word of a little-endian module.
-const SPIRV_MAGIC: u32 = 0x0723_0203;
 
 fn cl_err(call: &'static str, e: ClError) -> RuntimeError {
     RuntimeError::Driver {
@@ -188,6 +185,7 @@ fn describe(platform_name: &str, id: cl_device_id) -> std::result::Result<Found,
         max_shared_memory_per_block: usize::try_from(dev.local_mem_size().unwrap_or(0))
             .unwrap_or(usize::MAX),
         compute_capability: None,
+        arch: None,
         il_version: Some(il_version.trim().to_owned()),
         is_cpu: dev_type & CL_DEVICE_TYPE_CPU != 0,
     };
@@ -391,29 +389,7 @@ impl Backend for OpenClBackend {
     }
 
     fn load_module(&self, image: &[u8]) -> Result<ModuleHandle> {
-        let magic = image
-            .get(..4)
-            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]));
-        if magic != Some(SPIRV_MAGIC) {
-            let detail = if magic == Some(SPIRV_MAGIC.swap_bytes()) {
-                "big-endian SPIR-V; the devices we target are little-endian".to_owned()
-            } else {
-                format!(
-                    "{} bytes that do not start with the SPIR-V magic number 0x07230203",
-                    image.len()
-                )
-            };
-            return Err(RuntimeError::InvalidModule {
-                expected: ModuleFormat::SpirV,
-                detail,
-            });
-        }
-        if image.len() % 4 != 0 {
-            return Err(RuntimeError::InvalidModule {
-                expected: ModuleFormat::SpirV,
-                detail: format!("{} bytes is not a whole number of words", image.len()),
-            });
-        }
+        check_spirv(image)?;
         let created = if self.il_khr {
             Program::create_from_il_khr(&self.context, image)
         } else {

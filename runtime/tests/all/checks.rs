@@ -417,5 +417,25 @@ fn names_parse() {
         "auto".parse::<DeviceKind>().expect("auto"),
         DeviceKind::Auto
     );
-    assert!("hip".parse::<DeviceKind>().is_err());
+    for (name, kind) in [
+        ("hip", DeviceKind::Hip),
+        ("HIP", DeviceKind::Hip),
+        ("level_zero", DeviceKind::LevelZero),
+        ("l0", DeviceKind::LevelZero),
+        ("level-zero", DeviceKind::LevelZero),
+        ("opencl", DeviceKind::OpenCl),
+    ] {
+        assert_eq!(name.parse::<DeviceKind>().expect(name), kind);
+        // Display gives back a name that parses to the same kind.
+        assert_eq!(
+            kind.to_string().parse::<DeviceKind>().expect("round trip"),
+            kind
+        );
+    }
+    let err = "metal".parse::<DeviceKind>().expect_err("no such backend");
+    assert!(
+        err.to_string()
+            .contains("auto, cuda, hip, level_zero (or l0) or opencl"),
+        "{err}"
+    );
 }

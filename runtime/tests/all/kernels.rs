@@ -20,6 +20,9 @@ pub fn image(dev: &Device) -> &'static [u8] {
     match dev.module_format() {
         ModuleFormat::SpirV => SPV,
         ModuleFormat::Ptx => PTX,
+        // A code object is built for one gfx architecture and none is checked in; the HIP
+        // tests (hip.rs) call only the checks that load no fixture.
+        ModuleFormat::Hsaco => panic!("tests/fixtures has no HSACO module"),
     }
 }
 
@@ -48,6 +51,10 @@ pub fn device_info(dev: &Device) {
             "{info:?}"
         ),
         ModuleFormat::Ptx => assert!(info.compute_capability.is_some(), "{info:?}"),
+        ModuleFormat::Hsaco => assert!(
+            info.arch.as_deref().is_none_or(|a| a.starts_with("gfx")),
+            "{info:?}"
+        ),
     }
     assert!(info.max_threads_per_block >= WG as usize);
     assert!(info.total_memory > 0);
@@ -189,6 +196,14 @@ pub fn bad_modules_and_names_are_errors(dev: &Device) {
         }
         ModuleFormat::Ptx => {
             b".version 8.0\n.target sm_90\n.address_size 64\nnot ptx at all\n".to_vec()
+        }
+        ModuleFormat::Hsaco => {
+            // An ELF64 header for EM_AMDGPU (224), then garbage.
+            let mut j = b"\x7fELF\x02\x01\x01\x40".to_vec();
+            j.resize(18, 0);
+            j.extend_from_slice(&224u16.to_le_bytes());
+            j.extend_from_slice(&[0xFF; 64]);
+            j
         }
     };
     let err = dev.load_module(&junk).expect_err("corrupt module");

@@ -9,13 +9,23 @@
 //!   they run everywhere.
 //! - `cuda`: the CUDA backend's "driver not found" path on machines without libcuda, and the
 //!   shared checks on PTX where a GPU is present (never in CI, which has none).
-//! - `select`: `DeviceKind::Auto` falls back to OpenCL.
+//! - `hip`, `level_zero`: those backends without an AMD or Intel GPU — a missing library, a
+//!   library override (`LINREC_HIP_LIB`, `LINREC_ZE_LIB`, set in a child process: `child`)
+//!   pointing at a missing file or at a library that is not theirs, and a runtime that loads
+//!   but finds no GPU — each an error with an actionable message; the shared checks where a
+//!   GPU is present.
+//! - `marshal`: how HIP's `kernelParams` and Level Zero's argument calls are packed.
+//! - `select`: `DeviceKind::Auto` tries CUDA, HIP, Level Zero, OpenCL, and falls back to OpenCL.
 //! - `op`: `op::forward`'s argument checks and output allocation, on the mock backend.
 
 mod checks;
+mod child;
 mod common;
 mod cuda;
+mod hip;
 mod kernels;
+mod level_zero;
+mod marshal;
 mod mock;
 mod op;
 mod opencl;

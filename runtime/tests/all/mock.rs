@@ -33,6 +33,7 @@ impl MockBackend {
                 max_threads_per_block: 1024,
                 max_shared_memory_per_block: 48 * 1024,
                 compute_capability: None,
+                arch: None,
                 il_version: None,
                 is_cpu: true,
             },
