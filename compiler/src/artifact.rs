@@ -7,6 +7,9 @@
 //! `03-lowered.mlir`, `04-<target>.{ptx,s,spv}` (AMD: also the `.hsaco`; SPIR-V: also the
 //! `.spvasm` when `spirv-dis` is installed), and `info.json`-like `05-info.txt` with the
 //! launch metadata.
+//!
+//! `LINREC_TENSOR_CORES=0` (or `off`) compiles NVIDIA kernels with the portable matmuls, to
+//! compare them with the tensor-core ones ([`CompileOptions::matmul`]).
 
 use std::{
     path::{Path, PathBuf},
@@ -20,10 +23,13 @@ use linrec_spec::launch::{KernelConfig, KernelInfo};
 use crate::emit::{self, EmitError};
 use crate::lower::{self, BinaryFormat, LowerError, LowerOptions, Target};
 use crate::plan::{self, PlanError};
-use crate::schedule::{self, ScheduleError};
+use crate::schedule::{self, MatmulChoice, ScheduleError};
 
 /// The environment variable naming the stage-dump directory.
 pub const DUMP_DIR_ENV: &str = "LINREC_DUMP_DIR";
+
+/// The environment variable that turns tensor cores off (`0` or `off`).
+pub const TENSOR_CORES_ENV: &str = "LINREC_TENSOR_CORES";
 
 /// One compiled kernel: bytes, launch metadata and every stage's text.
 #[derive(Clone, Debug, PartialEq)]
@@ -93,6 +99,9 @@ pub struct CompileOptions {
     /// code generation (about half of an AMD compile), which a caller that only needs the code
     /// object (`linrec compile`, a JIT) can skip. Default: on.
     pub amd_assembly: bool,
+    /// How matmuls run (see [`crate::schedule`]). Default: [`MatmulChoice::Auto`], tensor
+    /// cores where the target has them.
+    pub matmul: MatmulChoice,
 }
 
 impl Default for CompileOptions {
@@ -100,19 +109,34 @@ impl Default for CompileOptions {
         CompileOptions {
             dump_dir: None,
             amd_assembly: true,
+            matmul: MatmulChoice::Auto,
         }
     }
 }
 
 impl CompileOptions {
-    /// Options from the environment: `LINREC_DUMP_DIR` (ignored when empty).
+    /// Options from the environment: `LINREC_DUMP_DIR` (ignored when empty) and
+    /// `LINREC_TENSOR_CORES` (`0` or `off`: [`MatmulChoice::Portable`]).
     pub fn from_env() -> Self {
+        let off = std::env::var(TENSOR_CORES_ENV)
+            .is_ok_and(|v| matches!(v.trim(), "0" | "off" | "false"));
         CompileOptions {
             dump_dir: std::env::var_os(DUMP_DIR_ENV)
                 .filter(|d| !d.is_empty())
                 .map(PathBuf::from),
+            matmul: if off {
+                MatmulChoice::Portable
+            } else {
+                MatmulChoice::Auto
+            },
             ..CompileOptions::default()
         }
+    }
+
+    /// Sets [`CompileOptions::matmul`].
+    pub fn with_matmul(mut self, matmul: MatmulChoice) -> Self {
+        self.matmul = matmul;
+        self
     }
 
     /// Sets [`CompileOptions::amd_assembly`].
@@ -160,7 +184,7 @@ pub fn compile_with(
 ) -> Result<Artifact, CompileError> {
     let start = Instant::now();
     let plan = plan::forward(spec)?;
-    let schedule = schedule::forward(&plan, spec, target, config)?;
+    let schedule = schedule::forward_with(&plan, spec, target, config, options.matmul)?;
     let mlir = emit::forward(&schedule)?;
     let lowered = lower::lower_with(
         &mlir,

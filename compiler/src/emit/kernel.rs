@@ -1,18 +1,27 @@
 //! The kernel's frame: arguments, the workgroup's coordinates, the state's initialisation, the
 //! sequential loop over chunks (whose body [`super::tile`] fills node by node), the sink phase
-//! and the final state. The layout is the portable schedule's (see [`crate::schedule`]).
+//! and the final state. The layout is the schedule's (see [`crate::schedule`]); with tensor
+//! cores, also the dynamic shared memory that holds the 16-bit operand tiles and the ops that
+//! read and write them.
 
 use linrec_spec::launch::{ElementType, KernelParam};
 use melior::ir::{
     Attribute, Block, BlockLike, Region, RegionLike, Type, Value,
     attribute::{IntegerAttribute, StringAttribute, TypeAttribute},
-    r#type::FunctionType,
+    r#type::{FunctionType, MemRefType},
 };
 
 use super::EmitError;
 use super::builder::{Builder, Cmp, R};
-use super::target::TargetOps;
-use crate::schedule::{Schedule, Tile};
+use super::target::{DYNAMIC, TargetOps};
+use crate::schedule::{MatmulPath, OperandTile, Schedule, Tile};
+
+/// The symbol of the dynamic shared memory. It must be a public, uninitialised
+/// `memref.global` of `memref<0xi8, workgroup>`: `gpu.dynamic_shared_memory` then reuses it
+/// and the PTX declares `.extern .shared .align 16 .b8 smem[]`. Without it, LLVM 22 emits an
+/// internal global that NVPTX turns into a 1-byte *static* array overlapping other shared
+/// memory (`reference/mlir-lowering.md` §3, `mlir/2d_dynamic_smem_overlap_bug.mlir`).
+const SMEM_SYMBOL: &str = "smem";
 
 /// Values of the kernel's entry block that every later step uses.
 pub(super) struct Env<'c, 'a> {
@@ -42,6 +51,9 @@ pub(super) struct Env<'c, 'a> {
     pub scale: Value<'c, 'a>,
     /// The per-head constant log-decay (f32), when the plan reads one.
     pub decay: Option<Value<'c, 'a>>,
+    /// The operand arena in dynamic shared memory (`memref<N × bf16|f16, workgroup>`), on
+    /// the tensor-core path.
+    pub arena: Option<Value<'c, 'a>>,
 }
 
 impl<'c, 'a> Env<'c, 'a> {
@@ -77,9 +89,36 @@ impl<'c> Kernel<'_, 'c> {
         }
     }
 
+    /// The 16-bit element type of the operand tiles (the config's dtype).
+    pub fn operand_type(&self) -> R<Type<'c>> {
+        match self.dtype() {
+            ElementType::Bf16 => Ok(Type::bfloat16(self.b.ctx)),
+            ElementType::F16 => Ok(Type::float16(self.b.ctx)),
+            ElementType::F32 => Err(EmitError::Schedule(
+                "operand tiles for an f32 kernel".into(),
+            )),
+        }
+    }
+
+    /// `#gpu.address_space<workgroup>`.
+    fn workgroup(&self) -> R<Attribute<'c>> {
+        self.b.attr("#gpu.address_space<workgroup>")
+    }
+
     /// Builds the `gpu.func` and appends it to the `gpu.module` body `module`.
     pub fn build(&self, module: &Block<'c>) -> R<()> {
         let b = &self.b;
+        if self.s.matmul == MatmulPath::TensorCore {
+            let ty = MemRefType::new(b.int(8), &[0], None, Some(self.workgroup()?));
+            b.push0(
+                module,
+                b.op("memref.global").add_attributes(&[
+                    b.named("sym_name", StringAttribute::new(b.ctx, SMEM_SYMBOL).into()),
+                    b.named("type", TypeAttribute::new(ty.into()).into()),
+                    b.named("alignment", IntegerAttribute::new(b.int(64), 16).into()),
+                ]),
+            )?;
+        }
         let types: Vec<Type<'c>> = self.s.params.iter().map(|p| self.arg_type(p)).collect();
         let entry = Block::new(&types.iter().map(|t| (*t, b.loc)).collect::<Vec<_>>());
         {
@@ -116,6 +155,13 @@ impl<'c> Kernel<'_, 'c> {
             ),
         ];
         attrs.extend(self.t.entry_attributes(b, self.s.block_threads)?);
+        if let Some(n) = self.s.max_registers {
+            // → `.maxnreg` (see `Schedule::max_registers`).
+            attrs.push(b.named(
+                "nvvm.maxnreg",
+                IntegerAttribute::new(b.int(32), i64::from(n)).into(),
+            ));
+        }
         b.push0(
             module,
             b.op("gpu.func").add_attributes(&attrs).add_regions([body]),
@@ -183,6 +229,34 @@ impl<'c> Kernel<'_, 'c> {
             }
             None => None,
         };
+
+        // The operand arena: one typed view of the dynamic shared memory at byte 0 (the
+        // launch passes `shared_bytes`; the extern array is 16-byte aligned, and every tile
+        // starts at a multiple of 8 elements).
+        let arena = if s.matmul == MatmulPath::TensorCore {
+            let space = self.workgroup()?;
+            let bytes = MemRefType::new(b.int(8), &[DYNAMIC], None, Some(space));
+            let dynamic = b.push(
+                blk,
+                b.op("gpu.dynamic_shared_memory")
+                    .add_results(&[bytes.into()]),
+            )?;
+            let len = i64::try_from(s.operand_arena).map_err(|_| {
+                EmitError::Schedule(format!("{} operand elements", s.operand_arena))
+            })?;
+            let view = MemRefType::new(self.operand_type()?, &[len], None, Some(space));
+            let zero = b.ci(blk, 0)?;
+            Some(
+                b.push(
+                    blk,
+                    b.op("memref.view")
+                        .add_operands(&[dynamic, zero])
+                        .add_results(&[view.into()]),
+                )?,
+            )
+        } else {
+            None
+        };
         Ok(Env {
             args,
             tid,
@@ -198,6 +272,7 @@ impl<'c> Kernel<'_, 'c> {
             eos,
             scale,
             decay,
+            arena,
         })
     }
 
@@ -213,6 +288,114 @@ impl<'c> Kernel<'_, 'c> {
         let off = b.ci(blk, tile.offset as i64)?;
         let at = b.addi(blk, env.base, off)?;
         b.addi(blk, at, idx)
+    }
+
+    /// The memref that holds the operand tiles: the shared-memory arena on the tensor-core
+    /// path, the scratch buffer when emulated.
+    pub fn operand_mem<'e>(&self, env: &Env<'c, 'e>) -> R<Value<'c, 'e>> {
+        match (self.s.matmul, env.arena) {
+            (MatmulPath::TensorCore, Some(arena)) => Ok(arena),
+            (MatmulPath::Emulated, _) => env.arg(&KernelParam::Scratch),
+            _ => Err(EmitError::Schedule(
+                "an operand tile on the portable path".into(),
+            )),
+        }
+    }
+
+    /// The index of element `(r, c)` of an operand tile in [`Kernel::operand_mem`] (when
+    /// emulated, the operand arena follows the f32 tiles in the workgroup's scratch).
+    fn operand_index<'a>(
+        &self,
+        blk: &'a Block<'c>,
+        env: &Env<'c, '_>,
+        tile: OperandTile,
+        r: Value<'c, '_>,
+        c: Value<'c, '_>,
+    ) -> R<Value<'c, 'a>> {
+        let b = &self.b;
+        let within = b.mad(blk, c, r, tile.stride as i64)?;
+        match self.s.matmul {
+            MatmulPath::TensorCore => {
+                let off = b.ci(blk, tile.offset as i64)?;
+                b.addi(blk, within, off)
+            }
+            MatmulPath::Emulated => {
+                let off = b.ci(blk, (self.s.operand_base + tile.offset) as i64)?;
+                let at = b.addi(blk, env.base, off)?;
+                b.addi(blk, at, within)
+            }
+            MatmulPath::Portable => Err(EmitError::Schedule(
+                "an operand tile on the portable path".into(),
+            )),
+        }
+    }
+
+    /// Element `(r, c)` of an operand tile, as f32 (exact: widening).
+    pub fn load_operand<'a>(
+        &self,
+        blk: &'a Block<'c>,
+        env: &Env<'c, '_>,
+        tile: OperandTile,
+        r: Value<'c, '_>,
+        c: Value<'c, '_>,
+    ) -> R<Value<'c, 'a>> {
+        let b = &self.b;
+        let idx = self.operand_index(blk, env, tile, r, c)?;
+        let x = b.load(blk, self.operand_mem(env)?, idx)?;
+        match self.s.matmul {
+            MatmulPath::TensorCore => b.cast(blk, "arith.extf", x, b.f32()),
+            _ => Ok(x),
+        }
+    }
+
+    /// Rounds the f32 `x` to the dtype (to nearest even) and stores it at `(r, c)` of an
+    /// operand tile.
+    pub fn store_operand(
+        &self,
+        blk: &Block<'c>,
+        env: &Env<'c, '_>,
+        tile: OperandTile,
+        r: Value<'c, '_>,
+        c: Value<'c, '_>,
+        x: Value<'c, '_>,
+    ) -> R<()> {
+        let b = &self.b;
+        let idx = self.operand_index(blk, env, tile, r, c)?;
+        let stored = match self.s.matmul {
+            MatmulPath::TensorCore => b.cast(blk, "arith.truncf", x, self.operand_type()?)?,
+            _ => self.t.round_f32(b, blk, x, self.dtype())?,
+        };
+        b.store(blk, stored, self.operand_mem(env)?, idx)
+    }
+
+    /// Zeroes the padding rows and columns of an operand tile, so that they add nothing to
+    /// any product (the arena is reused by liveness: the padding of one tile may hold another
+    /// tile's values from earlier in the chunk). Two loops, no branches: the padding columns
+    /// of the valid rows, then whole padding rows.
+    pub fn zero_padding(&self, blk: &Block<'c>, env: &Env<'c, '_>, tile: OperandTile) -> R<()> {
+        let b = &self.b;
+        let extra_cols = tile.cols_padded - tile.cols;
+        if extra_cols > 0 {
+            self.strided(blk, env, (tile.rows * extra_cols) as u64, |blk, e| {
+                let (r, c) = self.row_col(blk, e, extra_cols)?;
+                let first = b.ci(blk, tile.cols as i64)?;
+                let c = b.addi(blk, c, first)?;
+                let zero = b.cf32(blk, 0.0)?;
+                self.store_operand(blk, env, tile, r, c, zero)
+            })?;
+        }
+        let extra_rows = tile.rows_padded - tile.rows;
+        if extra_rows > 0 {
+            let width = tile.cols_padded;
+            self.strided(blk, env, (extra_rows * width) as u64, |blk, e| {
+                let (r, c) = self.row_col(blk, e, width)?;
+                let first = b.ci(blk, tile.rows as i64)?;
+                let r = b.addi(blk, r, first)?;
+                let zero = b.cf32(blk, 0.0)?;
+                self.store_operand(blk, env, tile, r, c, zero)
+            })?;
+        }
+        Ok(())
     }
 
     /// Index of state element `(k, c)` of this workgroup in an `[N, HV, K, V]` state tensor.

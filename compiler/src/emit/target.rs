@@ -9,6 +9,7 @@
 //! | barrier | `gpu.barrier` (`bar.sync` orders global memory too) | `gpu.barrier` (workgroup-scope fences cover global memory) | `spirv.ControlBarrier` with `CrossWorkgroupMemory`: `gpu.barrier` only orders workgroup memory there, and the tiles live in global scratch |
 //! | bf16 | `bf16` memrefs, `arith.extf/truncf` (`cvt.f32.bf16`, `cvt.rn.bf16.f32`) | same (emulated on CDNA) | `i16` memrefs: shift into the high half of an f32; store rounds to nearest even in integer ops (SPIR-V has no bf16 without an extension) |
 //! | f16 | `f16` memrefs | same | `f16` memrefs (Float16 capability) |
+//! | matmul | tensor cores for bf16/f16 (`emit::mma`, operands in dynamic shared memory) | scalar f32 loops (`amdgpu.mfma` not yet) | scalar f32 loops |
 
 use linrec_spec::launch::ElementType;
 use melior::ir::{
@@ -27,7 +28,7 @@ use crate::schedule::BufferType;
 const FLAT_ELEMENTS: i64 = 1 << 40;
 
 /// `ShapedType::kDynamic`.
-const DYNAMIC: i64 = i64::MIN;
+pub(super) const DYNAMIC: i64 = i64::MIN;
 
 /// The vendor-specific half of the emitter.
 #[derive(Clone, Copy, Debug)]
@@ -123,6 +124,67 @@ impl TargetOps {
             ElementType::F16 => b.cast(blk, "arith.truncf", value, Type::float16(b.ctx))?,
         };
         b.store(blk, stored, mem, idx)
+    }
+
+    /// `x` rounded to `dtype` (to nearest even) and widened back to f32: what a 16-bit
+    /// operand tile would hold, for the emulated tensor-core layout.
+    pub fn round_f32<'c, 'a>(
+        &self,
+        b: &Builder<'c>,
+        blk: &'a Block<'c>,
+        x: Value<'c, '_>,
+        dtype: ElementType,
+    ) -> R<Value<'c, 'a>> {
+        let narrow = match dtype {
+            ElementType::F32 => {
+                return Err(super::EmitError::Schedule(
+                    "operand tiles for an f32 kernel".into(),
+                ));
+            }
+            ElementType::Bf16 if self.spirv() => {
+                let bits = bf16_bits(b, blk, x)?;
+                let wide = b.cast(blk, "arith.extui", bits, b.int(32))?;
+                let sixteen = b.ci32(blk, 16)?;
+                let shifted = b.bin(blk, "arith.shli", wide, sixteen)?;
+                return b.cast(blk, "arith.bitcast", shifted, b.f32());
+            }
+            ElementType::Bf16 => Type::bfloat16(b.ctx),
+            ElementType::F16 => Type::float16(b.ctx),
+        };
+        let y = b.cast(blk, "arith.truncf", x, narrow)?;
+        b.cast(blk, "arith.extf", y, b.f32())
+    }
+
+    /// The thread index, read in a way LLVM cannot hoist out of a loop (NVIDIA only: a
+    /// volatile `mov.u32 %r, %tid.x`).
+    ///
+    /// Why: a tensor-core matmul's addresses (its `ldmatrix` rows and the result stores of
+    /// every fragment) depend only on the thread index, so LLVM hoists all of them out of
+    /// the chunk loop and keeps them live across it: over a hundred registers for four
+    /// matmuls, and ptxas spills. Derived from this value they are recomputed per chunk,
+    /// a few integer ops against dozens of `mma.sync`.
+    pub fn thread_id_per_use<'c, 'a>(
+        &self,
+        b: &Builder<'c>,
+        blk: &'a Block<'c>,
+    ) -> R<Value<'c, 'a>> {
+        if self.target.vendor() != Vendor::Nvidia {
+            return b.gpu_id(blk, "gpu.thread_id", "x");
+        }
+        let tid = b.push(
+            blk,
+            b.op("llvm.inline_asm")
+                .add_attributes(&[
+                    b.named(
+                        "asm_string",
+                        StringAttribute::new(b.ctx, "mov.u32 $0, %tid.x;").into(),
+                    ),
+                    b.named("constraints", StringAttribute::new(b.ctx, "=r").into()),
+                    b.named("has_side_effects", Attribute::unit(b.ctx)),
+                ])
+                .add_results(&[b.int(32)]),
+        )?;
+        b.cast(blk, "arith.index_castui", tid, b.index())
     }
 
     /// `2^x`; `2^−∞ = 0` on every target.

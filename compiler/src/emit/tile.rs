@@ -3,6 +3,12 @@
 //! those of `plan::eval` (zero-padded rows, the plan's broadcasting rules); the kernel masks
 //! loads past the chunk's valid rows and past the block's valid V columns to 0, so every tile
 //! stays finite and padding never leaks into valid results.
+//!
+//! A node writes its result to its f32 tile, its 16-bit operand tile, or both, in the same
+//! loop ([`Dest`]); it reads a matrix operand from its f32 tile if it has one, else from its
+//! operand tile (q, k, v on the tensor-core path). A matmul runs as scalar loops over f32
+//! tiles (portable), on tensor cores over the operand tiles ([`crate::emit::mma`]), or as
+//! scalar loops over the operand tiles (emulated); see [`crate::schedule`].
 
 use linrec_spec::Role;
 use linrec_spec::launch::{ElementType, KernelParam};
@@ -11,8 +17,35 @@ use melior::ir::{Block, Value};
 use super::EmitError;
 use super::builder::{Cmp, R};
 use super::kernel::{Env, Kernel};
+use super::mma::{self, Fragment, Init, Matmul, MmaType, SmemTile};
 use crate::plan::{Op, Param, ValueId};
-use crate::schedule::{Placement, Tile};
+use crate::schedule::{MatmulPath, OperandTile, Tile};
+
+/// Where a node's result goes: its f32 tile, its operand tile, or both (same element, the
+/// operand rounded to the dtype).
+#[derive(Clone, Copy, Debug)]
+struct Dest {
+    f32: Option<Tile>,
+    operand: Option<OperandTile>,
+}
+
+impl Dest {
+    /// `(rows, cols)` of the values (not counting an operand tile's padding).
+    fn extent(&self) -> Option<(usize, usize)> {
+        self.f32
+            .map(|t| (t.rows, t.cols))
+            .or(self.operand.map(|t| (t.rows, t.cols)))
+    }
+}
+
+/// Where a node reads a tile operand.
+#[derive(Clone, Copy, Debug)]
+enum Src {
+    /// The f32 tile (element `e` = `r · cols + c`).
+    F32(Tile),
+    /// The 16-bit operand tile (element `(r, c)`), widened exactly.
+    Operand(OperandTile),
+}
 
 /// How an elementwise op reads one operand at a result element.
 #[derive(Clone, Copy)]
@@ -20,7 +53,7 @@ enum Operand<'c, 'a> {
     /// A uniform scalar.
     Uniform(Value<'c, 'a>),
     /// The same element of a tile of the result's shape.
-    Same(Tile),
+    Same(Src),
     /// Row `r` of a `[X]` tile broadcast across the columns of a `[X, Y]` result.
     Row(Tile),
 }
@@ -38,15 +71,14 @@ impl<'c> Kernel<'_, 'c> {
     ) -> R<()> {
         let b = &self.b;
         let node = &self.s.plan.nodes[i];
-        let placement = self.s.values[i];
-        let tile = match placement {
-            Placement::Tile(t) => Some(t),
-            Placement::Uniform => None,
+        let dest = Dest {
+            f32: self.s.values[i].tile(),
+            operand: self.s.operands.get(i).copied().flatten(),
         };
         let uniform = |v: &ValueId, uniforms: &[Option<Value<'c, 'a>>]| {
             uniforms[v.0].ok_or_else(|| EmitError::Schedule(format!("%{} is not a scalar", v.0)))
         };
-        let Some(tile) = tile else {
+        if dest.extent().is_none() {
             // Scalars: every thread computes the same value.
             let v = match &node.op {
                 Op::Param(Param::Scale) => env.scale,
@@ -73,25 +105,38 @@ impl<'c> Kernel<'_, 'c> {
             };
             uniforms[i] = Some(v);
             return Ok(());
-        };
+        }
 
         match &node.op {
-            Op::StateIn => Ok(()),
-            Op::Load(role) => self.load_rows(blk, env, start, len, tile, *role),
+            Op::StateIn => match dest.operand {
+                // Round a copy of S for the matmuls that read h.
+                Some(operand) => {
+                    let state = self.s.state;
+                    let to = Dest {
+                        f32: None,
+                        operand: Some(operand),
+                    };
+                    self.elementwise(blk, env, to, |blk, _, _, e| {
+                        self.load_scratch(blk, env, state, e)
+                    })
+                }
+                None => Ok(()),
+            },
+            Op::Load(role) => self.load_rows(blk, env, start, len, dest, *role),
             Op::ConstantGate => {
                 let lg = env
                     .decay
                     .ok_or_else(|| EmitError::Schedule("no decay rate to read".into()))?;
-                self.elementwise(blk, env, tile, |blk, r, _, _| {
+                self.elementwise(blk, env, dest, |blk, r, _, _| {
                     let ok = b.cmpi(blk, Cmp::Ult, r, len)?;
                     let zero = b.cf32(blk, 0.0)?;
                     b.select(blk, ok, lg, zero)
                 })
             }
-            Op::L2NormRows(x) => self.l2norm_rows(blk, env, self.tile(*x)?, tile),
+            Op::L2NormRows(x) => self.l2norm_rows(blk, env, self.src(*x)?, dest),
             Op::CumSum(x) => {
                 let src = self.tile(*x)?;
-                self.elementwise(blk, env, tile, |blk, r, _, _| {
+                self.elementwise(blk, env, dest, |blk, r, _, _| {
                     let zero = b.ci(blk, 0)?;
                     let one = b.ci(blk, 1)?;
                     let end = b.addi(blk, r, one)?;
@@ -105,42 +150,43 @@ impl<'c> Kernel<'_, 'c> {
             }
             Op::PairDiff(x) => {
                 let src = self.tile(*x)?;
-                self.elementwise(blk, env, tile, |blk, r, c, _| {
+                self.elementwise(blk, env, dest, |blk, r, c, _| {
                     let xi = self.load_scratch(blk, env, src, r)?;
                     let xj = self.load_scratch(blk, env, src, c)?;
                     b.subf(blk, xi, xj)
                 })
             }
             Op::MaskCausal { x, strict, fill } => {
-                let src = self.tile(*x)?;
+                let src = self.src(*x)?;
                 let strict = *strict;
                 let fill = *fill;
-                self.elementwise(blk, env, tile, |blk, r, c, e| {
+                self.elementwise(blk, env, dest, |blk, r, c, e| {
                     let keep = if strict {
                         b.cmpi(blk, Cmp::Ult, c, r)?
                     } else {
                         b.cmpi(blk, Cmp::Ule, c, r)?
                     };
-                    let x = self.load_scratch(blk, env, src, e)?;
+                    let x = self.read(blk, env, src, r, c, e)?;
                     let fill = b.cf32(blk, fill)?;
                     b.select(blk, keep, x, fill)
                 })
             }
             Op::Exp2(x) => {
-                let src = self.tile(*x)?;
-                self.elementwise(blk, env, tile, |blk, _, _, e| {
-                    let x = self.load_scratch(blk, env, src, e)?;
+                let src = self.src(*x)?;
+                self.elementwise(blk, env, dest, |blk, r, c, e| {
+                    let x = self.read(blk, env, src, r, c, e)?;
                     self.t.exp2(b, blk, x)
                 })
             }
             Op::Mul(x, y) | Op::Add(x, y) | Op::Sub(x, y) => {
                 let operand = |v: &ValueId| -> R<Operand<'c, 'a>> {
-                    Ok(match self.s.values[v.0] {
-                        Placement::Uniform => Operand::Uniform(uniform(v, uniforms)?),
-                        Placement::Tile(t) if self.s.plan.node(*v).shape == node.shape => {
-                            Operand::Same(t)
-                        }
-                        Placement::Tile(t) => Operand::Row(t),
+                    let shape = &self.s.plan.node(*v).shape;
+                    Ok(if shape.rank() == 0 {
+                        Operand::Uniform(uniform(v, uniforms)?)
+                    } else if *shape == node.shape {
+                        Operand::Same(self.src(*v)?)
+                    } else {
+                        Operand::Row(self.tile(*v)?)
                     })
                 };
                 let (x, y) = (operand(x)?, operand(y)?);
@@ -149,15 +195,18 @@ impl<'c> Kernel<'_, 'c> {
                     Op::Add(..) => "arith.addf",
                     _ => "arith.subf",
                 };
-                self.elementwise(blk, env, tile, |blk, r, _, e| {
-                    self.apply(blk, env, kind, x, y, r, e)
+                self.elementwise(blk, env, dest, |blk, r, c, e| {
+                    self.apply(blk, env, kind, x, y, r, c, e)
                 })
+            }
+            Op::Matmul { a, b: rhs, ta, tb } if self.s.matmul.uses_operand_tiles() => {
+                self.operand_matmul(blk, env, dest, (*a, *ta), (*rhs, *tb))
             }
             Op::Matmul { a, b: rhs, ta, tb } => {
                 let (ta, tb) = (*ta, *tb);
                 let (at, bt) = (self.tile(*a)?, self.tile(*rhs)?);
                 let inner = if ta { at.rows } else { at.cols };
-                self.elementwise(blk, env, tile, |blk, r, c, _| {
+                self.elementwise(blk, env, dest, |blk, r, c, _| {
                     let zero = b.ci(blk, 0)?;
                     let one = b.ci(blk, 1)?;
                     let end = b.ci(blk, inner as i64)?;
@@ -188,12 +237,13 @@ impl<'c> Kernel<'_, 'c> {
         }
     }
 
-    /// A cooperative loop over `tile`: `f(block, row, col, element)` gives the f32 to store.
+    /// A cooperative loop over the elements of `dest`: `f(block, row, col, element)` gives
+    /// the f32 to store; then the operand tile's padding is zeroed.
     fn elementwise(
         &self,
         blk: &Block<'c>,
         env: &Env<'c, '_>,
-        tile: Tile,
+        dest: Dest,
         f: impl for<'x> FnOnce(
             &'x Block<'c>,
             Value<'c, 'x>,
@@ -201,13 +251,236 @@ impl<'c> Kernel<'_, 'c> {
             Value<'c, 'x>,
         ) -> R<Value<'c, 'x>>,
     ) -> R<()> {
-        let scratch = env.arg(&KernelParam::Scratch)?;
-        self.strided(blk, env, tile.len(), |blk, e| {
-            let (r, c) = self.row_col(blk, e, tile.cols)?;
+        let (rows, cols) = dest
+            .extent()
+            .ok_or_else(|| EmitError::Schedule("a tile loop without a tile".into()))?;
+        self.strided(blk, env, (rows * cols) as u64, |blk, e| {
+            let (r, c) = self.row_col(blk, e, cols)?;
             let v = f(blk, r, c, e)?;
+            self.store_dest(blk, env, dest, r, c, e, v)
+        })?;
+        self.zero_dest_padding(blk, env, dest)
+    }
+
+    /// Stores the f32 `v` as element `(r, c)` (flat `e`) of the destination tiles.
+    #[allow(clippy::too_many_arguments)]
+    fn store_dest(
+        &self,
+        blk: &Block<'c>,
+        env: &Env<'c, '_>,
+        dest: Dest,
+        r: Value<'c, '_>,
+        c: Value<'c, '_>,
+        e: Value<'c, '_>,
+        v: Value<'c, '_>,
+    ) -> R<()> {
+        if let Some(tile) = dest.f32 {
+            let scratch = env.arg(&KernelParam::Scratch)?;
             let at = self.addr(blk, env, tile, e)?;
-            self.b.store(blk, v, scratch, at)
-        })
+            self.b.store(blk, v, scratch, at)?;
+        }
+        if let Some(tile) = dest.operand {
+            self.store_operand(blk, env, tile, r, c, v)?;
+        }
+        Ok(())
+    }
+
+    /// Zeroes the padding of the destination's operand tile, if it has one with padding.
+    fn zero_dest_padding(&self, blk: &Block<'c>, env: &Env<'c, '_>, dest: Dest) -> R<()> {
+        match dest.operand {
+            Some(tile) if tile.is_padded() => self.zero_padding(blk, env, tile),
+            _ => Ok(()),
+        }
+    }
+
+    /// Where node `v`'s value is read by a non-matmul node: its f32 tile, else its operand
+    /// tile.
+    fn src(&self, v: ValueId) -> R<Src> {
+        if let Some(t) = self.s.values[v.0].tile() {
+            return Ok(Src::F32(t));
+        }
+        self.operand_tile(v).map(Src::Operand)
+    }
+
+    /// The operand tile of node `v`.
+    fn operand_tile(&self, v: ValueId) -> R<OperandTile> {
+        self.s
+            .operands
+            .get(v.0)
+            .copied()
+            .flatten()
+            .ok_or_else(|| EmitError::Schedule(format!("%{} has no operand tile", v.0)))
+    }
+
+    /// Element `(r, c)` (flat `e`) of a tile operand, as f32.
+    fn read<'a>(
+        &self,
+        blk: &'a Block<'c>,
+        env: &Env<'c, '_>,
+        src: Src,
+        r: Value<'c, '_>,
+        c: Value<'c, '_>,
+        e: Value<'c, '_>,
+    ) -> R<Value<'c, 'a>> {
+        match src {
+            Src::F32(t) => self.load_scratch(blk, env, t, e),
+            Src::Operand(t) => self.load_operand(blk, env, t, r, c),
+        }
+    }
+
+    /// A matmul over operand tiles: on tensor cores, or emulated in scalar loops.
+    /// `op(A)` is `a.0` (transposed when `a.1`), likewise `op(B)`; the result (f32
+    /// accumulation) goes to `dest`.
+    fn operand_matmul(
+        &self,
+        blk: &Block<'c>,
+        env: &Env<'c, '_>,
+        dest: Dest,
+        a: (ValueId, bool),
+        b: (ValueId, bool),
+    ) -> R<()> {
+        let (ta, tb) = (a.1, b.1);
+        let (oa, ob) = (self.operand_tile(a.0)?, self.operand_tile(b.0)?);
+        // The padded sizes: what the instruction tiles cover.
+        let (m, k) = if ta {
+            (oa.cols_padded, oa.rows_padded)
+        } else {
+            (oa.rows_padded, oa.cols_padded)
+        };
+        let (kb, n) = if tb {
+            (ob.cols_padded, ob.rows_padded)
+        } else {
+            (ob.rows_padded, ob.cols_padded)
+        };
+        if k != kb {
+            return Err(EmitError::Schedule(format!(
+                "matmul operands of inner sizes {k} and {kb}"
+            )));
+        }
+        if let Some(o) = dest.operand {
+            if (o.rows_padded, o.cols_padded) != (m, n) {
+                return Err(EmitError::Schedule(format!(
+                    "a {m}×{n} matmul result in a {}×{} operand tile",
+                    o.rows_padded, o.cols_padded
+                )));
+            }
+        }
+        match self.s.matmul {
+            MatmulPath::TensorCore => {
+                let dtype = MmaType::from_element(self.dtype())
+                    .ok_or_else(|| EmitError::Schedule("tensor cores for an f32 kernel".into()))?;
+                let arena = self.operand_mem(env)?;
+                let thread_id = self.t.thread_id_per_use(&self.b, blk)?;
+                let side = |t: OperandTile, transposed: bool| mma::Operand {
+                    tile: SmemTile {
+                        memref: arena,
+                        offset: t.offset as i64,
+                        row_stride: t.stride as i64,
+                    },
+                    transposed,
+                };
+                let mm = Matmul {
+                    m: m as i64,
+                    n: n as i64,
+                    k: k as i64,
+                    dtype,
+                    num_warps: self.s.block_threads / 32,
+                    thread_id,
+                    a: side(oa, ta),
+                    b: side(ob, tb),
+                };
+                // Accumulators go from the registers to the result tiles: C[row][col],
+                // C[row][col + 1], C[row + 8][col], C[row + 8][col + 1].
+                let mut epilogue = |blk: &Block<'c>, f: &Fragment<'c, '_>| -> R<()> {
+                    let one = self.b.ci(blk, 1)?;
+                    let col1 = self.b.addi(blk, f.col, one)?;
+                    for (r, c, x) in [
+                        (f.row, f.col, f.acc[0]),
+                        (f.row, col1, f.acc[1]),
+                        (f.row8, f.col, f.acc[2]),
+                        (f.row8, col1, f.acc[3]),
+                    ] {
+                        self.store_result(blk, env, dest, (m, n), r, c, x)?;
+                    }
+                    Ok(())
+                };
+                mm.emit(self.b.ctx, self.b.loc, blk, Init::Zero, &mut epilogue)
+            }
+            MatmulPath::Emulated => {
+                let b = &self.b;
+                self.strided(blk, env, (m * n) as u64, |blk, e| {
+                    let (r, c) = self.row_col(blk, e, n)?;
+                    let zero = b.ci(blk, 0)?;
+                    let one = b.ci(blk, 1)?;
+                    let end = b.ci(blk, k as i64)?;
+                    let init = b.cf32(blk, 0.0)?;
+                    let acc = b.for_acc(blk, zero, end, one, init, |blk, l, acc| {
+                        let x = if ta {
+                            self.load_operand(blk, env, oa, l, r)?
+                        } else {
+                            self.load_operand(blk, env, oa, r, l)?
+                        };
+                        let y = if tb {
+                            self.load_operand(blk, env, ob, c, l)?
+                        } else {
+                            self.load_operand(blk, env, ob, l, c)?
+                        };
+                        let xy = b.mulf(blk, x, y)?;
+                        let next = b.addf(blk, acc, xy)?;
+                        b.yield_(blk, &[next])
+                    })?;
+                    self.store_result(blk, env, dest, (m, n), r, c, acc)
+                })
+            }
+            MatmulPath::Portable => Err(EmitError::Schedule(
+                "an operand matmul on the portable path".into(),
+            )),
+        }
+    }
+
+    /// Stores element `(r, c)` of an `m × n` (padded) matmul result: to the f32 tile where
+    /// it is inside the tile's rows and columns, to the operand tile everywhere (its padding
+    /// comes out zero, since the operands' padding is).
+    #[allow(clippy::too_many_arguments)]
+    fn store_result(
+        &self,
+        blk: &Block<'c>,
+        env: &Env<'c, '_>,
+        dest: Dest,
+        (m, n): (usize, usize),
+        r: Value<'c, '_>,
+        c: Value<'c, '_>,
+        x: Value<'c, '_>,
+    ) -> R<()> {
+        let b = &self.b;
+        if let Some(tile) = dest.f32 {
+            let store = |blk: &Block<'c>| -> R<()> {
+                let e = b.mad(blk, c, r, tile.cols as i64)?;
+                let at = self.addr(blk, env, tile, e)?;
+                let scratch = env.arg(&KernelParam::Scratch)?;
+                b.store(blk, x, scratch, at)
+            };
+            // Bounds only where the padded result is larger than the tile.
+            let mut inside = None;
+            for (i, size, padded) in [(r, tile.rows, m), (c, tile.cols, n)] {
+                if size < padded {
+                    let bound = b.ci(blk, size as i64)?;
+                    let ok = b.cmpi(blk, Cmp::Ult, i, bound)?;
+                    inside = Some(match inside {
+                        Some(prev) => b.bin(blk, "arith.andi", prev, ok)?,
+                        None => ok,
+                    });
+                }
+            }
+            match inside {
+                Some(ok) => b.if_(blk, ok, store)?,
+                None => store(blk)?,
+            }
+        }
+        if let Some(tile) = dest.operand {
+            self.store_operand(blk, env, tile, r, c, x)?;
+        }
+        Ok(())
     }
 
     /// Element `idx` of `tile`.
@@ -223,7 +496,7 @@ impl<'c> Kernel<'_, 'c> {
         self.b.load(blk, scratch, at)
     }
 
-    /// `x <kind> y` at element `e` (row `r`) of the result.
+    /// `x <kind> y` at element `e` (row `r`, column `c`) of the result.
     #[allow(clippy::too_many_arguments)]
     fn apply<'a>(
         &self,
@@ -233,21 +506,22 @@ impl<'c> Kernel<'_, 'c> {
         x: Operand<'c, '_>,
         y: Operand<'c, '_>,
         r: Value<'c, '_>,
+        c: Value<'c, '_>,
         e: Value<'c, '_>,
     ) -> R<Value<'c, 'a>> {
         let b = &self.b;
         match (x, y) {
             (Operand::Uniform(u), t) => {
-                let v = self.read_tile(blk, env, t, r, e)?;
+                let v = self.read_tile(blk, env, t, r, c, e)?;
                 b.bin(blk, kind, u, v)
             }
             (t, Operand::Uniform(u)) => {
-                let v = self.read_tile(blk, env, t, r, e)?;
+                let v = self.read_tile(blk, env, t, r, c, e)?;
                 b.bin(blk, kind, v, u)
             }
             (t, u) => {
-                let v = self.read_tile(blk, env, t, r, e)?;
-                let w = self.read_tile(blk, env, u, r, e)?;
+                let v = self.read_tile(blk, env, t, r, c, e)?;
+                let w = self.read_tile(blk, env, u, r, c, e)?;
                 b.bin(blk, kind, v, w)
             }
         }
@@ -259,13 +533,14 @@ impl<'c> Kernel<'_, 'c> {
         env: &Env<'c, '_>,
         operand: Operand<'c, '_>,
         r: Value<'c, '_>,
+        c: Value<'c, '_>,
         e: Value<'c, '_>,
     ) -> R<Value<'c, 'a>> {
         match operand {
             Operand::Uniform(_) => Err(EmitError::Schedule(
                 "an elementwise tile op with two scalar operands".into(),
             )),
-            Operand::Same(t) => self.load_scratch(blk, env, t, e),
+            Operand::Same(src) => self.read(blk, env, src, r, c, e),
             Operand::Row(t) => self.load_scratch(blk, env, t, r),
         }
     }
@@ -280,7 +555,7 @@ impl<'c> Kernel<'_, 'c> {
         env: &Env<'c, '_>,
         start: Value<'c, '_>,
         len: Value<'c, '_>,
-        tile: Tile,
+        dest: Dest,
         role: Role,
     ) -> R<()> {
         let b = &self.b;
@@ -290,7 +565,7 @@ impl<'c> Kernel<'_, 'c> {
             _ => ElementType::F32,
         };
         let kd = self.s.config.key_dim as i64;
-        self.elementwise(blk, env, tile, |blk, r, c, _| {
+        self.elementwise(blk, env, dest, |blk, r, c, _| {
             let one = b.ci(blk, 1)?;
             let last = b.subi(blk, len, one)?;
             let rr = b.bin(blk, "arith.minui", r, last)?;
@@ -321,11 +596,13 @@ impl<'c> Kernel<'_, 'c> {
     }
 
     /// `y[r] = x[r] / sqrt(‖x[r]‖² + 1e-6)`, one row per thread.
-    fn l2norm_rows(&self, blk: &Block<'c>, env: &Env<'c, '_>, src: Tile, dst: Tile) -> R<()> {
+    fn l2norm_rows(&self, blk: &Block<'c>, env: &Env<'c, '_>, src: Src, dst: Dest) -> R<()> {
         let b = &self.b;
-        let scratch = env.arg(&KernelParam::Scratch)?;
-        let cols = src.cols as i64;
-        self.strided(blk, env, src.rows as u64, |blk, r| {
+        let (rows, cols) = dst
+            .extent()
+            .ok_or_else(|| EmitError::Schedule("l2norm_rows without a tile".into()))?;
+        let cols = cols as i64;
+        self.strided(blk, env, rows as u64, |blk, r| {
             let zero = b.ci(blk, 0)?;
             let one = b.ci(blk, 1)?;
             let width = b.ci(blk, cols)?;
@@ -333,7 +610,7 @@ impl<'c> Kernel<'_, 'c> {
             let init = b.cf32(blk, 0.0)?;
             let ss = b.for_acc(blk, zero, width, one, init, |blk, c, acc| {
                 let idx = b.addi(blk, row0, c)?;
-                let x = self.load_scratch(blk, env, src, idx)?;
+                let x = self.read(blk, env, src, r, c, idx)?;
                 let xx = b.mulf(blk, x, x)?;
                 let next = b.addf(blk, acc, xx)?;
                 b.yield_(blk, &[next])
@@ -345,11 +622,11 @@ impl<'c> Kernel<'_, 'c> {
             let inv = b.divf(blk, one_f, root)?;
             b.for_(blk, zero, width, one, |blk, c| {
                 let idx = b.addi(blk, row0, c)?;
-                let x = self.load_scratch(blk, env, src, idx)?;
+                let x = self.read(blk, env, src, r, c, idx)?;
                 let y = b.mulf(blk, x, inv)?;
-                let at = self.addr(blk, env, dst, idx)?;
-                b.store(blk, y, scratch, at)
+                self.store_dest(blk, env, dst, r, c, idx, y)
             })
-        })
+        })?;
+        self.zero_dest_padding(blk, env, dst)
     }
 }

@@ -1,64 +1,147 @@
-//! Scratch placement by liveness: each tile gets an offset in the workgroup's scratch such
-//! that tiles alive at the same time never overlap. A tile is alive from the node that writes
-//! it to the last node that reads it (the sinks count as read after the last node). A node
-//! never writes over a tile it reads itself, even at its last use: a matmul or a mask reads
-//! other elements than the one it writes.
+//! Placement by liveness: each tile gets an offset in its arena (f32 scratch, or the 16-bit
+//! operand arena) such that tiles alive at the same time never overlap. A tile is alive from
+//! the node that writes it to the last node that reads that copy (the sinks count as read
+//! after the last node). A node never writes over a tile it reads itself, even at its last
+//! use: a matmul or a mask reads other elements than the one it writes.
 
-use super::{Placement, Tile, TileDims};
+use super::{OperandTile, Placement, Tile, TileDims};
 use crate::plan::{Op, Plan, ValueId};
+use linrec_spec::Role;
 
-/// Places every value of `plan`; returns the placements and the scratch size in f32 elements.
-/// `state` is reserved for the whole kernel; `StateIn` lives there.
-pub(super) fn place(
-    plan: &Plan,
-    dims: &TileDims,
-    state: Tile,
-    sinks: &[ValueId],
-) -> (Vec<Placement>, u64) {
+/// Which copy of a value a node reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Copy {
+    /// The f32 tile in scratch.
+    F32,
+    /// The 16-bit operand tile.
+    Operand,
+}
+
+/// q, k and v: with operand tiles, they are loaded straight into them and have no f32 tile.
+pub(crate) fn is_operand_load(op: &Op) -> bool {
+    matches!(op, Op::Load(Role::Query | Role::Key | Role::Value))
+}
+
+/// The tiles node `node` reads and which copy of each, when matmuls read operand tiles
+/// (`operands`) or f32 tiles.
+pub(super) fn reads(plan: &Plan, node: usize, operands: bool) -> Vec<(ValueId, Copy)> {
+    let op = &plan.nodes[node].op;
+    super::tile_operands(op)
+        .into_iter()
+        .map(|v| {
+            let copy = if !operands {
+                Copy::F32
+            } else if matches!(op, Op::Matmul { .. }) || is_operand_load(&plan.node(v).op) {
+                Copy::Operand
+            } else {
+                Copy::F32
+            };
+            (v, copy)
+        })
+        .collect()
+}
+
+/// Where everything of one kernel lives.
+pub(super) struct Layout {
+    /// Indexed like the plan's nodes.
+    pub values: Vec<Placement>,
+    /// Indexed like the plan's nodes.
+    pub operands: Vec<Option<OperandTile>>,
+    /// The carried state `S [K × BV]`, first in scratch.
+    pub state: Tile,
+    /// f32 scratch elements.
+    pub scratch: u64,
+    /// Operand arena elements.
+    pub operand_arena: u64,
+}
+
+/// Places every value of `plan`. With `operands`, matmuls read 16-bit operand tiles (see the
+/// schedule's module docs for who gets which copy). `StateIn` lives in the state tile.
+pub(super) fn place(plan: &Plan, dims: &TileDims, sinks: &[ValueId], operands: bool) -> Layout {
     let n = plan.nodes.len();
-    // Last reader of each value (index of the reading node; `n` for the sinks).
-    let mut last_use: Vec<Option<usize>> = vec![None; n];
-    for (i, node) in plan.nodes.iter().enumerate() {
-        for v in super::tile_operands(&node.op) {
-            last_use[v.0] = Some(i);
+    // Last reader of each copy of each value (index of the reading node; `n` for the sinks).
+    let mut last_f32: Vec<Option<usize>> = vec![None; n];
+    let mut last_op: Vec<Option<usize>> = vec![None; n];
+    for i in 0..n {
+        for (v, copy) in reads(plan, i, operands) {
+            match copy {
+                Copy::F32 => last_f32[v.0] = Some(i),
+                Copy::Operand => last_op[v.0] = Some(i),
+            }
         }
     }
     for v in sinks {
-        last_use[v.0] = Some(n);
+        last_f32[v.0] = Some(n);
     }
 
-    let mut placements = Vec::with_capacity(n);
-    // Tiles currently holding a live value: (tile, last use).
-    let mut live: Vec<(Tile, usize)> = Vec::new();
+    // The state tile comes first and stays for the whole kernel.
+    let state = Tile {
+        offset: 0,
+        rows: dims.k,
+        cols: dims.v,
+    };
+    let mut values = Vec::with_capacity(n);
+    let mut tiles = Vec::with_capacity(n);
+    // Tiles currently holding a live value: (offset, length, last use), per arena.
+    let mut live: Vec<(u64, u64, usize)> = Vec::new();
+    let mut live_op: Vec<(u64, u64, usize)> = Vec::new();
     let mut size = state.offset + state.len();
+    let mut arena = 0;
     for (i, node) in plan.nodes.iter().enumerate() {
-        if node.op == Op::StateIn {
-            placements.push(Placement::Tile(state));
-            continue;
-        }
         let Some((rows, cols)) = dims.extent(&node.shape.0) else {
-            placements.push(Placement::Uniform);
+            values.push(Placement::Uniform);
+            tiles.push(None);
             continue;
         };
         // Free the tiles whose last reader came before this node.
-        live.retain(|(_, last)| *last >= i);
+        live.retain(|(_, _, last)| *last >= i);
+        live_op.retain(|(_, _, last)| *last >= i);
+
+        let operand_load = operands && is_operand_load(&node.op);
+        let wants_operand = operands && (operand_load || last_op[i].is_some());
+        let operand = if wants_operand {
+            dims.operand(&node.shape.0, 0).map(|t| {
+                let offset = first_fit(&live_op, 0, t.len());
+                arena = arena.max(offset + t.len());
+                // A dead operand (no reader) still holds its tile for the node's duration.
+                live_op.push((offset, t.len(), last_op[i].unwrap_or(i)));
+                OperandTile { offset, ..t }
+            })
+        } else {
+            None
+        };
+        tiles.push(operand);
+
+        if node.op == Op::StateIn {
+            values.push(Placement::Tile(state));
+            continue;
+        }
+        // An f32 tile unless the operand tile is the only copy anyone reads.
+        let wants_f32 = !operand_load && (last_f32[i].is_some() || operand.is_none());
+        if !wants_f32 {
+            values.push(Placement::Operand);
+            continue;
+        }
         let len = (rows * cols) as u64;
         let offset = first_fit(&live, state.offset + state.len(), len);
         let tile = Tile { offset, rows, cols };
         size = size.max(tile.offset + tile.len());
         // A value nobody reads (a dead node) still gets its own tile for the node's duration.
-        live.push((tile, last_use[i].unwrap_or(i)));
-        placements.push(Placement::Tile(tile));
+        live.push((offset, len, last_f32[i].unwrap_or(i)));
+        values.push(Placement::Tile(tile));
     }
-    (placements, size)
+    Layout {
+        values,
+        operands: tiles,
+        state,
+        scratch: size,
+        operand_arena: arena,
+    }
 }
 
 /// The lowest offset at or after `start` where `len` elements overlap no live tile.
-fn first_fit(live: &[(Tile, usize)], start: u64, len: u64) -> u64 {
-    let mut taken: Vec<(u64, u64)> = live
-        .iter()
-        .map(|(t, _)| (t.offset, t.offset + t.len()))
-        .collect();
+fn first_fit(live: &[(u64, u64, usize)], start: u64, len: u64) -> u64 {
+    let mut taken: Vec<(u64, u64)> = live.iter().map(|(o, l, _)| (*o, o + l)).collect();
     taken.sort_unstable();
     let mut at = start;
     for (begin, end) in taken {

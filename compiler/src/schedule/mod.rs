@@ -1,10 +1,12 @@
 //! The `schedule` stage: decides how a [`Plan`] runs as GPU kernels — how many kernels, the
 //! launch grid and block, what lives in memory where, and where workgroups synchronise.
 //!
-//! This is the *portable* schedule, generic over any plan (the backward plans of a later stage
-//! reuse it): **one kernel** per (spec, config, target).
+//! One schedule, generic over any plan (the backward plans of a later stage reuse it): **one
+//! kernel** per (spec, config, target). The *portable* form below runs everywhere; NVIDIA
+//! kernels with 16-bit inputs run their matmuls on tensor cores (next section).
 //!
-//! * grid = `(ceil(V / BV), N · HV, 1)` with `BV = min(V, 32)`: V columns never interact in a
+//! * grid = `(ceil(V / BV), N · HV, 1)` with `BV = min(V, 32)` (tensor cores: 64 or 32,
+//!   below): V columns never interact in a
 //!   forward plan (no op reduces over V; [`forward`] checks that), so each workgroup owns one
 //!   block of BV value columns of one (sequence, value head). Workgroup `(x, y)`: sequence
 //!   `n = y / HV`, value head `hv = y % HV`, q/k head `h = hv / (HV / H)`, columns from
@@ -17,6 +19,48 @@
 //!   workgroup; offsets are assigned by liveness, so tiles whose lifetimes do not overlap share
 //!   memory ([`alloc`]). Scalar nodes (`param`, `const`, `last`, their arithmetic) are
 //!   computed redundantly by every thread and never touch memory.
+//!
+//! # Tensor cores (NVIDIA, bf16/f16 inputs)
+//!
+//! On sm_80/sm_90/sm_90a with bf16 or f16 inputs every plan `matmul` runs on tensor cores
+//! ([`MatmulPath::TensorCore`], built by [`crate::emit::mma`]: `ldmatrix` + `mma.sync`
+//! m16n8k16, f32 accumulation). Everything else stays as above; what changes:
+//!
+//! * **Operand tiles.** A matmul reads its operands as 16-bit tiles (the input dtype) in
+//!   dynamic shared memory ([`OperandTile`]): row-major, each dim padded to a multiple of 16
+//!   (C already is; K and the BV block are rounded up) with zeros, so the padding adds
+//!   nothing to any product, and rows `cols_padded + 8` elements apart (16-byte aligned
+//!   `ldmatrix` rows in distinct banks). A value gets an operand tile when a matmul reads it.
+//! * **Who writes them.** q, k and v are loaded straight into their operand tiles (they are
+//!   16-bit already: no f32 copy exists, and elementwise nodes that read them, such as
+//!   `Q ⊙ 2^b`, read the operand tile, which is exact). A computed operand (`Q ⊙ 2^b`, the
+//!   masked `A = QKᵀ ⊙ Γ`, `K ⊙ 2^(b_C − b)`) is rounded to the dtype (to nearest even) by
+//!   the node that computes it, in the same loop, and keeps an f32 tile only if a non-matmul
+//!   node or a sink also reads it. The state `S` stays f32 (it is carried across chunks);
+//!   `state_in` rounds a copy of it into an operand tile when a matmul reads `h`. This is
+//!   fla's precision: it casts `b_q * exp(b_g)`, `b_A` and `h` to bf16 before `tl.dot`.
+//! * **Results.** The matmul's accumulators go straight from the registers to the f32 tile
+//!   in scratch that the next nodes read (and to an operand tile if a matmul reads the
+//!   result), through the epilogue of [`crate::emit::mma::Matmul::emit`].
+//! * **Memory.** Operand tiles are placed by liveness like the f32 tiles, in their own arena
+//!   (dynamic shared memory, [`Schedule::shared_bytes`], passed at launch; the runtime opts
+//!   kernels above 48 KiB in). f32 tiles stay in global scratch: with them in shared memory
+//!   too, K = V = 128 would already need more than an H100 has. Barriers treat the two
+//!   arenas as separate memories.
+//! * **BV** is 64 when that fits the target's shared memory per workgroup (227 KiB on
+//!   sm_90/sm_90a, 163 KiB on sm_80), else 32; if even 32 does not fit, the kernel keeps
+//!   the portable path and the schedule text says why. Every config of `HEAD_DIMS` fits
+//!   (K = V = 256 at chunk 64: 177 KiB at BV 64 on sm_90, 157 KiB at BV 32 on sm_80).
+//! * **Registers.** The kernel may use 255 registers per thread ([`TENSOR_CORE_REGISTERS`]),
+//!   and each matmul reads the thread index afresh so that LLVM does not hoist its
+//!   fragment addresses out of the chunk loop (`TargetOps::thread_id_per_use`): with both,
+//!   ptxas spills in no config.
+//!
+//! The math is the plan's; only the operand precision changes (16-bit operands, f32
+//! accumulation), within fla's criterion. [`MatmulChoice::Emulated`] lays a kernel out the
+//! same way on any target but keeps the operand tiles in scratch (as f32 values rounded to
+//! the dtype) and multiplies them with scalar loops: the tests run that on the CPU OpenCL
+//! runtime to check this layout (placement, padding, barriers, precision) end to end.
 
 mod alloc;
 mod print;
@@ -24,14 +68,25 @@ mod print;
 use linrec_spec::launch::{ElementType, KernelConfig, KernelInfo, KernelParam, SizeExpr, SizeSym};
 use linrec_spec::{ConstantRate, Decay, Role, Spec};
 
-use crate::lower::Target;
+use crate::lower::{Target, Vendor};
 use crate::plan::{Dim, Direction, Op, Plan, Sink, ValueId};
 
 /// Threads per workgroup (1-D): four warps on NVIDIA, two wave64s on CDNA, four wave32s on RDNA.
 pub const BLOCK_THREADS: u32 = 128;
 
-/// The widest block of value columns one workgroup owns.
+/// The widest block of value columns one workgroup owns on the portable path.
 pub const MAX_BLOCK_V: usize = 32;
+
+/// The blocks of value columns tried on the tensor-core path, widest first: a wider block
+/// shares the `QKᵀ` work of a chunk among more columns.
+pub const TENSOR_CORE_BLOCK_V: [usize; 2] = [64, 32];
+
+/// Operand tiles pad every dim to a multiple of this (the `mma.sync` m16n8k16 tile).
+pub const OPERAND_PAD: usize = 16;
+
+/// Extra elements per operand-tile row: a row pitch of `16 (mod 32)` bytes keeps the eight
+/// 16-byte rows of every `ldmatrix` 8×8 matrix in distinct shared-memory banks.
+pub const OPERAND_ROW_SKEW: usize = 8;
 
 /// Head dims the kernels are compiled for.
 pub const HEAD_DIMS: std::ops::RangeInclusive<usize> = 1..=256;
@@ -76,8 +131,100 @@ pub struct Schedule {
     pub state_out: ValueId,
     /// Where `constant_gate` reads its per-head log-decay, if the plan has one.
     pub decay: Option<KernelParam>,
-    /// f32 scratch elements per workgroup.
+    /// f32 scratch elements per workgroup (with [`MatmulPath::Emulated`], the operand arena
+    /// is included, at [`Schedule::operand_base`]).
     pub scratch: u64,
+    /// How the matmuls run.
+    pub matmul: MatmulPath,
+    /// The 16-bit operand tile of each value, indexed like [`Plan::nodes`] (all `None` on the
+    /// portable path).
+    pub operands: Vec<Option<OperandTile>>,
+    /// Elements of the operand arena (the peak of live operand tiles).
+    pub operand_arena: u64,
+    /// Where the operand arena starts in the workgroup's scratch, in f32 elements
+    /// ([`MatmulPath::Emulated`] only).
+    pub operand_base: u64,
+    /// Dynamic shared memory per workgroup, in bytes.
+    pub shared_bytes: u32,
+    /// Why a kernel that could use tensor cores does not (shown in the schedule text).
+    pub fallback: Option<String>,
+    /// The register budget per thread (NVIDIA `.maxnreg`), on the tensor-core path:
+    /// [`TENSOR_CORE_REGISTERS`].
+    pub max_registers: Option<u32>,
+}
+
+/// The registers per thread a tensor-core kernel may use: all of them (255, two 4-warp
+/// workgroups per SM). Without a budget, ptxas aims at its own occupancy target (as few as
+/// 56 registers for some configs) and spills; with 168 (three workgroups per SM) it still
+/// spills up to 16 bytes in hot configs (the matmuls' k-loops are unrolled and their
+/// fragment loads scheduled early). With 255 no config spills, and the shared memory of the
+/// K = V = 128 kernels already limits them to two workgroups per SM on an H100.
+pub const TENSOR_CORE_REGISTERS: u32 = 255;
+
+/// How a schedule runs the plan's matmuls (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MatmulPath {
+    /// f32 dot products in scalar loops over scratch tiles: every target and dtype.
+    Portable,
+    /// Tensor cores on 16-bit operand tiles in dynamic shared memory (NVIDIA, bf16/f16).
+    TensorCore,
+    /// The tensor-core layout with the operand tiles in scratch (values rounded to the dtype,
+    /// stored as f32) and scalar matmuls over them: a test of that layout on any target.
+    Emulated,
+}
+
+impl MatmulPath {
+    /// True when matmuls read 16-bit operand tiles (tensor cores or their emulation).
+    pub fn uses_operand_tiles(self) -> bool {
+        self != MatmulPath::Portable
+    }
+}
+
+/// What the caller asks for; [`forward`] uses [`MatmulChoice::Auto`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum MatmulChoice {
+    /// Tensor cores where the target and dtype have them and the tiles fit, else portable.
+    #[default]
+    Auto,
+    /// Always the portable path (e.g. to compare against tensor cores).
+    Portable,
+    /// [`MatmulPath::Emulated`] for bf16/f16 configs on any target (portable for f32).
+    Emulated,
+}
+
+/// A 16-bit matmul operand tile: element `(r, c)` is at `offset + r·stride + c` in the
+/// operand arena. Rows `rows..rows_padded` and columns `cols..cols_padded` hold zeros.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct OperandTile {
+    /// First element in the arena (a multiple of 8: 16-byte aligned).
+    pub offset: u64,
+    /// Rows with values.
+    pub rows: usize,
+    /// Columns with values.
+    pub cols: usize,
+    /// Rows including the zero padding (a multiple of 16).
+    pub rows_padded: usize,
+    /// Columns including the zero padding (a multiple of 16).
+    pub cols_padded: usize,
+    /// Elements from one row to the next (`cols_padded + 8`).
+    pub stride: usize,
+}
+
+impl OperandTile {
+    /// Elements the tile spans in the arena.
+    pub fn len(&self) -> u64 {
+        (self.rows_padded * self.stride) as u64
+    }
+
+    /// True when the tile has no elements (never, for valid configs).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// True when there are padding rows or columns to zero.
+    pub fn is_padded(&self) -> bool {
+        self.rows_padded > self.rows || self.cols_padded > self.cols
+    }
 }
 
 /// A tile in the workgroup's scratch: `rows × cols` f32 values, row-major, at `offset`.
@@ -102,14 +249,6 @@ impl Tile {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-
-    fn end(&self) -> u64 {
-        self.offset + self.len()
-    }
-
-    fn overlaps(&self, other: &Tile) -> bool {
-        self.offset < other.end() && other.offset < self.end()
-    }
 }
 
 /// Where a plan value lives while a chunk is processed.
@@ -117,15 +256,18 @@ impl Tile {
 pub enum Placement {
     /// A scalar computed by every thread (an SSA value, no memory).
     Uniform,
-    /// A tile in scratch.
+    /// An f32 tile in scratch (and maybe an operand tile, [`Schedule::operands`]).
     Tile(Tile),
+    /// Only a 16-bit operand tile ([`Schedule::operands`]): q, k, v on the tensor-core path,
+    /// and values that only matmuls read.
+    Operand,
 }
 
 impl Placement {
-    /// The tile, if the value has one.
+    /// The f32 tile, if the value has one.
     pub fn tile(&self) -> Option<Tile> {
         match self {
-            Placement::Uniform => None,
+            Placement::Uniform | Placement::Operand => None,
             Placement::Tile(t) => Some(*t),
         }
     }
@@ -180,20 +322,36 @@ pub fn check_config(config: &KernelConfig) -> Result<(), ScheduleError> {
     Ok(())
 }
 
-/// Lays out the forward plan of `spec` as one kernel for `target` and `config`.
+/// Lays out the forward plan of `spec` as one kernel for `target` and `config`, with
+/// tensor cores where the target has them ([`MatmulChoice::Auto`]).
 pub fn forward(
     plan: &Plan,
     spec: &Spec,
     target: Target,
     config: &KernelConfig,
 ) -> Result<Schedule, ScheduleError> {
+    forward_with(plan, spec, target, config, MatmulChoice::Auto)
+}
+
+/// The dynamic shared memory one workgroup may use on `target`, in bytes: the opt-in limit
+/// per block (227 KiB on H100/H200, 163 KiB on A100). Targets without tensor-core kernels
+/// get sm_90's, so that [`MatmulPath::Emulated`] lays kernels out as sm_90 would.
+pub fn shared_memory_limit(target: Target) -> u64 {
+    match target {
+        Target::Sm80 => 163 * 1024,
+        _ => 227 * 1024,
+    }
+}
+
+/// [`forward`] with an explicit choice of matmul path.
+pub fn forward_with(
+    plan: &Plan,
+    spec: &Spec,
+    target: Target,
+    config: &KernelConfig,
+    choice: MatmulChoice,
+) -> Result<Schedule, ScheduleError> {
     check_config(config)?;
-    let block_v = config.value_dim.min(MAX_BLOCK_V);
-    let dims = TileDims {
-        c: config.chunk,
-        k: config.key_dim,
-        v: block_v,
-    };
     let err = |node: usize, why: String| ScheduleError::Plan {
         plan: plan.name.clone(),
         node,
@@ -230,16 +388,71 @@ pub fn forward(
         }
     }
 
-    // The state tile comes first and stays for the whole kernel; everything else is placed by
-    // liveness after it.
-    let state = Tile {
-        offset: 0,
-        rows: dims.k,
-        cols: dims.v,
+    let sixteen_bit = config.dtype != ElementType::F32;
+    let wanted = match choice {
+        MatmulChoice::Auto if sixteen_bit && target.vendor() == Vendor::Nvidia => {
+            MatmulPath::TensorCore
+        }
+        MatmulChoice::Emulated if sixteen_bit => MatmulPath::Emulated,
+        _ => MatmulPath::Portable,
     };
-    let (values, scratch) = alloc::place(plan, &dims, state, &[output, state_out]);
-    let (barrier_before, barrier_before_sinks) =
-        barriers(plan, &values, state, &[output, state_out]);
+    let sinks = [output, state_out];
+    let mut fallback = None;
+    let mut chosen = None;
+    if wanted.uses_operand_tiles() {
+        let limit = shared_memory_limit(target);
+        let mut tried = Vec::new();
+        for bv in TENSOR_CORE_BLOCK_V {
+            let dims = TileDims::new(config, bv);
+            let layout = alloc::place(plan, &dims, &sinks, true);
+            let bytes = layout.operand_arena * 2;
+            if bytes <= limit {
+                chosen = Some((wanted, dims, layout, bytes));
+                break;
+            }
+            tried.push(format!("{bytes} bytes at BV {}", dims.v));
+        }
+        if chosen.is_none() {
+            fallback = Some(format!(
+                "portable matmuls: the 16-bit operand tiles need {} of shared memory; {target} allows {limit} bytes per workgroup",
+                tried.join(", ")
+            ));
+        }
+    }
+    let (matmul, dims, layout, arena_bytes) = match chosen {
+        Some(c) => c,
+        None => {
+            let dims = TileDims::new(config, MAX_BLOCK_V);
+            let layout = alloc::place(plan, &dims, &sinks, false);
+            (MatmulPath::Portable, dims, layout, 0)
+        }
+    };
+    let block_v = dims.v;
+    let state = layout.state;
+    let (operand_base, scratch, shared_bytes) = match matmul {
+        MatmulPath::Portable => (0, layout.scratch, 0),
+        // The operand arena follows the f32 tiles in scratch; its f32 slots hold values
+        // already rounded to the dtype.
+        MatmulPath::Emulated => (layout.scratch, layout.scratch + layout.operand_arena, 0),
+        MatmulPath::TensorCore => (
+            0,
+            layout.scratch,
+            u32::try_from(arena_bytes).map_err(|_| {
+                err(
+                    0,
+                    format!("{arena_bytes} bytes of shared memory do not fit u32"),
+                )
+            })?,
+        ),
+    };
+    let (barrier_before, barrier_before_sinks) = barriers(
+        plan,
+        &layout.values,
+        &layout.operands,
+        matmul,
+        state,
+        &sinks,
+    );
 
     let decay = match spec.decay {
         Decay::Constant(ConstantRate::Retnet) => Some(KernelParam::DecayRates),
@@ -297,7 +510,7 @@ pub fn forward(
         block_v,
         grid,
         params,
-        values,
+        values: layout.values,
         barrier_before,
         barrier_before_sinks,
         state,
@@ -305,6 +518,13 @@ pub fn forward(
         state_out,
         decay,
         scratch,
+        matmul,
+        operands: layout.operands,
+        operand_arena: layout.operand_arena,
+        operand_base,
+        shared_bytes,
+        fallback,
+        max_registers: (matmul == MatmulPath::TensorCore).then_some(TENSOR_CORE_REGISTERS),
     })
 }
 
@@ -331,7 +551,7 @@ impl Schedule {
             params: self.params.clone(),
             grid: self.grid.clone(),
             block: [self.block_threads, 1, 1],
-            shared_bytes: 0,
+            shared_bytes: self.shared_bytes,
             scratch: self.scratch,
         }
     }
@@ -380,12 +600,38 @@ pub(crate) struct TileDims {
 }
 
 impl TileDims {
+    /// The dims of `config` with value blocks of at most `max_block_v` columns.
+    fn new(config: &KernelConfig, max_block_v: usize) -> Self {
+        TileDims {
+            c: config.chunk,
+            k: config.key_dim,
+            v: config.value_dim.min(max_block_v),
+        }
+    }
+
     fn of(&self, d: Dim) -> usize {
         match d {
             Dim::C => self.c,
             Dim::K => self.k,
             Dim::V => self.v,
         }
+    }
+
+    /// The operand tile of a matrix of `shape` at `offset` (dims padded to 16).
+    fn operand(&self, shape: &[Dim], offset: u64) -> Option<OperandTile> {
+        let (rows, cols) = match shape {
+            [r, c] => (self.of(*r), self.of(*c)),
+            _ => return None,
+        };
+        let pad = |x: usize| x.div_ceil(OPERAND_PAD) * OPERAND_PAD;
+        Some(OperandTile {
+            offset,
+            rows,
+            cols,
+            rows_padded: pad(rows),
+            cols_padded: pad(cols),
+            stride: pad(cols) + OPERAND_ROW_SKEW,
+        })
     }
 
     /// `(rows, cols)` of a rank-1 or rank-2 shape; `None` for a scalar.
@@ -532,34 +778,85 @@ pub(crate) fn tile_operands(op: &Op) -> Vec<ValueId> {
     op.operands()
 }
 
+/// A span of one memory: scratch (`operand == false`, f32 elements) or the operand arena
+/// (16-bit elements). Spans of different memories never overlap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Span {
+    operand: bool,
+    start: u64,
+    end: u64,
+}
+
+impl Span {
+    fn of_tile(t: Tile) -> Self {
+        Span {
+            operand: false,
+            start: t.offset,
+            end: t.offset + t.len(),
+        }
+    }
+
+    fn of_operand(t: OperandTile) -> Self {
+        Span {
+            operand: true,
+            start: t.offset,
+            end: t.offset + t.len(),
+        }
+    }
+
+    fn overlaps(&self, other: &Span) -> bool {
+        self.operand == other.operand && self.start < other.end && other.start < self.end
+    }
+}
+
 /// Where barriers go: before a node that reads a tile written since the last barrier, or
-/// writes a tile that overlaps one read or written since (scratch is reused by liveness).
+/// writes a tile that overlaps one read or written since (tiles are reused by liveness).
 /// The sink phase reads the output and next-state tiles and overwrites `S`.
 fn barriers(
     plan: &Plan,
     values: &[Placement],
+    operands: &[Option<OperandTile>],
+    matmul: MatmulPath,
     state: Tile,
     sinks: &[ValueId],
 ) -> (Vec<bool>, bool) {
-    // Tiles written / read since the last barrier. The chunk loop starts after a barrier.
-    let mut written: Vec<Tile> = Vec::new();
-    let mut read: Vec<Tile> = Vec::new();
+    // Spans written / read since the last barrier. The chunk loop starts after a barrier.
+    let mut written: Vec<Span> = Vec::new();
+    let mut read: Vec<Span> = Vec::new();
     let mut before = Vec::with_capacity(plan.nodes.len());
-    let hazard = |reads: &[Tile], writes: &[Tile], written: &[Tile], read: &[Tile]| {
+    let hazard = |reads: &[Span], writes: &[Span], written: &[Span], read: &[Span]| {
         reads.iter().any(|r| written.iter().any(|w| w.overlaps(r)))
             || writes
                 .iter()
                 .any(|w| written.iter().chain(read).any(|x| x.overlaps(w)))
     };
+    let with_operands = matmul.uses_operand_tiles();
     for (i, node) in plan.nodes.iter().enumerate() {
-        let reads: Vec<Tile> = tile_operands(&node.op)
-            .iter()
-            .filter_map(|v| values[v.0].tile())
-            .collect();
-        let writes: Vec<Tile> = match node.op {
-            // The state tile is not written by its node; it is just where S lives.
-            Op::StateIn => vec![],
-            _ => values[i].tile().into_iter().collect(),
+        let operand = operands.get(i).copied().flatten().map(Span::of_operand);
+        let (reads, writes): (Vec<Span>, Vec<Span>) = match node.op {
+            // The state tile is not written by its node; it is just where S lives. With an
+            // operand tile, the node rounds S into it.
+            Op::StateIn => match operand {
+                Some(o) => (vec![Span::of_tile(state)], vec![o]),
+                None => (vec![], vec![]),
+            },
+            _ => (
+                alloc::reads(plan, i, with_operands)
+                    .into_iter()
+                    .filter_map(|(v, copy)| match copy {
+                        alloc::Copy::F32 => values[v.0].tile().map(Span::of_tile),
+                        alloc::Copy::Operand => {
+                            operands.get(v.0).copied().flatten().map(Span::of_operand)
+                        }
+                    })
+                    .collect(),
+                values[i]
+                    .tile()
+                    .map(Span::of_tile)
+                    .into_iter()
+                    .chain(operand)
+                    .collect(),
+            ),
         };
         let barrier = hazard(&reads, &writes, &written, &read);
         if barrier {
@@ -570,7 +867,10 @@ fn barriers(
         written.extend(writes);
         read.extend(reads);
     }
-    let reads: Vec<Tile> = sinks.iter().filter_map(|v| values[v.0].tile()).collect();
-    let sinks_barrier = hazard(&reads, &[state], &written, &read);
+    let reads: Vec<Span> = sinks
+        .iter()
+        .filter_map(|v| values[v.0].tile().map(Span::of_tile))
+        .collect();
+    let sinks_barrier = hazard(&reads, &[Span::of_tile(state)], &written, &read);
     (before, sinks_barrier)
 }

@@ -4,7 +4,7 @@ use std::fmt;
 
 use linrec_spec::launch::{KernelParam, SizeExpr, SizeSym};
 
-use super::{BufferType, Placement, Schedule};
+use super::{BufferType, MatmulPath, Placement, Schedule};
 
 fn size(e: &SizeExpr) -> String {
     match e {
@@ -44,9 +44,14 @@ pub(crate) fn param_name(p: &KernelParam) -> String {
 impl fmt::Display for Schedule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = &self.config;
+        let path = match self.matmul {
+            MatmulPath::Portable => "portable",
+            MatmulPath::TensorCore => "tensor cores",
+            MatmulPath::Emulated => "tensor-core layout, emulated",
+        };
         writeln!(
             f,
-            "schedule {} forward for {} (portable: one kernel)",
+            "schedule {} forward for {} ({path}: one kernel)",
             self.spec_name, self.target
         )?;
         writeln!(
@@ -86,6 +91,25 @@ impl fmt::Display for Schedule {
             "  scratch  {} f32 per workgroup; state S [{} x {}] @ {}",
             self.scratch, self.state.rows, self.state.cols, self.state.offset
         )?;
+        match self.matmul {
+            MatmulPath::Portable => {}
+            MatmulPath::TensorCore => writeln!(
+                f,
+                "  operands {} x {} in dynamic shared memory ({} bytes); matmuls: mma.sync m16n8k16, f32 accumulation; at most {} registers",
+                self.operand_arena,
+                self.config.dtype,
+                self.shared_bytes,
+                self.max_registers.unwrap_or(255)
+            )?,
+            MatmulPath::Emulated => writeln!(
+                f,
+                "  operands {} x {} (as rounded f32) in scratch @ {}; matmuls: scalar, f32 accumulation",
+                self.operand_arena, self.config.dtype, self.operand_base
+            )?,
+        }
+        if let Some(why) = &self.fallback {
+            writeln!(f, "  note     {why}")?;
+        }
         if let Some(d) = &self.decay {
             writeln!(f, "  decay    constant_gate reads {}[hv]", param_name(d))?;
         }
@@ -94,10 +118,20 @@ impl fmt::Display for Schedule {
             if self.barrier_before[i] {
                 writeln!(f, "    barrier")?;
             }
-            let place = match self.values[i] {
+            let mut place = match self.values[i] {
                 Placement::Uniform => "uniform".to_string(),
                 Placement::Tile(t) => format!("[{} x {}] @ {}", t.rows, t.cols, t.offset),
+                Placement::Operand => String::new(),
             };
+            if let Some(Some(t)) = self.operands.get(i) {
+                if !place.is_empty() {
+                    place.push_str(", ");
+                }
+                place.push_str(&format!(
+                    "{} [{} x {}] pad [{} x {}] @ {}",
+                    self.config.dtype, t.rows, t.cols, t.rows_padded, t.cols_padded, t.offset
+                ));
+            }
             writeln!(f, "    %{i:<3} {:<38} {place}", node.op.to_string())?;
         }
         if self.barrier_before_sinks {

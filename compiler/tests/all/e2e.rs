@@ -11,7 +11,8 @@
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use linrec_compiler::{Target, compile};
+use linrec_compiler::schedule::MatmulChoice;
+use linrec_compiler::{CompileOptions, Target, compile, compile_with};
 use linrec_runtime::{DType, Device, DeviceBuffer, DeviceKind, RuntimeError, op};
 use linrec_spec::launch::{ElementType, KernelConfig};
 use linrec_spec::reference::{self, Inputs, Rng, Tensor};
@@ -159,17 +160,19 @@ fn download(dev: &Device, buf: &DeviceBuffer) -> Tensor {
 
 /// One point of the shape matrix.
 #[derive(Clone, Debug)]
-struct Case {
+pub(crate) struct Case {
     spec: Spec,
     dtype: ElementType,
     dims: Dims,
     chunk: usize,
     h0: bool,
     cu_seqlens: Option<Vec<i64>>,
+    /// How the SPIR-V kernel runs its matmuls (the tensor-core tests emulate that layout).
+    matmul: MatmulChoice,
 }
 
 impl Case {
-    fn new(spec: Spec, dtype: ElementType, dims: Dims, chunk: usize) -> Self {
+    pub(crate) fn new(spec: Spec, dtype: ElementType, dims: Dims, chunk: usize) -> Self {
         Case {
             spec,
             dtype,
@@ -177,14 +180,20 @@ impl Case {
             chunk,
             h0: false,
             cu_seqlens: None,
+            matmul: MatmulChoice::Auto,
         }
     }
-    fn h0(mut self) -> Self {
+    pub(crate) fn h0(mut self) -> Self {
         self.h0 = true;
         self
     }
-    fn varlen(mut self, cu: &[i64]) -> Self {
+    pub(crate) fn varlen(mut self, cu: &[i64]) -> Self {
         self.cu_seqlens = Some(cu.to_vec());
+        self
+    }
+    /// Compile with the tensor-core layout, emulated ([`MatmulChoice::Emulated`]).
+    pub(crate) fn emulated(mut self) -> Self {
+        self.matmul = MatmulChoice::Emulated;
         self
     }
 }
@@ -201,7 +210,8 @@ fn run(dev: &Device, case: &Case, seed: u64) -> (f64, f64) {
         final_state: true,
         varlen: case.cu_seqlens.is_some(),
     };
-    let artifact = compile(&case.spec, Target::Spirv, &config)
+    let options = CompileOptions::from_env().with_matmul(case.matmul);
+    let artifact = compile_with(&case.spec, Target::Spirv, &config, &options)
         .unwrap_or_else(|e| panic!("{case:?}: compile failed: {e}"));
 
     let mut inputs: Inputs = reference::random_inputs(&case.spec, &d, seed);
@@ -277,7 +287,7 @@ fn tensor_mut(inputs: &mut Inputs, role: Role) -> Option<&mut Tensor> {
 }
 
 /// Runs cases, prints one line each (ratios), and fails with every case over the tolerance.
-fn check(test: &str, cases: &[Case]) {
+pub(crate) fn check(test: &str, cases: &[Case]) {
     let Some(dev) = device(test) else {
         return;
     };
@@ -287,7 +297,7 @@ fn check(test: &str, cases: &[Case]) {
         let (ro, rh) = run(&dev, case, 1000 + i as u64);
         let d = case.dims;
         let line = format!(
-            "{:<12} {:<4} B{} T{:<3} H{} HV{} K{:<3} V{:<3} C{:<2}{}{} o {ro:.2e} ht {rh:.2e}",
+            "{:<12} {:<4} B{} T{:<3} H{} HV{} K{:<3} V{:<3} C{:<2}{}{}{} o {ro:.2e} ht {rh:.2e}",
             case.spec.name,
             case.dtype.name(),
             d.batch,
@@ -302,6 +312,11 @@ fn check(test: &str, cases: &[Case]) {
                 .as_ref()
                 .map(|c| format!(" cu{c:?}"))
                 .unwrap_or_default(),
+            if case.matmul == MatmulChoice::Emulated {
+                " (tensor-core layout)"
+            } else {
+                ""
+            },
         );
         report.push_str(&line);
         report.push('\n');

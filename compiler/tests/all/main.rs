@@ -11,3 +11,4 @@ mod mma;
 mod plan;
 mod specs;
 mod targets;
+mod tensor_core;

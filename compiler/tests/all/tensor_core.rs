@@ -1,0 +1,381 @@
+//! Tensor cores for NVIDIA bf16/f16 kernels (`schedule` module docs, "Tensor cores").
+//!
+//! * Every plan matmul of linear_attn, retention and simple_gla at bf16 and f16, K = V in
+//!   {16, 60, 64, 100, 128, 256}, chunks 16/32/64, runs on tensor cores for sm_80 and sm_90:
+//!   the PTX holds `ldmatrix` and `mma.sync.aligned.m16n8k16` (bf16 or f16 operands, f32
+//!   accumulation), the shared memory fits the target, ptxas assembles it, and `ptxas -v`
+//!   reports no spills (every config, not only the hot K = V = 64 and 128 ones).
+//! * f32 kernels and the other targets keep the portable path (no `mma`, no shared memory).
+//! * The layout itself (operand tiles placed by liveness, zero padding, barriers, 16-bit
+//!   operand precision) runs end to end on the CPU OpenCL runtime in its emulated form
+//!   ([`MatmulChoice::Emulated`]: same schedule, operand tiles in scratch, scalar matmuls),
+//!   against the f64 reference with fla's criterion.
+//!
+//! The kernels themselves run on a GPU with `compiler/examples/tc_check.rs`.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use linrec_compiler::lower::Target;
+use linrec_compiler::schedule::{
+    self, MatmulChoice, MatmulPath, OperandTile, Placement, shared_memory_limit,
+};
+use linrec_compiler::{CompileOptions, compile, compile_with, plan};
+use linrec_spec::launch::{ElementType, KernelConfig};
+use linrec_spec::{Dims, Spec};
+
+use crate::e2e::{Case, check};
+use crate::specs;
+
+use ElementType::{Bf16, F16, F32};
+
+const HEAD_DIMS: [usize; 6] = [16, 60, 64, 100, 128, 256];
+const CHUNKS: [usize; 3] = [16, 32, 64];
+
+fn config(dtype: ElementType, dim: usize, chunk: usize) -> KernelConfig {
+    KernelConfig {
+        dtype,
+        key_dim: dim,
+        value_dim: dim,
+        chunk,
+        initial_state: true,
+        final_state: true,
+        varlen: false,
+    }
+}
+
+fn schedule_of(spec: &Spec, target: Target, config: &KernelConfig) -> schedule::Schedule {
+    let p = plan::forward(spec).expect("supported");
+    schedule::forward(&p, spec, target, config).expect("schedules")
+}
+
+// ---- ptxas ------------------------------------------------------------------------------------
+
+fn ptxas() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("LINREC_PTXAS").map(PathBuf::from) {
+        if p.is_file() {
+            return Some(p);
+        }
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join("ptxas"))
+        .find(|p| p.is_file())
+}
+
+/// `ptxas -v` on the PTX: `Some(log)` when it assembles, a panic when it does not, `None`
+/// (with a note; a failure under `CI=true`) when ptxas is missing.
+fn assemble(ptx: &[u8], target: Target, what: &str) -> Option<String> {
+    let Some(exe) = ptxas() else {
+        assert!(
+            !std::env::var("CI").is_ok_and(|v| v == "true" || v == "1"),
+            "CI=true but ptxas is missing: run `bash scripts/setup.sh`"
+        );
+        eprintln!("note: ptxas not found; {what} not assembled");
+        return None;
+    };
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let file = std::env::temp_dir().join(format!(
+        "linrec-tc-{}-{}.ptx",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&file, ptx).expect("write a temp file");
+    let out = Command::new(&exe)
+        .arg(format!("-arch={target}"))
+        .args(["-v", "-o", "/dev/null"])
+        .arg(&file)
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", exe.display()));
+    let _ = std::fs::remove_file(&file);
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "ptxas rejected {what}:\n{log}");
+    Some(log)
+}
+
+// ---- NVIDIA kernels ---------------------------------------------------------------------------
+
+/// Compiles `spec` for sm_80 and sm_90 over dtypes × head dims × chunks and checks each PTX.
+fn nvidia_kernels_use_tensor_cores(spec: Spec) {
+    let mut report = String::new();
+    for dtype in [Bf16, F16] {
+        for dim in HEAD_DIMS {
+            for chunk in CHUNKS {
+                for target in [Target::Sm80, Target::Sm90] {
+                    let config = config(dtype, dim, chunk);
+                    let what = format!("{} {target} {dtype} K=V={dim} C={chunk}", spec.name);
+                    let a =
+                        compile(&spec, target, &config).unwrap_or_else(|e| panic!("{what}: {e}"));
+                    assert!(
+                        a.schedule_text.contains("(tensor cores: one kernel)"),
+                        "{what}:\n{}",
+                        a.schedule_text
+                    );
+                    let ptx = std::str::from_utf8(&a.binary).expect("PTX is text");
+                    let mma = format!(
+                        "mma.sync.aligned.m16n8k16.row.col.f32.{}.{}.f32",
+                        dtype, dtype
+                    );
+                    assert!(ptx.contains(&mma), "{what}: no `{mma}`");
+                    assert!(ptx.contains("ldmatrix.sync.aligned"), "{what}: no ldmatrix");
+                    assert!(
+                        ptx.contains(".extern .shared .align 16 .b8 smem[];"),
+                        "{what}: the dynamic shared memory is not the extern array"
+                    );
+                    let shared = u64::from(a.info.shared_bytes);
+                    assert!(
+                        shared > 0 && shared <= shared_memory_limit(target),
+                        "{what}: {shared} bytes of shared memory"
+                    );
+                    if let Some(log) = assemble(&a.binary, target, &what) {
+                        assert!(
+                            log.contains("0 bytes spill stores, 0 bytes spill loads"),
+                            "{what} spills:\n{log}"
+                        );
+                        let regs = log
+                            .split("Used ")
+                            .nth(1)
+                            .and_then(|s| s.split(' ').next())
+                            .unwrap_or("?");
+                        report.push_str(&format!(
+                            "{what:<44} {shared:>6} B smem, {regs} registers\n"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    eprint!("{report}");
+}
+
+#[test]
+fn linear_attn_runs_every_matmul_on_tensor_cores() {
+    nvidia_kernels_use_tensor_cores(specs::linear_attn());
+}
+
+#[test]
+fn retention_runs_every_matmul_on_tensor_cores() {
+    nvidia_kernels_use_tensor_cores(specs::retention());
+}
+
+#[test]
+fn simple_gla_runs_every_matmul_on_tensor_cores() {
+    nvidia_kernels_use_tensor_cores(specs::simple_gla());
+}
+
+#[test]
+fn f32_and_other_targets_keep_the_portable_path() {
+    for spec in specs::supported() {
+        // f32 on NVIDIA: no 16-bit MMA applies.
+        let a = compile(&spec, Target::Sm90, &config(F32, 64, 64)).expect("compiles");
+        let ptx = std::str::from_utf8(&a.binary).expect("PTX is text");
+        assert!(!ptx.contains("mma.sync") && !ptx.contains("ldmatrix"));
+        assert_eq!(a.info.shared_bytes, 0);
+        assert!(a.schedule_text.contains("(portable: one kernel)"));
+        // bf16 on AMD and SPIR-V.
+        for target in [Target::Gfx942, Target::Spirv] {
+            let s = schedule_of(&spec, target, &config(Bf16, 64, 64));
+            assert_eq!(s.matmul, MatmulPath::Portable, "{} {target}", spec.name);
+            assert_eq!(s.shared_bytes, 0);
+            assert!(s.operands.iter().all(Option::is_none));
+            assert!(s.max_registers.is_none());
+        }
+        // Asked for: the portable path on NVIDIA too (what LINREC_TENSOR_CORES=0 does).
+        let options = CompileOptions::default().with_matmul(MatmulChoice::Portable);
+        let a =
+            compile_with(&spec, Target::Sm80, &config(Bf16, 64, 64), &options).expect("compiles");
+        let ptx = std::str::from_utf8(&a.binary).expect("PTX is text");
+        assert!(!ptx.contains("mma.sync") && !ptx.contains("smem"));
+    }
+    let a = compile(&specs::simple_gla(), Target::Spirv, &config(F16, 64, 64)).expect("compiles");
+    assert!(!a.mlir.contains("nvvm") && !a.mlir.contains("gpu.dynamic_shared_memory"));
+}
+
+// ---- the layout -------------------------------------------------------------------------------
+
+/// The span of an operand tile in the arena.
+fn span(t: &OperandTile) -> (u64, u64) {
+    (t.offset, t.offset + t.len())
+}
+
+#[test]
+fn operand_tiles_are_aligned_padded_and_never_overlap_while_live() {
+    for spec in specs::supported() {
+        for target in [Target::Sm80, Target::Sm90] {
+            for dim in HEAD_DIMS {
+                for chunk in CHUNKS {
+                    let cfg = config(Bf16, dim, chunk);
+                    let s = schedule_of(&spec, target, &cfg);
+                    let what = format!("{} {target} K=V={dim} C={chunk}", spec.name);
+                    // Every supported config fits: K = V = 256 included.
+                    assert_eq!(s.matmul, MatmulPath::TensorCore, "{what}:\n{s}");
+                    assert_eq!(s.shared_bytes as u64, 2 * s.operand_arena, "{what}");
+                    assert!([32, 64].contains(&s.block_v) || s.block_v == dim, "{what}");
+                    let plan = &s.plan;
+                    let n = plan.nodes.len();
+                    // Last reader of each operand tile (matmuls, and elementwise nodes that
+                    // read q, k, v, which have no f32 tile).
+                    let mut last = vec![None; n];
+                    for (i, node) in plan.nodes.iter().enumerate() {
+                        for v in operands_of(&node.op) {
+                            let by_matmul = matches!(node.op, plan::Op::Matmul { .. });
+                            if by_matmul || s.values[v.0] == Placement::Operand {
+                                assert!(s.operands[v.0].is_some(), "{what}: %{} read", v.0);
+                                last[v.0] = Some(i);
+                            }
+                        }
+                    }
+                    for (i, t) in s.operands.iter().enumerate() {
+                        let Some(t) = t else { continue };
+                        assert_eq!(t.offset % 8, 0, "{what}: %{i} is not 16-byte aligned");
+                        assert_eq!(t.rows_padded % 16, 0, "{what}");
+                        assert_eq!(t.cols_padded % 16, 0, "{what}");
+                        assert!(t.rows_padded - t.rows < 16 && t.cols_padded - t.cols < 16);
+                        assert_eq!(t.stride, t.cols_padded + 8, "{what}");
+                        assert!(t.offset + t.len() <= s.operand_arena, "{what}");
+                        // No tile written while this one is live overlaps it.
+                        let end = last[i].unwrap_or(i);
+                        for (j, u) in s.operands.iter().enumerate().take(end + 1).skip(i + 1) {
+                            let Some(u) = u else { continue };
+                            let ((a0, a1), (b0, b1)) = (span(t), span(u));
+                            assert!(
+                                a1 <= b0 || b1 <= a0,
+                                "{what}: %{j} overwrites %{i}, read until %{end}"
+                            );
+                        }
+                    }
+                    // Matmuls read operand tiles only; sinks have f32 tiles.
+                    assert!(s.values[s.output.0].tile().is_some());
+                    assert!(s.values[s.state_out.0].tile().is_some());
+                }
+            }
+        }
+    }
+}
+
+fn operands_of(op: &plan::Op) -> Vec<plan::ValueId> {
+    use plan::Op;
+    match op {
+        Op::L2NormRows(x) | Op::CumSum(x) | Op::Last(x) | Op::PairDiff(x) | Op::Exp2(x) => {
+            vec![*x]
+        }
+        Op::MaskCausal { x, .. } => vec![*x],
+        Op::Mul(a, b) | Op::Add(a, b) | Op::Sub(a, b) | Op::Matmul { a, b, .. } => vec![*a, *b],
+        _ => vec![],
+    }
+}
+
+#[test]
+fn schedule_snapshot_with_padding() {
+    // K = V = 100: K pads to 112, the V block of 64 columns needs none, the last block has 36
+    // valid columns (zeroed by the loads).
+    let s = schedule_of(&specs::simple_gla(), Target::Sm90, &config(Bf16, 100, 32));
+    insta::assert_snapshot!("schedule_forward_simple_gla_k100_c32", s.to_string());
+}
+
+// ---- the layout, end to end on the CPU (emulated) -----------------------------------------
+
+#[test]
+fn tensor_core_layout_runs_on_opencl_linear_attn() {
+    let s = specs::linear_attn;
+    check(
+        "linear_attn (tensor-core layout)",
+        &[
+            Case::new(s(), Bf16, Dims::new(2, 1, 2, 16, 16), 64).emulated(),
+            Case::new(s(), Bf16, Dims::new(1, 63, 2, 64, 64), 64)
+                .h0()
+                .emulated(),
+            Case::new(s(), F16, Dims::new(1, 500, 1, 128, 128), 64)
+                .h0()
+                .emulated(),
+            Case::new(s(), Bf16, Dims::new(1, 75, 1, 60, 100), 32)
+                .h0()
+                .varlen(&[0, 0, 30, 75])
+                .emulated(),
+        ],
+    );
+}
+
+#[test]
+fn tensor_core_layout_runs_on_opencl_retention() {
+    let s = specs::retention;
+    check(
+        "retention (tensor-core layout)",
+        &[
+            Case::new(
+                s(),
+                Bf16,
+                Dims::new(1, 75, 1, 60, 100).with_value_heads(2),
+                32,
+            )
+            .h0()
+            .emulated(),
+            Case::new(s(), F16, Dims::new(1, 75, 2, 64, 64), 16)
+                .h0()
+                .varlen(&[0, 0, 17, 17, 75])
+                .emulated(),
+            Case::new(s(), Bf16, Dims::new(2, 500, 1, 128, 128), 64).emulated(),
+            Case::new(s(), F16, Dims::new(1, 63, 1, 100, 60), 64)
+                .h0()
+                .emulated(),
+        ],
+    );
+}
+
+#[test]
+fn tensor_core_layout_runs_on_opencl_simple_gla() {
+    let s = specs::simple_gla;
+    check(
+        "simple_gla (tensor-core layout)",
+        &[
+            Case::new(
+                s(),
+                Bf16,
+                Dims::new(2, 75, 2, 64, 64).with_value_heads(4),
+                64,
+            )
+            .h0()
+            .emulated(),
+            Case::new(s(), F16, Dims::new(1, 95, 1, 128, 16), 32)
+                .h0()
+                .varlen(&[0, 30, 30, 95])
+                .emulated(),
+            Case::new(s(), Bf16, Dims::new(1, 500, 1, 16, 128), 16).emulated(),
+            Case::new(s(), Bf16, Dims::new(1, 1, 1, 100, 100), 64).emulated(),
+            Case::new(s(), Bf16, Dims::new(1, 40, 1, 256, 256), 64)
+                .h0()
+                .emulated(),
+            Case::new(s(), F16, Dims::new(1, 33, 1, 1, 3), 16)
+                .h0()
+                .emulated(),
+        ],
+    );
+}
+
+#[test]
+fn tensor_core_layout_runs_on_opencl_beta_l2_and_rate() {
+    check(
+        "beta_l2, rate (tensor-core layout)",
+        &[
+            Case::new(
+                specs::beta_l2(),
+                Bf16,
+                Dims::new(1, 63, 1, 64, 64).with_value_heads(2),
+                32,
+            )
+            .h0()
+            .emulated(),
+            Case::new(specs::beta_l2(), F16, Dims::new(1, 80, 2, 60, 60), 16)
+                .h0()
+                .varlen(&[0, 13, 13, 80])
+                .emulated(),
+            Case::new(
+                specs::rate(),
+                Bf16,
+                Dims::new(1, 500, 1, 64, 64).with_value_heads(2),
+                64,
+            )
+            .emulated(),
+        ],
+    );
+}
