@@ -13,8 +13,9 @@
 //!
 //! [`DeviceKind::Auto`] tries them in that order. CI runs the SPIR-V kernels through
 //! [`OpenClBackend`] on Intel's CPU OpenCL runtime (`scripts/setup-opencl.sh`); no AMD or
-//! Intel GPU is there, so HIP and Level Zero are tested on their failure paths and argument
-//! packing ([`marshal`]).
+//! Intel GPU is there, so HIP and Level Zero are tested on their failure paths, their argument
+//! packing ([`marshal`]) and end to end against stand-in driver libraries
+//! (runtime/tests/mock_drivers).
 //!
 //! This crate does not depend on `linrec-compiler` and never links LLVM: it loads modules
 //! from bytes (ahead-of-time artifacts, or a JIT behind a later `jit` feature).

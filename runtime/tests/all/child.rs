@@ -58,17 +58,31 @@ pub fn probe_in_child(kind: &str, env: &[(&str, &str)]) -> ChildResult {
     }
 }
 
-/// The child's side: opens the backend named by `LINREC_TEST_CHILD_PROBE` and prints the
-/// outcome. Does nothing when run directly (`cargo test -- --ignored`).
+/// The child's side: opens the backend named by `LINREC_TEST_CHILD_PROBE` (`hip`,
+/// `level_zero`, ...) and prints the outcome. With a `+checks` suffix it then runs the shared
+/// kernel checks on the device (`kernels.rs`; against the mock drivers) and drops it, so a
+/// failed check or a crash at teardown fails the parent test. Does nothing when run directly
+/// (`cargo test -- --ignored`).
 #[test]
 #[ignore = "helper: run by other tests in a child process"]
 fn child_probe() {
     let Ok(which) = std::env::var(PROBE_ENV) else {
         return;
     };
+    let (which, checks) = match which.strip_suffix("+checks") {
+        Some(w) => (w.to_owned(), true),
+        None => (which, false),
+    };
     let kind: DeviceKind = which.parse().expect("a device kind");
     let (outcome, message) = match Device::new(kind) {
-        Ok(dev) => ("Ok", dev.info().label()),
+        Ok(dev) => {
+            let message = format!("{} arch={:?}", dev.info().label(), dev.info().arch);
+            if checks {
+                run_shared_checks(&dev);
+            }
+            drop(dev);
+            ("Ok", message)
+        }
         Err(e) => {
             let outcome = match e {
                 RuntimeError::DriverNotFound { .. } => "DriverNotFound",
@@ -79,4 +93,18 @@ fn child_probe() {
         }
     };
     println!("{MARK}{outcome}|{}", message.replace('\n', " "));
+}
+
+/// Every shared kernel check, in the order a reader would follow them.
+fn run_shared_checks(dev: &Device) {
+    use crate::kernels::*;
+    device_info(dev);
+    axpy_is_exact_and_leaves_the_tail_alone(dev);
+    block_sum_reduces_each_work_group(dev);
+    iota_writes_integers(dev);
+    module_cache_loads_once(dev);
+    bad_modules_and_names_are_errors(dev);
+    driver_checks_the_argument_count(dev);
+    fills_and_empty_tensors(dev);
+    dev.synchronize().expect("synchronize");
 }

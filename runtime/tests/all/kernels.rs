@@ -4,6 +4,7 @@
 //! NaN-poisoned before each launch and compared exactly: inputs are chosen so that every
 //! result is exactly representable whatever the summation order or FMA contraction.
 
+use std::sync::LazyLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use linrec_runtime::{
@@ -20,11 +21,28 @@ pub fn image(dev: &Device) -> &'static [u8] {
     match dev.module_format() {
         ModuleFormat::SpirV => SPV,
         ModuleFormat::Ptx => PTX,
-        // A code object is built for one gfx architecture and none is checked in; the HIP
-        // tests (hip.rs) call only the checks that load no fixture.
+        // The mock HIP runtime (tests/mock_drivers) runs the fixture kernels itself and takes
+        // a stand-in code object.
+        ModuleFormat::Hsaco if dev.info().name == MOCK_HIP_DEVICE => &MOCK_HSACO,
+        // A real code object is built for one gfx architecture and none is checked in; on a
+        // real AMD GPU the HIP tests (hip.rs) call only the checks that load no fixture.
         ModuleFormat::Hsaco => panic!("tests/fixtures has no HSACO module"),
     }
 }
+
+/// The device name of the mock HIP runtime (tests/mock_drivers/mock_hip.c).
+pub const MOCK_HIP_DEVICE: &str = "linrec mock HIP device";
+
+/// What the mock HIP runtime loads: an ELF64 header for EM_AMDGPU (224), then its marker.
+static MOCK_HSACO: LazyLock<Vec<u8>> = LazyLock::new(|| {
+    let mut image = b"\x7fELF\x02\x01\x01\x40".to_vec();
+    image.resize(16, 0);
+    image.extend_from_slice(&3u16.to_le_bytes()); // e_type: ET_DYN
+    image.extend_from_slice(&224u16.to_le_bytes()); // e_machine: EM_AMDGPU
+    image.resize(64, 0);
+    image.extend_from_slice(b"linrec-mock-hsaco");
+    image
+});
 
 fn module(dev: &Device) -> ModuleHandle {
     dev.module("fixtures/kernels", || Ok(image(dev).to_vec()))

@@ -15,6 +15,8 @@
 //!   but finds no GPU — each an error with an actionable message; the shared checks where a
 //!   GPU is present.
 //! - `marshal`: how HIP's `kernelParams` and Level Zero's argument calls are packed.
+//! - `mock_drivers`: both backends end to end, running every `kernels` check against stand-in
+//!   driver libraries (tests/mock_drivers/*.c, compiled with the system C compiler).
 //! - `select`: `DeviceKind::Auto` tries CUDA, HIP, Level Zero, OpenCL, and falls back to OpenCL.
 //! - `op`: `op::forward`'s argument checks and output allocation, on the mock backend.
 
@@ -27,6 +29,7 @@ mod kernels;
 mod level_zero;
 mod marshal;
 mod mock;
+mod mock_drivers;
 mod op;
 mod opencl;
 mod select;
