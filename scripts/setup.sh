@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One idempotent set-up step for linrec's development and CI machines (Debian 12 / Ubuntu):
 #   - LLVM/MLIR 22 (melior links it; the MLIR tools check our IR), lld-22 (AMD code objects),
-#     libclang (bindgen for mlir-sys), spirv-tools (spirv-val);
+#     libclang (bindgen for mlir-sys), spirv-tools (spirv-val), libze1 (the Level Zero loader:
+#     its zeInit failure path is tested here; Intel GPUs need their driver too);
 #   - ptxas from PyPI (nvidia-cuda-nvcc, CUDA 13.0 to match the GPU machines' driver);
 #   - Intel's CPU OpenCL runtime (scripts/setup-opencl.sh), which executes our SPIR-V in tests.
 # Safe to run any number of times: it installs only what is missing.
@@ -9,7 +10,7 @@
 set -euo pipefail
 
 APT_PACKAGES=(llvm-22-dev libmlir-22-dev mlir-22-tools libpolly-22-dev lld-22 libzstd-dev
-  libz3-dev libxml2-dev libclang-dev spirv-tools)
+  libz3-dev libxml2-dev libclang-dev spirv-tools libze1)
 NVCC_WHEEL="nvidia-cuda-nvcc==13.0.88"
 
 log() { echo "[setup] $*" >&2; }
