@@ -202,6 +202,11 @@ pub enum RuntimeError {
         detail: String,
     },
 
+    /// A kernel could not be found, loaded or compiled ([`crate::kernels::Kernels`]). Boxed:
+    /// its messages are long and every other `Result` of this crate stays small.
+    #[error(transparent)]
+    Kernel(Box<crate::kernels::KernelError>),
+
     /// A string that does not name a device kind, dtype, ...
     #[error("cannot parse {what} from {value:?}: expected {expected}")]
     Parse {
@@ -212,4 +217,10 @@ pub enum RuntimeError {
         /// The accepted values.
         expected: &'static str,
     },
+}
+
+impl From<crate::kernels::KernelError> for RuntimeError {
+    fn from(e: crate::kernels::KernelError) -> Self {
+        RuntimeError::Kernel(Box::new(e))
+    }
 }

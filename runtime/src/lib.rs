@@ -17,14 +17,17 @@
 //! packing ([`marshal`]) and end to end against stand-in driver libraries
 //! (runtime/tests/mock_drivers).
 //!
-//! This crate does not depend on `linrec-compiler` and never links LLVM: it loads modules
-//! from bytes (ahead-of-time artifacts, or a JIT behind a later `jit` feature).
+//! Without its `jit` feature this crate does not depend on `linrec-compiler` and never links
+//! LLVM: it loads modules from bytes. [`Kernels`] finds them — in memory, in artifact folders
+//! written by `linrec compile` or embedded into the binary ([`embed`]), in the disk cache — and,
+//! with `jit`, compiles what is missing in process and caches it on disk.
 //!
 //! The layers:
 //! - [`Backend`]: one opened device of one vendor API, in bytes and opaque handles.
 //! - [`Device`]: picks a backend ([`DeviceKind`]), allocates [`DeviceBuffer`]s that carry
 //!   dtype, shape and strides, caches modules by a caller-chosen key, and checks launch
 //!   arguments against a [`KernelSignature`] so that a wrong argument is an error naming it.
+//! - [`Kernels`] ([`kernels`]): the kernel provider; [`op::forward`] launches what it returns.
 //!
 //! ```no_run
 //! use linrec_runtime::{Device, DeviceKind};
@@ -41,8 +44,10 @@ mod cuda;
 mod device;
 mod dtype;
 mod dylib;
+pub mod embed;
 mod error;
 mod hip;
+pub mod kernels;
 mod level_zero;
 pub mod marshal;
 pub mod op;
@@ -58,8 +63,10 @@ pub use cache::ModuleCache;
 pub use cuda::{CudaBackend, probe_driver as probe_cuda_driver};
 pub use device::{Device, DeviceKind, enumerate_backend, poison_pattern};
 pub use dtype::{DType, Element};
+pub use embed::EmbeddedArtifacts;
 pub use error::{Result, RuntimeError};
 pub use hip::{HIP_LIB_ENV, HipBackend, probe_driver as probe_hip_driver};
+pub use kernels::{Kernel, KernelRequest, KernelSource, Kernels};
 pub use level_zero::{LevelZeroBackend, ZE_LIB_ENV, probe_driver as probe_level_zero_driver};
 pub use opencl::OpenClBackend;
 pub use signature::{Bindings, Dim, KernelArg, KernelSignature, Layout, ParamSpec, ScalarType};

@@ -19,12 +19,19 @@
 //!   driver libraries (tests/mock_drivers/*.c, compiled with the system C compiler).
 //! - `select`: `DeviceKind::Auto` tries CUDA, HIP, Level Zero, OpenCL, and falls back to OpenCL.
 //! - `op`: `op::forward`'s argument checks and output allocation, on the mock backend.
+//! - `provider`: the kernel provider (`kernels::Kernels`) with a counting fake compiler —
+//!   artifact folders, embedded artifacts, misses and version/target mismatches, the disk
+//!   cache (atomic writes, corrupt entries, unusable folders), one compile for 8 threads — and
+//!   the embedded fixture kernel run on OpenCL against the f64 reference.
+//! - `jit` (feature `jit`, links MLIR): the same provider with linrec-compiler in process.
 
 mod checks;
 mod child;
 mod common;
 mod cuda;
 mod hip;
+#[cfg(feature = "jit")]
+mod jit;
 mod kernels;
 mod level_zero;
 mod marshal;
@@ -32,4 +39,5 @@ mod mock;
 mod mock_drivers;
 mod op;
 mod opencl;
+mod provider;
 mod select;
