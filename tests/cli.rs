@@ -3,7 +3,15 @@
 use assert_cmd::Command;
 
 fn linrec() -> Command {
-    Command::cargo_bin("linrec").expect("the linrec binary is built for tests")
+    let mut cmd = Command::cargo_bin("linrec").expect("the linrec binary is built for tests");
+    // Compiled kernels go to a cache of this test process, not the user's ~/.cache/linrec.
+    cmd.env("LINREC_CACHE_DIR", test_cache());
+    cmd
+}
+
+/// The disk cache the tests' `linrec run`s share (one per test process).
+fn test_cache() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("linrec-cli-cache-{}", std::process::id()))
 }
 
 fn stdout(args: &[&str]) -> String {
@@ -205,6 +213,94 @@ fn run_on_opencl_passes_for_the_supported_variants() {
     }
 }
 
+/// `linrec run` reports where its kernel came from: compiled (and cached) the first time, the
+/// disk cache the second; a corrupted cache file is reported and recompiled; `--no-cache`
+/// compiles without touching the cache.
+#[cfg(feature = "jit")]
+#[test]
+fn run_reuses_the_disk_cache_and_recompiles_a_corrupt_entry() {
+    if !opencl_ready() {
+        return;
+    }
+    let cache = std::env::temp_dir().join(format!("linrec-cli-reuse-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache);
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "linear_attn",
+            "--device",
+            "opencl",
+            "--shape",
+            "1,20,1,8,8",
+        ];
+        args.extend_from_slice(extra);
+        let out = linrec()
+            .args(&args)
+            .env("LINREC_CACHE_DIR", &cache)
+            .output()
+            .expect("linrec runs");
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        assert!(
+            out.status.success() && stdout.contains("PASS"),
+            "{stdout}\n{stderr}"
+        );
+        (stdout, stderr)
+    };
+    let kernel_line = |stdout: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with("kernel "))
+            .unwrap_or_default()
+            .to_owned()
+    };
+
+    let (first, _) = run(&[]);
+    let line = kernel_line(&first);
+    assert!(
+        line.contains("compiled for spirv in ") && line.contains(", cached in "),
+        "{first}"
+    );
+    let cached = std::path::PathBuf::from(
+        line.split(", cached in ")
+            .nth(1)
+            .and_then(|rest| rest.strip_suffix(')'))
+            .expect("the cached path"),
+    );
+    assert!(cached.starts_with(&cache) && cached.exists(), "{line}");
+
+    let (second, _) = run(&[]);
+    assert!(
+        kernel_line(&second).contains(&format!("(from the disk cache: {})", cached.display())),
+        "{second}"
+    );
+
+    // Corrupt the cached binary: the next run warns, recompiles and caches it again.
+    let bytes = std::fs::read(&cached).expect("cached binary");
+    std::fs::write(&cached, &bytes[..bytes.len() / 2]).expect("truncate");
+    let (third, stderr) = run(&[]);
+    assert!(
+        kernel_line(&third).contains("compiled for spirv"),
+        "{third}"
+    );
+    assert!(
+        stderr.contains("warning: kernel cache entry") && stderr.contains("is corrupt"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&cached).expect("rewritten"), bytes);
+    let (fourth, _) = run(&[]);
+    assert!(
+        kernel_line(&fourth).contains("from the disk cache"),
+        "{fourth}"
+    );
+
+    let (fifth, _) = run(&["--no-cache"]);
+    assert!(kernel_line(&fifth).contains("(not cached)"), "{fifth}");
+    let _ = std::fs::remove_dir_all(&cache);
+}
+
 #[cfg(feature = "jit")]
 #[test]
 fn emit_prints_every_stage() {
@@ -274,7 +370,10 @@ fn compile_writes_a_manifest_that_run_loads() {
             "--shape",
             "1,20,1,16,16",
         ]);
-        assert!(out.contains("PASS") && out.contains("loaded from"), "{out}");
+        assert!(
+            out.contains("PASS") && out.contains("(from artifacts: "),
+            "{out}"
+        );
         // A config the folder does not hold names what is missing and how to build it.
         let out = linrec()
             .args([

@@ -149,7 +149,7 @@ pub fn run(args: &CompileArgs) -> Result<(), Failure> {
     }
     let manifest = Manifest {
         version: MANIFEST_VERSION,
-        compiler: fingerprint(),
+        compiler: linrec_compiler::fingerprint(),
         kernels: entries,
     };
     let path = args.out.join("manifest.json");
@@ -164,9 +164,4 @@ pub fn run(args: &CompileArgs) -> Result<(), Failure> {
         start.elapsed().as_secs_f64()
     );
     Ok(())
-}
-
-/// Who compiled the artifacts: linrec's version and the LLVM it links.
-fn fingerprint() -> String {
-    format!("linrec {} / LLVM 22.1", env!("CARGO_PKG_VERSION"))
 }

@@ -58,6 +58,10 @@ pub struct RunArgs {
     /// compiling them; also `LINREC_ARTIFACTS`.
     #[arg(long)]
     artifacts: Option<PathBuf>,
+    /// Neither read nor write the disk cache of compiled kernels (`LINREC_CACHE_DIR`, else
+    /// ~/.cache/linrec): compile afresh, e.g. to get `LINREC_DUMP_DIR` stage dumps.
+    #[arg(long)]
+    no_cache: bool,
 }
 
 /// Parses `B,T,H,K,V` or `B,T,H,HV,K,V`.
@@ -168,11 +172,12 @@ fn run_device(args: &RunArgs, spec: &Spec, dims: &Dims, kind: DeviceKind) -> Res
         final_state: true,
         varlen: args.varlen,
     };
-    let kernel = match kernels::artifacts_dir(args.artifacts.as_deref()) {
-        Some(dir) => kernels::from_artifacts(&dir, spec, &target, &config)?,
-        None => kernels::compile(spec, &target, &config)?,
-    };
-    println!("kernel   {} ({})", kernel.info.entry, kernel.origin);
+    let provider = kernels::provider(
+        kernels::artifacts_dir(args.artifacts.as_deref()).as_deref(),
+        args.no_cache,
+    )?;
+    let (kernel, origin) = kernels::forward(&provider, spec, &target, config)?;
+    println!("kernel   {} ({origin})", kernel.info.entry);
 
     // Inputs in the kernel's precision, so the reference sees exactly what the kernel reads.
     let mut inputs = reference::random_inputs(spec, dims, args.seed);
