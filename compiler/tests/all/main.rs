@@ -10,5 +10,6 @@ mod lower;
 mod mma;
 mod plan;
 mod specs;
+mod stages;
 mod targets;
 mod tensor_core;
