@@ -31,7 +31,8 @@ case "$mode" in
     mkdir -p "$dir"
     cargo build --release --locked --no-default-features --bin linrec --target-dir target/nojit
     cp target/nojit/release/linrec "$dir/linrec"
-    cargo run --release --locked --quiet --bin linrec -- compile "${VARIANTS[@]}" \
+    # The compiler itself need not be optimised; its own target dir keeps it apart from others.
+    cargo run --locked --quiet --bin linrec --target-dir target/gpucheck -- compile "${VARIANTS[@]}" \
       --target sm_80 sm_90 --dtype bf16,f16,f32 --head-dims 64,60:100,128 --out "$dir/art"
     du -sh "$dir"
     ;;

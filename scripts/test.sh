@@ -10,9 +10,13 @@ cargo fmt --all --check
 step "cargo clippy (warnings denied)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy -p linrec --no-default-features --all-targets --locked -- -D warnings
+cargo clippy -p linrec-runtime --all-targets --locked -- -D warnings
 step "cargo test"
 cargo test --workspace --locked
 step "cargo test without jit (the LLVM-free build; the macro's UI tests)"
 cargo test -p linrec --no-default-features --locked
+cargo test -p linrec-runtime --locked
 step "a crate outside the workspace declares its own variant (examples/new-variant)"
 cargo run --quiet --manifest-path examples/new-variant/Cargo.toml --target-dir target
+step "a crate embeds its kernels (examples/embedded-kernels)"
+cargo run --quiet --manifest-path examples/embedded-kernels/Cargo.toml --target-dir target

@@ -20,10 +20,15 @@ use crate::kernels::{self, check_chunk, parse_dtype};
 /// Where to run.
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DeviceArg {
-    /// The first of CUDA, OpenCL with a usable device.
+    /// The first of CUDA, HIP, Level Zero, OpenCL with a usable device.
     Auto,
     /// An NVIDIA GPU through the CUDA driver.
     Cuda,
+    /// An AMD GPU through HIP (gfx90a, gfx942, gfx1100).
+    Hip,
+    /// An Intel GPU through Level Zero (SPIR-V).
+    #[value(name = "level-zero", alias = "l0")]
+    LevelZero,
     /// An OpenCL device that takes SPIR-V (Intel GPUs, Intel's CPU runtime).
     Opencl,
     /// No kernels: the f64 reference alone, its backward checked by finite differences.
@@ -126,6 +131,8 @@ pub fn run(args: &RunArgs) -> Result<(), Failure> {
         DeviceArg::Reference => return run_reference(args, &spec, &dims),
         DeviceArg::Auto => DeviceKind::Auto,
         DeviceArg::Cuda => DeviceKind::Cuda,
+        DeviceArg::Hip => DeviceKind::Hip,
+        DeviceArg::LevelZero => DeviceKind::LevelZero,
         DeviceArg::Opencl => DeviceKind::OpenCl,
     };
     run_device(args, &spec, &dims, kind)
