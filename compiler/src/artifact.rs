@@ -9,7 +9,9 @@
 //! launch metadata.
 //!
 //! `LINREC_TENSOR_CORES=0` (or `off`) compiles NVIDIA kernels with the portable matmuls, to
-//! compare them with the tensor-core ones ([`CompileOptions::matmul`]).
+//! compare them with the tensor-core ones; `LINREC_TENSOR_CORES=emulate` lays bf16/f16
+//! kernels out for tensor cores but emulates them (on any target), to tell a layout bug from a
+//! tensor-core one ([`CompileOptions::matmul`]).
 
 use std::{
     path::{Path, PathBuf},
@@ -116,19 +118,19 @@ impl Default for CompileOptions {
 
 impl CompileOptions {
     /// Options from the environment: `LINREC_DUMP_DIR` (ignored when empty) and
-    /// `LINREC_TENSOR_CORES` (`0` or `off`: [`MatmulChoice::Portable`]).
+    /// `LINREC_TENSOR_CORES` (`0` or `off`: [`MatmulChoice::Portable`]; `emulate`:
+    /// [`MatmulChoice::Emulated`]; anything else: [`MatmulChoice::Auto`]).
     pub fn from_env() -> Self {
-        let off = std::env::var(TENSOR_CORES_ENV)
-            .is_ok_and(|v| matches!(v.trim(), "0" | "off" | "false"));
+        let matmul = match std::env::var(TENSOR_CORES_ENV).as_deref().map(str::trim) {
+            Ok("0" | "off" | "false") => MatmulChoice::Portable,
+            Ok("emulate") => MatmulChoice::Emulated,
+            _ => MatmulChoice::Auto,
+        };
         CompileOptions {
             dump_dir: std::env::var_os(DUMP_DIR_ENV)
                 .filter(|d| !d.is_empty())
                 .map(PathBuf::from),
-            matmul: if off {
-                MatmulChoice::Portable
-            } else {
-                MatmulChoice::Auto
-            },
+            matmul,
             ..CompileOptions::default()
         }
     }

@@ -11,7 +11,8 @@
 //!   ([`MatmulChoice::Emulated`]: same schedule, operand tiles in scratch, scalar matmuls),
 //!   against the f64 reference with fla's criterion.
 //!
-//! The kernels themselves run on a GPU with `compiler/examples/tc_check.rs`.
+//! The kernels themselves run on a GPU with `runtime/examples/tc_check.rs` (results in
+//! `docs/benchmarks.md`).
 
 use std::path::PathBuf;
 use std::process::Command;
