@@ -2,7 +2,8 @@
 //! sequential loop over chunks (whose body [`super::tile`] fills node by node), the sink phase
 //! and the final state. The layout is the schedule's (see [`crate::schedule`]); with tensor
 //! cores, also the dynamic shared memory that holds the 16-bit operand tiles and the ops that
-//! read and write them.
+//! read and write them; with AMD matrix cores, the LDS that holds them (a static workgroup
+//! attribution, so that the lowering's LDS guard sees its size).
 
 use linrec_spec::launch::{ElementType, KernelParam};
 use melior::ir::{
@@ -14,6 +15,7 @@ use melior::ir::{
 use super::EmitError;
 use super::builder::{Builder, Cmp, R};
 use super::target::{DYNAMIC, TargetOps};
+use crate::lower::Vendor;
 use crate::schedule::{MatmulPath, OperandTile, Schedule, Tile};
 
 /// The symbol of the dynamic shared memory. It must be a public, uninitialised
@@ -51,8 +53,8 @@ pub(super) struct Env<'c, 'a> {
     pub scale: Value<'c, 'a>,
     /// The per-head constant log-decay (f32), when the plan reads one.
     pub decay: Option<Value<'c, 'a>>,
-    /// The operand arena in dynamic shared memory (`memref<N × bf16|f16, workgroup>`), on
-    /// the tensor-core path.
+    /// The operand arena in workgroup memory (`memref<N × bf16|f16, workgroup>`): dynamic
+    /// shared memory on the tensor-core path, the LDS attribution on the matrix-core path.
     pub arena: Option<Value<'c, 'a>>,
 }
 
@@ -120,7 +122,15 @@ impl<'c> Kernel<'_, 'c> {
             )?;
         }
         let types: Vec<Type<'c>> = self.s.params.iter().map(|p| self.arg_type(p)).collect();
-        let entry = Block::new(&types.iter().map(|t| (*t, b.loc)).collect::<Vec<_>>());
+        // AMD matrix cores: the operand arena is the function's one workgroup attribution,
+        // an entry-block argument after the inputs.
+        let lds = match self.s.matmul {
+            MatmulPath::MatrixCore(_) => Some(self.arena_type()?),
+            _ => None,
+        };
+        let mut block_args: Vec<(Type<'c>, _)> = types.iter().map(|t| (*t, b.loc)).collect();
+        block_args.extend(lds.map(|t| (t, b.loc)));
+        let entry = Block::new(&block_args);
         {
             let mut args = Vec::new();
             for (i, p) in self.s.params.iter().enumerate() {
@@ -130,7 +140,19 @@ impl<'c> Kernel<'_, 'c> {
                 })?;
                 args.push((p.clone(), v.into()));
             }
-            let env = self.prologue(&entry, args)?;
+            let lds_arg = match lds {
+                Some(_) => Some(
+                    entry
+                        .argument(types.len())
+                        .map_err(|e| EmitError::Build {
+                            op: "gpu.func workgroup attribution".into(),
+                            detail: e.to_string(),
+                        })?
+                        .into(),
+                ),
+                None => None,
+            };
+            let env = self.prologue(&entry, args, lds_arg)?;
             self.init_state(&entry, &env)?;
             self.t.barrier(b, &entry)?;
             self.chunk_loop(&entry, &env)?;
@@ -151,9 +173,16 @@ impl<'c> Kernel<'_, 'c> {
             b.named("gpu.kernel", Attribute::unit(b.ctx)),
             b.named(
                 "workgroup_attributions",
-                IntegerAttribute::new(b.int(64), 0).into(),
+                IntegerAttribute::new(b.int(64), i64::from(lds.is_some())).into(),
             ),
         ];
+        if lds.is_some() {
+            // 16-byte aligned, as the fragment loads' declared alignment assumes.
+            attrs.push(b.named(
+                "workgroup_attrib_attrs",
+                b.attr("[{llvm.align = 16 : i64}]")?,
+            ));
+        }
         attrs.extend(self.t.entry_attributes(b, self.s.block_threads)?);
         if let Some(n) = self.s.max_registers {
             // → `.maxnreg` (see `Schedule::max_registers`).
@@ -173,6 +202,7 @@ impl<'c> Kernel<'_, 'c> {
         &self,
         blk: &'a Block<'c>,
         args: Vec<(KernelParam, Value<'c, 'a>)>,
+        lds: Option<Value<'c, 'a>>,
     ) -> R<Env<'c, 'a>> {
         let b = &self.b;
         let s = self.s;
@@ -241,21 +271,18 @@ impl<'c> Kernel<'_, 'c> {
                 b.op("gpu.dynamic_shared_memory")
                     .add_results(&[bytes.into()]),
             )?;
-            let len = i64::try_from(s.operand_arena).map_err(|_| {
-                EmitError::Schedule(format!("{} operand elements", s.operand_arena))
-            })?;
-            let view = MemRefType::new(self.operand_type()?, &[len], None, Some(space));
+            let view = self.arena_type()?;
             let zero = b.ci(blk, 0)?;
             Some(
                 b.push(
                     blk,
                     b.op("memref.view")
                         .add_operands(&[dynamic, zero])
-                        .add_results(&[view.into()]),
+                        .add_results(&[view]),
                 )?,
             )
         } else {
-            None
+            lds
         };
         Ok(Env {
             args,
@@ -276,6 +303,15 @@ impl<'c> Kernel<'_, 'c> {
         })
     }
 
+    /// `memref<arena × bf16|f16, #gpu.address_space<workgroup>>`: the operand arena's type.
+    fn arena_type(&self) -> R<Type<'c>> {
+        let len = i64::try_from(self.s.operand_arena).map_err(|_| {
+            EmitError::Schedule(format!("{} operand elements", self.s.operand_arena))
+        })?;
+        let space = self.workgroup()?;
+        Ok(MemRefType::new(self.operand_type()?, &[len], None, Some(space)).into())
+    }
+
     /// The address in scratch of element `idx` of `tile`.
     pub fn addr<'a>(
         &self,
@@ -290,16 +326,29 @@ impl<'c> Kernel<'_, 'c> {
         b.addi(blk, at, idx)
     }
 
-    /// The memref that holds the operand tiles: the shared-memory arena on the tensor-core
-    /// path, the scratch buffer when emulated.
+    /// The memref that holds the operand tiles: the workgroup-memory arena on the
+    /// tensor-core and matrix-core paths, the scratch buffer when emulated.
     pub fn operand_mem<'e>(&self, env: &Env<'c, 'e>) -> R<Value<'c, 'e>> {
-        match (self.s.matmul, env.arena) {
-            (MatmulPath::TensorCore, Some(arena)) => Ok(arena),
-            (MatmulPath::Emulated, _) => env.arg(&KernelParam::Scratch),
-            _ => Err(EmitError::Schedule(
-                "an operand tile on the portable path".into(),
-            )),
+        let path = self.s.matmul;
+        match env.arena {
+            Some(arena) if path.operands_on_chip() => Ok(arena),
+            _ if path.is_emulated() => env.arg(&KernelParam::Scratch),
+            _ => Err(EmitError::Schedule(format!(
+                "no operand memory on the {path:?} path"
+            ))),
         }
+    }
+
+    /// Where the operand arena starts in [`Kernel::operand_mem`], as an element index: 0 in
+    /// workgroup memory, the workgroup's operand slots in scratch when emulated.
+    pub fn operand_arena_base<'a>(
+        &self,
+        blk: &'a Block<'c>,
+        env: &Env<'c, '_>,
+    ) -> R<Value<'c, 'a>> {
+        let b = &self.b;
+        let off = b.ci(blk, self.s.operand_base as i64)?;
+        b.addi(blk, env.base, off)
     }
 
     /// The index of element `(r, c)` of an operand tile in [`Kernel::operand_mem`] (when
@@ -314,19 +363,18 @@ impl<'c> Kernel<'_, 'c> {
     ) -> R<Value<'c, 'a>> {
         let b = &self.b;
         let within = b.mad(blk, c, r, tile.stride as i64)?;
-        match self.s.matmul {
-            MatmulPath::TensorCore => {
-                let off = b.ci(blk, tile.offset as i64)?;
-                b.addi(blk, within, off)
-            }
-            MatmulPath::Emulated => {
-                let off = b.ci(blk, (self.s.operand_base + tile.offset) as i64)?;
-                let at = b.addi(blk, env.base, off)?;
-                b.addi(blk, at, within)
-            }
-            MatmulPath::Portable => Err(EmitError::Schedule(
+        let path = self.s.matmul;
+        if path.operands_on_chip() {
+            let off = b.ci(blk, tile.offset as i64)?;
+            b.addi(blk, within, off)
+        } else if path.is_emulated() {
+            let off = b.ci(blk, (self.s.operand_base + tile.offset) as i64)?;
+            let at = b.addi(blk, env.base, off)?;
+            b.addi(blk, at, within)
+        } else {
+            Err(EmitError::Schedule(
                 "an operand tile on the portable path".into(),
-            )),
+            ))
         }
     }
 
@@ -342,9 +390,10 @@ impl<'c> Kernel<'_, 'c> {
         let b = &self.b;
         let idx = self.operand_index(blk, env, tile, r, c)?;
         let x = b.load(blk, self.operand_mem(env)?, idx)?;
-        match self.s.matmul {
-            MatmulPath::TensorCore => b.cast(blk, "arith.extf", x, b.f32()),
-            _ => Ok(x),
+        if self.s.matmul.operands_on_chip() {
+            b.cast(blk, "arith.extf", x, b.f32())
+        } else {
+            Ok(x)
         }
     }
 
@@ -361,9 +410,10 @@ impl<'c> Kernel<'_, 'c> {
     ) -> R<()> {
         let b = &self.b;
         let idx = self.operand_index(blk, env, tile, r, c)?;
-        let stored = match self.s.matmul {
-            MatmulPath::TensorCore => b.cast(blk, "arith.truncf", x, self.operand_type()?)?,
-            _ => self.t.round_f32(b, blk, x, self.dtype())?,
+        let stored = if self.s.matmul.operands_on_chip() {
+            b.cast(blk, "arith.truncf", x, self.operand_type()?)?
+        } else {
+            self.t.round_f32(b, blk, x, self.dtype())?
         };
         b.store(blk, stored, self.operand_mem(env)?, idx)
     }
@@ -426,7 +476,15 @@ impl<'c> Kernel<'_, 'c> {
         let b = &self.b;
         let ub = b.ci(blk, len as i64)?;
         let step = b.ci(blk, i64::from(self.s.block_threads))?;
-        b.for_(blk, env.tid, ub, step, body)
+        // AMD: each loop reads the thread index afresh. Otherwise LLVM unrolls these loops,
+        // hoists every element's 64-bit scratch address out of the chunk loop and keeps
+        // hundreds of them live across it (382 VGPRs for the portable K = V = 64 kernels);
+        // with the matrix cores' accumulators on top, that spills.
+        let tid = match self.s.target.vendor() {
+            Vendor::Amd => self.t.thread_id_per_use(b, blk)?,
+            _ => env.tid,
+        };
+        b.for_(blk, tid, ub, step, body)
     }
 
     /// Row and column of element `e` of a tile with `cols` columns.

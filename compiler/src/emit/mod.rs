@@ -8,6 +8,7 @@
 
 mod builder;
 mod kernel;
+pub mod mfma;
 pub mod mma;
 mod target;
 mod tile;

@@ -9,7 +9,8 @@
 //! | barrier | `gpu.barrier` (`bar.sync` orders global memory too) | `gpu.barrier` (workgroup-scope fences cover global memory) | `spirv.ControlBarrier` with `CrossWorkgroupMemory`: `gpu.barrier` only orders workgroup memory there, and the tiles live in global scratch |
 //! | bf16 | `bf16` memrefs, `arith.extf/truncf` (`cvt.f32.bf16`, `cvt.rn.bf16.f32`) | same (emulated on CDNA) | `i16` memrefs: shift into the high half of an f32; store rounds to nearest even in integer ops (SPIR-V has no bf16 without an extension) |
 //! | f16 | `f16` memrefs | same | `f16` memrefs (Float16 capability) |
-//! | matmul | tensor cores for bf16/f16 (`emit::mma`, operands in dynamic shared memory) | scalar f32 loops (`amdgpu.mfma` not yet) | scalar f32 loops |
+//! | matmul | tensor cores for bf16/f16 (`emit::mma`, operands in dynamic shared memory) | matrix cores for bf16/f16 (`emit::mfma`: `amdgpu.mfma` on gfx90a/gfx942, `amdgpu.wmma` on gfx1100; operands in LDS, a static workgroup attribution) | scalar f32 loops |
+//! | thread index in loops | a volatile `mov.u32 %tid.x` per matmul (stops LLVM hoisting addresses out of the chunk loop) | a volatile `v_mov_b32` per matmul and per cooperative loop | `gpu.thread_id` |
 
 use linrec_spec::launch::ElementType;
 use melior::ir::{
@@ -155,33 +156,42 @@ impl TargetOps {
         b.cast(blk, "arith.extf", y, b.f32())
     }
 
-    /// The thread index, read in a way LLVM cannot hoist out of a loop (NVIDIA only: a
-    /// volatile `mov.u32 %r, %tid.x`).
+    /// The thread index, read in a way LLVM cannot hoist out of a loop (NVIDIA: a volatile
+    /// `mov.u32 %r, %tid.x`; AMD: a volatile `v_mov_b32` of the thread index; SPIR-V: plain).
     ///
-    /// Why: a tensor-core matmul's addresses (its `ldmatrix` rows and the result stores of
-    /// every fragment) depend only on the thread index, so LLVM hoists all of them out of
-    /// the chunk loop and keeps them live across it: over a hundred registers for four
-    /// matmuls, and ptxas spills. Derived from this value they are recomputed per chunk,
-    /// a few integer ops against dozens of `mma.sync`.
+    /// Why: a matmul's addresses (its fragment loads and the result stores of every
+    /// fragment) depend only on the thread index, so LLVM hoists all of them out of the
+    /// chunk loop and keeps them live across it: over a hundred registers for four matmuls,
+    /// and ptxas (or the AMDGPU register allocator) spills. Derived from this value they are
+    /// recomputed per chunk, a few integer ops against dozens of matrix instructions.
     pub fn thread_id_per_use<'c, 'a>(
         &self,
         b: &Builder<'c>,
         blk: &'a Block<'c>,
     ) -> R<Value<'c, 'a>> {
-        if self.target.vendor() != Vendor::Nvidia {
-            return b.gpu_id(blk, "gpu.thread_id", "x");
-        }
+        let (asm, constraints, operands) = match self.target.vendor() {
+            Vendor::Nvidia => ("mov.u32 $0, %tid.x;", "=r", vec![]),
+            Vendor::Amd => {
+                // The thread index lives in a VGPR; copying it through an asm statement with
+                // side effects makes every use a fresh value.
+                let tid = b.gpu_id(blk, "gpu.thread_id", "x")?;
+                let tid = b.cast(blk, "arith.index_castui", tid, b.int(32))?;
+                ("v_mov_b32 $0, $1", "=v,v", vec![tid])
+            }
+            Vendor::Intel => return b.gpu_id(blk, "gpu.thread_id", "x"),
+        };
         let tid = b.push(
             blk,
             b.op("llvm.inline_asm")
                 .add_attributes(&[
+                    b.named("asm_string", StringAttribute::new(b.ctx, asm).into()),
                     b.named(
-                        "asm_string",
-                        StringAttribute::new(b.ctx, "mov.u32 $0, %tid.x;").into(),
+                        "constraints",
+                        StringAttribute::new(b.ctx, constraints).into(),
                     ),
-                    b.named("constraints", StringAttribute::new(b.ctx, "=r").into()),
                     b.named("has_side_effects", Attribute::unit(b.ctx)),
                 ])
+                .add_operands(&operands)
                 .add_results(&[b.int(32)]),
         )?;
         b.cast(blk, "arith.index_castui", tid, b.index())

@@ -7,8 +7,9 @@
 //! A node writes its result to its f32 tile, its 16-bit operand tile, or both, in the same
 //! loop ([`Dest`]); it reads a matrix operand from its f32 tile if it has one, else from its
 //! operand tile (q, k, v on the tensor-core path). A matmul runs as scalar loops over f32
-//! tiles (portable), on tensor cores over the operand tiles ([`crate::emit::mma`]), or as
-//! scalar loops over the operand tiles (emulated); see [`crate::schedule`].
+//! tiles (portable), on tensor cores over the operand tiles ([`crate::emit::mma`]), on AMD
+//! matrix cores over them ([`crate::emit::mfma`]), as scalar loops over the operand tiles
+//! (emulated), or as the AMD lane layout emulated lane by lane; see [`crate::schedule`].
 
 use linrec_spec::Role;
 use linrec_spec::launch::{ElementType, KernelParam};
@@ -17,6 +18,7 @@ use melior::ir::{Block, Value};
 use super::EmitError;
 use super::builder::{Cmp, R};
 use super::kernel::{Env, Kernel};
+use super::mfma;
 use super::mma::{self, Fragment, Init, Matmul, MmaType, SmemTile};
 use crate::plan::{Op, Param, ValueId};
 use crate::schedule::{MatmulPath, OperandTile, Tile};
@@ -431,6 +433,52 @@ impl<'c> Kernel<'_, 'c> {
                     })?;
                     self.store_result(blk, env, dest, (m, n), r, c, acc)
                 })
+            }
+            MatmulPath::MatrixCore(core) | MatmulPath::EmulatedMatrixCore(core) => {
+                let dtype = MmaType::from_element(self.dtype())
+                    .ok_or_else(|| EmitError::Schedule("matrix cores for an f32 kernel".into()))?;
+                let hardware = matches!(self.s.matmul, MatmulPath::MatrixCore(_));
+                let memref = self.operand_mem(env)?;
+                // Emulated, the arena is this workgroup's part of scratch.
+                let base = if hardware {
+                    None
+                } else {
+                    Some(self.operand_arena_base(blk, env)?)
+                };
+                let thread_id = self.t.thread_id_per_use(&self.b, blk)?;
+                let side = |t: OperandTile, transposed: bool| mfma::Operand {
+                    tile: mfma::Tile {
+                        memref,
+                        base,
+                        offset: t.offset as i64,
+                        row_stride: t.stride as i64,
+                    },
+                    transposed,
+                };
+                let mm = mfma::Matmul {
+                    m: m as i64,
+                    n: n as i64,
+                    k: k as i64,
+                    dtype,
+                    core,
+                    mode: if hardware {
+                        mfma::Mode::Hardware
+                    } else {
+                        mfma::Mode::Emulated
+                    },
+                    threads: self.s.block_threads,
+                    thread_id,
+                    a: side(oa, ta),
+                    b: side(ob, tb),
+                };
+                // Each accumulator from the registers to the result tiles.
+                let mut epilogue = |blk: &Block<'c>, f: &mfma::Fragment<'c, '_>| -> R<()> {
+                    for (row, x) in f.rows.iter().zip(&f.acc) {
+                        self.store_result(blk, env, dest, (m, n), *row, f.col, *x)?;
+                    }
+                    Ok(())
+                };
+                mm.emit(self.b.ctx, self.b.loc, blk, &mut epilogue)
             }
             MatmulPath::Portable => Err(EmitError::Schedule(
                 "an operand matmul on the portable path".into(),

@@ -2,7 +2,10 @@
 //! operand arena) such that tiles alive at the same time never overlap. A tile is alive from
 //! the node that writes it to the last node that reads that copy (the sinks count as read
 //! after the last node). A node never writes over a tile it reads itself, even at its last
-//! use: a matmul or a mask reads other elements than the one it writes.
+//! use: a matmul or a mask reads other elements than the one it writes. The one exception,
+//! asked for with [`Reuse::InPlace`] (AMD, whose 64 KiB of LDS is tight): an elementwise node
+//! may write its operand tile over the operand tile of a same-shaped operand that it reads for
+//! the last time, since each thread reads exactly the element it then writes.
 
 use super::{OperandTile, Placement, Tile, TileDims};
 use crate::plan::{Op, Plan, ValueId};
@@ -55,9 +58,48 @@ pub(super) struct Layout {
     pub operand_arena: u64,
 }
 
+/// Whether an elementwise node may write its operand tile in place of one it reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Reuse {
+    /// Never: every node's result gets a tile of its own.
+    Never,
+    /// Over a same-shaped operand tile read for the last time by an elementwise node.
+    InPlace,
+}
+
+/// The operand tile node `i` may take over in place ([`Reuse::InPlace`]): that of a
+/// same-shaped operand of an elementwise op (`mul`, `add`, `sub`, `exp2`) which node `i`
+/// reads from its operand tile for the last time.
+fn in_place_source(
+    plan: &Plan,
+    i: usize,
+    operands: bool,
+    last_op: &[Option<usize>],
+    tiles: &[Option<OperandTile>],
+) -> Option<OperandTile> {
+    let node = &plan.nodes[i];
+    if !matches!(
+        node.op,
+        Op::Mul(..) | Op::Add(..) | Op::Sub(..) | Op::Exp2(_)
+    ) {
+        return None;
+    }
+    reads(plan, i, operands)
+        .into_iter()
+        .filter(|(v, copy)| *copy == Copy::Operand && last_op[v.0] == Some(i))
+        .filter(|(v, _)| plan.node(*v).shape == node.shape)
+        .find_map(|(v, _)| tiles.get(v.0).copied().flatten())
+}
+
 /// Places every value of `plan`. With `operands`, matmuls read 16-bit operand tiles (see the
 /// schedule's module docs for who gets which copy). `StateIn` lives in the state tile.
-pub(super) fn place(plan: &Plan, dims: &TileDims, sinks: &[ValueId], operands: bool) -> Layout {
+pub(super) fn place(
+    plan: &Plan,
+    dims: &TileDims,
+    sinks: &[ValueId],
+    operands: bool,
+    reuse: Reuse,
+) -> Layout {
     let n = plan.nodes.len();
     // Last reader of each copy of each value (index of the reading node; `n` for the sinks).
     let mut last_f32: Vec<Option<usize>> = vec![None; n];
@@ -100,8 +142,16 @@ pub(super) fn place(plan: &Plan, dims: &TileDims, sinks: &[ValueId], operands: b
         let operand_load = operands && is_operand_load(&node.op);
         let wants_operand = operands && (operand_load || last_op[i].is_some());
         let operand = if wants_operand {
+            let shared = match reuse {
+                Reuse::InPlace => in_place_source(plan, i, operands, &last_op, &tiles),
+                Reuse::Never => None,
+            };
             dims.operand(&node.shape.0, 0).map(|t| {
-                let offset = first_fit(&live_op, 0, t.len());
+                let offset = match shared {
+                    // Same shape, same geometry: the tile lands exactly on its source.
+                    Some(src) if src.len() == t.len() => src.offset,
+                    _ => first_fit(&live_op, 0, t.len()),
+                };
                 arena = arena.max(offset + t.len());
                 // A dead operand (no reader) still holds its tile for the node's duration.
                 live_op.push((offset, t.len(), last_op[i].unwrap_or(i)));

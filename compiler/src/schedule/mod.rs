@@ -3,7 +3,8 @@
 //!
 //! One schedule, generic over any plan (the backward plans of a later stage reuse it): **one
 //! kernel** per (spec, config, target). The *portable* form below runs everywhere; NVIDIA
-//! kernels with 16-bit inputs run their matmuls on tensor cores (next section).
+//! kernels with 16-bit inputs run their matmuls on tensor cores, AMD ones on matrix cores
+//! (next sections).
 //!
 //! * grid = `(ceil(V / BV), N · HV, 1)` with `BV = min(V, 32)` (tensor cores: 64 or 32,
 //!   below): V columns never interact in a
@@ -61,6 +62,40 @@
 //! same way on any target but keeps the operand tiles in scratch (as f32 values rounded to
 //! the dtype) and multiplies them with scalar loops: the tests run that on the CPU OpenCL
 //! runtime to check this layout (placement, padding, barriers, precision) end to end.
+//!
+//! # Matrix cores (AMD, bf16/f16 inputs)
+//!
+//! On gfx90a and gfx942 (`amdgpu.mfma` 16x16x16, wave64) and gfx1100 (`amdgpu.wmma`
+//! 16x16x16, wave32) with bf16 or f16 inputs every plan `matmul` runs on the matrix cores
+//! ([`MatmulPath::MatrixCore`], built by [`crate::emit::mfma`], whose docs give the lane
+//! layouts). The layout is the tensor-core one above (operand tiles padded to 16, rows
+//! `cols_padded + 8` apart, placed by liveness, rounded by their writers, f32 tiles in
+//! scratch, results from the registers through the epilogue), except:
+//!
+//! * **Memory.** The operand arena is LDS, a static workgroup attribution of the kernel
+//!   (`.amdhsa_group_segment_fixed_size`; [`Schedule::shared_bytes`] stays 0, nothing is
+//!   passed at launch), so the lowering's LDS guard (`LowerError::WorkgroupMemory`) sees it.
+//!   The budget is 64 KiB per workgroup ([`LDS_LIMIT_BYTES`]) on all three chips.
+//! * **In-place results.** To fit that, an elementwise node may write its operand tile over
+//!   the same-shaped operand tile it reads for the last time (`Q ⊙ 2^b` over q, `K ⊙
+//!   2^(b_C − b)` over k): each thread reads exactly the element it then writes.
+//! * **BV** is the widest of 64, 32, 16 ([`MATRIX_CORE_BLOCK_V`]) whose operand tiles fit
+//!   64 KiB: K = V = 64 at chunk 64 takes 45 KiB at BV 64, K = V = 128 at chunk 64 58 KiB at
+//!   BV 32, K = V = 256 at chunk 32 58 KiB at BV 32. K = V ≥ 192 at chunk 64 does not fit at
+//!   any BV (q and k alone take 66 KiB at K = 256): those configs keep the portable path and
+//!   the schedule text says so in its `note` line.
+//! * **Threads.** 128 per workgroup as everywhere: two waves of 64 on CDNA, four of 32 on
+//!   RDNA3; `known_block_size` fixes it (no `gpu.block_dim`, which would need device
+//!   libraries). Each matmul, and each cooperative loop of the kernel, reads the thread index
+//!   through a volatile `v_mov_b32` (`TargetOps::thread_id_per_use`): otherwise LLVM hoists
+//!   hundreds of addresses out of the chunk loop and the kernels spill VGPRs.
+//!
+//! [`MatmulChoice::EmulatedMatrixCore`] lays a kernel out as AMD would (same BV, placement,
+//! padding, barriers) on any target, with the operand tiles in scratch as rounded f32 values,
+//! and runs each matmul in `emit::mfma`'s emulated mode: every lane computes exactly its own
+//! accumulators, reading each operand element where the kernel's address math puts the
+//! element that the documented lane layout assigns to the lane holding it. The tests run it
+//! on the CPU OpenCL runtime; `emit::mfma` says what that does and does not prove.
 
 mod alloc;
 mod print;
@@ -68,7 +103,8 @@ mod print;
 use linrec_spec::launch::{ElementType, KernelConfig, KernelInfo, KernelParam, SizeExpr, SizeSym};
 use linrec_spec::{ConstantRate, Decay, Role, Spec};
 
-use crate::lower::{Target, Vendor};
+pub use crate::emit::mfma::MatrixCore;
+use crate::lower::{LDS_LIMIT_BYTES, Target, Vendor};
 use crate::plan::{Dim, Direction, Op, Plan, Sink, ValueId};
 
 /// Threads per workgroup (1-D): four warps on NVIDIA, two wave64s on CDNA, four wave32s on RDNA.
@@ -81,7 +117,12 @@ pub const MAX_BLOCK_V: usize = 32;
 /// shares the `QKᵀ` work of a chunk among more columns.
 pub const TENSOR_CORE_BLOCK_V: [usize; 2] = [64, 32];
 
-/// Operand tiles pad every dim to a multiple of this (the `mma.sync` m16n8k16 tile).
+/// The blocks of value columns tried on AMD matrix cores, widest first: the operand tiles
+/// must fit 64 KiB of LDS ([`LDS_LIMIT_BYTES`]), so narrower blocks than on NVIDIA.
+pub const MATRIX_CORE_BLOCK_V: [usize; 3] = [64, 32, 16];
+
+/// Operand tiles pad every dim to a multiple of this (the `mma.sync` m16n8k16 tile, and the
+/// AMD 16x16x16 one).
 pub const OPERAND_PAD: usize = 16;
 
 /// Extra elements per operand-tile row: a row pitch of `16 (mod 32)` bytes keeps the eight
@@ -168,15 +209,45 @@ pub enum MatmulPath {
     Portable,
     /// Tensor cores on 16-bit operand tiles in dynamic shared memory (NVIDIA, bf16/f16).
     TensorCore,
+    /// AMD matrix cores (`amdgpu.mfma` on gfx90a/gfx942, `amdgpu.wmma` on gfx1100) on 16-bit
+    /// operand tiles in LDS, a static workgroup allocation (AMD, bf16/f16).
+    MatrixCore(MatrixCore),
     /// The tensor-core layout with the operand tiles in scratch (values rounded to the dtype,
     /// stored as f32) and scalar matmuls over them: a test of that layout on any target.
     Emulated,
+    /// The AMD matrix-core layout (placement as on AMD, 64 KiB budget) with the operand tiles
+    /// in scratch, and each lane computing its own accumulators in scalar code from the
+    /// elements the documented lane layout gives it ([`crate::emit::mfma`], `Mode::Emulated`):
+    /// a test of the AMD kernels' index math on any target.
+    EmulatedMatrixCore(MatrixCore),
 }
 
 impl MatmulPath {
-    /// True when matmuls read 16-bit operand tiles (tensor cores or their emulation).
+    /// True when matmuls read 16-bit operand tiles (matrix units or their emulations).
     pub fn uses_operand_tiles(self) -> bool {
         self != MatmulPath::Portable
+    }
+
+    /// True when the operand tiles are 16-bit values in the GPU's workgroup memory (dynamic
+    /// shared memory on NVIDIA, LDS on AMD); false when emulated (f32 in scratch) or portable.
+    pub fn operands_on_chip(self) -> bool {
+        matches!(self, MatmulPath::TensorCore | MatmulPath::MatrixCore(_))
+    }
+
+    /// True for the emulated layouts (operand tiles as rounded f32 values in scratch).
+    pub fn is_emulated(self) -> bool {
+        matches!(
+            self,
+            MatmulPath::Emulated | MatmulPath::EmulatedMatrixCore(_)
+        )
+    }
+
+    /// The AMD instruction whose layout the matmuls use, hardware or emulated.
+    pub fn matrix_core(self) -> Option<MatrixCore> {
+        match self {
+            MatmulPath::MatrixCore(c) | MatmulPath::EmulatedMatrixCore(c) => Some(c),
+            _ => None,
+        }
     }
 }
 
@@ -190,6 +261,9 @@ pub enum MatmulChoice {
     Portable,
     /// [`MatmulPath::Emulated`] for bf16/f16 configs on any target (portable for f32).
     Emulated,
+    /// [`MatmulPath::EmulatedMatrixCore`] with this instruction's layout, for bf16/f16
+    /// configs on any target (portable for f32).
+    EmulatedMatrixCore(MatrixCore),
 }
 
 /// A 16-bit matmul operand tile: element `(r, c)` is at `offset + r·stride + c` in the
@@ -393,18 +467,40 @@ pub fn forward_with(
         MatmulChoice::Auto if sixteen_bit && target.vendor() == Vendor::Nvidia => {
             MatmulPath::TensorCore
         }
+        MatmulChoice::Auto if sixteen_bit => match MatrixCore::for_target(target) {
+            Some(core) => MatmulPath::MatrixCore(core),
+            None => MatmulPath::Portable,
+        },
         MatmulChoice::Emulated if sixteen_bit => MatmulPath::Emulated,
+        MatmulChoice::EmulatedMatrixCore(core) if sixteen_bit => {
+            MatmulPath::EmulatedMatrixCore(core)
+        }
         _ => MatmulPath::Portable,
     };
     let sinks = [output, state_out];
     let mut fallback = None;
     let mut chosen = None;
     if wanted.uses_operand_tiles() {
-        let limit = shared_memory_limit(target);
+        // AMD: 64 KiB of LDS, so narrower value blocks and in-place elementwise results
+        // (K = V = 128 fits at BV 32 only with them); NVIDIA: the opt-in shared memory.
+        let (limit, block_vs, reuse, memory): (u64, &[usize], _, _) = match wanted {
+            MatmulPath::MatrixCore(_) | MatmulPath::EmulatedMatrixCore(_) => (
+                LDS_LIMIT_BYTES,
+                &MATRIX_CORE_BLOCK_V,
+                alloc::Reuse::InPlace,
+                "LDS",
+            ),
+            _ => (
+                shared_memory_limit(target),
+                &TENSOR_CORE_BLOCK_V,
+                alloc::Reuse::Never,
+                "shared memory",
+            ),
+        };
         let mut tried = Vec::new();
-        for bv in TENSOR_CORE_BLOCK_V {
+        for &bv in block_vs {
             let dims = TileDims::new(config, bv);
-            let layout = alloc::place(plan, &dims, &sinks, true);
+            let layout = alloc::place(plan, &dims, &sinks, true, reuse);
             let bytes = layout.operand_arena * 2;
             if bytes <= limit {
                 chosen = Some((wanted, dims, layout, bytes));
@@ -413,8 +509,12 @@ pub fn forward_with(
             tried.push(format!("{bytes} bytes at BV {}", dims.v));
         }
         if chosen.is_none() {
+            let whom = match wanted {
+                MatmulPath::EmulatedMatrixCore(_) => "AMD".to_string(),
+                _ => target.to_string(),
+            };
             fallback = Some(format!(
-                "portable matmuls: the 16-bit operand tiles need {} of shared memory; {target} allows {limit} bytes per workgroup",
+                "portable matmuls: the 16-bit operand tiles need {} of {memory}; {whom} allows {limit} bytes per workgroup",
                 tried.join(", ")
             ));
         }
@@ -423,17 +523,21 @@ pub fn forward_with(
         Some(c) => c,
         None => {
             let dims = TileDims::new(config, MAX_BLOCK_V);
-            let layout = alloc::place(plan, &dims, &sinks, false);
+            let layout = alloc::place(plan, &dims, &sinks, false, alloc::Reuse::Never);
             (MatmulPath::Portable, dims, layout, 0)
         }
     };
     let block_v = dims.v;
     let state = layout.state;
     let (operand_base, scratch, shared_bytes) = match matmul {
-        MatmulPath::Portable => (0, layout.scratch, 0),
+        // On AMD the arena is a static workgroup allocation: the code object carries its
+        // size, nothing is passed at launch.
+        MatmulPath::Portable | MatmulPath::MatrixCore(_) => (0, layout.scratch, 0),
         // The operand arena follows the f32 tiles in scratch; its f32 slots hold values
         // already rounded to the dtype.
-        MatmulPath::Emulated => (layout.scratch, layout.scratch + layout.operand_arena, 0),
+        MatmulPath::Emulated | MatmulPath::EmulatedMatrixCore(_) => {
+            (layout.scratch, layout.scratch + layout.operand_arena, 0)
+        }
         MatmulPath::TensorCore => (
             0,
             layout.scratch,

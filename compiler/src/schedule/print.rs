@@ -48,6 +48,8 @@ impl fmt::Display for Schedule {
             MatmulPath::Portable => "portable",
             MatmulPath::TensorCore => "tensor cores",
             MatmulPath::Emulated => "tensor-core layout, emulated",
+            MatmulPath::MatrixCore(_) => "matrix cores",
+            MatmulPath::EmulatedMatrixCore(_) => "matrix-core layout, emulated",
         };
         writeln!(
             f,
@@ -105,6 +107,24 @@ impl fmt::Display for Schedule {
                 f,
                 "  operands {} x {} (as rounded f32) in scratch @ {}; matmuls: scalar, f32 accumulation",
                 self.operand_arena, self.config.dtype, self.operand_base
+            )?,
+            MatmulPath::MatrixCore(core) => writeln!(
+                f,
+                "  operands {} x {} in LDS ({} bytes, static); matmuls: {}, wave{}, f32 accumulation",
+                self.operand_arena,
+                self.config.dtype,
+                2 * self.operand_arena,
+                core.name(),
+                core.wave_size()
+            )?,
+            MatmulPath::EmulatedMatrixCore(core) => writeln!(
+                f,
+                "  operands {} x {} (as rounded f32) in scratch @ {}; matmuls: the {} wave{} lane layout, emulated in scalar code",
+                self.operand_arena,
+                self.config.dtype,
+                self.operand_base,
+                core.name(),
+                core.wave_size()
             )?,
         }
         if let Some(why) = &self.fallback {

@@ -11,7 +11,7 @@
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use linrec_compiler::schedule::MatmulChoice;
+use linrec_compiler::schedule::{MatmulChoice, MatrixCore};
 use linrec_compiler::{CompileOptions, Target, compile, compile_with};
 use linrec_runtime::{DType, Device, DeviceBuffer, DeviceKind, RuntimeError, op};
 use linrec_spec::launch::{ElementType, KernelConfig};
@@ -196,6 +196,12 @@ impl Case {
         self.matmul = MatmulChoice::Emulated;
         self
     }
+    /// Compile with an AMD matrix-core layout, emulated lane by lane
+    /// ([`MatmulChoice::EmulatedMatrixCore`]).
+    pub(crate) fn matrix_core(mut self, core: MatrixCore) -> Self {
+        self.matmul = MatmulChoice::EmulatedMatrixCore(core);
+        self
+    }
 }
 
 /// Runs a case and returns `(ratio of o, ratio of the final state)`.
@@ -213,6 +219,16 @@ fn run(dev: &Device, case: &Case, seed: u64) -> (f64, f64) {
     let options = CompileOptions::from_env().with_matmul(case.matmul);
     let artifact = compile_with(&case.spec, Target::Spirv, &config, &options)
         .unwrap_or_else(|e| panic!("{case:?}: compile failed: {e}"));
+    if let MatmulChoice::EmulatedMatrixCore(_) = case.matmul {
+        // A fallback to the portable path would test nothing of the layout.
+        assert!(
+            artifact
+                .schedule_text
+                .contains("(matrix-core layout, emulated: one kernel)"),
+            "{case:?}: not laid out for matrix cores:\n{}",
+            artifact.schedule_text
+        );
+    }
 
     let mut inputs: Inputs = reference::random_inputs(&case.spec, &d, seed);
     let n = case.cu_seqlens.as_ref().map_or(d.batch, |c| c.len() - 1);
@@ -312,10 +328,10 @@ pub(crate) fn check(test: &str, cases: &[Case]) {
                 .as_ref()
                 .map(|c| format!(" cu{c:?}"))
                 .unwrap_or_default(),
-            if case.matmul == MatmulChoice::Emulated {
-                " (tensor-core layout)"
-            } else {
-                ""
+            match case.matmul {
+                MatmulChoice::Emulated => " (tensor-core layout)".to_string(),
+                MatmulChoice::EmulatedMatrixCore(core) => format!(" ({} layout)", core.name()),
+                _ => String::new(),
             },
         );
         report.push_str(&line);

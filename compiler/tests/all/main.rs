@@ -7,6 +7,7 @@ mod e2e;
 mod emit;
 mod errors;
 mod lower;
+mod matrix_core;
 mod mma;
 mod plan;
 mod specs;

@@ -11,7 +11,7 @@
 //! | schedule | gfx942, spirv | `all__stages__<variant>__schedule_<target>` |
 //! | emitted MLIR | gfx942 | `all__stages__<variant>__mlir_gfx942` |
 //! | PTX | sm_90 | `all__stages__<variant>__ptx_sm_90` |
-//! | AMDGCN assembly | gfx942 | `all__stages__<variant>__amdgcn_gfx942` |
+//! | AMDGCN assembly (bf16 matmuls on `v_mfma`) | gfx942 | `all__stages__<variant>__amdgcn_gfx942` |
 //! | SPIR-V disassembly | spirv | `all__stages__<variant>__spirv_dis` |
 //!
 //! The stages that plan.rs and emit.rs already snapshot are not stored twice: here the
@@ -180,6 +180,11 @@ fn amdgcn_gfx942() {
         let a = &compiled(variant, Target::Gfx942).artifact;
         let asm = a.asm.as_deref().expect("AMD assembly is on by default");
         assert!(asm.contains("s_endpgm"), "{variant}: no s_endpgm");
+        // bf16 matmuls on the matrix cores (matrix_core.rs checks every AMD target).
+        assert!(
+            asm.contains("v_mfma_f32_16x16x16_bf16"),
+            "{variant}: no MFMA in the gfx942 assembly"
+        );
         insta::assert_snapshot!(format!("{variant}__amdgcn_gfx942"), asm);
     }
 }
