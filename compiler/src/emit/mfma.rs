@@ -342,7 +342,8 @@ pub struct Operand<'c, 'v> {
 
 /// One 16×16 accumulator tile as one lane holds it, handed to the epilogue: `acc[e]` is
 /// `C[rows[e]][col]` (`index` values relative to C's origin). Over the lanes of a wave and the
-/// tiles of all waves, every element of C is handed over exactly once.
+/// tiles of all waves, every element of C is handed over exactly once. On the hardware a
+/// fragment holds all `R` accumulators of the lane; emulated, one at a time.
 #[derive(Debug, Clone)]
 pub struct Fragment<'c, 'x> {
     /// The column of every accumulator.
@@ -628,20 +629,26 @@ impl<'c> Emit<'c, '_, '_> {
         let [.., row_of, col_of] = mm.core.affine();
         for pi in 0..lay.tiles_m / lay.pass_m {
             for pj in 0..lay.tiles_n / lay.pass_n {
+                // The pass's first row and column.
+                let m0 = b.ci(blk, pi * lay.pass_m * TILE)?;
+                let m0 = b.addi(blk, m_w, m0)?;
+                let n0 = b.ci(blk, pj * lay.pass_n * TILE)?;
+                let n0 = b.addi(blk, n_w, n0)?;
+                if mm.mode == Mode::Emulated {
+                    self.emulated_pass(blk, &sa, &sb, lane, m0, n0, epilogue)?;
+                    continue;
+                }
                 let mut rows0 = Vec::new();
                 for i in 0..lay.pass_m {
-                    let off = b.ci(blk, (pi * lay.pass_m + i) * TILE)?;
-                    rows0.push(b.addi(blk, m_w, off)?);
+                    let off = b.ci(blk, i * TILE)?;
+                    rows0.push(b.addi(blk, m0, off)?);
                 }
                 let mut cols0 = Vec::new();
                 for j in 0..lay.pass_n {
-                    let off = b.ci(blk, (pj * lay.pass_n + j) * TILE)?;
-                    cols0.push(b.addi(blk, n_w, off)?);
+                    let off = b.ci(blk, j * TILE)?;
+                    cols0.push(b.addi(blk, n0, off)?);
                 }
-                let acc = match mm.mode {
-                    Mode::Hardware => self.hardware_pass(blk, &sa, &sb, lane, &rows0, &cols0)?,
-                    Mode::Emulated => self.emulated_pass(blk, &sa, &sb, lane, &rows0, &cols0)?,
-                };
+                let acc = self.hardware_pass(blk, &sa, &sb, lane, &rows0, &cols0)?;
                 let r = mm.core.accumulators();
                 for (i, row0) in rows0.iter().enumerate() {
                     for (j, col0) in cols0.iter().enumerate() {
@@ -821,49 +828,64 @@ impl<'c> Emit<'c, '_, '_> {
         )
     }
 
-    /// One pass emulated: each lane computes its own accumulators, `C[row][col] += Σ_k
-    /// A[row][k]·B[k][col]` per step, reading operand element `(m, k)` where the kernel's
-    /// address function puts the element that the documented holder lane passes
-    /// ([`MatrixCore::operand_holder`]).
-    fn emulated_pass<'x>(
+    /// One pass emulated: each lane computes its own accumulators, `C[row][col] = Σ_k
+    /// A[row][k]·B[k][col]` over the k-steps, reading operand element `(m, k)` of a step
+    /// where the kernel's address function puts the element that the documented holder lane
+    /// passes ([`MatrixCore::operand_holder`]), and hands each accumulator over on its own.
+    /// Tiles and accumulators are runtime loops (not unrolled as on the hardware): the
+    /// coordinates are the same, and the code stays small enough for a CPU OpenCL runtime to
+    /// build quickly.
+    #[allow(clippy::too_many_arguments)]
+    fn emulated_pass(
         &self,
-        blk: &'x Block<'c>,
+        blk: &Block<'c>,
         sa: &Side<'c, '_>,
         sb: &Side<'c, '_>,
         lane: Lane<'c, '_>,
-        rows0: &[Value<'c, '_>],
-        cols0: &[Value<'c, '_>],
-    ) -> R<Vec<Vec<Value<'c, 'x>>>> {
-        let (b, mm) = (&self.b, self.mm);
-        let r = mm.core.accumulators();
+        m0: Value<'c, '_>,
+        n0: Value<'c, '_>,
+        epilogue: &mut Epilogue<'_, 'c>,
+    ) -> R<()> {
+        let (b, mm, lay) = (&self.b, self.mm, self.layout);
         let [.., row_of, col_of] = mm.core.affine();
-        let zero_f = b.cf32(blk, 0.0)?;
-        let tiles = rows0.len() * cols0.len();
-        let init = vec![zero_f; tiles * r as usize];
-        let out = self.k_loop(blk, &init, |body, kk, acc| {
-            let mut next = Vec::new();
-            for row0 in rows0 {
-                for col0 in cols0 {
-                    for e in 0..r {
-                        let ev = b.ci(body, e)?;
-                        let row = self.affine(body, row_of, lane, ev)?;
-                        let col = self.affine(body, col_of, lane, ev)?;
-                        let c = acc[next.len()];
-                        let (zero, one, depth) =
-                            (b.ci(body, 0)?, b.ci(body, 1)?, b.ci(body, TILE)?);
-                        next.push(b.for_acc(body, zero, depth, one, c, |inner, k, sum| {
-                            let x = self.held(inner, sa, *row0, row, k, kk)?;
-                            let y = self.held(inner, sb, *col0, col, k, kk)?;
-                            let xy = b.mulf(inner, x, y)?;
-                            let s = b.addf(inner, sum, xy)?;
-                            b.yield_(inner, &[s])
-                        })?);
-                    }
-                }
-            }
-            b.yield_(body, &next)
-        })?;
-        Ok(out.chunks(r as usize).map(<[_]>::to_vec).collect())
+        let zero = b.ci(blk, 0)?;
+        let one = b.ci(blk, 1)?;
+        let tiles = b.ci(blk, lay.pass_m * lay.pass_n)?;
+        b.for_(blk, zero, tiles, one, |body, t| {
+            // Tile (i, j) of the pass, row-major as on the hardware.
+            let pn = b.ci(body, lay.pass_n)?;
+            let i = b.divui(body, t, pn)?;
+            let j = b.remui(body, t, pn)?;
+            let row0 = b.mad(body, m0, i, TILE)?;
+            let col0 = b.mad(body, n0, j, TILE)?;
+            let (zero, one) = (b.ci(body, 0)?, b.ci(body, 1)?);
+            let accs = b.ci(body, mm.core.accumulators())?;
+            b.for_(body, zero, accs, one, |inner, e| {
+                let row = self.affine(inner, row_of, lane, e)?;
+                let col = self.affine(inner, col_of, lane, e)?;
+                let zero = b.ci(inner, 0)?;
+                let (depth, step) = (b.ci(inner, mm.k)?, b.ci(inner, TILE)?);
+                let init = b.cf32(inner, 0.0)?;
+                let acc = b.for_acc(inner, zero, depth, step, init, |steps, kk, acc| {
+                    let (zero, one) = (b.ci(steps, 0)?, b.ci(steps, 1)?);
+                    let sixteen = b.ci(steps, TILE)?;
+                    let sum = b.for_acc(steps, zero, sixteen, one, acc, |dot, k, sum| {
+                        let x = self.held(dot, sa, row0, row, k, kk)?;
+                        let y = self.held(dot, sb, col0, col, k, kk)?;
+                        let xy = b.mulf(dot, x, y)?;
+                        let s = b.addf(dot, sum, xy)?;
+                        b.yield_(dot, &[s])
+                    })?;
+                    b.yield_(steps, &[sum])
+                })?;
+                let frag = Fragment {
+                    col: b.addi(inner, col0, col)?,
+                    rows: vec![b.addi(inner, row0, row)?],
+                    acc: vec![acc],
+                };
+                epilogue(inner, &frag)
+            })
+        })
     }
 
     /// Operand element `(m, k)` of a step (`m` the row of A or column of B in the tile), read

@@ -228,3 +228,59 @@ fn mfma_layout_runs_on_opencl_linear_attn() {
         ],
     );
 }
+
+#[test]
+fn mfma_layout_runs_on_opencl_retention() {
+    let s = specs::retention;
+    check(
+        "retention (matrix-core layouts)",
+        &[
+            Case::new(
+                s(),
+                Bf16,
+                Dims::new(2, 75, 1, 64, 64).with_value_heads(2),
+                64,
+            )
+            .matrix_core(Mfma),
+            Case::new(s(), F16, Dims::new(1, 63, 1, 100, 100), 16)
+                .h0()
+                .varlen(&[0, 0, 17, 63])
+                .matrix_core(Wmma),
+            Case::new(s(), Bf16, Dims::new(1, 75, 1, 128, 128), 32)
+                .h0()
+                .matrix_core(Mfma),
+        ],
+    );
+}
+
+#[test]
+fn mfma_layout_runs_on_opencl_simple_gla() {
+    let s = specs::simple_gla;
+    check(
+        "simple_gla (matrix-core layouts)",
+        &[
+            // The hot config: BV 32 and in-place q ⊙ 2^b, k ⊙ 2^(b_C − b) under 64 KiB.
+            Case::new(s(), Bf16, Dims::new(1, 75, 1, 128, 128), 64)
+                .h0()
+                .matrix_core(Mfma),
+            Case::new(
+                s(),
+                Bf16,
+                Dims::new(1, 63, 2, 100, 100).with_value_heads(4),
+                16,
+            )
+            .matrix_core(Wmma),
+            Case::new(s(), F16, Dims::new(1, 95, 1, 64, 64), 32)
+                .h0()
+                .varlen(&[0, 30, 30, 95])
+                .matrix_core(Wmma),
+            // K = V = 256 fits at chunk 32 (BV 32).
+            Case::new(s(), Bf16, Dims::new(1, 40, 1, 256, 256), 32)
+                .h0()
+                .matrix_core(Mfma),
+            Case::new(specs::beta_l2(), Bf16, Dims::new(1, 63, 1, 64, 64), 32)
+                .h0()
+                .matrix_core(Mfma),
+        ],
+    );
+}
