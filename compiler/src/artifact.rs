@@ -8,10 +8,11 @@
 //! `.spvasm` when `spirv-dis` is installed), and `info.json`-like `05-info.txt` with the
 //! launch metadata.
 //!
-//! `LINREC_TENSOR_CORES=0` (or `off`) compiles NVIDIA kernels with the portable matmuls, to
-//! compare them with the tensor-core ones; `LINREC_TENSOR_CORES=emulate` lays bf16/f16
-//! kernels out for tensor cores but emulates them (on any target), to tell a layout bug from a
-//! tensor-core one ([`CompileOptions::matmul`]).
+//! `LINREC_TENSOR_CORES=0` (or `off`) compiles NVIDIA and AMD kernels with the portable
+//! matmuls, to compare them with the tensor-/matrix-core ones; `LINREC_TENSOR_CORES=emulate`
+//! lays bf16/f16 kernels out for tensor cores but emulates them (on any target), to tell a
+//! layout bug from a tensor-core one; `emulate-mfma` and `emulate-wmma` do the same for the
+//! AMD matrix-core layouts ([`CompileOptions::matmul`]).
 
 use std::{
     path::{Path, PathBuf},
@@ -25,7 +26,7 @@ use linrec_spec::launch::{KernelConfig, KernelInfo};
 use crate::emit::{self, EmitError};
 use crate::lower::{self, BinaryFormat, LowerError, LowerOptions, Target};
 use crate::plan::{self, PlanError};
-use crate::schedule::{self, MatmulChoice, ScheduleError};
+use crate::schedule::{self, MatmulChoice, MatrixCore, ScheduleError};
 
 /// The environment variable naming the stage-dump directory.
 pub const DUMP_DIR_ENV: &str = "LINREC_DUMP_DIR";
@@ -119,11 +120,15 @@ impl Default for CompileOptions {
 impl CompileOptions {
     /// Options from the environment: `LINREC_DUMP_DIR` (ignored when empty) and
     /// `LINREC_TENSOR_CORES` (`0` or `off`: [`MatmulChoice::Portable`]; `emulate`:
-    /// [`MatmulChoice::Emulated`]; anything else: [`MatmulChoice::Auto`]).
+    /// [`MatmulChoice::Emulated`]; `emulate-mfma` / `emulate-wmma`:
+    /// [`MatmulChoice::EmulatedMatrixCore`] with the CDNA / RDNA3 layout; anything else:
+    /// [`MatmulChoice::Auto`]).
     pub fn from_env() -> Self {
         let matmul = match std::env::var(TENSOR_CORES_ENV).as_deref().map(str::trim) {
             Ok("0" | "off" | "false") => MatmulChoice::Portable,
             Ok("emulate") => MatmulChoice::Emulated,
+            Ok("emulate-mfma") => MatmulChoice::EmulatedMatrixCore(MatrixCore::Mfma16x16x16),
+            Ok("emulate-wmma") => MatmulChoice::EmulatedMatrixCore(MatrixCore::Wmma16x16x16),
             _ => MatmulChoice::Auto,
         };
         CompileOptions {
