@@ -2,7 +2,8 @@
 //! would declare their own. Each comes with the fla call that computes the same function, so
 //! users can switch between the two.
 //!
-//! Every built-in is also a typed API: [`GatedDeltaNet::spec`], [`GatedDeltaNetInputs`], ...
+//! Every built-in is also a typed API: [`GatedDeltaNet::spec`], [`GatedDeltaNetInputs`],
+//! [`GatedDeltaNet::forward`] (see [`crate::ops`]), ...
 //!
 //! ```
 //! use linrec::catalogue::{GatedDeltaNet, GatedDeltaNetInputs};

@@ -126,6 +126,9 @@ pub fn variant(v: &Variant) -> TokenStream {
     let inputs_doc = format!(
         "The inputs of [`{ident}`], one field per declared input, generic over the tensor type `T`."
     );
+    let forward_doc = format!(
+        "Runs the forward of `{name}` on `device`: [`linrec::ops::forward`](::linrec::ops::forward) with this spec and `inputs` (owned buffers or references: `{inputs_ident}<DeviceBuffer>` or `{inputs_ident}<&DeviceBuffer>`)."
+    );
     quote! {
         #(#user_doc)*
         #separator
@@ -147,6 +150,24 @@ pub fn variant(v: &Variant) -> TokenStream {
                 static SPEC: ::std::sync::LazyLock<::linrec::spec::Spec> =
                     ::std::sync::LazyLock::new(|| #spec_expr);
                 &SPEC
+            }
+
+            #[doc = #forward_doc]
+            ///
+            /// Returns the output, the final state if the options ask for it, and the
+            /// saved-for-backward context; every argument is checked first, and a mismatch is
+            /// a [`linrec::Error`](::linrec::Error) naming it.
+            pub fn forward<B: ::core::borrow::Borrow<::linrec::runtime::DeviceBuffer>>(
+                device: &::linrec::runtime::Device,
+                inputs: &#inputs_ident<B>,
+                options: &::linrec::ops::ForwardOptions<'_>,
+            ) -> ::core::result::Result<::linrec::ops::Forward, ::linrec::Error> {
+                ::linrec::ops::forward(
+                    device,
+                    Self::spec(),
+                    &[#((#roles, ::core::borrow::Borrow::borrow(&inputs.#fields))),*],
+                    options,
+                )
             }
         }
 
@@ -221,6 +242,17 @@ pub fn skeleton(s: &Skeleton) -> TokenStream {
             #[allow(missing_docs)]
             #[derive(Clone, Copy, Debug, PartialEq, Eq)]
             #vis struct #inputs_ident<T> { #(pub #fields: T,)* }
+
+            #[allow(missing_docs)]
+            impl #ident {
+                pub fn forward<B: ::core::borrow::Borrow<::linrec::runtime::DeviceBuffer>>(
+                    _device: &::linrec::runtime::Device,
+                    _inputs: &#inputs_ident<B>,
+                    _options: &::linrec::ops::ForwardOptions<'_>,
+                ) -> ::core::result::Result<::linrec::ops::Forward, ::linrec::Error> {
+                    ::core::unreachable!()
+                }
+            }
         }
     });
     quote! {

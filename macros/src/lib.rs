@@ -65,7 +65,9 @@ use proc_macro2::TokenStream;
 /// # What it emits
 ///
 /// For `pub GatedDeltaNet { ... }`: a unit struct `GatedDeltaNet` with `NAME`, `INPUTS`
-/// (`(name, role)` pairs) and `spec() -> &'static Spec`, and a struct
+/// (`(name, role)` pairs), `spec() -> &'static Spec` and the typed op
+/// `forward(&Device, &GatedDeltaNetInputs<B>, &ForwardOptions) -> Result<Forward, linrec::Error>`
+/// (`B` a `DeviceBuffer` or a reference to one; see `linrec::ops`), and a struct
 /// `GatedDeltaNetInputs<T>` with one public field per input (so a missing or misspelt input
 /// is a compile error), plus `named`, `into_named`, `as_ref`, `map` and `try_from_fn`.
 ///

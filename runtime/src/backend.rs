@@ -377,6 +377,13 @@ pub trait Backend: Send + Sync + fmt::Debug {
         self.kind().name()
     }
 
+    /// The backend as `Any`, for vendor interop that needs the concrete type (the CUDA
+    /// backend's context and stream for cudarc slices, `crate::interop`). `None` by default:
+    /// a backend without interop need not say what it is.
+    fn as_any(&self) -> Option<&dyn Any> {
+        None
+    }
+
     /// This device's identity (stamped on every handle it creates).
     fn device_id(&self) -> DeviceId;
 

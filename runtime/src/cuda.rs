@@ -175,8 +175,44 @@ fn device_info(ordinal: usize, version: i32) -> Result<DeviceInfo> {
     })
 }
 
-/// Device memory: a `CudaSlice<u8>` of at least one byte (CUDA refuses 0-byte allocations).
-struct CuBuffer(CudaSlice<u8>);
+/// Device memory behind a [`RawBuffer`] of this backend.
+pub(crate) enum CuBuffer {
+    /// Allocated by this backend on its stream: a `CudaSlice<u8>` of at least one byte (CUDA
+    /// refuses 0-byte allocations).
+    Owned(CudaSlice<u8>),
+    /// Memory of a `CudaSlice` made outside linrec (see `crate::interop`).
+    Foreign(Foreign),
+}
+
+/// Memory of a `CudaSlice` made outside linrec, used in place. Its owner orders its own work on
+/// `theirs`; linrec works on `ours`. On creation `ours` waits for what `theirs` had enqueued
+/// (`interop` does that); when the last view is dropped `theirs` waits for what `ours` has
+/// enqueued, so the owner's later writes or free never race a linrec kernel still reading.
+pub(crate) struct Foreign {
+    /// The device pointer.
+    pub(crate) ptr: u64,
+    /// linrec's stream.
+    pub(crate) ours: Arc<CudaStream>,
+    /// The stream the memory belongs to.
+    pub(crate) theirs: Arc<CudaStream>,
+    /// The slice itself when linrec took it over (dropped, and so freed on `theirs`, after
+    /// the wait above); `None` for a borrowed view, whose owner frees it.
+    #[allow(dead_code, reason = "held, never read: dropping it frees the slice")]
+    pub(crate) owned: Option<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+impl Drop for Foreign {
+    fn drop(&mut self) {
+        if self.ours.cu_stream() == self.theirs.cu_stream() {
+            return;
+        }
+        // Drop cannot report an error; if the event-based wait fails, block until linrec's
+        // work is done instead, which orders just as well.
+        if self.theirs.join(&self.ours).is_err() {
+            let _ = self.ours.synchronize();
+        }
+    }
+}
 
 /// A loaded module.
 struct CuModule(Arc<CudaModule>);
@@ -268,10 +304,40 @@ impl CudaBackend {
     }
 
     fn ptr(&self, buf: &CuBuffer) -> u64 {
-        // With event tracking off the returned guard records nothing; the pointer stays
-        // valid as long as `buf` lives.
-        let (p, _guard) = buf.0.device_ptr(&self.stream);
-        p
+        match buf {
+            CuBuffer::Owned(slice) => {
+                // With event tracking off the returned guard records nothing; the pointer
+                // stays valid as long as `buf` lives.
+                let (p, _guard) = slice.device_ptr(&self.stream);
+                p
+            }
+            CuBuffer::Foreign(f) => f.ptr,
+        }
+    }
+
+    /// The device pointer of a buffer of this backend (for `crate::interop`).
+    pub(crate) fn raw_ptr(&self, raw: &RawBuffer, what: &str) -> Result<u64> {
+        Ok(self.ptr(self.buffer(raw, what)?))
+    }
+
+    /// The context every buffer and module of this backend lives in.
+    pub(crate) fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// The stream this backend enqueues all its work on.
+    pub(crate) fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// A buffer of this backend over memory made elsewhere in the same context.
+    pub(crate) fn foreign_buffer(&self, bytes: usize, foreign: Foreign) -> RawBuffer {
+        RawBuffer::new(self.id, bytes, Box::new(CuBuffer::Foreign(foreign)))
+    }
+
+    /// Maps a driver error of an interop call.
+    pub(crate) fn driver_error(call: &'static str, e: DriverError) -> RuntimeError {
+        cu_err(call, e)
     }
 
     fn bind(&self) -> Result<()> {
@@ -284,6 +350,10 @@ impl CudaBackend {
 impl Backend for CudaBackend {
     fn kind(&self) -> BackendKind {
         KIND
+    }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
     }
 
     fn device_id(&self) -> DeviceId {
@@ -303,7 +373,11 @@ impl Backend for CudaBackend {
         // SAFETY: uninitialised device memory is fine for bytes; callers poison or write it.
         let slice = unsafe { self.stream.alloc::<u8>(bytes.max(1)) }
             .map_err(|e| cu_err("cuMemAlloc", e))?;
-        Ok(RawBuffer::new(self.id, bytes, Box::new(CuBuffer(slice))))
+        Ok(RawBuffer::new(
+            self.id,
+            bytes,
+            Box::new(CuBuffer::Owned(slice)),
+        ))
     }
 
     fn upload(&self, dst: &RawBuffer, data: &[u8]) -> Result<()> {

@@ -28,6 +28,7 @@
 //!   dtype, shape and strides, caches modules by a caller-chosen key, and checks launch
 //!   arguments against a [`KernelSignature`] so that a wrong argument is an error naming it.
 //! - [`Kernels`] ([`kernels`]): the kernel provider; [`op::forward`] launches what it returns.
+//! - [`interop`]: cudarc `CudaSlice`s as [`DeviceBuffer`]s (no copy) and back.
 //!
 //! ```no_run
 //! use linrec_runtime::{Device, DeviceKind};
@@ -47,6 +48,7 @@ mod dylib;
 pub mod embed;
 mod error;
 mod hip;
+pub mod interop;
 pub mod kernels;
 mod level_zero;
 pub mod marshal;
@@ -66,7 +68,14 @@ pub use dtype::{DType, Element};
 pub use embed::EmbeddedArtifacts;
 pub use error::{Result, RuntimeError};
 pub use hip::{HIP_LIB_ENV, HipBackend, probe_driver as probe_hip_driver};
+pub use interop::CudaElement;
 pub use kernels::{Kernel, KernelRequest, KernelSource, Kernels};
 pub use level_zero::{LevelZeroBackend, ZE_LIB_ENV, probe_driver as probe_level_zero_driver};
 pub use opencl::OpenClBackend;
 pub use signature::{Bindings, Dim, KernelArg, KernelSignature, Layout, ParamSpec, ScalarType};
+
+/// The cudarc this crate links ([`interop`] takes its `CudaSlice`s): use it to get the same
+/// version.
+pub use cudarc;
+/// The half-precision types of [`interop`]'s `CudaSlice<half::bf16>` and `<half::f16>`.
+pub use half;

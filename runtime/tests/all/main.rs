@@ -14,6 +14,8 @@
 //!   pointing at a missing file or at a library that is not theirs, and a runtime that loads
 //!   but finds no GPU — each an error with an actionable message; the shared checks where a
 //!   GPU is present.
+//! - `interop`: cudarc `CudaSlice`s as device buffers and back — signatures and the non-CUDA
+//!   path everywhere, the round trips through a kernel where a GPU is present.
 //! - `marshal`: how HIP's `kernelParams` and Level Zero's argument calls are packed.
 //! - `mock_drivers`: both backends end to end, running every `kernels` check against stand-in
 //!   driver libraries (tests/mock_drivers/*.c, compiled with the system C compiler).
@@ -30,6 +32,7 @@ mod child;
 mod common;
 mod cuda;
 mod hip;
+mod interop;
 #[cfg(feature = "jit")]
 mod jit;
 mod kernels;

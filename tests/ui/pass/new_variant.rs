@@ -20,6 +20,19 @@ linrec::recurrence! {
     }
 }
 
+// The typed op of a declared variant: owned buffers or references, checked at compile time
+// (running it needs a device).
+#[allow(dead_code)]
+fn run(
+    device: &linrec::runtime::Device,
+    owned: &LightningInputs<linrec::runtime::DeviceBuffer>,
+    borrowed: &UnscaledInputs<&linrec::runtime::DeviceBuffer>,
+) -> Result<linrec::ops::Forward, linrec::Error> {
+    let options = linrec::ops::ForwardOptions::new().output_final_state(true);
+    Unscaled::forward(device, borrowed, &options)?;
+    Lightning::forward(device, owned, &options)
+}
+
 fn main() {
     let spec = Lightning::spec();
     spec.validate().expect("valid");

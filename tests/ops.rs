@@ -1,0 +1,815 @@
+//! The typed ops (`linrec::ops`, `Variant::forward`) seen from a user's crate.
+//!
+//! - Numerics (feature `jit`): built-ins and a variant declared here run on the OpenCL
+//!   device that takes SPIR-V (Intel's CPU runtime in CI) and match the f64 reference. Without
+//!   `OCL_ICD_VENDORS` they skip with a note, except under `CI=true`, where they fail.
+//! - Errors: every bad argument is reported naming it, before any kernel is fetched — on a
+//!   host-memory stand-in device, so these run everywhere, with or without `jit`.
+//!
+//! One file: with `jit` every test binary links MLIR.
+
+use std::sync::Mutex;
+
+use linrec::Error;
+use linrec::catalogue::{Rwkv6, Rwkv6Inputs, SimpleGla, SimpleGlaInputs};
+use linrec::ops::{self, Forward, ForwardOptions};
+use linrec::runtime::{
+    Backend, BackendKind, DType, Device, DeviceBuffer, DeviceId, DeviceInfo, FillPattern,
+    KernelHandle, LaunchArg, LaunchConfig, ModuleHandle, RawBuffer, RuntimeError,
+};
+use linrec::spec::{Dims, Role, Spec};
+
+linrec::recurrence! {
+    /// Gated retention with a write strength: Mamba2's data-dependent scalar decay, with β
+    /// scaling each token's write and q, k L2-normalised — but no delta rule.
+    pub BetaGatedRetention {
+        inputs { q: [K], k: [K], v: [V], g: log_gate, beta: scalar }
+        state S: [K, V];
+        l2norm(q, k);
+        S = exp(g) * S + beta * k * v^T;
+        o = S^T * q * scale;
+    }
+
+    /// Lightning attention with learned per-head log-decay rates, queries named `x`.
+    pub Lightning {
+        inputs { x: [K], k: [K], v: [V], a: log_rate }
+        state S: [K, V];
+        S = exp(a) * S + k * v^T;
+        o = S^T * x * scale;
+    }
+}
+
+// ---- a host-memory device, for the checks that need no kernel ---------------------------
+
+/// A device whose memory is host memory and which launches nothing: the checks run before any
+/// launch, so they need no driver. It says it is OpenCL, so the ops pick the SPIR-V target.
+#[derive(Debug)]
+struct HostBackend {
+    id: DeviceId,
+    info: DeviceInfo,
+}
+
+struct HostMem(Mutex<Vec<u8>>);
+
+impl HostBackend {
+    fn device() -> Device {
+        Device::from_backend(Box::new(HostBackend {
+            id: DeviceId::fresh(),
+            info: DeviceInfo {
+                backend: BackendKind::OpenCl,
+                ordinal: 0,
+                name: "host memory (tests/ops.rs)".into(),
+                vendor: String::new(),
+                driver_version: String::new(),
+                total_memory: 0,
+                max_threads_per_block: 1024,
+                max_shared_memory_per_block: 65536,
+                compute_capability: None,
+                arch: None,
+                il_version: None,
+                is_cpu: true,
+            },
+        }))
+    }
+
+    fn mem<'a>(&self, raw: &'a RawBuffer) -> linrec::runtime::Result<&'a HostMem> {
+        raw.downcast::<HostMem>().ok_or(RuntimeError::Layout {
+            what: "host backend".into(),
+            detail: "not a host buffer".into(),
+        })
+    }
+}
+
+impl Backend for HostBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::OpenCl
+    }
+    fn device_id(&self) -> DeviceId {
+        self.id
+    }
+    fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+    fn devices(&self) -> linrec::runtime::Result<Vec<DeviceInfo>> {
+        Ok(vec![self.info.clone()])
+    }
+    fn allocate(&self, bytes: usize) -> linrec::runtime::Result<RawBuffer> {
+        Ok(RawBuffer::new(
+            self.id,
+            bytes,
+            Box::new(HostMem(Mutex::new(vec![0; bytes]))),
+        ))
+    }
+    fn upload(&self, dst: &RawBuffer, data: &[u8]) -> linrec::runtime::Result<()> {
+        let mut m = self.mem(dst)?.0.lock().expect("not poisoned");
+        m[..data.len()].copy_from_slice(data);
+        Ok(())
+    }
+    fn download(&self, src: &RawBuffer, out: &mut [u8]) -> linrec::runtime::Result<()> {
+        let m = self.mem(src)?.0.lock().expect("not poisoned");
+        out.copy_from_slice(&m[..out.len()]);
+        Ok(())
+    }
+    fn fill(&self, _dst: &RawBuffer, _pattern: FillPattern) -> linrec::runtime::Result<()> {
+        Ok(())
+    }
+    fn load_module(&self, _image: &[u8]) -> linrec::runtime::Result<ModuleHandle> {
+        panic!("the checks must fail before a module is loaded")
+    }
+    fn kernel(&self, _m: &ModuleHandle, _name: &str) -> linrec::runtime::Result<KernelHandle> {
+        panic!("the checks must fail before a kernel is looked up")
+    }
+    fn launch(
+        &self,
+        _k: &KernelHandle,
+        _c: &LaunchConfig,
+        _a: &[LaunchArg<'_>],
+    ) -> linrec::runtime::Result<()> {
+        panic!("the checks must fail before a launch")
+    }
+    fn synchronize(&self) -> linrec::runtime::Result<()> {
+        Ok(())
+    }
+}
+
+fn zeros(dev: &Device, dtype: DType, shape: &[usize]) -> DeviceBuffer {
+    dev.upload_bytes(
+        dtype,
+        shape,
+        &vec![0u8; shape.iter().product::<usize>() * dtype.size_bytes()],
+    )
+    .expect("host upload")
+}
+
+/// Valid simple_gla inputs `[B, T, H, K]`, `[B, T, HV, V]`, `[B, T, HV]`.
+fn simple_gla_inputs(dev: &Device, d: Dims, dtype: DType) -> SimpleGlaInputs<DeviceBuffer> {
+    let (b, t, h, hv, k, v) = (
+        d.batch,
+        d.seq_len,
+        d.heads,
+        d.value_heads,
+        d.key_dim,
+        d.value_dim,
+    );
+    SimpleGlaInputs {
+        q: zeros(dev, dtype, &[b, t, h, k]),
+        k: zeros(dev, dtype, &[b, t, h, k]),
+        v: zeros(dev, dtype, &[b, t, hv, v]),
+        g: zeros(dev, DType::F32, &[b, t, hv]),
+    }
+}
+
+/// The error of a call, checked to name `argument` (and the variant) in its message.
+#[track_caller]
+fn names(result: Result<Forward, Error>, argument: &str, says: &str) -> Error {
+    let err = match result {
+        Ok(_) => panic!("expected an error naming `{argument}`"),
+        Err(e) => e,
+    };
+    let msg = err.to_string();
+    assert_eq!(err.argument(), Some(argument), "{msg}");
+    assert!(msg.contains(&format!("`{argument}`")), "{msg}");
+    assert!(msg.contains(says), "`{says}` not in: {msg}");
+    err
+}
+
+const D: Dims = Dims {
+    batch: 2,
+    seq_len: 5,
+    heads: 2,
+    value_heads: 2,
+    key_dim: 8,
+    value_dim: 4,
+};
+
+#[test]
+fn a_wrong_dtype_is_named() {
+    let dev = HostBackend::device();
+    let opts = ForwardOptions::new();
+    let mut x = simple_gla_inputs(&dev, D, DType::BF16);
+    x.q = zeros(&dev, DType::I32, &[2, 5, 2, 8]);
+    names(SimpleGla::forward(&dev, &x, &opts), "q", "dtype i32");
+
+    let mut x = simple_gla_inputs(&dev, D, DType::BF16);
+    x.k = zeros(&dev, DType::F16, &[2, 5, 2, 8]);
+    names(
+        SimpleGla::forward(&dev, &x, &opts),
+        "k",
+        "expected bf16 (the dtype of `q`)",
+    );
+
+    let mut x = simple_gla_inputs(&dev, D, DType::BF16);
+    x.g = zeros(&dev, DType::BF16, &[2, 5, 2]);
+    let e = names(
+        SimpleGla::forward(&dev, &x, &opts),
+        "g",
+        "expected f32 [B, T, HV] = [2, 5, 2], found bf16",
+    );
+    assert!(e.to_string().starts_with("simple_gla: "), "{e}");
+
+    // A user's own name for the query (rwkv6 calls it `r`) is the name reported.
+    let r = Rwkv6Inputs {
+        r: zeros(&dev, DType::I64, &[1, 3, 1, 4]),
+        k: zeros(&dev, DType::F32, &[1, 3, 1, 4]),
+        v: zeros(&dev, DType::F32, &[1, 3, 1, 4]),
+        w: zeros(&dev, DType::F32, &[1, 3, 1, 4]),
+        u: zeros(&dev, DType::F32, &[1, 4]),
+    };
+    names(Rwkv6::forward(&dev, &r, &opts), "r", "use bf16, f16 or f32");
+}
+
+#[test]
+fn a_wrong_rank_or_shape_is_named() {
+    let dev = HostBackend::device();
+    let opts = ForwardOptions::new();
+    let mut x = simple_gla_inputs(&dev, D, DType::F32);
+    x.v = zeros(&dev, DType::F32, &[2, 5, 8]);
+    names(
+        SimpleGla::forward(&dev, &x, &opts),
+        "v",
+        "expected rank 4 [B, T, HV, V], found rank 3 [2, 5, 8]",
+    );
+
+    let mut x = simple_gla_inputs(&dev, D, DType::F32);
+    x.k = zeros(&dev, DType::F32, &[2, 6, 2, 8]);
+    names(
+        SimpleGla::forward(&dev, &x, &opts),
+        "k",
+        "[B, T, H, K] = [2, 5, 2, 8], found f32 [2, 6, 2, 8]",
+    );
+
+    let mut x = simple_gla_inputs(&dev, D, DType::F32);
+    x.v = zeros(&dev, DType::F32, &[1, 5, 2, 4]);
+    names(
+        SimpleGla::forward(&dev, &x, &opts),
+        "v",
+        "[B, T, HV, V] = [2, 5, 2, 4], found f32 [1, 5, 2, 4]",
+    );
+
+    // A declared name other than the role's: Lightning's queries are `x`.
+    let l = LightningInputs {
+        x: zeros(&dev, DType::F32, &[1, 4, 2, 8]),
+        k: zeros(&dev, DType::F32, &[1, 4, 2, 8]),
+        v: zeros(&dev, DType::F32, &[1, 4, 2, 8]),
+        a: zeros(&dev, DType::F32, &[3]),
+    };
+    names(
+        Lightning::forward(&dev, &l, &opts),
+        "a",
+        "expected f32 [HV] = [2], found f32 [3]",
+    );
+
+    let h0 = zeros(&dev, DType::F32, &[1, 2, 8, 4]);
+    let x = simple_gla_inputs(&dev, D, DType::F32);
+    names(
+        SimpleGla::forward(&dev, &x, &ForwardOptions::new().initial_state(&h0)),
+        "h0",
+        "expected f32 [N, HV, K, V] = [2, 2, 8, 4] (N = 2 sequences), found f32 [1, 2, 8, 4]",
+    );
+
+    // A transposed view: the kernels read contiguous tensors.
+    let mut x = simple_gla_inputs(&dev, D, DType::F32);
+    x.q =
+        x.q.with_strides(&[2, 5, 2, 8], &[80, 8, 40, 1])
+            .expect("fits");
+    names(
+        SimpleGla::forward(&dev, &x, &opts),
+        "q",
+        "are not contiguous",
+    );
+
+    // A buffer of another device.
+    let other = HostBackend::device();
+    let mut x = simple_gla_inputs(&dev, D, DType::F32);
+    x.g = zeros(&other, DType::F32, &[2, 5, 2]);
+    names(
+        SimpleGla::forward(&dev, &x, &opts),
+        "g",
+        "belongs to another device",
+    );
+}
+
+#[test]
+fn heads_and_head_dims_out_of_range_are_named() {
+    let dev = HostBackend::device();
+    let opts = ForwardOptions::new();
+    let x = simple_gla_inputs(&dev, D.with_value_heads(3), DType::F32);
+    names(
+        SimpleGla::forward(&dev, &x, &opts),
+        "v",
+        "HV = 3 (in [2, 5, 3, 4]) is not a non-zero multiple of H = 2",
+    );
+    // GVA itself is fine as far as the checks go: HV = 4 = 2 H reaches the kernel provider.
+
+    let big = Dims { key_dim: 257, ..D };
+    let x = simple_gla_inputs(&dev, big, DType::BF16);
+    names(
+        SimpleGla::forward(&dev, &x, &opts),
+        "q",
+        "key head dim K = 257 is not supported: linrec's kernels take 1..=256",
+    );
+    let big = Dims {
+        value_dim: 300,
+        ..D
+    };
+    let x = simple_gla_inputs(&dev, big, DType::BF16);
+    names(
+        SimpleGla::forward(&dev, &x, &opts),
+        "v",
+        "value head dim V = 300",
+    );
+    let x = simple_gla_inputs(&dev, Dims { heads: 0, ..D }, DType::BF16);
+    names(SimpleGla::forward(&dev, &x, &opts), "q", "H = 0");
+}
+
+#[test]
+fn varlen_offsets_are_checked() {
+    let dev = HostBackend::device();
+    let x = simple_gla_inputs(&dev, D, DType::F32);
+    let cu = dev.upload(&[0i32, 2, 5], &[3]).expect("upload");
+    names(
+        SimpleGla::forward(&dev, &x, &ForwardOptions::new().cu_seqlens(&cu)),
+        "cu_seqlens",
+        "given with B = 2",
+    );
+
+    let one = Dims { batch: 1, ..D };
+    let x = simple_gla_inputs(&dev, one, DType::F32);
+    for (offsets, says) in [
+        (&[0i32, 3, 2, 5][..], "the offsets decrease"),
+        (&[0, 2, 4][..], "the last offset is not T"),
+        (&[1, 5][..], "the first offset is not 0"),
+    ] {
+        let cu = dev.upload(offsets, &[offsets.len()]).expect("upload");
+        names(
+            SimpleGla::forward(&dev, &x, &ForwardOptions::new().cu_seqlens(&cu)),
+            "cu_seqlens",
+            says,
+        );
+    }
+    let cu = dev.upload(&[0i64, 5], &[2]).expect("upload");
+    names(
+        SimpleGla::forward(&dev, &x, &ForwardOptions::new().cu_seqlens(&cu)),
+        "cu_seqlens",
+        "expected i32 [N+1] with N >= 1 sequences, found i64 [2]",
+    );
+    // h0 has one state per sequence, not per batch row.
+    let cu = dev.upload(&[0i32, 0, 2, 5], &[4]).expect("upload");
+    let h0 = zeros(&dev, DType::F32, &[1, 2, 8, 4]);
+    names(
+        SimpleGla::forward(
+            &dev,
+            &x,
+            &ForwardOptions::new().cu_seqlens(&cu).initial_state(&h0),
+        ),
+        "h0",
+        "(N = 3 sequences)",
+    );
+}
+
+#[test]
+fn options_out_of_range_are_named() {
+    let dev = HostBackend::device();
+    let x = simple_gla_inputs(&dev, D, DType::F32);
+    names(
+        SimpleGla::forward(&dev, &x, &ForwardOptions::new().chunk(48)),
+        "chunk",
+        "48 is not allowed: use one of [16, 32, 64]",
+    );
+    for bad in [0.0, -1.0, f64::NAN, 1e300] {
+        names(
+            SimpleGla::forward(&dev, &x, &ForwardOptions::new().scale(bad)),
+            "scale",
+            "is not a positive number",
+        );
+    }
+}
+
+#[test]
+fn the_untyped_forms_check_the_input_set() {
+    let dev = HostBackend::device();
+    let x = simple_gla_inputs(&dev, D, DType::F32);
+    let spec = SimpleGla::spec();
+    let opts = ForwardOptions::new();
+    names(
+        ops::forward(
+            &dev,
+            spec,
+            &[(Role::Query, &x.q), (Role::Key, &x.k), (Role::Value, &x.v)],
+            &opts,
+        ),
+        "g",
+        "missing: `simple_gla` takes `q`, `k`, `v`, `g`",
+    );
+    let beta = zeros(&dev, DType::F32, &[2, 5, 2]);
+    let mut all: Vec<(Role, &DeviceBuffer)> = x.named().map(|(_, r, b)| (r, b)).to_vec();
+    all.push((Role::Beta, &beta));
+    names(
+        ops::forward(&dev, spec, &all, &opts),
+        "beta",
+        "`simple_gla` has no beta input",
+    );
+    all[4] = (Role::Key, &x.k);
+    names(ops::forward(&dev, spec, &all, &opts), "k", "given twice");
+    names(
+        ops::forward_named(&dev, spec, &[("q", &x.q), ("gate", &x.g)], &opts),
+        "gate",
+        "no such input; `simple_gla` takes `q`, `k`, `v`, `g`",
+    );
+
+    // A spec built by hand is validated.
+    let mut bad: Spec = spec.clone();
+    bad.inputs.pop();
+    let err = ops::forward(&dev, &bad, &all[..3], &opts).expect_err("invalid spec");
+    assert!(matches!(err, Error::Spec(_)), "{err:?}");
+    assert!(
+        err.to_string().contains("needs an input with role `gate`"),
+        "{err}"
+    );
+}
+
+/// gla's diagonal decay is a form the compiler does not derive yet: the op says so (with the
+/// compiler linked it can tell; without it the kernel is merely missing).
+#[cfg(feature = "jit")]
+#[test]
+fn a_form_the_compiler_does_not_derive_yet_says_so() {
+    use linrec::catalogue::{Gla, GlaInputs};
+    let dev = HostBackend::device();
+    let (b, t, h, k, v) = (1, 4, 1, 8, 8);
+    let x = GlaInputs {
+        q: zeros(&dev, DType::F32, &[b, t, h, k]),
+        k: zeros(&dev, DType::F32, &[b, t, h, k]),
+        v: zeros(&dev, DType::F32, &[b, t, h, v]),
+        g: zeros(&dev, DType::F32, &[b, t, h, k]),
+    };
+    let err = Gla::forward(&dev, &x, &ForwardOptions::new()).expect_err("not derived yet");
+    let msg = err.to_string();
+    assert!(
+        matches!(&err, Error::NotYetSupported { variant, .. } if variant == "gla"),
+        "{err:?}"
+    );
+    assert!(
+        msg.contains("not yet supported: the diagonal decay"),
+        "{msg}"
+    );
+}
+
+#[cfg(not(feature = "jit"))]
+#[test]
+fn without_a_compiler_a_missing_kernel_says_how_to_build_it() {
+    let dev = HostBackend::device();
+    let x = simple_gla_inputs(&dev, D, DType::BF16);
+    let kernels = linrec::runtime::Kernels::builder()
+        .no_disk_cache()
+        .build()
+        .expect("no sources to read");
+    let err = SimpleGla::forward(&dev, &x, &ForwardOptions::new().kernels(&kernels))
+        .expect_err("no kernel anywhere");
+    let msg = err.to_string();
+    assert!(matches!(err, Error::Kernel(_)), "{err:?}");
+    assert!(
+        msg.contains("linrec compile simple_gla --target spirv --dtype bf16 --head-dims 8:4"),
+        "{msg}"
+    );
+}
+
+/// The typed forward takes owned buffers and references alike (compile-time check).
+#[allow(dead_code)]
+fn typed_forward_takes_owned_and_borrowed_buffers(
+    dev: &Device,
+    owned: &SimpleGlaInputs<DeviceBuffer>,
+    borrowed: &BetaGatedRetentionInputs<&DeviceBuffer>,
+) -> Result<(), Error> {
+    SimpleGla::forward(dev, owned, &ForwardOptions::new())?;
+    SimpleGla::forward(dev, &owned.as_ref(), &ForwardOptions::new())?;
+    BetaGatedRetention::forward(dev, borrowed, &ForwardOptions::new())?;
+    Ok(())
+}
+
+// ---- numerics on OpenCL -----------------------------------------------------------------
+
+#[cfg(feature = "jit")]
+mod on_opencl {
+    use super::*;
+    use std::sync::Arc;
+
+    use linrec::catalogue::{LinearAttn, LinearAttnInputs, Retention, RetentionInputs};
+    use linrec::host;
+    use linrec::reference::{self, Rng, Tensor};
+    use linrec::runtime::kernels::KernelSource;
+    use linrec::runtime::{DeviceKind, Kernels};
+    use linrec::spec::RunOptions;
+    use linrec::spec::launch::ElementType;
+
+    /// The OpenCL device, or `None` with a note when `OCL_ICD_VENDORS` is unset (a failure
+    /// under `CI=true`: CI must run these).
+    fn opencl(test: &str) -> Option<Device> {
+        if std::env::var_os("OCL_ICD_VENDORS").is_none() {
+            assert!(
+                !std::env::var("CI").is_ok_and(|v| v == "true" || v == "1"),
+                "CI must run the OpenCL tests: scripts/test.sh sets OCL_ICD_VENDORS"
+            );
+            eprintln!("note: OCL_ICD_VENDORS unset, {test} skipped (scripts/setup-opencl.sh)");
+            return None;
+        }
+        Some(Device::new(DeviceKind::OpenCl).expect("OCL_ICD_VENDORS is set: OpenCL opens"))
+    }
+
+    /// One problem: random inputs (rounded to what the kernel reads), uploaded by role.
+    struct Problem {
+        spec: Spec,
+        dtype: ElementType,
+        inputs: reference::Inputs,
+        buffers: Vec<(Role, DeviceBuffer)>,
+        h0: Option<DeviceBuffer>,
+        cu: Option<DeviceBuffer>,
+        opts: RunOptions,
+    }
+
+    impl Problem {
+        fn new(
+            dev: &Device,
+            spec: &Spec,
+            dims: Dims,
+            dtype: ElementType,
+            cu: Option<Vec<i64>>,
+            with_h0: bool,
+            seed: u64,
+        ) -> Problem {
+            let mut inputs = reference::random_inputs(spec, &dims, seed);
+            let n = cu.as_ref().map_or(dims.batch, |c| c.len() - 1);
+            if with_h0 {
+                let mut rng = Rng::new(seed ^ 0x5eed);
+                inputs.h0 = Some(Tensor::from_fn(&dims.state_shape(n), || rng.normal()));
+            }
+            let mut buffers = Vec::new();
+            for input in &spec.inputs {
+                let elem = match input.role {
+                    Role::Query | Role::Key | Role::Value => dtype,
+                    _ => ElementType::F32,
+                };
+                let t = tensor_mut(&mut inputs, input.role);
+                host::round_to(elem, &mut t.data);
+                let dt = linrec::runtime::op::dtype(elem);
+                let buf = dev
+                    .upload_bytes(dt, &t.shape, &host::to_bytes(elem, &t.data))
+                    .expect("upload");
+                buffers.push((input.role, buf));
+            }
+            let h0 = inputs.h0.as_ref().map(|h0| {
+                dev.upload(
+                    &h0.data.iter().map(|&x| x as f32).collect::<Vec<_>>(),
+                    &h0.shape,
+                )
+                .expect("upload h0")
+            });
+            if let Some(h0) = inputs.h0.as_mut() {
+                host::round_to(ElementType::F32, &mut h0.data);
+            }
+            let cu_buf = cu.as_ref().map(|c| {
+                let c32: Vec<i32> = c.iter().map(|&x| x as i32).collect();
+                dev.upload(&c32, &[c32.len()]).expect("upload cu_seqlens")
+            });
+            Problem {
+                spec: spec.clone(),
+                dtype,
+                inputs,
+                buffers,
+                h0,
+                cu: cu_buf,
+                opts: RunOptions {
+                    cu_seqlens: cu,
+                    output_final_state: true,
+                    scale: None,
+                },
+            }
+        }
+
+        fn buffer(&self, role: Role) -> Result<&DeviceBuffer, String> {
+            self.buffers
+                .iter()
+                .find(|(r, _)| *r == role)
+                .map(|(_, b)| b)
+                .ok_or_else(|| format!("no {role} buffer"))
+        }
+
+        fn options(&self) -> ForwardOptions<'_> {
+            ForwardOptions {
+                initial_state: self.h0.as_ref(),
+                cu_seqlens: self.cu.as_ref(),
+                output_final_state: self.opts.output_final_state,
+                scale: self.opts.scale,
+                ..Default::default()
+            }
+        }
+
+        /// ‖o − ref‖/‖ref‖ and the same for the final state (0 when not asked for).
+        fn errors(&self, dev: &Device, out: &Forward) -> (f64, f64) {
+            let want = reference::forward(&self.spec, &self.inputs, &self.opts).expect("ref");
+            let bytes = dev.download_bytes(&out.o).expect("download o");
+            let o = Tensor::from_vec(out.o.shape(), host::from_bytes(self.dtype, &bytes))
+                .expect("o size");
+            let rh = match (&out.final_state, &want.ht, self.opts.output_final_state) {
+                (Some(ht), Some(w), true) => {
+                    let got: Vec<f64> = dev
+                        .download::<f32>(ht)
+                        .expect("download ht")
+                        .into_iter()
+                        .map(f64::from)
+                        .collect();
+                    Tensor::from_vec(ht.shape(), got)
+                        .expect("ht size")
+                        .rel_error(w)
+                }
+                (None, _, false) => 0.0,
+                _ => f64::INFINITY,
+            };
+            (o.rel_error(&want.o), rh)
+        }
+    }
+
+    fn tensor_mut(inputs: &mut reference::Inputs, role: Role) -> &mut Tensor {
+        match role {
+            Role::Query => &mut inputs.q,
+            Role::Key => &mut inputs.k,
+            Role::Value => &mut inputs.v,
+            Role::Gate => inputs.g.as_mut().expect("gate"),
+            Role::Beta => inputs.beta.as_mut().expect("beta"),
+            Role::Bonus => inputs.u.as_mut().expect("bonus"),
+            Role::DecayRate => inputs.decay_rate.as_mut().expect("decay rate"),
+        }
+    }
+
+    const TOL: f64 = 0.005;
+
+    #[track_caller]
+    fn assert_close(what: &str, (ro, rh): (f64, f64)) {
+        eprintln!("{what}: ‖o − ref‖/‖ref‖ = {ro:.2e}, ‖ht − ref‖/‖ref‖ = {rh:.2e}");
+        assert!(
+            ro < TOL && rh < TOL,
+            "{what}: o {ro:.2e}, ht {rh:.2e} (limit {TOL})"
+        );
+    }
+
+    #[test]
+    fn builtins_match_the_reference() {
+        let Some(dev) = opencl("builtins_match_the_reference") else {
+            return;
+        };
+        // simple_gla, bf16, two batch rows, h0 and the final state, odd T.
+        let p = Problem::new(
+            &dev,
+            SimpleGla::spec(),
+            Dims::new(2, 37, 2, 16, 8),
+            ElementType::Bf16,
+            None,
+            true,
+            1,
+        );
+        let x = SimpleGlaInputs::try_from_fn(|_, role| p.buffer(role)).expect("all roles");
+        let out = SimpleGla::forward(&dev, &x, &p.options()).expect("simple_gla runs");
+        assert_close("simple_gla", p.errors(&dev, &out));
+        assert_eq!(out.o.shape(), &[2, 37, 2, 8]);
+        assert_eq!(out.o.dtype(), DType::BF16);
+
+        // linear_attn, f16, GVA (HV = 2 H), chunk 32, no h0, no final state.
+        let mut p = Problem::new(
+            &dev,
+            LinearAttn::spec(),
+            Dims::new(1, 40, 1, 8, 16).with_value_heads(2),
+            ElementType::F16,
+            None,
+            false,
+            2,
+        );
+        p.opts.output_final_state = false;
+        let x = LinearAttnInputs::try_from_fn(|_, role| p.buffer(role)).expect("all roles");
+        let out = LinearAttn::forward(&dev, &x, &p.options().chunk(32)).expect("linear_attn runs");
+        assert!(out.final_state.is_none());
+        assert_eq!(out.saved.config().chunk, 32);
+        assert_close("linear_attn", p.errors(&dev, &out));
+
+        // retention, f32, varlen with an empty sequence, h0 per sequence, an explicit scale.
+        let mut p = Problem::new(
+            &dev,
+            Retention::spec(),
+            Dims::new(1, 30, 2, 8, 8),
+            ElementType::F32,
+            Some(vec![0, 0, 11, 30]),
+            true,
+            3,
+        );
+        p.opts.scale = Some(0.25);
+        let x = RetentionInputs::try_from_fn(|_, role| p.buffer(role)).expect("all roles");
+        let out = Retention::forward(&dev, &x, &p.options()).expect("retention runs");
+        assert_eq!(out.saved.sequences(), 3);
+        assert_eq!(out.saved.scale(), 0.25);
+        assert_eq!(
+            out.final_state.as_ref().map(|s| s.shape()),
+            Some(&[3, 2, 8, 8][..])
+        );
+        assert_close("retention varlen", p.errors(&dev, &out));
+    }
+
+    #[test]
+    fn a_variant_declared_here_matches_the_reference() {
+        let Some(dev) = opencl("a_variant_declared_here_matches_the_reference") else {
+            return;
+        };
+        let p = Problem::new(
+            &dev,
+            BetaGatedRetention::spec(),
+            Dims::new(2, 45, 2, 16, 16),
+            ElementType::Bf16,
+            None,
+            true,
+            4,
+        );
+        let x = BetaGatedRetentionInputs::try_from_fn(|_, role| p.buffer(role)).expect("all roles");
+        let out = BetaGatedRetention::forward(&dev, &x, &p.options()).expect("runs");
+        assert_close("beta_gated_retention", p.errors(&dev, &out));
+
+        // The same call by declared names gives the same output.
+        let named: Vec<(&str, &DeviceBuffer)> = x.named().map(|(n, _, b)| (n, *b)).to_vec();
+        let again = ops::forward_named(&dev, BetaGatedRetention::spec(), &named, &p.options())
+            .expect("runs by name");
+        assert_eq!(
+            dev.download_bytes(&again.o).expect("download"),
+            dev.download_bytes(&out.o).expect("download")
+        );
+
+        // Lightning: the decay rates are an input, and the queries are called `x`.
+        let p = Problem::new(
+            &dev,
+            Lightning::spec(),
+            Dims::new(1, 33, 2, 8, 8),
+            ElementType::F32,
+            None,
+            false,
+            5,
+        );
+        let x = LightningInputs::try_from_fn(|_, role| p.buffer(role)).expect("all roles");
+        let out = Lightning::forward(&dev, &x, &p.options()).expect("lightning runs");
+        assert_close("lightning", p.errors(&dev, &out));
+    }
+
+    #[test]
+    fn saved_holds_the_call_and_the_provider_reuses_kernels() {
+        let Some(dev) = opencl("saved_holds_the_call_and_the_provider_reuses_kernels") else {
+            return;
+        };
+        let kernels = Kernels::builder()
+            .no_disk_cache()
+            .build()
+            .expect("no sources to read");
+        let p = Problem::new(
+            &dev,
+            SimpleGla::spec(),
+            Dims::new(1, 20, 1, 8, 8),
+            ElementType::F32,
+            None,
+            true,
+            6,
+        );
+        let x = SimpleGlaInputs::try_from_fn(|_, role| p.buffer(role)).expect("all roles");
+        let opts = p.options().kernels(&kernels);
+        let first = SimpleGla::forward(&dev, &x, &opts).expect("runs");
+        assert!(
+            matches!(
+                first.kernel_source,
+                KernelSource::Compiled { cached: None, .. }
+            ),
+            "{:?}",
+            first.kernel_source
+        );
+        let second = SimpleGla::forward(&dev, &x, &opts).expect("runs again");
+        assert_eq!(second.kernel_source, KernelSource::Memory);
+
+        let saved = &second.saved;
+        assert_eq!(saved.spec(), SimpleGla::spec());
+        assert_eq!(saved.spec_hash(), &SimpleGla::spec().hash());
+        assert_eq!(saved.target(), "spirv");
+        let c = saved.config();
+        assert_eq!(
+            (c.dtype, c.key_dim, c.value_dim, c.chunk),
+            (ElementType::F32, 8, 8, 64)
+        );
+        assert!(c.initial_state && c.final_state && !c.varlen);
+        assert_eq!(saved.dims(), &Dims::new(1, 20, 1, 8, 8));
+        // The inputs are kept as views of the caller's memory, not copies.
+        for (role, buf) in &p.buffers {
+            let kept = saved.input(*role).expect("kept");
+            assert!(std::ptr::eq(kept.raw(), buf.raw()), "{role}");
+        }
+        let h0 = saved.initial_state().expect("h0 kept");
+        assert!(std::ptr::eq(h0.raw(), p.h0.as_ref().expect("h0").raw()));
+        assert!(saved.cu_seqlens().is_none());
+        assert_eq!(saved.device().info().label(), dev.info().label());
+        // Saved and Forward go to other threads.
+        let handle = std::thread::spawn({
+            let saved = Arc::new(saved.clone());
+            move || saved.sequences()
+        });
+        assert_eq!(handle.join().expect("thread"), 1);
+    }
+}
