@@ -20,3 +20,5 @@ step "a crate outside the workspace declares its own variant (examples/new-varia
 cargo run --quiet --manifest-path examples/new-variant/Cargo.toml --target-dir target
 step "a crate embeds its kernels (examples/embedded-kernels)"
 cargo run --quiet --manifest-path examples/embedded-kernels/Cargo.toml --target-dir target
+step "a crate outside the workspace runs its own variant through the typed op (examples/typed-op)"
+cargo run --quiet --manifest-path examples/typed-op/Cargo.toml --target-dir target
