@@ -449,3 +449,759 @@ fn bad_kernel_arguments_exit_2_naming_the_argument() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
 }
+
+// --- `linrec run --inputs/--outputs`: safetensors files written here, as another framework
+// would write them (tensor names = the spec's input names, plus h0 and cu_seqlens). ---
+
+use linrec::host;
+use linrec::reference::{self, Inputs, Rng, Tensor};
+use linrec::spec::RunOptions;
+use linrec::spec::launch::ElementType;
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+
+/// One tensor of a test file; `values` are written as `dtype` (floats rounded, integers cast).
+#[derive(Clone)]
+struct St {
+    name: &'static str,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    values: Vec<f64>,
+}
+
+fn element(dtype: Dtype) -> Option<ElementType> {
+    match dtype {
+        Dtype::BF16 => Some(ElementType::Bf16),
+        Dtype::F16 => Some(ElementType::F16),
+        Dtype::F32 => Some(ElementType::F32),
+        _ => None,
+    }
+}
+
+/// A float tensor of standard normals (`log_gate`: log-sigmoids of them, as fla's gates),
+/// already rounded to `dtype` so the f64 values are exactly what the file holds.
+fn st(name: &'static str, dtype: Dtype, shape: &[usize], seed: u64) -> St {
+    let mut rng = Rng::new(seed);
+    let n: usize = shape.iter().product();
+    let mut values: Vec<f64> = (0..n)
+        .map(|_| {
+            let x = rng.normal();
+            if name == "g" {
+                reference::log_sigmoid(x)
+            } else {
+                x
+            }
+        })
+        .collect();
+    if let Some(e) = element(dtype) {
+        host::round_to(e, &mut values);
+    }
+    St {
+        name,
+        dtype,
+        shape: shape.to_vec(),
+        values,
+    }
+}
+
+fn offsets(dtype: Dtype, cu: &[i64]) -> St {
+    St {
+        name: "cu_seqlens",
+        dtype,
+        shape: vec![cu.len()],
+        values: cu.iter().map(|&x| x as f64).collect(),
+    }
+}
+
+fn encode(t: &St) -> Vec<u8> {
+    match t.dtype {
+        Dtype::F64 => t.values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        Dtype::I32 => t
+            .values
+            .iter()
+            .flat_map(|&v| (v as i32).to_le_bytes())
+            .collect(),
+        Dtype::I64 => t
+            .values
+            .iter()
+            .flat_map(|&v| (v as i64).to_le_bytes())
+            .collect(),
+        d => host::to_bytes(element(d).expect("a float dtype"), &t.values),
+    }
+}
+
+/// A temp folder of one test's files, removed when the test ends.
+struct TestDir(std::path::PathBuf);
+
+impl TestDir {
+    fn new(test: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("linrec-cli-st-{}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TestDir(dir)
+    }
+
+    fn path(&self, file: &str) -> std::path::PathBuf {
+        self.0.join(file)
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Writes `tensors` to `<dir>/<file>.safetensors` with the safetensors crate.
+fn write_st(dir: &TestDir, file: &str, tensors: &[St]) -> std::path::PathBuf {
+    let bytes: Vec<Vec<u8>> = tensors.iter().map(encode).collect();
+    let views = tensors.iter().zip(&bytes).map(|(t, b)| {
+        (
+            t.name,
+            TensorView::new(t.dtype, t.shape.clone(), b).expect("a consistent view"),
+        )
+    });
+    let path = dir.path(&format!("{file}.safetensors"));
+    std::fs::write(
+        &path,
+        safetensors::serialize(views, None).expect("serialize"),
+    )
+    .expect("write the file");
+    path
+}
+
+/// simple_gla inputs: B = 1, T = 12, H = 1, HV = 2 (GVA), K = V = 8; q, k, v in `dtype`, g and
+/// h0 f32.
+fn simple_gla_file(dtype: Dtype) -> Vec<St> {
+    vec![
+        st("q", dtype, &[1, 12, 1, 8], 1),
+        st("k", dtype, &[1, 12, 1, 8], 2),
+        st("v", dtype, &[1, 12, 2, 8], 3),
+        st("g", Dtype::F32, &[1, 12, 2], 4),
+        st("h0", Dtype::F32, &[1, 2, 8, 8], 5),
+    ]
+}
+
+/// `tensors` with `t` in place of the tensor of the same name (or added).
+fn with(mut tensors: Vec<St>, t: St) -> Vec<St> {
+    tensors.retain(|x| x.name != t.name);
+    tensors.push(t);
+    tensors
+}
+
+fn without(mut tensors: Vec<St>, name: &str) -> Vec<St> {
+    tensors.retain(|x| x.name != name);
+    tensors
+}
+
+/// The f64 reference on the file's values.
+fn reference_of(tensors: &[St], cu: Option<Vec<i64>>) -> reference::Outputs {
+    let get = |name: &str| {
+        tensors
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| Tensor::from_vec(&t.shape, t.values.clone()).expect("values match the shape"))
+    };
+    let inputs = Inputs {
+        q: get("q").expect("q"),
+        k: get("k").expect("k"),
+        v: get("v").expect("v"),
+        g: get("g"),
+        beta: None,
+        u: None,
+        decay_rate: None,
+        h0: get("h0"),
+    };
+    let spec = linrec::catalogue::lookup("simple_gla")
+        .expect("built-in")
+        .spec();
+    let opts = RunOptions {
+        cu_seqlens: cu,
+        output_final_state: true,
+        ..Default::default()
+    };
+    reference::forward(&spec, &inputs, &opts).expect("the reference runs")
+}
+
+/// `o` and `ht` of an `--outputs` file, checked for their dtypes, against `want`.
+fn assert_outputs_match(path: &std::path::Path, o_dtype: Dtype, want: &reference::Outputs) {
+    let bytes = std::fs::read(path).expect("--outputs written");
+    let file = SafeTensors::deserialize(&bytes).expect("a safetensors file");
+    let mut names = file.names();
+    names.sort();
+    assert_eq!(names, ["ht", "o"]);
+    let read = |name: &str, dtype: Dtype| {
+        let t = file.tensor(name).expect("present");
+        assert_eq!(t.dtype(), dtype, "{name}");
+        Tensor::from_vec(
+            t.shape(),
+            host::from_bytes(element(dtype).expect("float"), t.data()),
+        )
+        .expect("data matches the shape")
+    };
+    let o = read("o", o_dtype);
+    let ht = read("ht", Dtype::F32);
+    let want_ht = want.ht.as_ref().expect("final state");
+    assert_eq!(o.shape, want.o.shape);
+    assert_eq!(ht.shape, want_ht.shape);
+    assert!(o.rel_error(&want.o) < 5e-3, "o: {}", o.rel_error(&want.o));
+    assert!(
+        ht.rel_error(want_ht) < 5e-3,
+        "ht: {}",
+        ht.rel_error(want_ht)
+    );
+}
+
+fn path_str(p: &std::path::Path) -> &str {
+    p.to_str().expect("a UTF-8 temp path")
+}
+
+#[test]
+fn safetensors_inputs_on_the_reference_write_o_and_ht() {
+    let tensors = simple_gla_file(Dtype::BF16);
+    let dir = TestDir::new("ref-good");
+    let input = write_st(&dir, "in", &tensors);
+    let output = dir.path("out.safetensors");
+    let out = stdout(&[
+        "run",
+        "simple_gla",
+        "--device",
+        "reference",
+        "--inputs",
+        path_str(&input),
+        "--outputs",
+        path_str(&output),
+    ]);
+    assert!(
+        out.contains("shape    B=1 T=12 H=1 HV=2 K=8 V=8") && out.contains("q bf16 [1, 12, 1, 8]"),
+        "{out}"
+    );
+    assert_outputs_match(&output, Dtype::BF16, &reference_of(&tensors, None));
+}
+
+#[cfg(feature = "jit")]
+#[test]
+fn safetensors_inputs_run_on_opencl_and_outputs_match_the_reference() {
+    if !opencl_ready() {
+        return;
+    }
+    // bf16, GVA, h0 and varlen offsets (i64, an empty sequence included).
+    let cu = vec![0i64, 0, 5, 12];
+    let tensors = with(
+        with(
+            simple_gla_file(Dtype::BF16),
+            st("h0", Dtype::F32, &[3, 2, 8, 8], 5),
+        ),
+        offsets(Dtype::I64, &cu),
+    );
+    let dir = TestDir::new("ocl");
+    let input = write_st(&dir, "varlen", &tensors);
+    let output = dir.path("varlen-out.safetensors");
+    let out = stdout(&[
+        "run",
+        "simple_gla",
+        "--device",
+        "opencl",
+        "--inputs",
+        path_str(&input),
+        "--outputs",
+        path_str(&output),
+    ]);
+    assert!(out.contains("PASS"), "{out}");
+    assert_outputs_match(&output, Dtype::BF16, &reference_of(&tensors, Some(cu)));
+
+    // f16 without h0 or offsets, a gate given as f64 (rounded to f32, with a note), and
+    // --no-check: the outputs are still written, and still right.
+    let tensors = with(
+        without(simple_gla_file(Dtype::F16), "h0"),
+        st("g", Dtype::F64, &[1, 12, 2], 4),
+    );
+    let input = write_st(&dir, "f16", &tensors);
+    let output = dir.path("f16-out.safetensors");
+    let run = linrec()
+        .args([
+            "run",
+            "simple_gla",
+            "--device",
+            "opencl",
+            "--no-check",
+            "--inputs",
+            path_str(&input),
+            "--outputs",
+            path_str(&output),
+        ])
+        .output()
+        .expect("linrec runs");
+    let (out, err) = (
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr),
+    );
+    assert!(run.status.success(), "{out}\n{err}");
+    assert!(
+        out.contains("check    skipped (--no-check)") && !out.contains("PASS"),
+        "{out}"
+    );
+    assert!(
+        err.contains("note: tensor `g` is f64: rounded to f32"),
+        "{err}"
+    );
+    let mut rounded = tensors.clone();
+    for t in &mut rounded {
+        if t.name == "g" {
+            host::round_to(ElementType::F32, &mut t.values);
+        }
+    }
+    assert_outputs_match(&output, Dtype::F16, &reference_of(&rounded, None));
+}
+
+/// Runs simple_gla on `tensors` (plus `extra` arguments) and asserts a bad-input error: exit
+/// code 2, every needle in the message, and no device opened (so nothing launched).
+fn rejects(file: &str, tensors: &[St], extra: &[&str], needles: &[&str]) {
+    let dir = TestDir::new(file);
+    let input = write_st(&dir, "in", tensors);
+    let out = linrec()
+        .args(["run", "simple_gla", "--inputs", path_str(&input)])
+        .args(extra)
+        .output()
+        .expect("linrec runs");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(2), "{file}: {stdout}\n{stderr}");
+    for needle in needles {
+        assert!(
+            stderr.contains(needle),
+            "{file}: `{needle}` missing from {stderr}"
+        );
+    }
+    assert!(
+        !stdout.contains("device ") && !stdout.contains("kernel "),
+        "{file}: got as far as a device: {stdout}"
+    );
+}
+
+#[test]
+fn safetensors_missing_tensor_lists_what_the_file_has() {
+    rejects(
+        "missing",
+        &without(simple_gla_file(Dtype::BF16), "g"),
+        &[],
+        &[
+            "tensor `g` (gate, [B, T, HV]) is missing",
+            "the file has: h0, k, q, v",
+            "simple_gla reads q, k, v, g and optionally h0, cu_seqlens, do, dht",
+        ],
+    );
+}
+
+#[test]
+fn safetensors_unexpected_tensor_is_refused() {
+    rejects(
+        "extra",
+        &with(
+            without(simple_gla_file(Dtype::BF16), "h0"),
+            St {
+                name: "h_0",
+                ..st("h0", Dtype::F32, &[1, 2, 8, 8], 5)
+            },
+        ),
+        &[],
+        &["unexpected tensor `h_0`", "optionally h0"],
+    );
+}
+
+#[test]
+fn safetensors_wrong_shape_names_the_tensor() {
+    rejects(
+        "shape",
+        &with(
+            simple_gla_file(Dtype::BF16),
+            st("k", Dtype::BF16, &[1, 13, 1, 8], 2),
+        ),
+        &[],
+        &[
+            "tensor `k` has shape [1, 13, 1, 8], expected [B, T, H, K]: T = 13 here but T = 12 from `q` [1, 12, 1, 8]",
+        ],
+    );
+}
+
+#[test]
+fn safetensors_wrong_rank_names_the_tensor() {
+    rejects(
+        "rank",
+        &with(
+            simple_gla_file(Dtype::BF16),
+            st("g", Dtype::F32, &[1, 12, 2, 8], 4),
+        ),
+        &[],
+        &["tensor `g` has shape [1, 12, 2, 8] (rank 4), expected [B, T, HV] (rank 3)"],
+    );
+}
+
+#[test]
+fn safetensors_mismatched_qkv_dtypes_name_the_tensors() {
+    rejects(
+        "mixed",
+        &with(
+            simple_gla_file(Dtype::BF16),
+            st("v", Dtype::F16, &[1, 12, 2, 8], 3),
+        ),
+        &[],
+        &["tensors `q` bf16, `k` bf16 and `v` f16 must share one dtype"],
+    );
+}
+
+#[test]
+fn safetensors_unsupported_dtypes_name_the_tensor() {
+    rejects(
+        "f64-q",
+        &with(
+            with(
+                simple_gla_file(Dtype::F32),
+                st("q", Dtype::F64, &[1, 12, 1, 8], 1),
+            ),
+            st("k", Dtype::F64, &[1, 12, 1, 8], 2),
+        ),
+        &[],
+        &["tensor `q` has dtype f64", "must be bf16, f16 or f32"],
+    );
+    rejects(
+        "int-gate",
+        &with(
+            simple_gla_file(Dtype::F32),
+            St {
+                dtype: Dtype::I32,
+                ..st("g", Dtype::F32, &[1, 12, 2], 4)
+            },
+        ),
+        &[],
+        &["tensor `g` has dtype i32: expected a float type"],
+    );
+    rejects(
+        "float-offsets",
+        &with(simple_gla_file(Dtype::F32), {
+            let mut cu = offsets(Dtype::I32, &[0, 12]);
+            cu.dtype = Dtype::F32;
+            cu
+        }),
+        &[],
+        &["tensor `cu_seqlens` has dtype f32: expected i32 or i64"],
+    );
+}
+
+#[test]
+fn safetensors_head_dim_over_256_is_refused() {
+    rejects(
+        "k300",
+        &[
+            st("q", Dtype::BF16, &[1, 2, 1, 300], 1),
+            st("k", Dtype::BF16, &[1, 2, 1, 300], 2),
+            st("v", Dtype::BF16, &[1, 2, 1, 8], 3),
+            st("g", Dtype::F32, &[1, 2, 1], 4),
+        ],
+        &[],
+        &["head dim K = 300 from `q` [1, 2, 1, 300] is over the kernels' limit of 256"],
+    );
+    // The same limit for random inputs.
+    let out = linrec()
+        .args(["run", "--shape", "1,8,1,8,512"])
+        .output()
+        .expect("linrec runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("head dim V = 512"), "{err}");
+}
+
+#[test]
+fn safetensors_value_heads_not_a_multiple_of_heads_is_refused() {
+    rejects(
+        "gva",
+        &[
+            st("q", Dtype::BF16, &[1, 4, 2, 8], 1),
+            st("k", Dtype::BF16, &[1, 4, 2, 8], 2),
+            st("v", Dtype::BF16, &[1, 4, 3, 8], 3),
+            st("g", Dtype::F32, &[1, 4, 3], 4),
+        ],
+        &[],
+        &[
+            "value heads HV = 3 from `v` [1, 4, 3, 8] are not a multiple of query/key heads H = 2 from `q` [1, 4, 2, 8]",
+        ],
+    );
+}
+
+#[test]
+fn safetensors_cu_seqlens_not_starting_at_zero_is_refused() {
+    rejects(
+        "cu-start",
+        &with(simple_gla_file(Dtype::BF16), offsets(Dtype::I32, &[1, 12])),
+        &[],
+        &["tensor `cu_seqlens`", "the first offset is not 0"],
+    );
+}
+
+#[test]
+fn safetensors_cu_seqlens_decreasing_is_refused() {
+    rejects(
+        "cu-decreasing",
+        &with(
+            simple_gla_file(Dtype::BF16),
+            offsets(Dtype::I64, &[0, 7, 5, 12]),
+        ),
+        &[],
+        &[
+            "tensor `cu_seqlens`",
+            "[0, 7, 5, 12]",
+            "the offsets decrease",
+        ],
+    );
+}
+
+#[test]
+fn safetensors_cu_seqlens_not_ending_at_t_is_refused() {
+    rejects(
+        "cu-end",
+        &with(
+            simple_gla_file(Dtype::BF16),
+            offsets(Dtype::I32, &[0, 5, 11]),
+        ),
+        &[],
+        &["tensor `cu_seqlens`", "the last offset is not T", "T = 12"],
+    );
+}
+
+#[test]
+fn safetensors_cu_seqlens_with_batch_over_one_is_refused() {
+    let tensors = vec![
+        st("q", Dtype::BF16, &[2, 6, 1, 8], 1),
+        st("k", Dtype::BF16, &[2, 6, 1, 8], 2),
+        st("v", Dtype::BF16, &[2, 6, 1, 8], 3),
+        st("g", Dtype::F32, &[2, 6, 1], 4),
+        offsets(Dtype::I32, &[0, 3, 6]),
+    ];
+    rejects(
+        "cu-batch",
+        &tensors,
+        &[],
+        &[
+            "tensor `cu_seqlens`",
+            "needs B = 1, but B = 2 from `q` [2, 6, 1, 8]",
+        ],
+    );
+}
+
+#[test]
+fn safetensors_h0_for_the_wrong_number_of_sequences_is_named() {
+    // Three sequences by cu_seqlens, h0 for one.
+    rejects(
+        "h0-n",
+        &with(
+            simple_gla_file(Dtype::BF16),
+            offsets(Dtype::I32, &[0, 4, 8, 12]),
+        ),
+        &[],
+        &[
+            "tensor `h0` has shape [1, 2, 8, 8], expected [N, HV, K, V]: N = 1 here but N = 3 from `cu_seqlens` (4 offsets: N + 1)",
+        ],
+    );
+}
+
+#[test]
+fn safetensors_do_and_dht_are_checked_then_ignored() {
+    let tensors = with(
+        with(
+            simple_gla_file(Dtype::BF16),
+            St {
+                name: "do",
+                ..st("v", Dtype::BF16, &[1, 12, 2, 8], 6)
+            },
+        ),
+        St {
+            name: "dht",
+            ..st("h0", Dtype::F32, &[1, 2, 8, 8], 7)
+        },
+    );
+    let dir = TestDir::new("backward");
+    let input = write_st(&dir, "in", &tensors);
+    let out = linrec()
+        .args([
+            "run",
+            "simple_gla",
+            "--device",
+            "reference",
+            "--inputs",
+            path_str(&input),
+        ])
+        .output()
+        .expect("linrec runs");
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("note: do, dht checked but not used: they feed the backward"),
+        "{err}"
+    );
+    rejects(
+        "backward-shape",
+        &with(
+            tensors,
+            St {
+                name: "do",
+                ..st("v", Dtype::BF16, &[1, 12, 2, 9], 6)
+            },
+        ),
+        &[],
+        &["tensor `do` has shape [1, 12, 2, 9], expected [B, T, HV, V]: V = 9 here but V = 8"],
+    );
+}
+
+#[test]
+fn safetensors_bad_files_and_arguments_exit_2() {
+    let dir = TestDir::new("args");
+    let good = write_st(&dir, "good", &simple_gla_file(Dtype::BF16));
+    let junk = dir.path("junk.safetensors");
+    std::fs::write(&junk, b"not a safetensors file").expect("write");
+    let nowhere = dir.path("no-such-dir").join("out.safetensors");
+    for (args, needle) in [
+        (vec!["--inputs", path_str(&junk)], "not a safetensors file"),
+        (
+            vec!["--inputs", "/nonexistent/in.safetensors"],
+            "--inputs /nonexistent/in.safetensors: cannot read it",
+        ),
+        (
+            vec!["--inputs", path_str(&good), "--shape", "1,12,1,8,8"],
+            "cannot be used with '--shape",
+        ),
+        (
+            vec!["--inputs", path_str(&good), "--dtype", "f32"],
+            "cannot be used with '--dtype",
+        ),
+        (vec!["--outputs", path_str(&nowhere)], "--inputs"),
+        (
+            vec!["--inputs", path_str(&good), "--outputs", path_str(&nowhere)],
+            "no-such-dir does not exist",
+        ),
+        (
+            vec![
+                "--inputs",
+                path_str(&good),
+                "--device",
+                "reference",
+                "--no-check",
+            ],
+            "--no-check skips the reference",
+        ),
+    ] {
+        let out = linrec()
+            .args(["run", "simple_gla"])
+            .args(&args)
+            .output()
+            .expect("linrec runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(needle),
+            "{args:?}: `{needle}` missing from {err}"
+        );
+    }
+}
+
+/// Artifacts compiled for sm_90 only, run on OpenCL (SPIR-V): the error names the target the
+/// device needs and what the folder has.
+#[cfg(feature = "jit")]
+#[test]
+fn artifacts_for_another_target_name_both_targets() {
+    if !opencl_ready() {
+        return;
+    }
+    let tmp = TestDir::new("sm90");
+    let dir = tmp.path("artifacts");
+    let d = path_str(&dir);
+    let out = linrec()
+        .args([
+            "compile",
+            "simple_gla",
+            "--target",
+            "sm_90",
+            "--head-dims",
+            "8",
+            "--out",
+            d,
+        ])
+        .output()
+        .expect("linrec runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let input = write_st(&tmp, "in", &simple_gla_file(Dtype::BF16));
+    let out = linrec()
+        .args([
+            "run",
+            "simple_gla",
+            "--device",
+            "opencl",
+            "--artifacts",
+            d,
+            "--inputs",
+            path_str(&input),
+        ])
+        .output()
+        .expect("linrec runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("has no forward kernel of `simple_gla` for target spirv")
+            && err.contains("(it has: forward sm_90"),
+        "{err}"
+    );
+}
+
+/// The names are the spec's: rwkv6 reads r, k, v, w (a diagonal gate, `[B, T, HV, K]`) and u
+/// (`[HV, K]`); it runs on the reference (no kernel derives its form yet).
+#[test]
+fn safetensors_inputs_use_the_spec_names() {
+    let dir = TestDir::new("rwkv6");
+    let tensors = [
+        st("r", Dtype::F32, &[1, 6, 1, 4], 1),
+        st("k", Dtype::F32, &[1, 6, 1, 4], 2),
+        st("v", Dtype::F32, &[1, 6, 1, 3], 3),
+        St {
+            name: "w",
+            ..st("g", Dtype::F32, &[1, 6, 1, 4], 4)
+        },
+        st("u", Dtype::F32, &[1, 4], 5),
+    ];
+    let input = write_st(&dir, "in", &tensors);
+    let output = dir.path("out.safetensors");
+    let out = stdout(&[
+        "run",
+        "rwkv6",
+        "--device",
+        "reference",
+        "--inputs",
+        path_str(&input),
+        "--outputs",
+        path_str(&output),
+    ]);
+    assert!(out.contains("shape    B=1 T=6 H=1 HV=1 K=4 V=3"), "{out}");
+    let bytes = std::fs::read(&output).expect("--outputs written");
+    let file = SafeTensors::deserialize(&bytes).expect("a safetensors file");
+    assert_eq!(file.tensor("o").expect("o").shape(), [1, 6, 1, 3]);
+    assert_eq!(file.tensor("ht").expect("ht").shape(), [1, 1, 4, 3]);
+
+    // q instead of r is both missing r and an unknown q.
+    let mut renamed = tensors.to_vec();
+    renamed[0].name = "q";
+    let input = write_st(&dir, "renamed", &renamed);
+    let run = linrec()
+        .args(["run", "rwkv6", "--inputs", path_str(&input)])
+        .output()
+        .expect("linrec runs");
+    assert_eq!(run.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        err.contains("tensor `r` (query, [B, T, H, K]) is missing")
+            && err.contains("rwkv6 reads r, k, v, w, u"),
+        "{err}"
+    );
+}

@@ -280,3 +280,38 @@ fn a_kernel_for_another_format_or_a_bad_scale_is_refused() {
     .expect_err("NaN scale");
     assert_names(err, "scale", "positive, finite", &launches);
 }
+
+#[test]
+fn a_strided_view_names_the_argument() {
+    let (dev, launches) = mock_device();
+    let mut b = buffers(&dev);
+    // v `[B, T, HV, V]` as a view of a heads-first `[B, HV, T, V]` allocation (a transpose in
+    // another framework): the right shape, but the kernels index row-major.
+    let base = dev.alloc(DType::BF16, &[2, 2, 5, 40]).expect("alloc");
+    b.v = base
+        .with_strides(&[2, 5, 2, 40], &[400, 40, 200, 1])
+        .expect("a view inside the allocation");
+    let err = run(&dev, &info(false), &inputs(&b), Some(&b.h0)).expect_err("strided v");
+    assert!(matches!(err, RuntimeError::Strides { .. }), "{err:?}");
+    assert_names(
+        err,
+        "v",
+        "expected strides [400, 80, 40, 1] (contiguous, row-major), found [400, 40, 200, 1]",
+        &launches,
+    );
+}
+
+#[test]
+fn a_buffer_of_another_device_names_the_argument() {
+    let (dev, launches) = mock_device();
+    let (other, other_launches) = mock_device();
+    let mut b = buffers(&dev);
+    b.g = other.alloc(DType::F32, &[2, 5, 2]).expect("alloc");
+    let err = run(&dev, &info(false), &inputs(&b), Some(&b.h0)).expect_err("g elsewhere");
+    assert!(
+        matches!(&err, RuntimeError::WrongDevice { what, .. } if what == "argument `g`"),
+        "{err:?}"
+    );
+    assert_names(err, "g", "belongs to device", &launches);
+    assert!(other_launches.lock().expect("lock").is_empty());
+}

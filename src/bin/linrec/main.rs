@@ -8,6 +8,7 @@ mod kernels;
 mod list;
 mod run;
 mod show;
+mod tensor_file;
 
 use std::process::ExitCode;
 

@@ -1,6 +1,10 @@
 //! `linrec run`: a variant on random inputs on the best available device, checked against the
 //! f64 reference with fla's criterion. `--device reference` runs only the reference (forward and
 //! exact backward) and cross-checks its backward against central finite differences.
+//!
+//! `--inputs FILE.safetensors` takes the inputs from a file instead (sizes and dtype from its
+//! tensors, all checked before a device is opened: see `tensor_file`), `--outputs` writes `o`
+//! and `ht`, and `--no-check` skips the reference (slow for large shapes).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -16,6 +20,7 @@ use linrec_runtime::{Device, DeviceBuffer, DeviceKind};
 
 use crate::Failure;
 use crate::kernels::{self, check_chunk, parse_dtype};
+use crate::tensor_file::{self, MAX_HEAD_DIM, Output};
 
 /// Where to run.
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -67,6 +72,31 @@ pub struct RunArgs {
     /// ~/.cache/linrec): compile afresh, e.g. to get `LINREC_DUMP_DIR` stage dumps.
     #[arg(long)]
     no_cache: bool,
+    /// Read the inputs from a safetensors file: the spec's inputs by name (`linrec show`), and
+    /// optionally h0, cu_seqlens (and do, dht, checked but not used yet). Sizes come from the
+    /// tensors and the kernel dtype from q, k, v, so --shape, --dtype, --varlen and --seed
+    /// do not apply.
+    #[arg(
+        long,
+        value_name = "FILE.safetensors",
+        conflicts_with_all = ["shape", "dtype", "varlen", "seed"]
+    )]
+    inputs: Option<PathBuf>,
+    /// Write `o` (the kernel's dtype) and `ht` (f32) to a safetensors file.
+    #[arg(long, value_name = "FILE.safetensors", requires = "inputs")]
+    outputs: Option<PathBuf>,
+    /// Skip the comparison with the f64 reference (slow for large shapes): run and time only.
+    #[arg(long)]
+    no_check: bool,
+}
+
+/// What a device run computes: sizes, kernel dtype, inputs (rounded to what the kernel reads)
+/// and varlen offsets, from random numbers or a file.
+struct Problem {
+    dims: Dims,
+    dtype: ElementType,
+    inputs: Inputs,
+    cu_seqlens: Option<Vec<i64>>,
 }
 
 /// Parses `B,T,H,K,V` or `B,T,H,HV,K,V`.
@@ -88,6 +118,13 @@ fn parse_shape(s: &str) -> Result<Dims, Failure> {
     };
     dims.validate()
         .map_err(|e| Failure::usage(format!("--shape: {e}")))?;
+    for (name, d) in [("K", dims.key_dim), ("V", dims.value_dim)] {
+        if d > MAX_HEAD_DIM {
+            return Err(Failure::usage(format!(
+                "--shape: head dim {name} = {d} is over the kernels' limit of {MAX_HEAD_DIM}"
+            )));
+        }
+    }
     Ok(dims)
 }
 
@@ -119,7 +156,33 @@ fn tensor_mut(inputs: &mut Inputs, role: Option<Role>) -> Option<&mut Tensor> {
 pub fn run(args: &RunArgs) -> Result<(), Failure> {
     let builtin = catalogue::lookup(&args.variant).map_err(Failure::usage)?;
     let spec = builtin.spec();
-    let dims = parse_shape(&args.shape)?;
+    if args.no_check && args.device == DeviceArg::Reference {
+        return Err(Failure::usage(
+            "--no-check skips the reference, which is all that `--device reference` runs",
+        ));
+    }
+    // The whole input — file or random — is settled before a device is opened, so a bad file
+    // fails fast and never reaches a launch.
+    let problem = match &args.inputs {
+        Some(path) => {
+            if let Some(out) = &args.outputs {
+                tensor_file::check_writable(out)?;
+            }
+            let file = tensor_file::read(path, &spec)?;
+            println!("inputs   {}: {}", path.display(), file.summary.join(", "));
+            Some(Problem {
+                dims: file.dims,
+                dtype: file.dtype,
+                inputs: file.inputs,
+                cu_seqlens: file.cu_seqlens,
+            })
+        }
+        None => None,
+    };
+    let dims = match &problem {
+        Some(p) => p.dims,
+        None => parse_shape(&args.shape)?,
+    };
     println!("variant  {} — {}", spec.name, spec.doc);
     println!("         {}", spec.recurrence_text());
     println!("spec     {}", spec.hash().short());
@@ -128,14 +191,66 @@ pub fn run(args: &RunArgs) -> Result<(), Failure> {
         dims.batch, dims.seq_len, dims.heads, dims.value_heads, dims.key_dim, dims.value_dim
     );
     let kind = match args.device {
-        DeviceArg::Reference => return run_reference(args, &spec, &dims),
+        DeviceArg::Reference => {
+            return match problem {
+                Some(p) => run_reference_file(args, &spec, &p),
+                None => run_reference(args, &spec, &dims),
+            };
+        }
         DeviceArg::Auto => DeviceKind::Auto,
         DeviceArg::Cuda => DeviceKind::Cuda,
         DeviceArg::Hip => DeviceKind::Hip,
         DeviceArg::LevelZero => DeviceKind::LevelZero,
         DeviceArg::Opencl => DeviceKind::OpenCl,
     };
-    run_device(args, &spec, &dims, kind)
+    let problem = match problem {
+        Some(p) => p,
+        None => random_problem(args, &spec, dims)?,
+    };
+    run_device(args, &spec, &problem, kind)
+}
+
+/// fla-style random inputs at `dims`, a random h0, and (`--varlen`) cu_seqlens
+/// `[0, 0, T/3, T]`, rounded to what the kernel reads so the reference sees the same values.
+fn random_problem(args: &RunArgs, spec: &Spec, dims: Dims) -> Result<Problem, Failure> {
+    let dtype = parse_dtype(&args.dtype)?;
+    if args.varlen && dims.batch != 1 {
+        return Err(Failure::usage(format!(
+            "--varlen packs sequences into one row: use B = 1 in --shape (got B = {})",
+            dims.batch
+        )));
+    }
+    let mut inputs = reference::random_inputs(spec, &dims, args.seed);
+    let cu: Option<Vec<i64>> = args.varlen.then(|| {
+        let t = dims.seq_len as i64;
+        vec![0, 0, t / 3, t]
+    });
+    let n = cu.as_ref().map_or(dims.batch, |c| c.len() - 1);
+    let mut rng = Rng::new(args.seed ^ 0x5eed);
+    inputs.h0 = Some(Tensor::from_fn(&dims.state_shape(n), || rng.normal()));
+    for role in Role::ALL {
+        if let Some(t) = tensor_mut(&mut inputs, Some(role)) {
+            host::round_to(element_of(role, dtype), &mut t.data);
+        }
+    }
+    if let Some(h0) = inputs.h0.as_mut() {
+        host::round_to(ElementType::F32, &mut h0.data);
+    }
+    Ok(Problem {
+        dims,
+        dtype,
+        inputs,
+        cu_seqlens: cu,
+    })
+}
+
+/// The element type the kernel reads for `role`: q, k, v in the kernel's dtype, the rest f32.
+fn element_of(role: Role, dtype: ElementType) -> ElementType {
+    if matches!(role, Role::Query | Role::Key | Role::Value) {
+        dtype
+    } else {
+        ElementType::F32
+    }
 }
 
 /// Bytes of `t` in `dtype`.
@@ -145,14 +260,19 @@ fn upload(device: &Device, dtype: ElementType, t: &Tensor) -> Result<DeviceBuffe
         .map_err(Failure::check)
 }
 
-fn download(device: &Device, dtype: ElementType, b: &DeviceBuffer) -> Result<Tensor, Failure> {
-    let bytes = device.download_bytes(b).map_err(Failure::check)?;
-    Tensor::from_vec(b.shape(), host::from_bytes(dtype, &bytes))
-        .ok_or_else(|| Failure::check("downloaded buffer has the wrong size"))
-}
-
-fn run_device(args: &RunArgs, spec: &Spec, dims: &Dims, kind: DeviceKind) -> Result<(), Failure> {
-    let dtype = parse_dtype(&args.dtype)?;
+fn run_device(
+    args: &RunArgs,
+    spec: &Spec,
+    problem: &Problem,
+    kind: DeviceKind,
+) -> Result<(), Failure> {
+    let Problem {
+        dims,
+        dtype,
+        inputs,
+        cu_seqlens: cu,
+    } = problem;
+    let dtype = *dtype;
     let device = Device::new(kind).map_err(|e| {
         Failure::usage(format!(
             "{e}\n(`--device reference` runs the f64 reference alone; `bash scripts/setup-opencl.sh` installs a CPU OpenCL runtime)"
@@ -164,20 +284,14 @@ fn run_device(args: &RunArgs, spec: &Spec, dims: &Dims, kind: DeviceKind) -> Res
         info.name, info.backend, info.vendor
     );
     let target = kernels::target_for(info)?;
-    if args.varlen && dims.batch != 1 {
-        return Err(Failure::usage(format!(
-            "--varlen packs sequences into one row: use B = 1 in --shape (got B = {})",
-            dims.batch
-        )));
-    }
     let config = KernelConfig {
         dtype,
         key_dim: dims.key_dim,
         value_dim: dims.value_dim,
         chunk: check_chunk(args.chunk)?,
-        initial_state: true,
+        initial_state: inputs.h0.is_some(),
         final_state: true,
-        varlen: args.varlen,
+        varlen: cu.is_some(),
     };
     let provider = kernels::provider(
         kernels::artifacts_dir(args.artifacts.as_deref()).as_deref(),
@@ -186,57 +300,29 @@ fn run_device(args: &RunArgs, spec: &Spec, dims: &Dims, kind: DeviceKind) -> Res
     let (kernel, origin) = kernels::forward(&provider, spec, &target, config)?;
     println!("kernel   {} ({origin})", kernel.info.entry);
 
-    // Inputs in the kernel's precision, so the reference sees exactly what the kernel reads.
-    let mut inputs = reference::random_inputs(spec, dims, args.seed);
-    let cu: Option<Vec<i64>> = args.varlen.then(|| {
-        let t = dims.seq_len as i64;
-        vec![0, 0, t / 3, t]
-    });
-    let n = cu.as_ref().map_or(dims.batch, |c| c.len() - 1);
-    let mut rng = Rng::new(args.seed ^ 0x5eed);
-    inputs.h0 = Some(Tensor::from_fn(&dims.state_shape(n), || rng.normal()));
-    for role in Role::ALL {
-        let elem = if matches!(role, Role::Query | Role::Key | Role::Value) {
-            dtype
-        } else {
-            ElementType::F32
-        };
-        let t = match role {
-            Role::Query => Some(&mut inputs.q),
-            Role::Key => Some(&mut inputs.k),
-            Role::Value => Some(&mut inputs.v),
-            Role::Gate => inputs.g.as_mut(),
-            Role::Beta => inputs.beta.as_mut(),
-            Role::Bonus => inputs.u.as_mut(),
-            Role::DecayRate => inputs.decay_rate.as_mut(),
-        };
-        if let Some(t) = t {
-            host::round_to(elem, &mut t.data);
-        }
-    }
-    if let Some(h0) = inputs.h0.as_mut() {
-        host::round_to(ElementType::F32, &mut h0.data);
-    }
-
     let mut buffers = Vec::new();
     for input in &spec.inputs {
-        let elem = if matches!(input.role, Role::Query | Role::Key | Role::Value) {
-            dtype
-        } else {
-            ElementType::F32
-        };
         let t = inputs
             .get(input.role)
-            .ok_or_else(|| Failure::check(format!("no random tensor for `{}`", input.name)))?;
-        buffers.push((input.role, upload(&device, elem, t)?));
+            .ok_or_else(|| Failure::check(format!("no tensor for `{}`", input.name)))?;
+        buffers.push((
+            input.role,
+            upload(&device, element_of(input.role, dtype), t)?,
+        ));
     }
     let h0 = match &inputs.h0 {
         Some(h0) => Some(upload(&device, ElementType::F32, h0)?),
         None => None,
     };
-    let cu_buf = match &cu {
+    let cu_buf = match cu {
         Some(c) => {
-            let c32: Vec<i32> = c.iter().map(|&x| x as i32).collect();
+            // The kernels read i32 offsets; the file's (i64 allowed) end at T, which fits i32
+            // or the runtime refuses T itself.
+            let c32: Vec<i32> = c
+                .iter()
+                .map(|&x| i32::try_from(x))
+                .collect::<Result<_, _>>()
+                .map_err(|_| Failure::usage("cu_seqlens: offsets must fit i32"))?;
             Some(device.upload(&c32, &[c32.len()]).map_err(Failure::check)?)
         }
         None => None,
@@ -268,18 +354,6 @@ fn run_device(args: &RunArgs, spec: &Spec, dims: &Dims, kind: DeviceKind) -> Res
         drop(again);
     }
     times.sort_by(f64::total_cmp);
-    let o = download(&device, dtype, &out.o)?;
-    let ht = match &out.final_state {
-        Some(b) => Some(download(&device, ElementType::F32, b)?),
-        None => None,
-    };
-    let want = reference::forward(spec, &inputs, &opts).map_err(Failure::usage)?;
-    let ro = o.rel_error(&want.o);
-    let rh = match (&ht, &want.ht) {
-        (Some(a), Some(b)) => a.rel_error(b),
-        _ => f64::INFINITY,
-    };
-    let tol = 0.005;
     println!(
         "time     {:.3} ms per launch (median of 3, incl. launch overhead{})",
         times[times.len() / 2],
@@ -289,6 +363,53 @@ fn run_device(args: &RunArgs, spec: &Spec, dims: &Dims, kind: DeviceKind) -> Res
             ""
         }
     );
+    let o_bytes = device.download_bytes(&out.o).map_err(Failure::check)?;
+    let ht_bytes = match &out.final_state {
+        Some(b) => Some(device.download_bytes(b).map_err(Failure::check)?),
+        None => None,
+    };
+    // Written before the verdict, so a failing run's outputs can be inspected too.
+    if let Some(path) = &args.outputs {
+        let mut outputs = vec![Output {
+            name: "o",
+            dtype,
+            shape: out.o.shape(),
+            bytes: &o_bytes,
+        }];
+        if let (Some(b), Some(bytes)) = (&out.final_state, &ht_bytes) {
+            outputs.push(Output {
+                name: "ht",
+                dtype: ElementType::F32,
+                shape: b.shape(),
+                bytes,
+            });
+        }
+        tensor_file::write(path, &outputs, metadata(spec, &target, &info.name))?;
+        println!("outputs  {}: o, ht", path.display());
+    }
+    if args.no_check {
+        println!(
+            "check    skipped (--no-check): the outputs were not compared with the f64 reference"
+        );
+        println!("DONE     {} forward on {target} ran", spec.name);
+        return Ok(());
+    }
+    let o = Tensor::from_vec(out.o.shape(), host::from_bytes(dtype, &o_bytes))
+        .ok_or_else(|| Failure::check("downloaded o has the wrong size"))?;
+    let ht = match (&out.final_state, &ht_bytes) {
+        (Some(b), Some(bytes)) => Some(
+            Tensor::from_vec(b.shape(), host::from_bytes(ElementType::F32, bytes))
+                .ok_or_else(|| Failure::check("downloaded ht has the wrong size"))?,
+        ),
+        _ => None,
+    };
+    let want = reference::forward(spec, inputs, &opts).map_err(Failure::usage)?;
+    let ro = o.rel_error(&want.o);
+    let rh = match (&ht, &want.ht) {
+        (Some(a), Some(b)) => a.rel_error(b),
+        _ => f64::INFINITY,
+    };
+    let tol = 0.005;
     println!("check    ‖o − ref‖/‖ref‖  = {ro:.2e}   (< {tol})");
     println!("check    ‖ht − ref‖/‖ref‖ = {rh:.2e}   (< {tol})");
     if ro < tol && rh < tol {
@@ -303,6 +424,69 @@ fn run_device(args: &RunArgs, spec: &Spec, dims: &Dims, kind: DeviceKind) -> Res
             spec.name
         )))
     }
+}
+
+/// The header metadata of an `--outputs` file: who wrote it, for what.
+fn metadata(spec: &Spec, target: &str, device: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("producer", "linrec run".into()),
+        ("linrec_variant", spec.name.clone()),
+        ("linrec_spec", spec.hash().short().to_string()),
+        ("linrec_target", target.into()),
+        ("linrec_device", device.into()),
+    ]
+}
+
+/// `--device reference --inputs FILE`: the f64 reference forward on the file's tensors (no
+/// kernel, no finite-difference check); `--outputs` gets `o` in the file's q/k/v dtype and
+/// `ht` in f32, like a device run's.
+fn run_reference_file(args: &RunArgs, spec: &Spec, problem: &Problem) -> Result<(), Failure> {
+    println!("device   f64 CPU reference");
+    let opts = RunOptions {
+        cu_seqlens: problem.cu_seqlens.clone(),
+        output_final_state: true,
+        ..Default::default()
+    };
+    let start = Instant::now();
+    let out = reference::forward(spec, &problem.inputs, &opts).map_err(Failure::usage)?;
+    println!(
+        "forward  {:>9.2} ms   ‖o‖ = {:.6}   ‖ht‖ = {:.6}",
+        start.elapsed().as_secs_f64() * 1e3,
+        out.o.norm(),
+        out.ht.as_ref().map_or(0.0, Tensor::norm)
+    );
+    if let Some(path) = &args.outputs {
+        let o_bytes = host::to_bytes(problem.dtype, &out.o.data);
+        let mut outputs = vec![Output {
+            name: "o",
+            dtype: problem.dtype,
+            shape: &out.o.shape,
+            bytes: &o_bytes,
+        }];
+        let ht_bytes = out
+            .ht
+            .as_ref()
+            .map(|ht| (ht, host::to_bytes(ElementType::F32, &ht.data)));
+        if let Some((ht, bytes)) = &ht_bytes {
+            outputs.push(Output {
+                name: "ht",
+                dtype: ElementType::F32,
+                shape: &ht.shape,
+                bytes,
+            });
+        }
+        tensor_file::write(
+            path,
+            &outputs,
+            metadata(spec, "reference", "f64 CPU reference"),
+        )?;
+        println!("outputs  {}: o, ht", path.display());
+    }
+    println!(
+        "DONE     {} reference forward on the file's inputs",
+        spec.name
+    );
+    Ok(())
 }
 
 fn run_reference(args: &RunArgs, spec: &Spec, dims: &Dims) -> Result<(), Failure> {
