@@ -79,7 +79,10 @@
 //! wave split and result placement *if* the hardware places fragments as documented and
 //! `amdgpu.mfma`/`amdgpu.wmma` pass vector element `e` as register element `e`. It does not
 //! prove those two facts, nor anything about LDS, wave execution, register allocation or speed:
-//! only a run on an AMD GPU does.
+//! only a run on an AMD GPU does. Checked by mutation: swapping a transpose's steps makes the
+//! emulated runs fail (errors ~1); a wrong k order inside a step that A and B share passes,
+//! as it would on the hardware, where it changes nothing (the layout test
+//! `matrix_core::lane_layouts_cover_every_element_once` still pins the documented order).
 
 use melior::{
     Context,
