@@ -165,7 +165,7 @@ impl CompileOptions {
 /// ```no_run
 /// use linrec_compiler::{compile, Target};
 /// use linrec_spec::launch::{ElementType, KernelConfig};
-/// # fn spec() -> linrec_spec::Spec { unimplemented!() }
+/// # fn spec() -> linrec_spec::Spec { panic!("a spec, e.g. linrec::catalogue::SimpleGla::spec()") }
 /// let config = KernelConfig {
 ///     dtype: ElementType::Bf16, key_dim: 64, value_dim: 64, chunk: 64,
 ///     initial_state: true, final_state: true, varlen: false,

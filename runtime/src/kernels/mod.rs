@@ -21,7 +21,7 @@
 //! ```no_run
 //! use linrec_runtime::kernels::{Kernels, KernelRequest, KernelSource};
 //! use linrec_spec::launch::{ElementType, KernelConfig};
-//! # fn spec() -> linrec_spec::Spec { unimplemented!() }
+//! # fn spec() -> linrec_spec::Spec { panic!("a spec, e.g. linrec::catalogue::SimpleGla::spec()") }
 //! # fn main() -> Result<(), linrec_runtime::kernels::KernelError> {
 //! let kernels = Kernels::builder().artifacts("artifacts").build()?;
 //! let config = KernelConfig {
@@ -240,7 +240,7 @@ pub fn config_tag(config: &KernelConfig) -> String {
 /// Level Zero and OpenCL. An error names a device linrec has no target for.
 ///
 /// ```
-/// # fn info() -> linrec_runtime::DeviceInfo { unimplemented!() }
+/// # fn info() -> linrec_runtime::DeviceInfo { panic!("a device's info, e.g. Device::info()") }
 /// # fn main() -> Result<(), String> { if false {
 /// let target = linrec_runtime::kernels::device_target(&info())?; // "sm_90" on an H100
 /// # } Ok(()) }
