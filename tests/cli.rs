@@ -1205,3 +1205,64 @@ fn safetensors_inputs_use_the_spec_names() {
         "{err}"
     );
 }
+
+/// `linrec bench` on the CPU OpenCL runtime: runs, labels the timing as not a GPU one, and
+/// writes well-formed JSON with the per-(variant, shape) numbers.
+#[cfg(feature = "jit")]
+#[test]
+fn bench_on_opencl_writes_json() {
+    if !opencl_ready() {
+        return;
+    }
+    let json = std::env::temp_dir().join(format!("linrec-bench-{}.json", std::process::id()));
+    let path = json.to_str().expect("utf-8 temp path");
+    let out = stdout(&[
+        "bench",
+        "simple_gla",
+        "--device",
+        "opencl",
+        "--shapes",
+        "1,64,1,16",
+        "--iters",
+        "100",
+        "--json",
+        path,
+    ]);
+    assert!(out.contains("NOT a GPU timing"), "{out}");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json written"))
+            .expect("well-formed JSON");
+    let _ = std::fs::remove_file(&json);
+    assert_eq!(doc["gpu_timing"], false);
+    assert_eq!(doc["iters"], 100);
+    let rows = doc["results"].as_array().expect("results");
+    assert_eq!(rows.len(), 1);
+    let r = &rows[0];
+    assert_eq!(r["variant"], "simple_gla");
+    assert_eq!(r["shape"], serde_json::json!([1, 64, 1, 16]));
+    // q, k, v, o bf16 (4 · 64 · 16 · 2) + g f32 (64 · 4); one chunk of flops.
+    assert_eq!(r["bytes"], 4 * 64 * 16 * 2 + 64 * 4);
+    assert_eq!(r["flops"], 327_680.0);
+    for key in [
+        "ms",
+        "p10_ms",
+        "p90_ms",
+        "gb_per_s",
+        "tflop_per_s",
+        "floor_ms",
+    ] {
+        let x = r[key].as_f64().unwrap_or(f64::NAN);
+        assert!(x.is_finite() && x > 0.0, "{key} = {x}");
+    }
+}
+
+/// `linrec bench` keeps DESIGN §9's protocol: fewer than 100 timed runs is a usage error.
+#[test]
+fn bench_refuses_fewer_than_100_iters() {
+    let out = linrec()
+        .args(["bench", "--iters", "10", "--device", "opencl"])
+        .output()
+        .expect("linrec runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 100"));
+}

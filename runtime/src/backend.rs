@@ -424,6 +424,63 @@ pub trait Backend: Send + Sync + fmt::Debug {
 
     /// Waits until all enqueued work on this device has finished.
     fn synchronize(&self) -> Result<()>;
+
+    /// Enqueues a timing event on this device's queue (CUDA: a `CUevent` with timing). `None`
+    /// when the backend has no device-side timer; callers then time with the wall clock around
+    /// [`Backend::synchronize`] (what `linrec bench` does on OpenCL, labelled as such).
+    fn record_timer(&self) -> Result<Option<TimerEvent>> {
+        Ok(None)
+    }
+
+    /// Milliseconds of device time between two events of [`Backend::record_timer`], waiting
+    /// for both to complete.
+    fn timer_elapsed_ms(&self, start: &TimerEvent, end: &TimerEvent) -> Result<f64> {
+        let _ = (start, end);
+        Err(RuntimeError::Driver {
+            backend: self.kind(),
+            call: "timer_elapsed_ms",
+            detail: "this backend has no device timer".into(),
+        })
+    }
+
+    /// Enqueues a device-to-device copy of the first `bytes` bytes of `src` into `dst`.
+    /// `Ok(false)` when the backend does not implement it (the caller measures bandwidth
+    /// another way).
+    fn copy(&self, dst: &RawBuffer, src: &RawBuffer, bytes: usize) -> Result<bool> {
+        let _ = (dst, src, bytes);
+        Ok(false)
+    }
+}
+
+/// A recorded device timing event (backend-specific), see [`Backend::record_timer`].
+pub struct TimerEvent {
+    device: DeviceId,
+    inner: Box<dyn Any + Send + Sync>,
+}
+
+impl TimerEvent {
+    /// Wraps a backend's event.
+    pub fn new(device: DeviceId, inner: Box<dyn Any + Send + Sync>) -> Self {
+        TimerEvent { device, inner }
+    }
+
+    /// The device that recorded it.
+    pub fn device_id(&self) -> DeviceId {
+        self.device
+    }
+
+    /// The backend's event.
+    pub fn downcast<T: 'static>(&self) -> Option<&T> {
+        self.inner.downcast_ref()
+    }
+}
+
+impl fmt::Debug for TimerEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TimerEvent")
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Rejects handles from another device, before they reach a driver that would crash on them.

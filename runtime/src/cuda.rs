@@ -10,14 +10,14 @@ use std::sync::Arc;
 use cudarc::driver::result;
 use cudarc::driver::sys;
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DriverError,
-    LaunchConfig as CuLaunchConfig, PushKernelArg,
+    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr,
+    DriverError, LaunchConfig as CuLaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 
 use crate::backend::{
     Backend, BackendKind, DeviceId, DeviceInfo, FillPattern, KernelHandle, LaunchArg, LaunchConfig,
-    ModuleFormat, ModuleHandle, RawBuffer, check_copy, check_fill, check_same_device,
+    ModuleFormat, ModuleHandle, RawBuffer, TimerEvent, check_copy, check_fill, check_same_device,
 };
 use crate::error::{Result, RuntimeError};
 
@@ -574,5 +574,57 @@ impl Backend for CudaBackend {
         self.stream
             .synchronize()
             .map_err(|e| cu_err("cuStreamSynchronize", e))
+    }
+
+    fn record_timer(&self) -> Result<Option<TimerEvent>> {
+        // A default-flag event (timing enabled), recorded on the one stream all work goes to.
+        let event = self
+            .stream
+            .record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(|e| cu_err("cuEventRecord", e))?;
+        Ok(Some(TimerEvent::new(self.id, Box::new(event))))
+    }
+
+    fn timer_elapsed_ms(&self, start: &TimerEvent, end: &TimerEvent) -> Result<f64> {
+        fn get<'e>(me: &CudaBackend, e: &'e TimerEvent) -> Result<&'e CudaEvent> {
+            check_same_device(me, || "timer event".into(), e.device_id())?;
+            e.downcast::<CudaEvent>()
+                .ok_or_else(|| RuntimeError::WrongDevice {
+                    what: "timer event".into(),
+                    expected: me.info.label(),
+                    found: "another backend".into(),
+                })
+        }
+        let (a, b) = (get(self, start)?, get(self, end)?);
+        a.elapsed_ms(b)
+            .map(f64::from)
+            .map_err(|e| cu_err("cuEventElapsedTime", e))
+    }
+
+    fn copy(&self, dst: &RawBuffer, src: &RawBuffer, bytes: usize) -> Result<bool> {
+        let (d, s) = (
+            self.buffer(dst, "copy destination")?,
+            self.buffer(src, "copy source")?,
+        );
+        if bytes > dst.len_bytes() || bytes > src.len_bytes() {
+            return Err(RuntimeError::Launch {
+                kernel: "copy".into(),
+                detail: format!(
+                    "{bytes} bytes do not fit (source {}, destination {})",
+                    src.len_bytes(),
+                    dst.len_bytes()
+                ),
+            });
+        }
+        if bytes == 0 {
+            return Ok(true);
+        }
+        self.bind()?;
+        // SAFETY: both ranges lie inside live allocations of this context (checked above).
+        unsafe {
+            result::memcpy_dtod_async(self.ptr(d), self.ptr(s), bytes, self.stream.cu_stream())
+        }
+        .map_err(|e| cu_err("cuMemcpyDtoDAsync", e))?;
+        Ok(true)
     }
 }

@@ -417,6 +417,27 @@ impl Device {
         self.backend().synchronize()
     }
 
+    /// Enqueues a device timing event; `None` where the backend has no device timer
+    /// (see [`Backend::record_timer`]).
+    pub fn record_timer(&self) -> Result<Option<crate::backend::TimerEvent>> {
+        self.backend().record_timer()
+    }
+
+    /// Device milliseconds between two events of [`Device::record_timer`].
+    pub fn timer_elapsed_ms(
+        &self,
+        start: &crate::backend::TimerEvent,
+        end: &crate::backend::TimerEvent,
+    ) -> Result<f64> {
+        self.backend().timer_elapsed_ms(start, end)
+    }
+
+    /// Enqueues a device-to-device copy of `bytes` bytes from `src` to `dst`; `Ok(false)`
+    /// where the backend has no copy (see [`Backend::copy`]).
+    pub fn copy_bytes(&self, dst: &DeviceBuffer, src: &DeviceBuffer, bytes: usize) -> Result<bool> {
+        self.backend().copy(dst.raw(), src.raw(), bytes)
+    }
+
     fn launch_inner(
         &self,
         kernel: &KernelHandle,

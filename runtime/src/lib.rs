@@ -58,7 +58,7 @@ mod signature;
 
 pub use backend::{
     Backend, BackendKind, DeviceId, DeviceInfo, FillPattern, KernelHandle, LaunchArg, LaunchConfig,
-    ModuleFormat, ModuleHandle, RawBuffer,
+    ModuleFormat, ModuleHandle, RawBuffer, TimerEvent,
 };
 pub use buffer::{DeviceBuffer, contiguous_strides};
 pub use cache::ModuleCache;

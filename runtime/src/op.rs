@@ -10,7 +10,7 @@
 //! # fn main() -> linrec_runtime::Result<()> {
 //! use linrec_runtime::{Device, DeviceKind, op};
 //! use linrec_spec::{Role, launch::KernelInfo};
-//! # let info: KernelInfo = unimplemented!();
+//! # let info: KernelInfo = panic!("the metadata of a compiled kernel");
 //! # let binary: Vec<u8> = vec![];
 //! let dev = Device::new(DeviceKind::Auto)?;
 //! # let (q, k, v) = (dev.alloc(linrec_runtime::DType::BF16, &[1])?, dev.alloc(linrec_runtime::DType::BF16, &[1])?, dev.alloc(linrec_runtime::DType::BF16, &[1])?);
@@ -142,6 +142,49 @@ pub fn forward(
     binary: &[u8],
     args: &ForwardArgs<'_>,
 ) -> Result<ForwardOutputs> {
+    forward_inner(device, info, binary, args, None).map(|ws| ws.outputs)
+}
+
+/// The buffers of one forward launch (outputs, scratch, decay rates), kept so the same
+/// kernel can be relaunched on the same sizes without allocating ([`forward_into`]): what a
+/// benchmark times.
+#[derive(Debug, Clone)]
+pub struct ForwardWorkspace {
+    /// The outputs the launches write.
+    pub outputs: ForwardOutputs,
+    scratch: DeviceBuffer,
+    decay_rates: Option<DeviceBuffer>,
+}
+
+/// [`forward`], keeping the buffers for [`forward_into`].
+pub fn forward_workspace(
+    device: &Device,
+    info: &KernelInfo,
+    binary: &[u8],
+    args: &ForwardArgs<'_>,
+) -> Result<ForwardWorkspace> {
+    forward_inner(device, info, binary, args, None)
+}
+
+/// Relaunches the forward kernel into the buffers of `ws` (from [`forward_workspace`] with the
+/// same kernel and sizes): checks `args` as [`forward`] does, allocates and poisons nothing.
+pub fn forward_into(
+    device: &Device,
+    info: &KernelInfo,
+    binary: &[u8],
+    args: &ForwardArgs<'_>,
+    ws: &ForwardWorkspace,
+) -> Result<()> {
+    forward_inner(device, info, binary, args, Some(ws)).map(|_| ())
+}
+
+fn forward_inner(
+    device: &Device,
+    info: &KernelInfo,
+    binary: &[u8],
+    args: &ForwardArgs<'_>,
+    reuse: Option<&ForwardWorkspace>,
+) -> Result<ForwardWorkspace> {
     let kname = info.entry.as_str();
     let launch_err = |detail: String| RuntimeError::Launch {
         kernel: kname.to_owned(),
@@ -241,11 +284,24 @@ pub fn forward(
 
     // Outputs, state and scratch: NaN until the kernel writes them.
     let c = &info.config;
-    let o = device.alloc_poisoned(dtype(c.dtype), &dims.output_shape())?;
-    let final_state = if info.params.contains(&KernelParam::FinalState) {
-        Some(device.alloc_poisoned(DType::F32, &dims.state_shape(sequences))?)
-    } else {
-        None
+    if let Some(ws) = reuse
+        && (ws.outputs.dims != dims || ws.outputs.sequences != sequences)
+    {
+        return Err(launch_err(format!(
+            "the workspace was made for {:?} with {} sequences, not {dims:?} with {sequences}",
+            ws.outputs.dims, ws.outputs.sequences
+        )));
+    }
+    let o = match reuse {
+        Some(ws) => ws.outputs.o.clone(),
+        None => device.alloc_poisoned(dtype(c.dtype), &dims.output_shape())?,
+    };
+    let final_state = match reuse {
+        Some(ws) => ws.outputs.final_state.clone(),
+        None if info.params.contains(&KernelParam::FinalState) => {
+            Some(device.alloc_poisoned(DType::F32, &dims.state_shape(sequences))?)
+        }
+        None => None,
     };
     let mut grid = [0u32; 3];
     for (g, e) in grid.iter_mut().zip(&info.grid) {
@@ -259,8 +315,18 @@ pub fn forward(
         .checked_mul(info.scratch)
         .and_then(|n| usize::try_from(n).ok())
         .ok_or_else(|| launch_err("the scratch buffer's size overflows".into()))?;
-    let scratch = device.alloc_poisoned(DType::F32, &[scratch_len])?;
-    let decay_rates = if info.params.contains(&KernelParam::DecayRates) {
+    let scratch = match reuse {
+        Some(ws) if ws.scratch.shape() == [scratch_len] => ws.scratch.clone(),
+        Some(_) => {
+            return Err(launch_err(
+                "the workspace's scratch has another size".into(),
+            ));
+        }
+        None => device.alloc_poisoned(DType::F32, &[scratch_len])?,
+    };
+    let decay_rates = if let Some(ws) = reuse {
+        ws.decay_rates.clone()
+    } else if info.params.contains(&KernelParam::DecayRates) {
         // KernelParam::DecayRates is RetNet's schedule γ_h = 1 − 2^(−5−h), in log space.
         let rates: Vec<f32> = (0..dims.value_heads)
             .map(|hv| constant_log_decay(ConstantRate::Retnet, None, hv) as f32)
@@ -335,11 +401,15 @@ pub fn forward(
         shared_mem_bytes: info.shared_bytes,
     };
     device.launch_checked(&kernel, &sig, &config, &launch)?;
-    Ok(ForwardOutputs {
-        o,
-        final_state,
-        dims,
-        sequences,
+    Ok(ForwardWorkspace {
+        outputs: ForwardOutputs {
+            o,
+            final_state,
+            dims,
+            sequences,
+        },
+        scratch,
+        decay_rates,
     })
 }
 

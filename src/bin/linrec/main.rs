@@ -1,5 +1,6 @@
 //! The `linrec` command line: list and inspect variants, run them against the f64 reference.
 
+mod bench;
 #[cfg(feature = "jit")]
 mod compile;
 #[cfg(feature = "jit")]
@@ -36,6 +37,8 @@ enum Command {
     },
     /// Run a variant on random inputs on a device and check it against the f64 reference.
     Run(run::RunArgs),
+    /// Time forward kernels on a device: median ms, GB/s, TFLOP/s, HBM floor (DESIGN §9).
+    Bench(bench::BenchArgs),
     /// Print one compiler stage of a variant's kernel for a target.
     #[cfg(feature = "jit")]
     Emit(emit::EmitArgs),
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
         }
         Command::Show { variant } => show::run(&variant),
         Command::Run(args) => run::run(&args),
+        Command::Bench(args) => bench::run(&args),
         #[cfg(feature = "jit")]
         Command::Emit(args) => emit::run(&args),
         #[cfg(feature = "jit")]

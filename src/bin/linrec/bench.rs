@@ -1,0 +1,552 @@
+//! `linrec bench`: forward timing of linrec's kernels on a device (DESIGN §9).
+//!
+//! Inputs are allocated once (random values of the kernel's dtype), the kernel is launched
+//! `--warmup` times, then `--iters` launches are timed one by one and the median (with p10
+//! and p90) reported. Every launch writes the same output buffers (no allocation, no poisoning
+//! in the timed region: `op::forward_into`).
+//!
+//! **Timer.** On CUDA each launch sits between two `CUevent`s recorded on the stream
+//! (`cuEventElapsedTime`); all launches are enqueued back to back and read after one
+//! synchronize, so host overhead between launches is hidden as long as the GPU is busy. On
+//! backends without a device timer (OpenCL, Level Zero, HIP here) each launch is timed with
+//! the wall clock between two synchronizes — launch overhead included — and on a CPU runtime
+//! the result is labelled as not a GPU timing.
+//!
+//! **Bytes** (the HBM floor): every input read once and every output written once: q, k
+//! `[B,T,H,K]` and v `[B,T,HV,V]` in the dtype, gates `[B,T,HV]` f32 where the variant has
+//! them, o `[B,T,HV,V]` in the dtype, h0 / ht `[N,HV,K,V]` f32 where used. The floor is
+//! bytes / bandwidth, with the bandwidth a device-to-device copy measured in the same run
+//! (read + written bytes over the copy's time; CUDA `cuMemcpyDtoDAsync` of 1 GiB) — or, where
+//! the backend has no copy, a fill's write bandwidth (labelled).
+//!
+//! **Flops**: the chunkwise algorithm's matmuls, per (sequence, value head) and chunk of C
+//! rows (C = the chunk length; the last chunk counted full): 2·C·C·K (Q·Kᵀ), 2·C·C·V (A·V),
+//! 2·C·K·V (Q·h) and 2·C·K·V (Kᵀ·V), so `B · HV · ⌈T/C⌉ · (2C²(K+V) + 4CKV)`. Elementwise
+//! work (gates, masks, scale) is not counted.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+use linrec::catalogue;
+use linrec::host;
+use linrec::reference::Rng;
+use linrec::spec::launch::{ElementType, KernelConfig};
+use linrec::spec::{Dims, Role, Spec};
+use linrec_runtime::op::{self, ForwardArgs};
+use linrec_runtime::{DType, Device, DeviceBuffer, DeviceKind};
+use serde_json::json;
+
+use crate::Failure;
+use crate::kernels::{self, check_chunk, parse_dtype};
+use crate::run::DeviceArg;
+
+/// DESIGN §9's shapes `(B, T, H, D)`, K = V = D.
+pub const FLA_SHAPES: [(usize, usize, usize, usize); 8] = [
+    (1, 8192, 96, 128),
+    (2, 16384, 16, 128),
+    (4, 2048, 16, 128),
+    (4, 4096, 64, 128),
+    (8, 2048, 32, 256),
+    (8, 1024, 8, 64),
+    (8, 2048, 16, 128),
+    (1, 32768, 16, 128),
+];
+
+/// The variants benchmarked when none is named.
+pub const DEFAULT_VARIANTS: [&str; 3] = ["linear_attn", "retention", "simple_gla"];
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Built-in names or aliases (default: linear_attn retention simple_gla).
+    variants: Vec<String>,
+    /// `fla` (DESIGN §9's eight shapes) or `B,T,H,D[;B,T,H,D...]` (K = V = D).
+    #[arg(long, default_value = "fla")]
+    shapes: String,
+    /// Element type of q, k, v and o: bf16, f16 or f32.
+    #[arg(long, default_value = "bf16")]
+    dtype: String,
+    /// Chunk length: 16, 32 or 64.
+    #[arg(long, default_value_t = 64)]
+    chunk: usize,
+    /// Untimed launches before timing.
+    #[arg(long, default_value_t = 10)]
+    warmup: usize,
+    /// Timed launches (at least 100); the median is reported.
+    #[arg(long, default_value_t = 100)]
+    iters: usize,
+    /// Also pass a random h0 and write the final state (fla's default is neither).
+    #[arg(long)]
+    state: bool,
+    /// Where to run.
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceArg,
+    /// Write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Load kernels from this artifact folder (written by `linrec compile`); also
+    /// `LINREC_ARTIFACTS`.
+    #[arg(long)]
+    artifacts: Option<PathBuf>,
+    /// Seed of the random inputs.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+/// Parses `fla` or `B,T,H,D[;...]` into dims with K = V = D.
+pub fn parse_shapes(s: &str) -> Result<Vec<Dims>, Failure> {
+    if s.trim() == "fla" {
+        return Ok(FLA_SHAPES
+            .iter()
+            .map(|&(b, t, h, d)| Dims::new(b, t, h, d, d))
+            .collect());
+    }
+    let bad = |part: &str| {
+        Failure::usage(format!(
+            "--shapes: `{part}` is not B,T,H,D (positive integers); give `fla` or e.g. `8,2048,16,128;1,64,1,16`"
+        ))
+    };
+    s.split(';')
+        .filter(|p| !p.trim().is_empty())
+        .map(|part| {
+            let n: Vec<usize> = part
+                .split(',')
+                .map(|x| x.trim().parse::<usize>())
+                .collect::<Result<_, _>>()
+                .map_err(|_| bad(part))?;
+            match n[..] {
+                [b, t, h, d] if b > 0 && t > 0 && h > 0 && d > 0 && d <= 256 => {
+                    Ok(Dims::new(b, t, h, d, d))
+                }
+                _ => Err(bad(part)),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .and_then(|v| if v.is_empty() { Err(bad(s)) } else { Ok(v) })
+}
+
+/// Matmul flops of the chunkwise forward (see the module docs):
+/// `B · HV · ⌈T/C⌉ · (2C²(K+V) + 4CKV)`.
+pub fn chunk_flops(dims: &Dims, chunk: usize) -> f64 {
+    let (c, k, v) = (chunk as f64, dims.key_dim as f64, dims.value_dim as f64);
+    let chunks = dims.seq_len.div_ceil(chunk) as f64;
+    let per_chunk = 2.0 * c * c * k + 2.0 * c * c * v + 2.0 * c * k * v + 2.0 * c * k * v;
+    dims.batch as f64 * dims.value_heads as f64 * chunks * per_chunk
+}
+
+/// Bytes read and written once (see the module docs): the spec's inputs, o, and h0 / ht
+/// when `state`.
+pub fn traffic_bytes(spec: &Spec, dims: &Dims, dtype: ElementType, state: bool) -> u64 {
+    let mut bytes = 0u64;
+    for input in &spec.inputs {
+        let n: usize = dims.input_shape(input.role, &spec.decay).iter().product();
+        bytes += (n * element_of(input.role, dtype).size()) as u64;
+    }
+    let o: usize = dims.output_shape().iter().product();
+    bytes += (o * dtype.size()) as u64;
+    if state {
+        let s: usize = dims.state_shape(dims.batch).iter().product();
+        bytes += 2 * (s * 4) as u64;
+    }
+    bytes
+}
+
+/// The element type the kernel reads for `role`: q, k, v in the kernel's dtype, the rest f32.
+fn element_of(role: Role, dtype: ElementType) -> ElementType {
+    if matches!(role, Role::Query | Role::Key | Role::Value) {
+        dtype
+    } else {
+        ElementType::F32
+    }
+}
+
+/// Median, p10 and p90 of `times` (sorted in place).
+pub fn percentiles(times: &mut [f64]) -> (f64, f64, f64) {
+    times.sort_by(f64::total_cmp);
+    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.1), at(0.9))
+}
+
+/// A device buffer of `shape` filled with random values for `role` (a 1 Mi-element random
+/// block repeated: the values don't change the timing, and the host stays fast at 10⁸ elements).
+fn random_buffer(
+    device: &Device,
+    role: Option<Role>,
+    dtype: ElementType,
+    shape: &[usize],
+    rng: &mut Rng,
+) -> Result<DeviceBuffer, Failure> {
+    let n: usize = shape.iter().product();
+    let block: Vec<f64> = (0..n.min(1 << 20))
+        .map(|_| {
+            let x = rng.normal();
+            match role {
+                // log-sigmoid gates, as fla's benchmarks and `reference::random_inputs`.
+                Some(Role::Gate) | Some(Role::DecayRate) => -(1.0 + (-x).exp()).ln(),
+                Some(Role::Beta) => 1.0 / (1.0 + (-x).exp()),
+                _ => x,
+            }
+        })
+        .collect();
+    let block = host::to_bytes(dtype, &block);
+    let mut bytes = Vec::with_capacity(n * dtype.size());
+    while bytes.len() < n * dtype.size() {
+        let rest = n * dtype.size() - bytes.len();
+        bytes.extend_from_slice(&block[..rest.min(block.len())]);
+    }
+    device
+        .upload_bytes(op::dtype(dtype), shape, &bytes)
+        .map_err(Failure::check)
+}
+
+/// The timer a run used.
+#[derive(Clone, Copy)]
+enum Timer {
+    DeviceEvents,
+    WallClock,
+}
+
+/// Times `iters` calls of `launch` after `warmup` untimed ones; milliseconds per call.
+fn time_launches(
+    device: &Device,
+    warmup: usize,
+    iters: usize,
+    launch: &mut dyn FnMut() -> Result<(), Failure>,
+) -> Result<(Vec<f64>, Timer), Failure> {
+    for _ in 0..warmup {
+        launch()?;
+    }
+    device.synchronize().map_err(Failure::check)?;
+    let probe = device.record_timer().map_err(Failure::check)?;
+    if probe.is_some() {
+        let mut events = Vec::with_capacity(iters);
+        for _ in 0..iters {
+            let start = device.record_timer().map_err(Failure::check)?;
+            launch()?;
+            let end = device.record_timer().map_err(Failure::check)?;
+            if let (Some(a), Some(b)) = (start, end) {
+                events.push((a, b));
+            }
+        }
+        device.synchronize().map_err(Failure::check)?;
+        let times = events
+            .iter()
+            .map(|(a, b)| device.timer_elapsed_ms(a, b))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Failure::check)?;
+        Ok((times, Timer::DeviceEvents))
+    } else {
+        let mut times = Vec::with_capacity(iters);
+        for _ in 0..iters {
+            device.synchronize().map_err(Failure::check)?;
+            let t = Instant::now();
+            launch()?;
+            device.synchronize().map_err(Failure::check)?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        Ok((times, Timer::WallClock))
+    }
+}
+
+/// Measured bandwidth in GB/s (10⁹ B/s) and how: a device copy (read + write bytes) or, where
+/// the backend has none, a fill (written bytes).
+fn measure_bandwidth(device: &Device) -> Result<(f64, &'static str), Failure> {
+    let bytes: usize = if device.info().is_cpu {
+        64 << 20
+    } else {
+        1 << 30
+    };
+    let src = device
+        .alloc(DType::F32, &[bytes / 4])
+        .map_err(Failure::check)?;
+    let dst = device
+        .alloc(DType::F32, &[bytes / 4])
+        .map_err(Failure::check)?;
+    device
+        .fill(&src, linrec_runtime::FillPattern::U32(1))
+        .map_err(Failure::check)?;
+    let copies = device
+        .copy_bytes(&dst, &src, bytes)
+        .map_err(Failure::check)?;
+    let (mut times, _) = if copies {
+        time_launches(device, 3, 20, &mut || {
+            device
+                .copy_bytes(&dst, &src, bytes)
+                .map(|_| ())
+                .map_err(Failure::check)
+        })?
+    } else {
+        time_launches(device, 3, 20, &mut || {
+            device
+                .fill(&dst, linrec_runtime::FillPattern::U32(2))
+                .map_err(Failure::check)
+        })?
+    };
+    let (ms, _, _) = percentiles(&mut times);
+    let moved = if copies { 2 * bytes } else { bytes } as f64;
+    Ok((
+        moved / (ms * 1e-3) / 1e9,
+        if copies {
+            "device copy, read + write"
+        } else {
+            "fill, write only"
+        },
+    ))
+}
+
+pub fn run(args: &BenchArgs) -> Result<(), Failure> {
+    if args.iters < 100 {
+        return Err(Failure::usage(format!(
+            "--iters {} is under 100: the protocol (DESIGN §9) takes the median of at least 100 runs",
+            args.iters
+        )));
+    }
+    let dtype = parse_dtype(&args.dtype)?;
+    let chunk = check_chunk(args.chunk)?;
+    let shapes = parse_shapes(&args.shapes)?;
+    let names: Vec<String> = if args.variants.is_empty() {
+        DEFAULT_VARIANTS.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.variants.clone()
+    };
+    let specs = names
+        .iter()
+        .map(|n| {
+            catalogue::lookup(n)
+                .map(|b| b.spec())
+                .map_err(Failure::usage)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let kind = match args.device {
+        DeviceArg::Reference => {
+            return Err(Failure::usage(
+                "`linrec bench` times kernels on a device: --device reference has none",
+            ));
+        }
+        DeviceArg::Auto => DeviceKind::Auto,
+        DeviceArg::Cuda => DeviceKind::Cuda,
+        DeviceArg::Hip => DeviceKind::Hip,
+        DeviceArg::LevelZero => DeviceKind::LevelZero,
+        DeviceArg::Opencl => DeviceKind::OpenCl,
+    };
+    if let Some(path) = &args.json {
+        std::fs::write(path, b"")
+            .map_err(|e| Failure::usage(format!("--json {}: {e}", path.display())))?;
+    }
+    let device = Device::new(kind).map_err(Failure::usage)?;
+    let info = device.info().clone();
+    let target = kernels::target_for(&info)?;
+    let provider = kernels::provider(
+        kernels::artifacts_dir(args.artifacts.as_deref()).as_deref(),
+        false,
+    )?;
+    let (bandwidth, bw_how) = measure_bandwidth(&device)?;
+    let not_gpu = info.is_cpu;
+    println!(
+        "device   {} ({:?}, {}), target {target}{}",
+        info.name,
+        info.backend,
+        info.vendor,
+        if not_gpu {
+            " — a CPU runtime: NOT a GPU timing"
+        } else {
+            ""
+        }
+    );
+    println!("memory   {bandwidth:.0} GB/s measured ({bw_how}); HBM floor = bytes / that");
+    let mut rows = Vec::new();
+    let mut timer_used = Timer::WallClock;
+    println!(
+        "{:<12} {:<20} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9} {:>7}",
+        "variant", "B,T,H,D", "ms", "p10", "p90", "GB/s", "TFLOP/s", "floor ms", "×floor"
+    );
+    let mut rng = Rng::new(args.seed);
+    for dims in &shapes {
+        for spec in &specs {
+            let config = KernelConfig {
+                dtype,
+                key_dim: dims.key_dim,
+                value_dim: dims.value_dim,
+                chunk,
+                initial_state: args.state,
+                final_state: args.state,
+                varlen: false,
+            };
+            let (kernel, _origin) = kernels::forward(&provider, spec, &target, config)?;
+            let mut buffers = Vec::new();
+            for input in &spec.inputs {
+                let shape = dims.input_shape(input.role, &spec.decay);
+                buffers.push((
+                    input.role,
+                    random_buffer(
+                        &device,
+                        Some(input.role),
+                        element_of(input.role, dtype),
+                        &shape,
+                        &mut rng,
+                    )?,
+                ));
+            }
+            let h0 = if args.state {
+                Some(random_buffer(
+                    &device,
+                    None,
+                    ElementType::F32,
+                    &dims.state_shape(dims.batch),
+                    &mut rng,
+                )?)
+            } else {
+                None
+            };
+            let refs: Vec<(Role, &DeviceBuffer)> = buffers.iter().map(|(r, b)| (*r, b)).collect();
+            let fargs = ForwardArgs {
+                inputs: &refs,
+                initial_state: h0.as_ref(),
+                cu_seqlens: None,
+                scale: spec.scale.resolve(dims.key_dim) as f32,
+            };
+            let ws = op::forward_workspace(&device, &kernel.info, &kernel.binary, &fargs)
+                .map_err(Failure::check)?;
+            let (mut times, timer) = time_launches(&device, args.warmup, args.iters, &mut || {
+                op::forward_into(&device, &kernel.info, &kernel.binary, &fargs, &ws)
+                    .map_err(Failure::check)
+            })?;
+            timer_used = timer;
+            let (ms, p10, p90) = percentiles(&mut times);
+            let bytes = traffic_bytes(spec, dims, dtype, args.state);
+            let flops = chunk_flops(dims, chunk);
+            let gbs = bytes as f64 / (ms * 1e-3) / 1e9;
+            let tflops = flops / (ms * 1e-3) / 1e12;
+            let floor_ms = bytes as f64 / (bandwidth * 1e9) * 1e3;
+            let shape = format!(
+                "{},{},{},{}",
+                dims.batch, dims.seq_len, dims.heads, dims.key_dim
+            );
+            println!(
+                "{:<12} {:<20} {:>9.3} {:>9.3} {:>9.3} {:>9.0} {:>8.2} {:>9.4} {:>7.2}",
+                spec.name,
+                shape,
+                ms,
+                p10,
+                p90,
+                gbs,
+                tflops,
+                floor_ms,
+                ms / floor_ms
+            );
+            rows.push(json!({
+                "variant": spec.name,
+                "shape": [dims.batch, dims.seq_len, dims.heads, dims.key_dim],
+                "B": dims.batch, "T": dims.seq_len, "H": dims.heads, "D": dims.key_dim,
+                "ms": ms, "p10_ms": p10, "p90_ms": p90,
+                "bytes": bytes, "flops": flops,
+                "gb_per_s": gbs, "tflop_per_s": tflops,
+                "floor_ms": floor_ms, "ratio_to_floor": ms / floor_ms,
+                "kernel": kernel.info.entry,
+            }));
+            drop(ws);
+        }
+    }
+    let timer_text = match timer_used {
+        Timer::DeviceEvents => "device events (CUDA cuEventElapsedTime), launches back to back",
+        Timer::WallClock => "wall clock between synchronizes (launch overhead included)",
+    };
+    println!(
+        "timer    {timer_text}; median of {} after {} warm-up launches{}",
+        args.iters,
+        args.warmup,
+        if not_gpu {
+            "; a CPU runtime: not a GPU timing"
+        } else {
+            ""
+        }
+    );
+    if let Some(path) = &args.json {
+        let doc = json!({
+            "tool": "linrec bench",
+            "linrec_version": env!("CARGO_PKG_VERSION"),
+            "device": info.name,
+            "backend": format!("{:?}", info.backend),
+            "target": target,
+            "gpu_timing": !not_gpu,
+            "timer": timer_text,
+            "dtype": args.dtype,
+            "chunk": chunk,
+            "state": args.state,
+            "warmup": args.warmup,
+            "iters": args.iters,
+            "bandwidth_gb_per_s": bandwidth,
+            "bandwidth_how": bw_how,
+            "flops_formula": "B*HV*ceil(T/C)*(2*C*C*K + 2*C*C*V + 2*C*K*V + 2*C*K*V)",
+            "bytes_formula": "q,k,v (dtype) + gates f32 + o (dtype) + h0,ht f32 if --state",
+            "results": rows,
+        });
+        let text = serde_json::to_string_pretty(&doc).map_err(Failure::check)?;
+        std::fs::write(path, text + "\n")
+            .map_err(|e| Failure::usage(format!("--json {}: {e}", path.display())))?;
+        println!("json     {}", path.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flops_count_the_four_chunk_matmuls() {
+        // One chunk of 64, K = V = 16: 2·64²·16 + 2·64²·16 + 2·64·16·16 + 2·64·16·16.
+        let d = Dims::new(1, 64, 1, 16, 16);
+        assert_eq!(chunk_flops(&d, 64), 262_144.0 + 65_536.0);
+        // A partial last chunk counts full; B and H multiply.
+        let d = Dims::new(2, 65, 3, 16, 16);
+        assert_eq!(chunk_flops(&d, 64), 2.0 * 3.0 * 2.0 * 327_680.0);
+        // (8,2048,16,128): 8·16·32·(2·64²·256 + 4·64·128²).
+        let d = Dims::new(8, 2048, 16, 128, 128);
+        assert_eq!(
+            chunk_flops(&d, 64),
+            8.0 * 16.0 * 32.0 * (2.0 * 4096.0 * 256.0 + 4.0 * 64.0 * 16384.0)
+        );
+    }
+
+    #[test]
+    fn bytes_count_inputs_and_outputs_once() {
+        let d = Dims::new(8, 2048, 16, 128, 128);
+        let n = 8 * 2048 * 16 * 128;
+        let la = catalogue::lookup("linear_attn").expect("built-in").spec();
+        // q, k, v in + o out, bf16.
+        assert_eq!(
+            traffic_bytes(&la, &d, ElementType::Bf16, false),
+            (4 * n * 2) as u64
+        );
+        // h0 and ht f32 on top.
+        let state = (8 * 16 * 128 * 128 * 4 * 2) as u64;
+        assert_eq!(
+            traffic_bytes(&la, &d, ElementType::Bf16, true),
+            (4 * n * 2) as u64 + state
+        );
+        // simple_gla reads a scalar f32 gate per (b, t, h).
+        let sg = catalogue::lookup("simple_gla").expect("built-in").spec();
+        assert_eq!(
+            traffic_bytes(&sg, &d, ElementType::Bf16, false),
+            (4 * n * 2 + 8 * 2048 * 16 * 4) as u64
+        );
+    }
+
+    #[test]
+    fn shapes_parse() {
+        assert_eq!(parse_shapes("fla").ok().expect("fla parses").len(), 8);
+        let s = parse_shapes("1,64,1,16;8,2048,16,128")
+            .ok()
+            .expect("two shapes parse");
+        assert_eq!(s[1], Dims::new(8, 2048, 16, 128, 128));
+        assert!(parse_shapes("1,64,1").is_err());
+        assert!(parse_shapes("1,64,1,512").is_err());
+    }
+
+    #[test]
+    fn percentiles_of_101() {
+        let mut t: Vec<f64> = (0..101).rev().map(f64::from).collect();
+        assert_eq!(percentiles(&mut t), (50.0, 10.0, 90.0));
+    }
+}
