@@ -68,9 +68,13 @@ def main():
     ap.add_argument("--budget-s", type=float, default=1e9,
                     help="skip what is left after this many seconds (recorded as skipped)")
     ap.add_argument("--no-bwd", action="store_true")
+    ap.add_argument("--bwd-shapes", default=None,
+                    help="time fwd+bwd only at these B,T,H,D[;...] (default: every shape); "
+                         "fla's first backward at a shape costs minutes of Triton autotuning")
     args = ap.parse_args()
     assert args.iters >= 100, "the protocol takes the median of at least 100 runs"
     t0 = time.time()
+    bwd_shapes = None if args.bwd_shapes is None else set(parse_shapes(args.bwd_shapes))
 
     import fla
     import triton
@@ -132,7 +136,8 @@ def main():
                 row.update(fwd_ms=m, fwd_p10_ms=p10, fwd_p90_ms=p90)
             except Exception as e:  # noqa: BLE001 — recorded, part of the comparison
                 row["fwd_error"] = f"{type(e).__name__}: {e}"[:300]
-            if not args.no_bwd and time.time() - t0 <= args.budget_s:
+            want_bwd = not args.no_bwd and (bwd_shapes is None or (B, T, H, D) in bwd_shapes)
+            if want_bwd and time.time() - t0 <= args.budget_s:
                 qg, kg, vg = (x.detach().clone().requires_grad_(True) for x in (q, k, v))
                 gg = g.detach().clone().requires_grad_(True)
 

@@ -10,6 +10,9 @@
 # There (the GPU):    bash scripts/gpu-bench.sh run [DIR]
 #   installs the wheels (--no-deps --target), runs `linrec bench --device cuda`, then
 #   scripts/bench-fla.py, then scripts/bench-merge.py; JSON and logs go to $OUT (else DIR/out).
+#   fla's Triton autotuning on a fresh machine is slow (minutes for the first shape's fwd+bwd),
+#   so fla's fwd+bwd runs only at FLA_BWD_SHAPES and anything past FLA_BUDGET_S seconds is
+#   recorded as skipped; keep the device call's timeout above ~60 s + the budget.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-}
@@ -39,7 +42,8 @@ case "$mode" in
     "$dir/linrec" bench "${VARIANTS[@]}" --device cuda --artifacts "$dir/art" --shapes fla \
       --iters "${ITERS:-100}" --json "$out/linrec.json" 2>&1 | tee "$out/linrec.log"
     python3 scripts/bench-fla.py --shapes fla --iters "${ITERS:-100}" --json "$out/fla.json" \
-      --budget-s "${FLA_BUDGET_S:-300}" 2>&1 | tee "$out/fla.log"
+      --bwd-shapes "${FLA_BWD_SHAPES:-8,2048,16,128;1,32768,16,128}" \
+      --budget-s "${FLA_BUDGET_S:-330}" 2>&1 | tee "$out/fla.log"
     python3 scripts/bench-merge.py "$out/linrec.json" "$out/fla.json" | tee "$out/table.md"
     ;;
   *)
