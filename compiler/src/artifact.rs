@@ -220,18 +220,9 @@ pub fn compile_with(
     Ok(artifact)
 }
 
-/// A short, file-name-safe description of a config.
+/// A short, file-name-safe description of a config ([`KernelConfig::tag`]).
 pub fn config_tag(config: &KernelConfig) -> String {
-    format!(
-        "{}-k{}-v{}-c{}{}{}{}",
-        config.dtype,
-        config.key_dim,
-        config.value_dim,
-        config.chunk,
-        if config.initial_state { "-h0" } else { "" },
-        if config.final_state { "-ht" } else { "" },
-        if config.varlen { "-varlen" } else { "" },
-    )
+    config.tag()
 }
 
 /// Who compiles: this crate's version and the LLVM it links, e.g.

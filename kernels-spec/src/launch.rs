@@ -78,6 +78,31 @@ pub struct KernelConfig {
     pub varlen: bool,
 }
 
+impl KernelConfig {
+    /// A short, file-name-safe description, e.g. `bf16-k64-v32-c64-h0-varlen`: part of cache
+    /// keys and artifact file names, so the compiler and the runtime must agree on it.
+    ///
+    /// ```
+    /// use linrec_spec::launch::{ElementType, KernelConfig};
+    /// let c = KernelConfig { dtype: ElementType::Bf16, key_dim: 64, value_dim: 32, chunk: 64,
+    ///     initial_state: true, final_state: false, varlen: true };
+    /// assert_eq!(c.tag(), "bf16-k64-v32-c64-h0-varlen");
+    /// ```
+    pub fn tag(&self) -> String {
+        let config = self;
+        format!(
+            "{}-k{}-v{}-c{}{}{}{}",
+            config.dtype,
+            config.key_dim,
+            config.value_dim,
+            config.chunk,
+            if config.initial_state { "-h0" } else { "" },
+            if config.final_state { "-ht" } else { "" },
+            if config.varlen { "-varlen" } else { "" },
+        )
+    }
+}
+
 /// An integer formula over the problem's sizes, for grids and buffer sizes.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -223,16 +223,7 @@ impl fmt::Display for KernelKey {
 /// assert_eq!(linrec_runtime::kernels::config_tag(&c), "bf16-k64-v32-c64-h0-varlen");
 /// ```
 pub fn config_tag(config: &KernelConfig) -> String {
-    format!(
-        "{}-k{}-v{}-c{}{}{}{}",
-        config.dtype,
-        config.key_dim,
-        config.value_dim,
-        config.chunk,
-        if config.initial_state { "-h0" } else { "" },
-        if config.final_state { "-ht" } else { "" },
-        if config.varlen { "-varlen" } else { "" },
-    )
+    config.tag()
 }
 
 /// The target whose binaries `device` loads: `sm_80` / `sm_90` from a CUDA device's compute
@@ -769,8 +760,8 @@ fn file_safe(s: &str) -> String {
         .collect()
 }
 
-/// Lowercase hex SHA-256.
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+/// Lowercase hex SHA-256 (artifact manifests and cache entries record it).
+pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     use std::fmt::Write;
     Sha256::digest(bytes)

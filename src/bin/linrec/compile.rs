@@ -13,7 +13,8 @@ use linrec_compiler::{BinaryFormat, Target};
 
 use crate::Failure;
 use crate::emit::parse_head_dims;
-use crate::kernels::{check_chunk, parse_dtype, sha256_hex};
+use crate::kernels::{check_chunk, parse_dtype};
+use linrec_runtime::kernels::sha256_hex;
 
 #[derive(Args)]
 pub struct CompileArgs {

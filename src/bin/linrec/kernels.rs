@@ -9,8 +9,6 @@ use linrec::spec::Spec;
 use linrec::spec::launch::{ElementType, KernelConfig};
 use linrec_runtime::DeviceInfo;
 use linrec_runtime::kernels::{ARTIFACTS_ENV, Kernel, KernelRequest, KernelSource, Kernels};
-#[cfg(feature = "jit")]
-use sha2::{Digest, Sha256};
 
 use crate::Failure;
 
@@ -44,15 +42,6 @@ pub fn artifacts_dir(arg: Option<&Path>) -> Option<PathBuf> {
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
     })
-}
-
-/// Hex SHA-256 of `bytes` (for the manifest `linrec compile` writes).
-#[cfg(feature = "jit")]
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// The kernel provider of `linrec run`. With an artifact folder it loads from the folder alone
