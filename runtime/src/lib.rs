@@ -27,7 +27,8 @@
 //! - [`Device`]: picks a backend ([`DeviceKind`]), allocates [`DeviceBuffer`]s that carry
 //!   dtype, shape and strides, caches modules by a caller-chosen key, and checks launch
 //!   arguments against a [`KernelSignature`] so that a wrong argument is an error naming it.
-//! - [`Kernels`] ([`kernels`]): the kernel provider; [`op::forward`] launches what it returns.
+//! - [`Kernels`] ([`kernels`]): the kernel provider; [`op::forward`] and [`op::backward`]
+//!   launch what it returns.
 //! - [`interop`]: cudarc `CudaSlice`s as [`DeviceBuffer`]s (no copy) and back.
 //!
 //! ```no_run

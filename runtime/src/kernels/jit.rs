@@ -61,16 +61,14 @@ impl KernelCompiler for JitCompiler {
     }
 
     fn compile(&self, request: &KernelRequest<'_>) -> Result<Compiled, CompileFailure> {
-        if request.direction != Direction::Forward {
-            return Err(format!(
-                "linrec-compiler derives forward kernels only so far, not {} ones",
-                request.direction
-            )
-            .into());
-        }
         let target: Target = request.target.parse()?;
-        let artifact =
-            linrec_compiler::compile_with(request.spec, target, &request.config, &self.options)?;
+        let (spec, config, options) = (request.spec, &request.config, &self.options);
+        let artifact = match request.direction {
+            Direction::Forward => linrec_compiler::compile_with(spec, target, config, options)?,
+            Direction::Backward => {
+                linrec_compiler::compile_backward_with(spec, target, config, options)?
+            }
+        };
         Ok(Compiled {
             info: artifact.info,
             binary: artifact.binary,

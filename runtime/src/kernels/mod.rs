@@ -123,6 +123,17 @@ impl<'a> KernelRequest<'a> {
         }
     }
 
+    /// The backward kernel of `spec` for `target` and `config` (launched by
+    /// [`crate::op::backward`]).
+    pub fn backward(spec: &'a Spec, target: &'a str, config: KernelConfig) -> Self {
+        KernelRequest {
+            spec,
+            direction: Direction::Backward,
+            target,
+            config,
+        }
+    }
+
     /// The identity of the requested kernel.
     pub fn key(&self) -> KernelKey {
         KernelKey {

@@ -21,12 +21,16 @@
 //!   driver libraries (tests/mock_drivers/*.c, compiled with the system C compiler).
 //! - `select`: `DeviceKind::Auto` tries CUDA, HIP, Level Zero, OpenCL, and falls back to OpenCL.
 //! - `op`: `op::forward`'s argument checks and output allocation, on the mock backend.
+//! - `backward`: `op::backward`'s — direction, `do`, `dht`, the gradients, chunk states and
+//!   accumulators the runtime allocates, a missing `dht` passed as zeros, workspaces — on the
+//!   mock backend behind a recorder of argument sizes.
 //! - `provider`: the kernel provider (`kernels::Kernels`) with a counting fake compiler —
 //!   artifact folders, embedded artifacts, misses and version/target mismatches, the disk
 //!   cache (atomic writes, corrupt entries, unusable folders), one compile for 8 threads — and
 //!   the embedded fixture kernel run on OpenCL against the f64 reference.
 //! - `jit` (feature `jit`, links MLIR): the same provider with linrec-compiler in process.
 
+mod backward;
 mod checks;
 mod child;
 mod common;

@@ -1,0 +1,604 @@
+//! `op::backward` on the in-memory mock backend, with hand-written launch metadata of a backward
+//! kernel: the direction is checked both ways, `do` and `dht` like every other argument
+//! (errors name them, nothing launches), the gradients, `dh0`, chunk states, accumulators and
+//! scratch are allocated NaN-poisoned with the sizes the ABI gives, a missing `dht` is passed
+//! as zeros, and a workspace relaunches without allocating. (The kernels themselves run in
+//! linrec-compiler's and the facade's end-to-end tests.)
+
+use std::sync::{Arc, Mutex};
+
+use linrec_runtime::op::{self, BackwardArgs, ForwardArgs};
+use linrec_runtime::{
+    Backend, BackendKind, DType, Device, DeviceBuffer, DeviceId, DeviceInfo, FillPattern,
+    KernelHandle, LaunchArg, LaunchConfig, ModuleHandle, RawBuffer, Result, RuntimeError,
+};
+use linrec_spec::Role;
+use linrec_spec::launch::{ElementType, KernelConfig, KernelInfo, KernelParam, SizeExpr, SizeSym};
+
+use crate::mock::MockBackend;
+
+/// The mock backend, recording allocations and, per launch, the grid and every argument: a
+/// buffer as its byte size, `=0` when all zeros, `=nan` when NaN-poisoned (f32 or bf16).
+#[derive(Debug)]
+struct Recorder {
+    inner: MockBackend,
+    log: Arc<Mutex<Log>>,
+}
+
+#[derive(Debug, Default)]
+struct Log {
+    allocations: usize,
+    launches: Vec<String>,
+}
+
+impl Recorder {
+    fn describe(&self, arg: &LaunchArg<'_>) -> String {
+        match arg {
+            LaunchArg::Buffer(raw) => {
+                let mut bytes = vec![0u8; raw.len_bytes()];
+                if self.inner.download(raw, &mut bytes).is_err() {
+                    return "foreign".into();
+                }
+                let nan = |width: usize, pattern: &[u8]| {
+                    bytes.len() % width == 0 && bytes.chunks(width).all(|c| c == pattern)
+                };
+                let tag = if bytes.iter().all(|&b| b == 0) {
+                    "=0"
+                } else if nan(4, &0x7FC0_0000u32.to_le_bytes()) || nan(2, &0x7FC0u16.to_le_bytes())
+                {
+                    "=nan"
+                } else {
+                    ""
+                };
+                format!("{}{tag}", bytes.len())
+            }
+            other => other.kind_name().into(),
+        }
+    }
+}
+
+impl Backend for Recorder {
+    fn kind(&self) -> BackendKind {
+        self.inner.kind()
+    }
+    fn device_id(&self) -> DeviceId {
+        self.inner.device_id()
+    }
+    fn info(&self) -> &DeviceInfo {
+        self.inner.info()
+    }
+    fn devices(&self) -> Result<Vec<DeviceInfo>> {
+        self.inner.devices()
+    }
+    fn allocate(&self, bytes: usize) -> Result<RawBuffer> {
+        self.log.lock().expect("lock").allocations += 1;
+        self.inner.allocate(bytes)
+    }
+    fn upload(&self, dst: &RawBuffer, data: &[u8]) -> Result<()> {
+        self.inner.upload(dst, data)
+    }
+    fn download(&self, src: &RawBuffer, out: &mut [u8]) -> Result<()> {
+        self.inner.download(src, out)
+    }
+    fn fill(&self, dst: &RawBuffer, pattern: FillPattern) -> Result<()> {
+        self.inner.fill(dst, pattern)
+    }
+    fn load_module(&self, image: &[u8]) -> Result<ModuleHandle> {
+        self.inner.load_module(image)
+    }
+    fn kernel(&self, module: &ModuleHandle, name: &str) -> Result<KernelHandle> {
+        self.inner.kernel(module, name)
+    }
+    fn launch(
+        &self,
+        kernel: &KernelHandle,
+        config: &LaunchConfig,
+        args: &[LaunchArg<'_>],
+    ) -> Result<()> {
+        let args: Vec<String> = args.iter().map(|a| self.describe(a)).collect();
+        let [x, y, z] = config.grid;
+        self.log.lock().expect("lock").launches.push(format!(
+            "{}[{x}x{y}x{z}]({})",
+            kernel.name(),
+            args.join(", ")
+        ));
+        Ok(())
+    }
+    fn synchronize(&self) -> Result<()> {
+        self.inner.synchronize()
+    }
+}
+
+fn device() -> (Device, Arc<Mutex<Log>>) {
+    let (inner, _) = MockBackend::new();
+    let log = Arc::new(Mutex::new(Log::default()));
+    let backend = Recorder {
+        inner,
+        log: log.clone(),
+    };
+    (Device::from_backend(Box::new(backend)), log)
+}
+
+fn launches(log: &Arc<Mutex<Log>>) -> Vec<String> {
+    log.lock().expect("lock").launches.clone()
+}
+
+/// What the backward kernel of [`info`] is compiled with.
+#[derive(Clone, Copy)]
+struct Opts {
+    h0: bool,
+    ht: bool,
+    varlen: bool,
+}
+
+const ALL: Opts = Opts {
+    h0: true,
+    ht: true,
+    varlen: false,
+};
+
+/// The launch metadata of a Simple-GLA-like backward kernel (q, k, v and a scalar gate), in
+/// the ABI order of kernels-spec's `KernelParam`; K = 8, V = 40, C = 16, 100 scratch floats
+/// per workgroup, grid (1, N·H, 1).
+fn info(o: Opts) -> KernelInfo {
+    let mut params = vec![
+        KernelParam::Input(Role::Query),
+        KernelParam::Input(Role::Key),
+        KernelParam::Input(Role::Value),
+        KernelParam::Input(Role::Gate),
+    ];
+    if o.h0 {
+        params.push(KernelParam::InitialState);
+    }
+    if o.varlen {
+        params.push(KernelParam::CuSeqlens);
+    }
+    params.push(KernelParam::GradOutput);
+    if o.ht {
+        params.push(KernelParam::GradFinalState);
+    }
+    params.extend([Role::Query, Role::Key, Role::Value, Role::Gate].map(KernelParam::Grad));
+    if o.h0 {
+        params.push(KernelParam::GradInitialState);
+    }
+    params.extend([
+        KernelParam::ChunkStates,
+        KernelParam::GradAccumulator(Role::Query),
+        KernelParam::GradAccumulator(Role::Key),
+        KernelParam::Scratch,
+        KernelParam::SeqLen,
+        KernelParam::Heads,
+        KernelParam::ValueHeads,
+        KernelParam::Scale,
+    ]);
+    KernelInfo {
+        entry: "linrec_test_bwd".into(),
+        spec_name: "test".into(),
+        spec_hash: "00".into(),
+        direction: "backward".into(),
+        target: "spirv".into(),
+        config: KernelConfig {
+            dtype: ElementType::Bf16,
+            key_dim: 8,
+            value_dim: 40,
+            chunk: 16,
+            initial_state: o.h0,
+            final_state: o.ht,
+            varlen: o.varlen,
+        },
+        params,
+        grid: [
+            SizeExpr::Const(1),
+            SizeExpr::product(SizeExpr::Sym(SizeSym::N), SizeExpr::Sym(SizeSym::H)),
+            SizeExpr::Const(1),
+        ],
+        block: [128, 1, 1],
+        shared_bytes: 0,
+        scratch: 100,
+    }
+}
+
+struct Bufs {
+    q: DeviceBuffer,
+    k: DeviceBuffer,
+    v: DeviceBuffer,
+    g: DeviceBuffer,
+    h0: DeviceBuffer,
+    d_o: DeviceBuffer,
+    dht: DeviceBuffer,
+}
+
+/// A buffer of ones (so the recorder tells it from zeros and poison).
+fn ones(dev: &Device, dtype: DType, shape: &[usize]) -> DeviceBuffer {
+    let buf = dev.alloc(dtype, shape).expect("alloc");
+    let one = match dtype {
+        DType::BF16 => FillPattern::U16(0x3F80),
+        _ => FillPattern::U32(0x3F80_0000),
+    };
+    dev.fill(&buf, one).expect("fill");
+    buf
+}
+
+/// B × T tokens, H = `heads`, HV = 2; N = `n` sequences for the states.
+fn buffers(dev: &Device, b: usize, t: usize, heads: usize, n: usize) -> Bufs {
+    Bufs {
+        q: ones(dev, DType::BF16, &[b, t, heads, 8]),
+        k: ones(dev, DType::BF16, &[b, t, heads, 8]),
+        v: ones(dev, DType::BF16, &[b, t, 2, 40]),
+        g: ones(dev, DType::F32, &[b, t, 2]),
+        h0: ones(dev, DType::F32, &[n, 2, 8, 40]),
+        d_o: ones(dev, DType::BF16, &[b, t, 2, 40]),
+        dht: ones(dev, DType::F32, &[n, 2, 8, 40]),
+    }
+}
+
+/// B = 2, T = 20, H = 1, HV = 2 (GVA).
+fn gva(dev: &Device) -> Bufs {
+    buffers(dev, 2, 20, 1, 2)
+}
+
+fn inputs(b: &Bufs) -> Vec<(Role, &DeviceBuffer)> {
+    vec![
+        (Role::Query, &b.q),
+        (Role::Key, &b.k),
+        (Role::Value, &b.v),
+        (Role::Gate, &b.g),
+    ]
+}
+
+fn args<'a>(b: &'a Bufs, ins: &'a [(Role, &'a DeviceBuffer)]) -> BackwardArgs<'a> {
+    BackwardArgs {
+        inputs: ins,
+        initial_state: Some(&b.h0),
+        cu_seqlens: None,
+        scale: 0.5,
+        d_o: &b.d_o,
+        dht: Some(&b.dht),
+    }
+}
+
+const BINARY: &[u8] = b"\x03\x02\x23\x07";
+
+/// Asserts that `err` is about argument `arg` and mentions `needle`, and nothing launched.
+fn assert_names(err: RuntimeError, arg: &str, needle: &str, log: &Arc<Mutex<Log>>) {
+    let msg = err.to_string();
+    assert!(msg.contains(&format!("`{arg}`")), "{msg}");
+    assert!(msg.contains(needle), "{msg}");
+    assert!(launches(log).is_empty(), "launched anyway");
+}
+
+fn all_nan(dev: &Device, buf: &DeviceBuffer) -> bool {
+    let bytes = dev.download_bytes(buf).expect("download");
+    match buf.dtype() {
+        DType::BF16 => bytes
+            .chunks(2)
+            .all(|c| u16::from_le_bytes([c[0], c[1]]) == 0x7FC0),
+        _ => dev
+            .download::<f32>(buf)
+            .expect("download")
+            .iter()
+            .all(|x| x.is_nan()),
+    }
+}
+
+#[test]
+fn a_good_launch_allocates_poisoned_grads_and_passes_the_abi_order() {
+    let (dev, log) = device();
+    let b = gva(&dev);
+    let ins = inputs(&b);
+    let out = op::backward(&dev, &info(ALL), BINARY, &args(&b, &ins)).expect("launches");
+
+    let roles: Vec<Role> = out.grads.iter().map(|(r, _)| *r).collect();
+    assert_eq!(roles, [Role::Query, Role::Key, Role::Value, Role::Gate]);
+    let grad = |role| out.grad(role).expect("a gradient");
+    for (role, dtype, shape) in [
+        (Role::Query, DType::BF16, &[2, 20, 1, 8][..]),
+        (Role::Key, DType::BF16, &[2, 20, 1, 8]),
+        (Role::Value, DType::BF16, &[2, 20, 2, 40]),
+        (Role::Gate, DType::F32, &[2, 20, 2]),
+    ] {
+        assert_eq!(grad(role).dtype(), dtype, "{role}");
+        assert_eq!(grad(role).shape(), shape, "{role}");
+        assert!(
+            all_nan(&dev, grad(role)),
+            "{role}: NaN until the kernel writes it"
+        );
+    }
+    assert!(out.grad(Role::Beta).is_none());
+    let dh0 = out.dh0.as_ref().expect("dh0");
+    assert_eq!((dh0.dtype(), dh0.shape()), (DType::F32, &[2, 2, 8, 40][..]));
+    assert!(all_nan(&dev, dh0));
+    assert_eq!(
+        (out.sequences, out.dims.seq_len, out.dims.value_heads),
+        (2, 20, 2)
+    );
+
+    // q k v g h0 do dht | dq dk dv dg dh0 | chunk states: ⌊2·20 / 16⌋ + 2 = 4 slots of
+    // [2, 8, 40] | dq, dk accumulators f32 [2, 20, 1, 8] | scratch: 2 workgroups × 100 | T H HV
+    // scale.
+    assert_eq!(
+        launches(&log),
+        [
+            "linrec_test_bwd[1x2x1](640, 640, 6400, 320, 5120, 6400, 5120, \
+          640=nan, 640=nan, 6400=nan, 320=nan, 5120=nan, \
+          10240=nan, 1280=nan, 1280=nan, 800=nan, i32, i32, i32, f32)"
+        ]
+    );
+}
+
+#[test]
+fn without_dht_zeros_are_passed() {
+    let (dev, log) = device();
+    let b = gva(&dev);
+    let ins = inputs(&b);
+    let a = BackwardArgs {
+        dht: None,
+        ..args(&b, &ins)
+    };
+    op::backward(&dev, &info(ALL), BINARY, &a).expect("launches");
+    let launched = launches(&log);
+    assert!(
+        launched[0]
+            .starts_with("linrec_test_bwd[1x2x1](640, 640, 6400, 320, 5120, 6400, 5120=0, 640=nan"),
+        "{launched:?}"
+    );
+}
+
+#[test]
+fn the_direction_is_checked_both_ways() {
+    let (dev, log) = device();
+    let b = gva(&dev);
+    let ins = inputs(&b);
+    let mut fwd = info(ALL);
+    fwd.direction = "forward".into();
+    let err = op::backward(&dev, &fwd, BINARY, &args(&b, &ins)).expect_err("a forward kernel");
+    assert!(matches!(err, RuntimeError::Launch { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("forward kernel, not a backward one"),
+        "{err}"
+    );
+
+    let err = op::forward(
+        &dev,
+        &info(ALL),
+        BINARY,
+        &ForwardArgs {
+            inputs: &ins,
+            initial_state: Some(&b.h0),
+            cu_seqlens: None,
+            scale: 0.5,
+        },
+    )
+    .expect_err("a backward kernel");
+    assert!(matches!(err, RuntimeError::Launch { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("backward kernel, not a forward one"),
+        "{err}"
+    );
+    assert!(launches(&log).is_empty());
+}
+
+#[test]
+fn a_dht_for_a_kernel_without_one_is_refused() {
+    let (dev, log) = device();
+    let b = gva(&dev);
+    let ins = inputs(&b);
+    let no_ht = Opts { ht: false, ..ALL };
+    let err = op::backward(&dev, &info(no_ht), BINARY, &args(&b, &ins)).expect_err("dht");
+    assert!(matches!(err, RuntimeError::ArgKind { .. }), "{err:?}");
+    assert_names(err, "dht", "compiled without dht", &log);
+
+    let a = BackwardArgs {
+        dht: None,
+        ..args(&b, &ins)
+    };
+    op::backward(&dev, &info(no_ht), BINARY, &a).expect("launches");
+    assert_eq!(
+        launches(&log),
+        ["linrec_test_bwd[1x2x1](640, 640, 6400, 320, 5120, 6400, \
+          640=nan, 640=nan, 6400=nan, 320=nan, 5120=nan, \
+          10240=nan, 1280=nan, 1280=nan, 800=nan, i32, i32, i32, f32)"]
+    );
+}
+
+#[test]
+fn a_bad_do_is_named() {
+    let (dev, log) = device();
+    let mut b = gva(&dev);
+    b.d_o = dev.alloc(DType::F32, &[2, 20, 2, 40]).expect("alloc");
+    let ins = inputs(&b);
+    let err = op::backward(&dev, &info(ALL), BINARY, &args(&b, &ins)).expect_err("f32 do");
+    assert!(matches!(err, RuntimeError::DType { .. }), "{err:?}");
+    assert_names(err, "do", "expected dtype bf16, found f32", &log);
+
+    let mut b = gva(&dev);
+    b.d_o = dev.alloc(DType::BF16, &[2, 20, 2, 32]).expect("alloc");
+    let ins = inputs(&b);
+    let err = op::backward(&dev, &info(ALL), BINARY, &args(&b, &ins)).expect_err("V = 32");
+    assert!(matches!(err, RuntimeError::Shape { .. }), "{err:?}");
+    assert_names(err, "do", "[B, T, HV, 40]", &log);
+
+    let mut b = gva(&dev);
+    b.d_o = dev.alloc(DType::BF16, &[2, 21, 2, 40]).expect("alloc");
+    let ins = inputs(&b);
+    let err = op::backward(&dev, &info(ALL), BINARY, &args(&b, &ins)).expect_err("T = 21");
+    assert_names(
+        err,
+        "do",
+        "dimension T is 21 here but 20 in argument `q`",
+        &log,
+    );
+
+    let mut b = gva(&dev);
+    b.d_o = dev.alloc(DType::BF16, &[2, 20, 4, 40]).expect("alloc");
+    let ins = inputs(&b);
+    let err = op::backward(&dev, &info(ALL), BINARY, &args(&b, &ins)).expect_err("HV = 4");
+    assert_names(
+        err,
+        "do",
+        "dimension HV is 4 here but 2 in argument `v`",
+        &log,
+    );
+}
+
+#[test]
+fn a_bad_dht_is_named() {
+    let (dev, log) = device();
+    let mut b = gva(&dev);
+    b.dht = dev.alloc(DType::F32, &[3, 2, 8, 40]).expect("alloc");
+    let ins = inputs(&b);
+    let err = op::backward(&dev, &info(ALL), BINARY, &args(&b, &ins)).expect_err("N = 3");
+    // h0 has N = 2, so the named dims disagree first.
+    assert_names(
+        err,
+        "dht",
+        "dimension N is 3 here but 2 in argument `h0`",
+        &log,
+    );
+
+    let no_h0 = Opts { h0: false, ..ALL };
+    let a = BackwardArgs {
+        initial_state: None,
+        ..args(&b, &ins)
+    };
+    let err = op::backward(&dev, &info(no_h0), BINARY, &a).expect_err("N = 3");
+    assert_names(err, "dht", "[N, HV, K, V] = [2, 2, 8, 40]", &log);
+
+    let mut b = gva(&dev);
+    b.dht = dev.alloc(DType::BF16, &[2, 2, 8, 40]).expect("alloc");
+    let ins = inputs(&b);
+    let err = op::backward(&dev, &info(ALL), BINARY, &args(&b, &ins)).expect_err("bf16 dht");
+    assert!(matches!(err, RuntimeError::DType { .. }), "{err:?}");
+    assert_names(err, "dht", "expected dtype f32, found bf16", &log);
+}
+
+#[test]
+fn inputs_h0_and_scale_are_checked_as_in_the_forward() {
+    let (dev, log) = device();
+    let b = gva(&dev);
+    let mut ins = inputs(&b);
+    ins.pop();
+    let err = op::backward(&dev, &info(ALL), BINARY, &args(&b, &ins)).expect_err("no gate");
+    assert_names(err, "g", "gate", &log);
+
+    let ins = inputs(&b);
+    let a = BackwardArgs {
+        initial_state: None,
+        ..args(&b, &ins)
+    };
+    let err = op::backward(&dev, &info(ALL), BINARY, &a).expect_err("no h0");
+    assert_names(err, "h0", "compiled to read h0", &log);
+
+    let a = BackwardArgs {
+        scale: -1.0,
+        ..args(&b, &ins)
+    };
+    let err = op::backward(&dev, &info(ALL), BINARY, &a).expect_err("scale");
+    assert_names(err, "scale", "positive, finite", &log);
+
+    let mut nv = info(ALL);
+    nv.target = "sm_90".into();
+    let err = op::backward(&dev, &nv, BINARY, &args(&b, &ins)).expect_err("PTX on OpenCL");
+    assert!(matches!(err, RuntimeError::InvalidModule { .. }), "{err:?}");
+    assert!(launches(&log).is_empty());
+}
+
+#[test]
+fn without_gva_the_accumulators_are_one_element() {
+    let (dev, log) = device();
+    // H = HV = 2.
+    let b = buffers(&dev, 2, 20, 2, 2);
+    let ins = inputs(&b);
+    let out = op::backward(&dev, &info(ALL), BINARY, &args(&b, &ins)).expect("launches");
+    assert_eq!(out.grad(Role::Query).expect("dq").shape(), &[2, 20, 2, 8]);
+    // Grid (1, N·H = 4, 1): scratch 4 × 100 floats.
+    assert_eq!(
+        launches(&log),
+        [
+            "linrec_test_bwd[1x4x1](1280, 1280, 6400, 320, 5120, 6400, 5120, \
+          1280=nan, 1280=nan, 6400=nan, 320=nan, 5120=nan, \
+          10240=nan, 4=nan, 4=nan, 1600=nan, i32, i32, i32, f32)"
+        ]
+    );
+}
+
+#[test]
+fn varlen_sizes_the_states_by_sequence() {
+    let (dev, log) = device();
+    // B = 1, T = 20 packed as sequences of 7 and 13 (N = 2).
+    let b = buffers(&dev, 1, 20, 1, 2);
+    let cu = dev.upload(&[0i32, 7, 20], &[3]).expect("upload");
+    let ins = inputs(&b);
+    let varlen = Opts {
+        varlen: true,
+        ..ALL
+    };
+    let a = BackwardArgs {
+        cu_seqlens: Some(&cu),
+        ..args(&b, &ins)
+    };
+    let out = op::backward(&dev, &info(varlen), BINARY, &a).expect("launches");
+    assert_eq!(out.sequences, 2);
+    // Chunk states: ⌊20 / 16⌋ + 2 = 3 slots of [2, 8, 40] f32.
+    assert_eq!(
+        launches(&log),
+        [
+            "linrec_test_bwd[1x2x1](320, 320, 3200, 160, 5120, 12, 3200, 5120, \
+          320=nan, 320=nan, 3200=nan, 160=nan, 5120=nan, \
+          7680=nan, 640=nan, 640=nan, 800=nan, i32, i32, i32, f32)"
+        ]
+    );
+
+    let no_cu = BackwardArgs {
+        cu_seqlens: None,
+        ..a
+    };
+    let err = op::backward(&dev, &info(varlen), BINARY, &no_cu).expect_err("no cu_seqlens");
+    assert!(err.to_string().contains("`cu_seqlens`"), "{err}");
+}
+
+#[test]
+fn a_workspace_relaunches_without_allocating() {
+    let (dev, log) = device();
+    let b = gva(&dev);
+    let ins = inputs(&b);
+    let ws = op::backward_workspace(&dev, &info(ALL), BINARY, &args(&b, &ins)).expect("launches");
+    assert_eq!(ws.outputs.grads.len(), 4);
+    let allocated = log.lock().expect("lock").allocations;
+
+    op::backward_into(&dev, &info(ALL), BINARY, &args(&b, &ins), &ws).expect("relaunches");
+    // Without dht: the workspace's zeros.
+    let a = BackwardArgs {
+        dht: None,
+        ..args(&b, &ins)
+    };
+    op::backward_into(&dev, &info(ALL), BINARY, &a, &ws).expect("relaunches");
+    assert_eq!(log.lock().expect("lock").allocations, allocated);
+    let launched = launches(&log);
+    assert_eq!(launched.len(), 3);
+    assert_eq!(launched[0], launched[1]);
+    assert!(
+        launched[2].contains(", 6400, 5120=0, 640=nan"),
+        "{launched:?}"
+    );
+
+    // Other sizes, or a kernel with other parameters, do not fit.
+    let other = buffers(&dev, 2, 24, 1, 2);
+    let other_ins = inputs(&other);
+    let err = op::backward_into(&dev, &info(ALL), BINARY, &args(&other, &other_ins), &ws)
+        .expect_err("T = 24");
+    assert!(
+        err.to_string().contains("the workspace was made for"),
+        "{err}"
+    );
+    let no_h0 = Opts { h0: false, ..ALL };
+    let a = BackwardArgs {
+        initial_state: None,
+        ..args(&b, &ins)
+    };
+    let err = op::backward_into(&dev, &info(no_h0), BINARY, &a, &ws).expect_err("no dh0");
+    assert!(err.to_string().contains("other parameters"), "{err}");
+    assert_eq!(launches(&log).len(), 3);
+}
