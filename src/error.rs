@@ -1,12 +1,13 @@
-//! [`Error`]: what the facade's calls ([`crate::ops`] and the `forward` of every variant) can
-//! report. Each message names the variant and the argument or option at fault and says what
+//! [`Error`]: what the facade's calls ([`crate::ops`] and the `forward` / `backward` of every
+//! variant) can report. Each message names the variant and the argument or option at fault and says what
 //! was expected; nothing is launched when a call fails.
 
 use linrec_runtime::RuntimeError;
 use linrec_runtime::kernels::KernelError;
 use linrec_spec::SpecError;
 
-/// An error of a typed op ([`crate::ops::forward`], `MyVariant::forward`).
+/// An error of a typed op ([`crate::ops::forward`], [`crate::ops::backward`],
+/// `MyVariant::forward`, `MyVariant::backward`).
 ///
 /// ```no_run
 /// use linrec::catalogue::{SimpleGla, SimpleGlaInputs};
@@ -32,13 +33,15 @@ pub enum Error {
 
     /// An input tensor, `h0` or `cu_seqlens` that does not fit the call: missing, of another
     /// dtype, rank or shape, strided, on another device, or out of range (head dims, heads,
-    /// varlen offsets).
+    /// varlen offsets); in a backward, a `do` or `dht` that does not fit the saved forward, a
+    /// `dht` the forward has no final state for, another device than the forward's, or a
+    /// `saved` of another variant.
     #[error("{variant}: argument `{argument}`: {detail}")]
     Argument {
         /// The spec's name.
         variant: String,
-        /// The argument: the input's declared name (`q`, `r`, `beta`, ...), `h0` or
-        /// `cu_seqlens`.
+        /// The argument: the input's declared name (`q`, `r`, `beta`, ...), `h0`,
+        /// `cu_seqlens`; in a backward `do`, `dht`, `device` or `saved`.
         argument: String,
         /// What is wrong and what was expected.
         detail: String,
@@ -91,8 +94,8 @@ pub enum Error {
 }
 
 impl Error {
-    /// The argument or option at fault (`q`, `h0`, `cu_seqlens`, `scale`, ...), when the error
-    /// is about one.
+    /// The argument or option at fault (`q`, `h0`, `cu_seqlens`, `scale`, `do`, `dht`, ...),
+    /// when the error is about one.
     pub fn argument(&self) -> Option<&str> {
         match self {
             Error::Argument { argument, .. } => Some(argument),

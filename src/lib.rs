@@ -13,16 +13,20 @@
 //! ```
 //!
 //! Running one on a device — every variant, built-in or declared with [`recurrence!`], has a
-//! typed `forward`:
+//! typed `forward` and `backward` ([`ops`]):
 //!
 //! ```no_run
 //! use linrec::catalogue::{LinearAttn, LinearAttnInputs};
+//! use linrec::ops::Grads;
 //! use linrec::runtime::{Device, DeviceKind};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let device = Device::new(DeviceKind::Auto)?;
 //! let x = device.upload(&vec![0.5f32; 1 * 16 * 2 * 32], &[1, 16, 2, 32])?; // [B, T, H, D]
 //! let out = LinearAttn::forward(&device, &LinearAttnInputs { q: &x, k: &x, v: &x }, &Default::default())?;
 //! let o: Vec<f32> = device.download(&out.o)?;
+//! let d_o = device.upload(&vec![1.0f32; o.len()], out.o.shape())?;
+//! let grads = LinearAttn::backward(&device, &out.saved, &Grads::new(&d_o))?;
+//! let dq: Vec<f32> = device.download(grads.grad_named("q").expect("q is an input"))?;
 //! # Ok(()) }
 //! ```
 

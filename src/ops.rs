@@ -1,17 +1,19 @@
-//! Typed ops: run a variant's forward on a device.
+//! Typed ops: run a variant's forward and its backward on a device.
 //!
 //! Every variant declared with [`recurrence!`](crate::recurrence) — the built-ins of
 //! [`catalogue`](crate::catalogue) and your own — has
 //!
 //! ```text
 //! Variant::forward(&device, &VariantInputs { q, k, v, ... }, &ForwardOptions) -> Result<Forward, linrec::Error>
+//! Variant::backward(&device, &forward.saved, &Grads { d_o, dht }) -> Result<Backward, linrec::Error>
+//! Variant::backward_with(&device, &forward.saved, &Grads { d_o, dht }, &BackwardOptions) -> ...
 //! ```
 //!
-//! which is [`forward`] with the variant's spec: one field per declared input, so a missing or
-//! misspelt input does not compile. [`forward`] itself takes any spec and its inputs by role
-//! ([`forward_named`]: by declared name).
+//! which are [`forward`] and [`backward`] with the variant's spec: one field per declared input,
+//! so a missing or misspelt input does not compile. [`forward`] itself takes any spec and its
+//! inputs by role ([`forward_named`]: by declared name).
 //!
-//! A call
+//! A forward call
 //! 1. checks every tensor against the spec and the options — dtype, rank, shape, strides,
 //!    device, head dims, GVA heads, varlen offsets — and reports the first mismatch as an
 //!    [`Error`] naming the argument, before any kernel is fetched or launched;
@@ -24,11 +26,22 @@
 //! 4. launches it through [`linrec_runtime::op::forward`] and returns [`Forward`]: the output,
 //!    the final state if asked for, and [`Saved`], what a backward will need.
 //!
-//! The launch is enqueued, not waited for; downloads wait.
+//! A backward call takes that [`Saved`] and the gradients flowing in ([`Grads`]): `dO`, the
+//! gradient of `o` (`[B, T, HV, V]`, the dtype of `q`), and — when the forward returned the
+//! final state — `dht`, its gradient (`[N, HV, K, V]` f32; `None` is zeros). It checks both
+//! against the saved call, gets the backward kernel of the forward's config (same provider
+//! rules) and returns [`Backward`]: the gradient of every input by role — `dq`, `dk` in the
+//! dtype of `q`, `[B, T, H, K]`; `dv` `[B, T, HV, V]`; `dg`, `dβ` f32 `[B, T, HV]` — and `dh0`
+//! (f32 `[N, HV, K, V]`) when the forward read an initial state. The gradient of a constant
+//! decay-rate input (a `log_rate` such as `a` in `S = exp(a) * S + ...`) is not computed on
+//! devices: [`Backward::grad`] returns `None` for it (the f64 reference,
+//! [`reference::backward`](crate::reference::backward), has it).
+//!
+//! Launches are enqueued, not waited for; downloads wait.
 //!
 //! ```no_run
 //! use linrec::catalogue::{SimpleGla, SimpleGlaInputs};
-//! use linrec::ops::ForwardOptions;
+//! use linrec::ops::{ForwardOptions, Grads};
 //! use linrec::runtime::{DType, Device, DeviceKind};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -44,14 +57,22 @@
 //! let options = ForwardOptions::new().initial_state(&h0).output_final_state(true);
 //! let out = SimpleGla::forward(&device, &inputs, &options)?;
 //! let o: Vec<f32> = device.download(&out.o)?; // [B, T, HV, V]
-//! let ht = out.final_state.expect("asked for"); // [N, HV, K, V] f32
+//! let ht = out.final_state.as_ref().expect("asked for"); // [N, HV, K, V] f32
+//!
+//! // The backward of L = Σ o ⊙ dO + Σ ht ⊙ dht.
+//! let d_o = device.upload(&vec![1.0f32; b * t * h * v], &[b, t, h, v])?;
+//! let dht = device.upload(&vec![0.5f32; b * h * k * v], ht.shape())?;
+//! let grads = SimpleGla::backward(&device, &out.saved, &Grads::new(&d_o).dht(&dht))?;
+//! let dq: Vec<f32> = device.download(grads.grad_named("q").expect("always"))?;
+//! let dg: Vec<f32> = device.download(grads.grad_named("g").expect("a gate input"))?;
+//! let dh0: Vec<f32> = device.download(grads.dh0.as_ref().expect("the forward read h0"))?;
 //! # Ok(()) }
 //! ```
 
 use std::sync::{Arc, OnceLock};
 
-use linrec_runtime::kernels::{self, KernelRequest, KernelSource, Kernels};
-use linrec_runtime::op::{self, ForwardArgs, role_name};
+use linrec_runtime::kernels::{self, Direction, KernelRequest, KernelSource, Kernels};
+use linrec_runtime::op::{self, BackwardArgs, ForwardArgs, role_name};
 use linrec_runtime::{DType, Device, DeviceBuffer, RuntimeError};
 use linrec_spec::launch::{ElementType, KernelConfig};
 use linrec_spec::{Dims, Role, Sequences, Spec, SpecHash};
@@ -174,11 +195,12 @@ pub struct Forward {
 /// memory, not copies), the initial state and offsets, the resolved scale, the spec and the
 /// kernel's config and target, and the sizes.
 ///
-/// Opaque on purpose: the backward (linrec's next op) takes it whole, so what it holds can
-/// change without breaking callers. It recomputes what it needs from the inputs — chunkwise
-/// backwards recompute the chunk states instead of storing them — so it holds no
-/// intermediate tensors, only references to the inputs: keep the inputs unchanged until the
-/// backward has run. The accessors are for inspection and tests.
+/// Opaque on purpose: [`backward`] (and `Variant::backward`) takes it whole, so what it holds
+/// can change without breaking callers. The backward kernel recomputes what it needs from the
+/// inputs — it recomputes the chunk states instead of the forward storing them — so a
+/// `Saved` holds no intermediate tensors, only references to the inputs: keep the inputs
+/// (and `h0`, `cu_seqlens`) unchanged until the backward has run. The accessors are for
+/// inspection and tests.
 #[derive(Debug, Clone)]
 pub struct Saved {
     device: Device,
@@ -298,7 +320,7 @@ pub fn forward(
     };
     let loaded = provider
         .get(&KernelRequest::forward(spec, target, call.config))
-        .map_err(|e| kernel_error(spec, e))?;
+        .map_err(|e| kernel_error(spec, Direction::Forward, e))?;
     let args = ForwardArgs {
         inputs: &call.inputs,
         initial_state: options.initial_state,
@@ -360,6 +382,274 @@ pub fn forward_named(
         by_role.push((input.role, *buf));
     }
     forward(device, spec, &by_role, options)
+}
+
+/// The gradients flowing into a backward: `dO`, the gradient of the output, and `dht`, the
+/// gradient of the final state — the backward computes the gradients of
+/// `L = Σ o ⊙ dO + Σ ht ⊙ dht`.
+///
+/// ```
+/// # fn demo(d_o: &linrec::runtime::DeviceBuffer, dht: &linrec::runtime::DeviceBuffer) {
+/// use linrec::ops::Grads;
+/// let a = Grads::new(d_o).dht(dht);
+/// let b = Grads { d_o, dht: Some(dht) };
+/// assert_eq!(format!("{a:?}"), format!("{b:?}"));
+/// # }
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct Grads<'a> {
+    /// `dO [B, T, HV, V]`, in the dtype of the forward's `q` (the kernel's). The argument is
+    /// called `do` in errors, as in `linrec run --inputs` files.
+    pub d_o: &'a DeviceBuffer,
+    /// `dht [N, HV, K, V]` f32, the gradient of the final state; only when the forward
+    /// returned one ([`ForwardOptions::output_final_state`]). `None` is zeros.
+    pub dht: Option<&'a DeviceBuffer>,
+}
+
+impl<'a> Grads<'a> {
+    /// `dO` alone (`dht` zero).
+    pub fn new(d_o: &'a DeviceBuffer) -> Self {
+        Grads { d_o, dht: None }
+    }
+
+    /// Sets [`Grads::dht`].
+    pub fn dht(mut self, dht: &'a DeviceBuffer) -> Self {
+        self.dht = Some(dht);
+        self
+    }
+}
+
+/// The options of a backward call; [`BackwardOptions::default`] (or [`BackwardOptions::new`])
+/// takes kernels from the process-wide provider. Everything else — dtype, sizes, chunk, scale,
+/// `h0`, varlen — is the forward's, from [`Saved`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BackwardOptions<'a> {
+    /// Where kernels come from; `None` is [`default_kernels`].
+    pub kernels: Option<&'a Kernels>,
+}
+
+impl<'a> BackwardOptions<'a> {
+    /// The plain call (same as `default()`).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets [`BackwardOptions::kernels`].
+    pub fn kernels(mut self, kernels: &'a Kernels) -> Self {
+        self.kernels = Some(kernels);
+        self
+    }
+}
+
+/// What a backward call returns: the gradient of every input the devices compute, and of
+/// `h0`. The work is enqueued on the device; downloading a gradient waits for it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Backward {
+    /// The gradients by role, in the spec's input order: `dq`, `dk` `[B, T, H, K]` in the dtype
+    /// of `q`; `dv` `[B, T, HV, V]` in the same dtype; a scalar gate's or β's `[B, T, HV]` f32.
+    /// A constant decay-rate input has none (not computed on devices).
+    pub grads: Vec<(Role, DeviceBuffer)>,
+    /// `dh0 [N, HV, K, V]` f32, when the forward read an initial state.
+    pub dh0: Option<DeviceBuffer>,
+    /// Where the backward kernel came from this time.
+    pub kernel_source: KernelSource,
+    spec: Arc<Spec>,
+}
+
+impl Backward {
+    /// The gradient of the input of `role`; `None` when the spec has no such input or the
+    /// devices do not compute its gradient (a constant decay-rate input).
+    pub fn grad(&self, role: Role) -> Option<&DeviceBuffer> {
+        self.grads.iter().find(|(r, _)| *r == role).map(|(_, b)| b)
+    }
+
+    /// The gradient of the input declared as `name` (`"q"`, `"r"`, `"beta"`, ...), or `dh0`
+    /// for `"h0"`.
+    pub fn grad_named(&self, name: &str) -> Option<&DeviceBuffer> {
+        if name == "h0" {
+            return self.dh0.as_ref();
+        }
+        let input = self.spec.inputs.iter().find(|i| i.name == name)?;
+        self.grad(input.role)
+    }
+
+    /// Every gradient with its name — `d` + the declared input name (`dq`, `dr`, `dbeta`, ...),
+    /// then `dh0` — in the spec's input order: how `linrec run --outputs` names them.
+    pub fn named(&self) -> Vec<(String, &DeviceBuffer)> {
+        self.spec
+            .inputs
+            .iter()
+            .filter_map(|i| Some((format!("d{}", i.name), self.grad(i.role)?)))
+            .chain(self.dh0.as_ref().map(|b| ("dh0".to_owned(), b)))
+            .collect()
+    }
+}
+
+/// Runs the backward of the forward call that returned `saved`, on `device` (the forward's),
+/// with the gradients flowing in (`grads`). See the [module docs](self) for what it returns.
+///
+/// `grads.d_o` must be `[B, T, HV, V]` in the dtype of the forward's `q`; `grads.dht`, if
+/// given, `[N, HV, K, V]` f32, and only when the forward returned the final state. Both must
+/// be contiguous buffers of `device`. Every mismatch is an [`Error`] naming `do` or `dht`
+/// before any kernel is fetched.
+///
+/// ```no_run
+/// # fn demo(device: &linrec::runtime::Device, x: &linrec::runtime::DeviceBuffer,
+/// #         d_o: &linrec::runtime::DeviceBuffer) -> Result<(), linrec::Error> {
+/// use linrec::ops::{self, Grads};
+/// use linrec::spec::Role;
+/// let spec = linrec::catalogue::LinearAttn::spec();
+/// let out = ops::forward(device, spec, &[(Role::Query, x), (Role::Key, x), (Role::Value, x)],
+///     &Default::default())?;
+/// let grads = ops::backward(device, &out.saved, &Grads::new(d_o), &Default::default())?;
+/// let dv = grads.grad(Role::Value).expect("every spec has a value input");
+/// # Ok(()) }
+/// ```
+pub fn backward(
+    device: &Device,
+    saved: &Saved,
+    grads: &Grads<'_>,
+    options: &BackwardOptions<'_>,
+) -> Result<Backward, Error> {
+    let spec = saved.spec();
+    let arg_err = |argument: &str, detail: String| Error::Argument {
+        variant: spec.name.clone(),
+        argument: argument.to_owned(),
+        detail,
+    };
+    let own = device.backend().device_id();
+    if saved.device.backend().device_id() != own {
+        return Err(arg_err(
+            "device",
+            format!(
+                "the forward ran on {}, not on {}: run the backward on the forward's device (`saved.device()`)",
+                saved.device.info().label(),
+                device.info().label(),
+            ),
+        ));
+    }
+    let dims = &saved.dims;
+    let want_dtype = op::dtype(saved.config.dtype);
+    let want = dims.output_shape();
+    let d_o = grads.d_o;
+    if d_o.dtype() != want_dtype || d_o.shape() != want.as_slice() {
+        return Err(arg_err(
+            "do",
+            format!(
+                "expected {want_dtype} (the dtype of `{}`) [B, T, HV, V] = {want:?} (the shape of `o`), found {} {:?}",
+                declared(spec, Role::Query),
+                d_o.dtype(),
+                d_o.shape()
+            ),
+        ));
+    }
+    check_buffer(device, d_o).map_err(|d| arg_err("do", d))?;
+    if let Some(dht) = grads.dht {
+        if !saved.config.final_state {
+            return Err(arg_err(
+                "dht",
+                "given, but the forward returned no final state, so nothing depends on it: drop it, or run the forward with `output_final_state(true)`".into(),
+            ));
+        }
+        let want = dims.state_shape(saved.sequences);
+        if dht.dtype() != DType::F32 || dht.shape() != want.as_slice() {
+            return Err(arg_err(
+                "dht",
+                format!(
+                    "expected f32 [N, HV, K, V] = {want:?} (the shape of the final state, N = {} sequences), found {} {:?}",
+                    saved.sequences,
+                    dht.dtype(),
+                    dht.shape()
+                ),
+            ));
+        }
+        check_buffer(device, dht).map_err(|d| arg_err("dht", d))?;
+    }
+
+    let provider = match options.kernels {
+        Some(k) => k,
+        None => default_kernels()?,
+    };
+    let loaded = provider
+        .get(&KernelRequest::backward(spec, saved.target, saved.config))
+        .map_err(|e| kernel_error(spec, Direction::Backward, e))?;
+    let inputs: Vec<(Role, &DeviceBuffer)> = saved.inputs.iter().map(|(r, b)| (*r, b)).collect();
+    let args = BackwardArgs {
+        inputs: &inputs,
+        initial_state: saved.initial_state.as_ref(),
+        cu_seqlens: saved.cu_seqlens.as_ref(),
+        scale: saved.scale,
+        d_o,
+        dht: grads.dht,
+    };
+    let out =
+        op::backward(device, &loaded.kernel.info, &loaded.kernel.binary, &args).map_err(|e| {
+            Error::Runtime {
+                variant: spec.name.clone(),
+                source: declared_names(spec, e),
+            }
+        })?;
+    // The spec's input order, whatever order the runtime returns them in.
+    let mut grads = Vec::with_capacity(out.grads.len());
+    for input in &spec.inputs {
+        if let Some(b) = out.grad(input.role) {
+            grads.push((input.role, b.clone()));
+        }
+    }
+    Ok(Backward {
+        grads,
+        dh0: out.dh0,
+        kernel_source: loaded.source,
+        spec: Arc::clone(&saved.spec),
+    })
+}
+
+/// [`backward`] for the generated `Variant::backward`: `saved` must come from a forward of
+/// `spec` (the same math; the name may differ).
+#[doc(hidden)]
+pub fn backward_of(
+    spec: &Spec,
+    device: &Device,
+    saved: &Saved,
+    grads: &Grads<'_>,
+    options: &BackwardOptions<'_>,
+) -> Result<Backward, Error> {
+    if saved.spec_hash != spec.hash() {
+        return Err(Error::Argument {
+            variant: spec.name.clone(),
+            argument: "saved".into(),
+            detail: format!(
+                "comes from a forward of `{}`, not of `{}`: run the backward of the variant whose forward saved it (or `linrec::ops::backward`)",
+                saved.spec.name, spec.name
+            ),
+        });
+    }
+    let mut out = backward(device, saved, grads, options)?;
+    // The same math under other names: `grad_named` and `named` use this variant's.
+    if out.spec.inputs != spec.inputs {
+        out.spec = Arc::new(spec.clone());
+    }
+    Ok(out)
+}
+
+/// Whether `buf` belongs to `device` and is contiguous (what every kernel argument must be);
+/// the error text says what to do.
+fn check_buffer(device: &Device, buf: &DeviceBuffer) -> Result<(), String> {
+    if buf.device_id() != device.backend().device_id() {
+        return Err(format!(
+            "belongs to another device, not to {}; allocate or upload it on the device that runs the op",
+            device.info().label()
+        ));
+    }
+    if !buf.is_contiguous() {
+        return Err(format!(
+            "strides {:?} are not contiguous (row-major {:?}); copy it into a contiguous buffer first",
+            buf.strides(),
+            linrec_runtime::contiguous_strides(buf.shape())
+        ));
+    }
+    Ok(())
 }
 
 /// A checked call: the inputs in the spec's order, the kernel config and the scale.
@@ -447,7 +737,6 @@ fn check<'a>(
     let get = |role: Role| ordered.iter().find(|(r, _)| *r == role).map(|(_, b)| *b);
 
     // Every buffer: this device's, contiguous.
-    let own = device.backend().device_id();
     let extra = [
         ("h0".to_owned(), options.initial_state),
         ("cu_seqlens".to_owned(), options.cu_seqlens),
@@ -458,24 +747,8 @@ fn check<'a>(
         .chain(extra);
     for (name, buf) in all {
         let Some(buf) = buf else { continue };
-        if buf.device_id() != own {
-            return Err(arg_err(
-                name,
-                format!(
-                    "belongs to another device, not to {}; allocate or upload it on the device that runs the op",
-                    device.info().label()
-                ),
-            ));
-        }
-        if !buf.is_contiguous() {
-            return Err(arg_err(
-                name,
-                format!(
-                    "strides {:?} are not contiguous (row-major {:?}); copy it into a contiguous buffer first",
-                    buf.strides(),
-                    linrec_runtime::contiguous_strides(buf.shape())
-                ),
-            ));
+        if let Err(detail) = check_buffer(device, buf) {
+            return Err(arg_err(name, detail));
         }
     }
 
@@ -666,10 +939,13 @@ fn check<'a>(
 
 /// A kernel error, or — when the compiler is linked and says so — the form the compiler does
 /// not derive yet (more useful than "no artifact holds it": none could).
-fn kernel_error(spec: &Spec, e: kernels::KernelError) -> Error {
+fn kernel_error(spec: &Spec, direction: Direction, e: kernels::KernelError) -> Error {
     #[cfg(feature = "jit")]
     if let Err(plan @ linrec_compiler::plan::PlanError::NotYetSupported { .. }) =
-        linrec_compiler::plan::forward(spec)
+        linrec_compiler::plan::forward(spec).and_then(|_| match direction {
+            Direction::Forward => Ok(()),
+            Direction::Backward => linrec_compiler::plan::backward(spec).map(|_| ()),
+        })
     {
         return Error::NotYetSupported {
             variant: spec.name.clone(),
@@ -677,7 +953,7 @@ fn kernel_error(spec: &Spec, e: kernels::KernelError) -> Error {
         };
     }
     #[cfg(not(feature = "jit"))]
-    let _ = spec;
+    let _ = (spec, direction);
     Error::from(e)
 }
 
@@ -746,10 +1022,14 @@ fn declared_names(spec: &Spec, e: RuntimeError) -> RuntimeError {
     }
 }
 
-// A forward's results go to other threads (a data loader, a backward on another thread).
+// A forward's results go to other threads (a data loader, a backward on another thread), and
+// so do a backward's.
 const _: () = {
     const fn send_sync<T: Send + Sync>() {}
     send_sync::<Forward>();
     send_sync::<Saved>();
     send_sync::<ForwardOptions<'static>>();
+    send_sync::<Backward>();
+    send_sync::<Grads<'static>>();
+    send_sync::<BackwardOptions<'static>>();
 };

@@ -1,22 +1,28 @@
-//! The typed ops (`linrec::ops`, `Variant::forward`) seen from a user's crate.
+//! The typed ops (`linrec::ops`, `Variant::forward`, `Variant::backward`) seen from a user's
+//! crate.
 //!
-//! - Numerics (feature `jit`): built-ins and a variant declared here run on the OpenCL
-//!   device that takes SPIR-V (Intel's CPU runtime in CI) and match the f64 reference. Without
-//!   `OCL_ICD_VENDORS` they skip with a note, except under `CI=true`, where they fail.
+//! - Numerics (feature `jit`): built-ins and variants declared here run forward and backward
+//!   on the OpenCL device that takes SPIR-V (Intel's CPU runtime in CI) and match the f64
+//!   reference. Without `OCL_ICD_VENDORS` they skip with a note, except under `CI=true`, where
+//!   they fail.
 //! - Errors: every bad argument is reported naming it, before any kernel is fetched — on a
-//!   host-memory stand-in device, so these run everywhere, with or without `jit`.
+//!   host-memory stand-in device, so these run everywhere, with or without `jit`. (The
+//!   backward's checks need a `Saved`, so there the stand-in "launches" a stand-in forward
+//!   kernel that does nothing.)
 //!
 //! One file: with `jit` every test binary links MLIR.
 
 use std::sync::Mutex;
 
 use linrec::Error;
-use linrec::catalogue::{Rwkv6, Rwkv6Inputs, SimpleGla, SimpleGlaInputs};
-use linrec::ops::{self, Forward, ForwardOptions};
+use linrec::catalogue::{Retention, Rwkv6, Rwkv6Inputs, SimpleGla, SimpleGlaInputs};
+use linrec::ops::{self, BackwardOptions, ForwardOptions, Grads};
+use linrec::runtime::kernels::Kernel;
 use linrec::runtime::{
     Backend, BackendKind, DType, Device, DeviceBuffer, DeviceId, DeviceInfo, FillPattern,
-    KernelHandle, LaunchArg, LaunchConfig, ModuleHandle, RawBuffer, RuntimeError,
+    KernelHandle, Kernels, LaunchArg, LaunchConfig, ModuleHandle, RawBuffer, RuntimeError,
 };
+use linrec::spec::launch::{ElementType, KernelConfig, KernelInfo, KernelParam, SizeExpr};
 use linrec::spec::{Dims, Role, Spec};
 
 linrec::recurrence! {
@@ -37,23 +43,45 @@ linrec::recurrence! {
         S = exp(a) * S + k * v^T;
         o = S^T * x * scale;
     }
+
+    /// A scalar-gated variant of its own: a fixed scale of 0.5 and its own names — queries
+    /// `r`, keys `key`, gate `alpha`.
+    pub HalfScaleGate {
+        inputs { r: [K], key: [K], v: [V], alpha: log_gate }
+        state S: [K, V];
+        S = exp(alpha) * S + key * v^T;
+        o = S^T * r * scale;
+        scale = 0.5;
+    }
 }
 
 // ---- a host-memory device, for the checks that need no kernel ---------------------------
 
 /// A device whose memory is host memory and which launches nothing: the checks run before any
 /// launch, so they need no driver. It says it is OpenCL, so the ops pick the SPIR-V target.
+/// [`HostBackend::device`] panics at a module load (the checks must come first);
+/// [`HostBackend::launching`] loads anything and launches as a no-op.
 #[derive(Debug)]
 struct HostBackend {
     id: DeviceId,
     info: DeviceInfo,
+    launches: bool,
 }
 
 struct HostMem(Mutex<Vec<u8>>);
 
 impl HostBackend {
     fn device() -> Device {
+        Self::open(false)
+    }
+
+    fn launching() -> Device {
+        Self::open(true)
+    }
+
+    fn open(launches: bool) -> Device {
         Device::from_backend(Box::new(HostBackend {
+            launches,
             id: DeviceId::fresh(),
             info: DeviceInfo {
                 backend: BackendKind::OpenCl,
@@ -114,10 +142,18 @@ impl Backend for HostBackend {
         Ok(())
     }
     fn load_module(&self, _image: &[u8]) -> linrec::runtime::Result<ModuleHandle> {
-        panic!("the checks must fail before a module is loaded")
+        assert!(
+            self.launches,
+            "the checks must fail before a module is loaded"
+        );
+        Ok(ModuleHandle::new(self.id, std::sync::Arc::new(())))
     }
-    fn kernel(&self, _m: &ModuleHandle, _name: &str) -> linrec::runtime::Result<KernelHandle> {
-        panic!("the checks must fail before a kernel is looked up")
+    fn kernel(&self, _m: &ModuleHandle, name: &str) -> linrec::runtime::Result<KernelHandle> {
+        assert!(
+            self.launches,
+            "the checks must fail before a kernel is looked up"
+        );
+        Ok(KernelHandle::new(self.id, name, std::sync::Arc::new(())))
     }
     fn launch(
         &self,
@@ -125,7 +161,8 @@ impl Backend for HostBackend {
         _c: &LaunchConfig,
         _a: &[LaunchArg<'_>],
     ) -> linrec::runtime::Result<()> {
-        panic!("the checks must fail before a launch")
+        assert!(self.launches, "the checks must fail before a launch");
+        Ok(())
     }
     fn synchronize(&self) -> linrec::runtime::Result<()> {
         Ok(())
@@ -161,7 +198,7 @@ fn simple_gla_inputs(dev: &Device, d: Dims, dtype: DType) -> SimpleGlaInputs<Dev
 
 /// The error of a call, checked to name `argument` (and the variant) in its message.
 #[track_caller]
-fn names(result: Result<Forward, Error>, argument: &str, says: &str) -> Error {
+fn names<T>(result: Result<T, Error>, argument: &str, says: &str) -> Error {
     let err = match result {
         Ok(_) => panic!("expected an error naming `{argument}`"),
         Err(e) => e,
@@ -473,6 +510,185 @@ fn without_a_compiler_a_missing_kernel_says_how_to_build_it() {
     );
 }
 
+// ---- the backward's checks --------------------------------------------------------------
+
+/// A provider holding a stand-in forward kernel of `spec` for `config` on the SPIR-V target —
+/// launch metadata only, its module never runs (the launching host device ignores it) — and no
+/// compiler, no disk cache: a backward kernel is missing, which a valid backward call reports.
+fn stand_in_forward(spec: &Spec, config: KernelConfig) -> Kernels {
+    let kernels = Kernels::builder()
+        .no_disk_cache()
+        .no_compiler()
+        .build()
+        .expect("no sources to read");
+    let mut params: Vec<KernelParam> = spec
+        .inputs
+        .iter()
+        .map(|i| KernelParam::Input(i.role))
+        .collect();
+    if config.initial_state {
+        params.push(KernelParam::InitialState);
+    }
+    params.push(KernelParam::Output);
+    if config.final_state {
+        params.push(KernelParam::FinalState);
+    }
+    if config.varlen {
+        params.push(KernelParam::CuSeqlens);
+    }
+    params.extend([
+        KernelParam::SeqLen,
+        KernelParam::Heads,
+        KernelParam::ValueHeads,
+        KernelParam::Scale,
+    ]);
+    let info = KernelInfo {
+        entry: format!("stand_in_{}_fwd", spec.name),
+        spec_name: spec.name.clone(),
+        spec_hash: spec.hash().hex(),
+        direction: "forward".into(),
+        target: "spirv".into(),
+        config,
+        params,
+        grid: [SizeExpr::Const(1), SizeExpr::Const(1), SizeExpr::Const(1)],
+        block: [1, 1, 1],
+        shared_bytes: 0,
+        scratch: 0,
+    };
+    kernels
+        .insert(Kernel {
+            info,
+            binary: Vec::new(),
+        })
+        .expect("a forward kernel");
+    kernels
+}
+
+/// The forward config of a simple_gla call at `D` in f32.
+fn config(initial_state: bool, final_state: bool) -> KernelConfig {
+    KernelConfig {
+        dtype: ElementType::F32,
+        key_dim: D.key_dim,
+        value_dim: D.value_dim,
+        chunk: 64,
+        initial_state,
+        final_state,
+        varlen: false,
+    }
+}
+
+#[test]
+fn backward_arguments_are_named_before_a_kernel_is_fetched() {
+    let dev = HostBackend::launching();
+    let kernels = stand_in_forward(SimpleGla::spec(), config(true, false));
+    let x = simple_gla_inputs(&dev, D, DType::F32);
+    let h0 = zeros(&dev, DType::F32, &[2, 2, 8, 4]);
+    let fwd = SimpleGla::forward(
+        &dev,
+        &x,
+        &ForwardOptions::new().initial_state(&h0).kernels(&kernels),
+    )
+    .expect("the stand-in forward runs");
+    let saved = &fwd.saved;
+    let opts = BackwardOptions::new().kernels(&kernels);
+    let bwd = |grads: &Grads<'_>| SimpleGla::backward_with(&dev, saved, grads, &opts);
+
+    // dO: the dtype of q, the shape of o, this device's, contiguous.
+    let d_o = zeros(&dev, DType::BF16, &[2, 5, 2, 4]);
+    names(
+        bwd(&Grads::new(&d_o)),
+        "do",
+        "expected f32 (the dtype of `q`) [B, T, HV, V] = [2, 5, 2, 4] (the shape of `o`), found bf16 [2, 5, 2, 4]",
+    );
+    let d_o = zeros(&dev, DType::F32, &[2, 5, 2, 8]);
+    names(bwd(&Grads::new(&d_o)), "do", "found f32 [2, 5, 2, 8]");
+    let other = HostBackend::device();
+    let d_o = zeros(&other, DType::F32, &[2, 5, 2, 4]);
+    names(bwd(&Grads::new(&d_o)), "do", "belongs to another device");
+    let d_o = zeros(&dev, DType::F32, &[2, 5, 2, 4])
+        .with_strides(&[2, 5, 2, 4], &[40, 4, 20, 1])
+        .expect("fits");
+    names(bwd(&Grads::new(&d_o)), "do", "are not contiguous");
+
+    // dht when the forward returned no final state.
+    let d_o = zeros(&dev, DType::F32, &[2, 5, 2, 4]);
+    let dht = zeros(&dev, DType::F32, &[2, 2, 8, 4]);
+    names(
+        bwd(&Grads::new(&d_o).dht(&dht)),
+        "dht",
+        "the forward returned no final state",
+    );
+
+    // Another device than the forward's.
+    names(
+        SimpleGla::backward_with(&other, saved, &Grads::new(&d_o), &opts),
+        "device",
+        "run the backward on the forward's device",
+    );
+    // A Saved of another variant (the untyped form takes any).
+    names(
+        Retention::backward_with(&dev, saved, &Grads::new(&d_o), &opts),
+        "saved",
+        "comes from a forward of `simple_gla`, not of `retention`",
+    );
+
+    // Valid arguments reach the provider, which has no backward kernel.
+    let err = ops::backward(&dev, saved, &Grads::new(&d_o), &opts).expect_err("no kernel");
+    assert!(matches!(err, Error::Kernel(_)), "{err:?}");
+    assert!(err.to_string().contains("backward"), "{err}");
+    let err =
+        SimpleGla::backward_with(&dev, saved, &Grads::new(&d_o), &opts).expect_err("no kernel");
+    assert!(matches!(err, Error::Kernel(_)), "{err:?}");
+}
+
+#[test]
+fn backward_dht_must_fit_the_final_state() {
+    let dev = HostBackend::launching();
+    let kernels = stand_in_forward(SimpleGla::spec(), config(false, true));
+    let x = simple_gla_inputs(&dev, D, DType::F32);
+    let fwd = SimpleGla::forward(
+        &dev,
+        &x,
+        &ForwardOptions::new()
+            .output_final_state(true)
+            .kernels(&kernels),
+    )
+    .expect("the stand-in forward runs");
+    assert_eq!(
+        fwd.final_state.as_ref().map(|b| b.shape()),
+        Some(&[2, 2, 8, 4][..])
+    );
+    let opts = BackwardOptions::new().kernels(&kernels);
+    let d_o = zeros(&dev, DType::F32, &[2, 5, 2, 4]);
+    for (dtype, shape, says) in [
+        (
+            DType::F32,
+            &[1, 2, 8, 4][..],
+            "expected f32 [N, HV, K, V] = [2, 2, 8, 4] (the shape of the final state, N = 2 sequences), found f32 [1, 2, 8, 4]",
+        ),
+        (DType::BF16, &[2, 2, 8, 4][..], "found bf16 [2, 2, 8, 4]"),
+    ] {
+        let dht = zeros(&dev, dtype, shape);
+        names(
+            ops::backward(&dev, &fwd.saved, &Grads::new(&d_o).dht(&dht), &opts),
+            "dht",
+            says,
+        );
+    }
+    let dht = zeros(&HostBackend::device(), DType::F32, &[2, 2, 8, 4]);
+    names(
+        ops::backward(&dev, &fwd.saved, &Grads::new(&d_o).dht(&dht), &opts),
+        "dht",
+        "belongs to another device",
+    );
+    // A fitting dht, or none (zeros), passes the checks.
+    let dht = zeros(&dev, DType::F32, &[2, 2, 8, 4]);
+    for grads in [Grads::new(&d_o).dht(&dht), Grads::new(&d_o)] {
+        let err = ops::backward(&dev, &fwd.saved, &grads, &opts).expect_err("no kernel");
+        assert!(matches!(err, Error::Kernel(_)), "{err:?}");
+    }
+}
+
 /// The typed forward takes owned buffers and references alike (compile-time check).
 #[allow(dead_code)]
 fn typed_forward_takes_owned_and_borrowed_buffers(
@@ -482,7 +698,9 @@ fn typed_forward_takes_owned_and_borrowed_buffers(
 ) -> Result<(), Error> {
     SimpleGla::forward(dev, owned, &ForwardOptions::new())?;
     SimpleGla::forward(dev, &owned.as_ref(), &ForwardOptions::new())?;
-    BetaGatedRetention::forward(dev, borrowed, &ForwardOptions::new())?;
+    let out = BetaGatedRetention::forward(dev, borrowed, &ForwardOptions::new())?;
+    let grads: ops::Backward = BetaGatedRetention::backward(dev, &out.saved, &Grads::new(&out.o))?;
+    let _: Option<&DeviceBuffer> = grads.grad_named("beta");
     Ok(())
 }
 
@@ -493,8 +711,9 @@ mod on_opencl {
     use super::*;
     use std::sync::Arc;
 
-    use linrec::catalogue::{LinearAttn, LinearAttnInputs, Retention, RetentionInputs};
+    use linrec::catalogue::{LinearAttn, LinearAttnInputs, RetentionInputs};
     use linrec::host;
+    use linrec::ops::Forward;
     use linrec::reference::{self, Rng, Tensor};
     use linrec::runtime::kernels::KernelSource;
     use linrec::runtime::{DeviceKind, Kernels};
@@ -811,5 +1030,285 @@ mod on_opencl {
             move || saved.sequences()
         });
         assert_eq!(handle.join().expect("thread"), 1);
+    }
+
+    // ---- the backward on OpenCL ---------------------------------------------------------
+
+    /// fla's bound on a gradient's `‖out − ref‖/‖ref‖` (`None`: dh0): 0.02 for a gate's and
+    /// β's, else 0.005 — 0.008 for specs with a β-write (the delta family).
+    fn grad_tolerance(spec: &Spec, role: Option<Role>) -> f64 {
+        use linrec::spec::{Transition, Write};
+        match role {
+            Some(Role::Gate | Role::Beta) => 0.02,
+            _ if spec.write == Write::BetaOuter
+                || matches!(spec.transition, Transition::Delta { .. }) =>
+            {
+                0.008
+            }
+            _ => 0.005,
+        }
+    }
+
+    /// The gradients flowing in: random `dO` (the kernel's dtype) and, when the forward
+    /// returned the final state, `dht` (f32), as host tensors (rounded to what the kernel
+    /// reads) and device buffers.
+    struct GradsIn {
+        d_o: Tensor,
+        dht: Option<Tensor>,
+        d_o_buf: DeviceBuffer,
+        dht_buf: Option<DeviceBuffer>,
+    }
+
+    impl GradsIn {
+        fn grads(&self) -> Grads<'_> {
+            Grads {
+                d_o: &self.d_o_buf,
+                dht: self.dht_buf.as_ref(),
+            }
+        }
+    }
+
+    fn download(dev: &Device, buf: &DeviceBuffer) -> Tensor {
+        let elem = match buf.dtype() {
+            DType::BF16 => ElementType::Bf16,
+            DType::F16 => ElementType::F16,
+            DType::F32 => ElementType::F32,
+            other => panic!("a gradient of dtype {other}"),
+        };
+        let bytes = dev.download_bytes(buf).expect("download");
+        Tensor::from_vec(buf.shape(), host::from_bytes(elem, &bytes)).expect("size")
+    }
+
+    impl Problem {
+        fn grads_in(&self, dev: &Device, out: &Forward, seed: u64) -> GradsIn {
+            let mut rng = Rng::new(seed ^ 0xd0d0);
+            let mut d_o = Tensor::from_fn(out.o.shape(), || rng.normal());
+            host::round_to(self.dtype, &mut d_o.data);
+            let d_o_buf = dev
+                .upload_bytes(
+                    linrec::runtime::op::dtype(self.dtype),
+                    &d_o.shape,
+                    &host::to_bytes(self.dtype, &d_o.data),
+                )
+                .expect("upload do");
+            let dht = out.final_state.as_ref().map(|ht| {
+                let mut t = Tensor::from_fn(ht.shape(), || rng.normal());
+                host::round_to(ElementType::F32, &mut t.data);
+                t
+            });
+            let dht_buf = dht.as_ref().map(|t| {
+                dev.upload(
+                    &t.data.iter().map(|&x| x as f32).collect::<Vec<_>>(),
+                    &t.shape,
+                )
+                .expect("upload dht")
+            });
+            GradsIn {
+                d_o,
+                dht,
+                d_o_buf,
+                dht_buf,
+            }
+        }
+
+        /// Every gradient against the reference's exact backward, each within its bound;
+        /// the gradient of a decay-rate input is not computed on devices (`None`).
+        #[track_caller]
+        fn check_backward(&self, what: &str, dev: &Device, g: &GradsIn, bwd: &ops::Backward) {
+            let want =
+                reference::backward(&self.spec, &self.inputs, &self.opts, &g.d_o, g.dht.as_ref())
+                    .expect("reference backward");
+            let mut bad = Vec::new();
+            for input in &self.spec.inputs {
+                let name = format!("d{}", input.name);
+                let got = bwd.grad(input.role);
+                assert_eq!(
+                    got.map(|b| b.raw() as *const _),
+                    bwd.grad_named(&input.name).map(|b| b.raw() as *const _),
+                    "{what}: grad and grad_named agree"
+                );
+                if input.role == Role::DecayRate {
+                    assert!(got.is_none(), "{what}: {name} is not computed on devices");
+                    continue;
+                }
+                let got = got.unwrap_or_else(|| panic!("{what}: no {name}"));
+                let want_t = want
+                    .get(input.role)
+                    .expect("the reference has every gradient");
+                let expect_dtype = match input.role {
+                    Role::Query | Role::Key | Role::Value => linrec::runtime::op::dtype(self.dtype),
+                    _ => DType::F32,
+                };
+                assert_eq!(got.dtype(), expect_dtype, "{what}: {name}");
+                let r = download(dev, got).rel_error(want_t);
+                let tol = grad_tolerance(&self.spec, Some(input.role));
+                eprintln!("{what}: ‖{name} − ref‖/‖ref‖ = {r:.2e} (< {tol})");
+                if r.is_nan() || r >= tol {
+                    bad.push(format!("{name} {r:.2e} (limit {tol})"));
+                }
+            }
+            match (&bwd.dh0, &want.dh0) {
+                (Some(got), Some(want_t)) => {
+                    assert!(self.h0.is_some());
+                    let r = download(dev, got).rel_error(want_t);
+                    let tol = grad_tolerance(&self.spec, None);
+                    eprintln!("{what}: ‖dh0 − ref‖/‖ref‖ = {r:.2e} (< {tol})");
+                    if r.is_nan() || r >= tol {
+                        bad.push(format!("dh0 {r:.2e} (limit {tol})"));
+                    }
+                    assert_eq!(
+                        bwd.grad_named("h0").map(|b| b.raw() as *const _),
+                        Some(got.raw() as *const _)
+                    );
+                }
+                (None, None) => assert!(self.h0.is_none(), "{what}: dh0 missing"),
+                (got, _) => panic!(
+                    "{what}: dh0 {:?} but h0 {:?}",
+                    got.is_some(),
+                    self.h0.is_some()
+                ),
+            }
+            let names: Vec<String> = bwd.named().into_iter().map(|(n, _)| n).collect();
+            assert!(names.iter().all(|n| n.starts_with('d')), "{names:?}");
+            assert!(bad.is_empty(), "{what}: {}", bad.join(", "));
+        }
+
+        /// Forward, then backward, through the untyped ops; both checked.
+        fn forward_backward(&self, what: &str, dev: &Device, seed: u64) {
+            let refs: Vec<(Role, &DeviceBuffer)> =
+                self.buffers.iter().map(|(r, b)| (*r, b)).collect();
+            let out = ops::forward(dev, &self.spec, &refs, &self.options())
+                .unwrap_or_else(|e| panic!("{what}: forward: {e}"));
+            assert_close(what, self.errors(dev, &out));
+            let g = self.grads_in(dev, &out, seed);
+            let bwd = ops::backward(dev, &out.saved, &g.grads(), &Default::default())
+                .unwrap_or_else(|e| panic!("{what}: backward: {e}"));
+            self.check_backward(what, dev, &g, &bwd);
+        }
+    }
+
+    #[test]
+    fn builtins_backward_matches_the_reference() {
+        let Some(dev) = opencl("builtins_backward_matches_the_reference") else {
+            return;
+        };
+        let mut seed = 10;
+        for spec in [LinearAttn::spec(), Retention::spec(), SimpleGla::spec()] {
+            for dtype in [ElementType::F32, ElementType::Bf16] {
+                seed += 1;
+                // Two batch rows, GVA (HV = 2 H), odd T over two chunks, h0 and dht.
+                let p = Problem::new(
+                    &dev,
+                    spec,
+                    Dims::new(2, 75, 2, 16, 8).with_value_heads(4),
+                    dtype,
+                    None,
+                    true,
+                    seed,
+                );
+                p.forward_backward(&format!("{} {dtype} GVA", spec.name), &dev, seed);
+                // Varlen with an empty sequence, h0 per sequence and dht.
+                let p = Problem::new(
+                    &dev,
+                    spec,
+                    Dims::new(1, 90, 1, 8, 16),
+                    dtype,
+                    Some(vec![0, 0, 31, 90]),
+                    true,
+                    seed + 100,
+                );
+                p.forward_backward(&format!("{} {dtype} varlen", spec.name), &dev, seed);
+            }
+        }
+        // No h0, no final state: no dh0, dht not given; chunk 32.
+        let mut p = Problem::new(
+            &dev,
+            SimpleGla::spec(),
+            Dims::new(1, 41, 1, 8, 8),
+            ElementType::F32,
+            None,
+            false,
+            30,
+        );
+        p.opts.output_final_state = false;
+        let x = SimpleGlaInputs::try_from_fn(|_, role| p.buffer(role)).expect("all roles");
+        let out = SimpleGla::forward(&dev, &x, &p.options().chunk(32)).expect("runs");
+        let g = p.grads_in(&dev, &out, 30);
+        assert!(g.dht_buf.is_none());
+        let bwd = SimpleGla::backward(&dev, &out.saved, &g.grads()).expect("backward runs");
+        assert!(bwd.dh0.is_none());
+        p.check_backward("simple_gla chunk 32, no h0", &dev, &g, &bwd);
+    }
+
+    #[test]
+    fn a_variant_declared_here_has_a_backward_that_matches_the_reference() {
+        let Some(dev) = opencl("a_variant_declared_here_has_a_backward_that_matches_the_reference")
+        else {
+            return;
+        };
+        // Its own names and a fixed scale; bf16, GVA, h0 and dht, typed calls.
+        let p = Problem::new(
+            &dev,
+            HalfScaleGate::spec(),
+            Dims::new(2, 67, 1, 16, 16).with_value_heads(2),
+            ElementType::Bf16,
+            None,
+            true,
+            40,
+        );
+        let x = HalfScaleGateInputs::try_from_fn(|_, role| p.buffer(role)).expect("all roles");
+        let out = HalfScaleGate::forward(&dev, &x, &p.options()).expect("forward runs");
+        assert_eq!(out.saved.scale(), 0.5);
+        assert_close("half_scale_gate", p.errors(&dev, &out));
+        let g = p.grads_in(&dev, &out, 40);
+        let bwd = HalfScaleGate::backward(&dev, &out.saved, &g.grads()).expect("backward runs");
+        p.check_backward("half_scale_gate", &dev, &g, &bwd);
+        let names: Vec<String> = bwd.named().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["dr", "dkey", "dv", "dalpha", "dh0"]);
+
+        // Varlen, f32, through backward_with and an explicit provider.
+        let kernels = Kernels::builder()
+            .no_disk_cache()
+            .build()
+            .expect("no sources to read");
+        let p = Problem::new(
+            &dev,
+            HalfScaleGate::spec(),
+            Dims::new(1, 50, 2, 8, 8),
+            ElementType::F32,
+            Some(vec![0, 20, 20, 50]),
+            true,
+            41,
+        );
+        let x = HalfScaleGateInputs::try_from_fn(|_, role| p.buffer(role)).expect("all roles");
+        let out = HalfScaleGate::forward(&dev, &x, &p.options().kernels(&kernels)).expect("runs");
+        let g = p.grads_in(&dev, &out, 41);
+        let opts = BackwardOptions::new().kernels(&kernels);
+        let bwd = HalfScaleGate::backward_with(&dev, &out.saved, &g.grads(), &opts)
+            .expect("backward runs");
+        assert!(
+            matches!(
+                bwd.kernel_source,
+                KernelSource::Compiled { cached: None, .. }
+            ),
+            "{:?}",
+            bwd.kernel_source
+        );
+        p.check_backward("half_scale_gate varlen", &dev, &g, &bwd);
+        let again = HalfScaleGate::backward_with(&dev, &out.saved, &g.grads(), &opts)
+            .expect("backward runs again");
+        assert_eq!(again.kernel_source, KernelSource::Memory);
+
+        // Lightning: the gradient of its decay-rate input `a` is not computed on devices.
+        let p = Problem::new(
+            &dev,
+            Lightning::spec(),
+            Dims::new(1, 33, 2, 8, 8),
+            ElementType::F32,
+            None,
+            true,
+            42,
+        );
+        p.forward_backward("lightning", &dev, 42);
     }
 }

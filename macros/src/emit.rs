@@ -129,6 +129,12 @@ pub fn variant(v: &Variant) -> TokenStream {
     let forward_doc = format!(
         "Runs the forward of `{name}` on `device`: [`linrec::ops::forward`](::linrec::ops::forward) with this spec and `inputs` (owned buffers or references: `{inputs_ident}<DeviceBuffer>` or `{inputs_ident}<&DeviceBuffer>`)."
     );
+    let backward_doc = format!(
+        "Runs the backward of `{name}` on `device` (the forward's): [`linrec::ops::backward`](::linrec::ops::backward) of the forward call that returned `saved`, with the gradients flowing in (`grads`: `dO`, and `dht` when the forward returned the final state) and the default [`BackwardOptions`](::linrec::ops::BackwardOptions)."
+    );
+    let backward_with_doc = format!(
+        "[`{ident}::backward`] with explicit [`BackwardOptions`](::linrec::ops::BackwardOptions) (e.g. a kernel provider)."
+    );
     quote! {
         #(#user_doc)*
         #separator
@@ -168,6 +174,35 @@ pub fn variant(v: &Variant) -> TokenStream {
                     &[#((#roles, ::core::borrow::Borrow::borrow(&inputs.#fields))),*],
                     options,
                 )
+            }
+
+            #[doc = #backward_doc]
+            ///
+            /// Returns the gradient of every input (by role, or by declared name with
+            /// `grad_named`) and of `h0` when the forward read one; `saved` must come from a
+            /// forward of this variant, and `dO` / `dht` must fit it, or the error names them.
+            pub fn backward(
+                device: &::linrec::runtime::Device,
+                saved: &::linrec::ops::Saved,
+                grads: &::linrec::ops::Grads<'_>,
+            ) -> ::core::result::Result<::linrec::ops::Backward, ::linrec::Error> {
+                ::linrec::ops::backward_of(
+                    Self::spec(),
+                    device,
+                    saved,
+                    grads,
+                    &::linrec::ops::BackwardOptions::new(),
+                )
+            }
+
+            #[doc = #backward_with_doc]
+            pub fn backward_with(
+                device: &::linrec::runtime::Device,
+                saved: &::linrec::ops::Saved,
+                grads: &::linrec::ops::Grads<'_>,
+                options: &::linrec::ops::BackwardOptions<'_>,
+            ) -> ::core::result::Result<::linrec::ops::Backward, ::linrec::Error> {
+                ::linrec::ops::backward_of(Self::spec(), device, saved, grads, options)
             }
         }
 
@@ -255,6 +290,24 @@ pub fn skeleton(s: &Skeleton) -> TokenStream {
             }
         }
     });
+    // `backward` takes no inputs struct, so it exists whatever the inputs were.
+    let backward = quote! {
+        pub fn backward(
+            _device: &::linrec::runtime::Device,
+            _saved: &::linrec::ops::Saved,
+            _grads: &::linrec::ops::Grads<'_>,
+        ) -> ::core::result::Result<::linrec::ops::Backward, ::linrec::Error> {
+            ::core::unreachable!()
+        }
+        pub fn backward_with(
+            _device: &::linrec::runtime::Device,
+            _saved: &::linrec::ops::Saved,
+            _grads: &::linrec::ops::Grads<'_>,
+            _options: &::linrec::ops::BackwardOptions<'_>,
+        ) -> ::core::result::Result<::linrec::ops::Backward, ::linrec::Error> {
+            ::core::unreachable!()
+        }
+    };
     quote! {
         #[allow(missing_docs)]
         #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -267,6 +320,7 @@ pub fn skeleton(s: &Skeleton) -> TokenStream {
             pub fn spec() -> &'static ::linrec::spec::Spec {
                 ::core::unreachable!()
             }
+            #backward
         }
 
         #inputs_struct

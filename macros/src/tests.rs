@@ -312,6 +312,30 @@ fn failed_variants_still_emit_their_items() {
     assert!(out.contains("compile_error"), "{out}");
     assert!(out.contains("struct V1"), "{out}");
     assert!(out.contains("struct V1Inputs"), "{out}");
+    for f in ["fn forward", "fn backward (", "fn backward_with ("] {
+        assert!(out.contains(f), "`{f}` missing from {out}");
+    }
+}
+
+/// Every variant gets the typed forward and both backwards; the backwards go through
+/// `ops::backward_of` with the variant's spec (which refuses a `Saved` of another spec).
+#[test]
+fn valid_variants_get_forward_and_backward() {
+    let out = expand(tokens(&body(
+        "q: [K], k: [K], v: [V]",
+        "S = S + k * v^T; o = S^T * q * scale;",
+    )))
+    .to_string();
+    assert!(!out.contains("compile_error"), "{out}");
+    for f in [
+        "pub fn forward <",
+        "pub fn backward (",
+        "pub fn backward_with (",
+        ":: linrec :: ops :: backward_of (Self :: spec () , device , saved , grads , options)",
+        ":: linrec :: ops :: BackwardOptions :: new ()",
+    ] {
+        assert!(out.contains(f), "`{f}` missing from {out}");
+    }
 }
 
 // ------------------------------------------------------------------- no panics, ever
