@@ -213,6 +213,108 @@ fn run_on_opencl_passes_for_the_supported_variants() {
     }
 }
 
+/// The `grad` lines of a `linrec run --backward`: (name, ratio, bound).
+#[cfg(feature = "jit")]
+fn grad_lines(out: &str) -> Vec<(String, f64, f64)> {
+    out.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("grad     ‖")?;
+            let (name, rest) = rest.split_once(" − ref‖/‖ref‖")?;
+            let (_, rest) = rest.split_once("= ")?;
+            let (ratio, bound) = rest.split_once("(< ")?;
+            Some((
+                name.to_owned(),
+                ratio.trim().parse().ok()?,
+                bound.trim_end_matches(')').parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+#[cfg(feature = "jit")]
+#[test]
+fn run_backward_on_opencl_checks_every_gradient() {
+    if !opencl_ready() {
+        return;
+    }
+    let out = stdout(&["run", "simple_gla", "--backward", "--device", "opencl"]);
+    assert!(
+        out.contains("PASS     simple_gla forward on spirv"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "PASS     simple_gla backward on spirv matches the f64 reference (5 gradients)"
+        ),
+        "{out}"
+    );
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("kernel ")).count(),
+        2,
+        "a forward and a backward kernel:\n{out}"
+    );
+    let lines = grad_lines(&out);
+    let names: Vec<&str> = lines.iter().map(|(n, _, _)| n.as_str()).collect();
+    assert_eq!(names, ["dq", "dk", "dv", "dg", "dh0"], "{out}");
+    for (name, ratio, bound) in &lines {
+        let want = if name == "dg" { 0.02 } else { 0.005 };
+        assert_eq!(*bound, want, "{name}");
+        assert!(ratio < bound, "{name}: {ratio} >= {bound}");
+    }
+
+    // GVA + varlen, f32, retention (no gate: dq, dk, dv, dh0).
+    let out = stdout(&[
+        "run",
+        "retention",
+        "--backward",
+        "--device",
+        "opencl",
+        "--shape",
+        "1,70,1,2,8,16",
+        "--varlen",
+        "--dtype",
+        "f32",
+    ]);
+    assert!(out.contains("PASS     retention backward"), "{out}");
+    let names: Vec<String> = grad_lines(&out).into_iter().map(|(n, _, _)| n).collect();
+    assert_eq!(names, ["dq", "dk", "dv", "dh0"], "{out}");
+
+    // Without --backward nothing of the backward shows.
+    let out = stdout(&[
+        "run",
+        "simple_gla",
+        "--device",
+        "opencl",
+        "--shape",
+        "1,8,1,4,4",
+    ]);
+    assert!(!out.contains("grad ") && !out.contains("backward"), "{out}");
+}
+
+#[test]
+fn run_backward_on_the_reference_prints_gradient_norms() {
+    let out = stdout(&[
+        "run",
+        "gated_delta_net",
+        "--backward",
+        "--device",
+        "reference",
+        "--shape",
+        "1,20,1,2,4,4",
+    ]);
+    for name in ["dq", "dk", "dv", "dg", "dbeta", "dh0"] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&format!("grad     ‖{name}‖")) && l.ends_with("(reference)")),
+            "{name} missing from:\n{out}"
+        );
+    }
+    assert!(out.contains("PASS"), "{out}");
+    // Without --backward: no norms (the finite-difference check as before).
+    let out = stdout(&["run", "--device", "reference", "--shape", "1,8,1,4,4"]);
+    assert!(!out.contains("grad "), "{out}");
+}
+
 /// `linrec run` reports where its kernel came from: compiled (and cached) the first time, the
 /// disk cache the second; a corrupted cache file is reported and recompiled; `--no-cache`
 /// compiles without touching the cache.
@@ -397,6 +499,89 @@ fn compile_writes_a_manifest_that_run_loads() {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `linrec compile --direction both` writes forward and backward kernels (one backward per
+/// forward config); `linrec run --backward --artifacts` runs both from the folder, and a
+/// forward-only folder names the missing backward kernel.
+#[cfg(feature = "jit")]
+#[test]
+fn compile_backward_kernels_that_run_backward_loads() {
+    let tmp = TestDir::new("bwd-art");
+    let (both, fwd_only) = (tmp.path("both"), tmp.path("fwd"));
+    for (dir, direction) in [(&both, "both"), (&fwd_only, "forward")] {
+        let out = linrec()
+            .args([
+                "compile",
+                "simple_gla",
+                "--target",
+                "spirv",
+                "--dtype",
+                "f32",
+                "--head-dims",
+                "8",
+                "--direction",
+                direction,
+                "--out",
+                path_str(dir),
+            ])
+            .output()
+            .expect("linrec runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(both.join("manifest.json")).expect("manifest written"),
+    )
+    .expect("manifest is JSON");
+    let kernels = manifest["kernels"].as_array().expect("kernels list");
+    assert_eq!(kernels.len(), 16);
+    let backward = kernels
+        .iter()
+        .filter(|k| k["info"]["direction"] == "backward")
+        .count();
+    assert_eq!(backward, 8);
+    for k in kernels {
+        let file = k["file"].as_str().expect("file name");
+        assert!(both.join(file).exists(), "{file}");
+    }
+    if !opencl_ready() {
+        return;
+    }
+    let run = |dir: &std::path::Path| {
+        linrec()
+            .args([
+                "run",
+                "simple_gla",
+                "--backward",
+                "--device",
+                "opencl",
+                "--dtype",
+                "f32",
+                "--shape",
+                "1,30,1,8,8",
+                "--artifacts",
+                path_str(dir),
+            ])
+            .output()
+            .expect("linrec runs")
+    };
+    let out = run(&both);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("PASS     simple_gla backward"), "{text}");
+    assert_eq!(text.matches("(from artifacts: ").count(), 2, "{text}");
+    let out = run(&fwd_only);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("backward kernel of `simple_gla`")
+            && err.contains("linrec compile simple_gla"),
+        "{err}"
+    );
 }
 
 #[cfg(feature = "jit")]
@@ -649,6 +834,68 @@ fn assert_outputs_match(path: &std::path::Path, o_dtype: Dtype, want: &reference
         "ht: {}",
         ht.rel_error(want_ht)
     );
+}
+
+/// The reference's gradients of simple_gla on the file's tensors (`do`, `dht` from the file).
+fn reference_grads_of(tensors: &[St], cu: Option<Vec<i64>>) -> reference::Gradients {
+    let get = |name: &str| {
+        tensors
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| Tensor::from_vec(&t.shape, t.values.clone()).expect("values match the shape"))
+    };
+    let inputs = Inputs {
+        q: get("q").expect("q"),
+        k: get("k").expect("k"),
+        v: get("v").expect("v"),
+        g: get("g"),
+        beta: None,
+        u: None,
+        decay_rate: None,
+        h0: get("h0"),
+    };
+    let spec = linrec::catalogue::lookup("simple_gla")
+        .expect("built-in")
+        .spec();
+    let opts = RunOptions {
+        cu_seqlens: cu,
+        output_final_state: true,
+        ..Default::default()
+    };
+    let d_o = get("do").expect("do in the file");
+    reference::backward(&spec, &inputs, &opts, &d_o, get("dht").as_ref())
+        .expect("the reference runs")
+}
+
+/// The gradients of an `--outputs` file (dq, dk, dv in `qkv`, dg, dh0 f32) against the
+/// reference's, within `tol` (0: exactly the reference's values as written in their dtype).
+fn assert_grads_match(path: &std::path::Path, qkv: Dtype, tensors: &[St], tol: f64) {
+    let want = reference_grads_of(tensors, None);
+    let bytes = std::fs::read(path).expect("--outputs written");
+    let file = SafeTensors::deserialize(&bytes).expect("a safetensors file");
+    for (name, dtype, w) in [
+        ("dq", qkv, &want.dq),
+        ("dk", qkv, &want.dk),
+        ("dv", qkv, &want.dv),
+        ("dg", Dtype::F32, want.dg.as_ref().expect("dg")),
+        ("dh0", Dtype::F32, want.dh0.as_ref().expect("dh0")),
+    ] {
+        let t = file
+            .tensor(name)
+            .unwrap_or_else(|_| panic!("{name} written"));
+        assert_eq!(t.dtype(), dtype, "{name}");
+        let got = Tensor::from_vec(
+            t.shape(),
+            host::from_bytes(element(dtype).expect("float"), t.data()),
+        )
+        .expect("data matches the shape");
+        let mut rounded = w.clone();
+        host::round_to(element(dtype).expect("float"), &mut rounded.data);
+        let r = got.rel_error(if tol == 0.0 { &rounded } else { w });
+        // fla's bounds: 0.02 for the gate's gradient where the others have 0.005.
+        let tol = if name == "dg" { tol * 4.0 } else { tol };
+        assert!(r <= tol, "{name}: {r} > {tol}");
+    }
 }
 
 fn path_str(p: &std::path::Path) -> &str {
@@ -1039,6 +1286,24 @@ fn safetensors_do_and_dht_are_checked_then_ignored() {
         err.contains("note: do, dht checked but not used: they feed the backward"),
         "{err}"
     );
+    // With --backward they feed it: the reference writes the gradients of the file's do, dht.
+    let output = dir.path("grads.safetensors");
+    let out = stdout(&[
+        "run",
+        "simple_gla",
+        "--device",
+        "reference",
+        "--backward",
+        "--inputs",
+        path_str(&input),
+        "--outputs",
+        path_str(&output),
+    ]);
+    assert!(
+        out.contains("outputs  ") && out.contains(": o, ht, dq, dk, dv, dg, dh0"),
+        "{out}"
+    );
+    assert_grads_match(&output, Dtype::BF16, &tensors, 0.0);
     rejects(
         "backward-shape",
         &with(
@@ -1051,6 +1316,46 @@ fn safetensors_do_and_dht_are_checked_then_ignored() {
         &[],
         &["tensor `do` has shape [1, 12, 2, 9], expected [B, T, HV, V]: V = 9 here but V = 8"],
     );
+}
+
+/// `linrec run --backward --inputs` on OpenCL: the file's `do` and `dht` feed the backward
+/// kernel, and `--outputs` gets every gradient, matching the reference's.
+#[cfg(feature = "jit")]
+#[test]
+fn safetensors_backward_on_opencl_writes_the_gradients() {
+    if !opencl_ready() {
+        return;
+    }
+    let tensors = with(
+        with(
+            simple_gla_file(Dtype::F32),
+            St {
+                name: "do",
+                ..st("v", Dtype::F32, &[1, 12, 2, 8], 6)
+            },
+        ),
+        St {
+            name: "dht",
+            ..st("h0", Dtype::F32, &[1, 2, 8, 8], 7)
+        },
+    );
+    let dir = TestDir::new("ocl-backward");
+    let input = write_st(&dir, "in", &tensors);
+    let output = dir.path("out.safetensors");
+    let out = stdout(&[
+        "run",
+        "simple_gla",
+        "--device",
+        "opencl",
+        "--backward",
+        "--inputs",
+        path_str(&input),
+        "--outputs",
+        path_str(&output),
+    ]);
+    assert!(out.contains("PASS     simple_gla backward"), "{out}");
+    assert!(out.contains(": o, ht, dq, dk, dv, dg, dh0"), "{out}");
+    assert_grads_match(&output, Dtype::F32, &tensors, 0.005);
 }
 
 #[test]

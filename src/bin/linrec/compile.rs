@@ -1,10 +1,13 @@
-//! `linrec compile <variant|all> --target T [T...] --out DIR`: ahead-of-time artifacts (one
-//! binary per kernel plus `manifest.json`) that a linrec built without `jit` loads.
+//! `linrec compile <variant|all> --target T [T...] --out DIR [--direction forward|backward|both]`:
+//! ahead-of-time artifacts (one binary per kernel plus `manifest.json`) that a linrec built
+//! without `jit` loads. Forward kernels by default; `--direction backward` or `both` adds the
+//! backward kernels, one per forward config (a backward reads the forward's h0 / final-state /
+//! varlen options).
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 use linrec::catalogue::{self, Builtin};
 use linrec::spec::launch::{KernelConfig, MANIFEST_VERSION, Manifest, ManifestEntry};
 use linrec_compiler::artifact::config_tag;
@@ -14,7 +17,28 @@ use linrec_compiler::{BinaryFormat, Target};
 use crate::Failure;
 use crate::emit::parse_head_dims;
 use crate::kernels::{check_chunk, parse_dtype};
-use linrec_runtime::kernels::sha256_hex;
+use linrec_runtime::kernels::{Direction, sha256_hex};
+
+/// Which kernels to compile.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DirectionArg {
+    /// The forward kernels (what `linrec run` and `linrec bench` need).
+    Forward,
+    /// The backward kernels (what `linrec run --backward` needs besides the forward ones).
+    Backward,
+    /// Both.
+    Both,
+}
+
+impl DirectionArg {
+    fn directions(self) -> &'static [Direction] {
+        match self {
+            DirectionArg::Forward => &[Direction::Forward],
+            DirectionArg::Backward => &[Direction::Backward],
+            DirectionArg::Both => &[Direction::Forward, Direction::Backward],
+        }
+    }
+}
 
 #[derive(Args)]
 pub struct CompileArgs {
@@ -36,6 +60,9 @@ pub struct CompileArgs {
     /// Chunk length: 16, 32 or 64.
     #[arg(long, default_value_t = 64)]
     chunk: usize,
+    /// Forward kernels, backward kernels, or both.
+    #[arg(long, value_enum, default_value = "forward")]
+    direction: DirectionArg,
 }
 
 fn extension(format: BinaryFormat) -> &'static str {
@@ -96,7 +123,9 @@ pub fn run(args: &CompileArgs) -> Result<(), Failure> {
         ))
     })?;
 
-    let total = builtins.len() * targets.len() * configs.len();
+    let directions = args.direction.directions();
+    let per_variant = targets.len() * configs.len() * directions.len();
+    let total = builtins.len() * per_variant;
     let start = Instant::now();
     let mut entries = Vec::new();
     let mut done = 0;
@@ -104,46 +133,65 @@ pub fn run(args: &CompileArgs) -> Result<(), Failure> {
         let spec = builtin.spec();
         // A form the compiler does not derive yet: one line for the variant, not one per kernel.
         if all {
-            if let Err(e @ PlanError::NotYetSupported { .. }) =
-                linrec_compiler::plan::forward(&spec)
-            {
-                done += targets.len() * configs.len();
+            let plan = linrec_compiler::plan::forward(&spec).and_then(|_| {
+                if directions.contains(&Direction::Backward) {
+                    linrec_compiler::plan::backward(&spec).map(|_| ())
+                } else {
+                    Ok(())
+                }
+            });
+            if let Err(e @ PlanError::NotYetSupported { .. }) = plan {
+                done += per_variant;
                 eprintln!("[{done:>4}/{total}] {:<16} skipped: {e}", spec.name);
                 continue;
             }
         }
-        for &target in &targets {
-            for config in &configs {
-                done += 1;
-                let label = format!(
-                    "[{done:>4}/{total}] {:<16} {:<8} {}",
-                    spec.name,
-                    target.name(),
-                    config_tag(config)
-                );
-                match linrec_compiler::compile(&spec, target, config) {
-                    Ok(artifact) => {
-                        let ms = artifact.compile_time.as_secs_f64() * 1e3;
-                        let file = format!(
-                            "{}.{}.{}.{}",
-                            artifact.info.entry,
-                            target.name(),
-                            config_tag(config),
-                            extension(target.format())
-                        );
-                        let path = args.out.join(&file);
-                        std::fs::write(&path, &artifact.binary).map_err(|e| {
-                            Failure::check(format!("cannot write {}: {e}", path.display()))
-                        })?;
-                        eprintln!("{label}  {ms:>7.1} ms  {file}");
-                        entries.push(ManifestEntry {
-                            sha256: sha256_hex(&artifact.binary),
-                            file,
-                            compile_ms: ms,
-                            info: artifact.info,
-                        });
+        for &direction in directions {
+            for &target in &targets {
+                for config in &configs {
+                    done += 1;
+                    let label = format!(
+                        "[{done:>4}/{total}] {:<16} {:<8} {:<8} {}",
+                        spec.name,
+                        direction.name(),
+                        target.name(),
+                        config_tag(config)
+                    );
+                    let compiled = match direction {
+                        Direction::Forward => linrec_compiler::compile(&spec, target, config),
+                        Direction::Backward => {
+                            linrec_compiler::compile_backward(&spec, target, config)
+                        }
+                    };
+                    match compiled {
+                        Ok(artifact) => {
+                            let ms = artifact.compile_time.as_secs_f64() * 1e3;
+                            let file = format!(
+                                "{}.{}.{}.{}",
+                                artifact.info.entry,
+                                target.name(),
+                                config_tag(config),
+                                extension(target.format())
+                            );
+                            if entries.iter().any(|e: &ManifestEntry| e.file == file) {
+                                return Err(Failure::check(format!(
+                                    "{label}: two kernels would be written to {file}"
+                                )));
+                            }
+                            let path = args.out.join(&file);
+                            std::fs::write(&path, &artifact.binary).map_err(|e| {
+                                Failure::check(format!("cannot write {}: {e}", path.display()))
+                            })?;
+                            eprintln!("{label}  {ms:>7.1} ms  {file}");
+                            entries.push(ManifestEntry {
+                                sha256: sha256_hex(&artifact.binary),
+                                file,
+                                compile_ms: ms,
+                                info: artifact.info,
+                            });
+                        }
+                        Err(e) => return Err(Failure::usage(format!("{label}: {e}"))),
                     }
-                    Err(e) => return Err(Failure::usage(format!("{label}: {e}"))),
                 }
             }
         }

@@ -67,12 +67,26 @@ pub fn forward(
     target: &str,
     config: KernelConfig,
 ) -> Result<(Arc<Kernel>, String), Failure> {
-    let loaded = kernels
-        .get(&KernelRequest::forward(spec, target, config))
-        .map_err(Failure::usage)?;
+    fetch(kernels, &KernelRequest::forward(spec, target, config))
+}
+
+/// The backward kernel of the forward `config` (it reads h0 and writes dh0 when the forward
+/// read h0, reads dht when the forward wrote the final state), and where it came from.
+pub fn backward(
+    kernels: &Kernels,
+    spec: &Spec,
+    target: &str,
+    config: KernelConfig,
+) -> Result<(Arc<Kernel>, String), Failure> {
+    fetch(kernels, &KernelRequest::backward(spec, target, config))
+}
+
+fn fetch(kernels: &Kernels, request: &KernelRequest<'_>) -> Result<(Arc<Kernel>, String), Failure> {
+    let loaded = kernels.get(request).map_err(Failure::usage)?;
     let origin = match &loaded.source {
         KernelSource::Compiled { time, cached } => format!(
-            "compiled for {target} in {:.1} ms{}",
+            "compiled for {} in {:.1} ms{}",
+            request.target,
             time.as_secs_f64() * 1e3,
             match cached {
                 Some(path) => format!(", cached in {}", path.display()),

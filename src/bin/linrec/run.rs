@@ -2,9 +2,16 @@
 //! f64 reference with fla's criterion. `--device reference` runs only the reference (forward and
 //! exact backward) and cross-checks its backward against central finite differences.
 //!
-//! `--inputs FILE.safetensors` takes the inputs from a file instead (sizes and dtype from its
-//! tensors, all checked before a device is opened: see `tensor_file`), `--outputs` writes `o`
-//! and `ht`, and `--no-check` skips the reference (slow for large shapes).
+//! `--backward` also runs the backward kernel on a random `dO` and `dht` (the gradients of `o`
+//! and of the final state) and checks every gradient — `dq`, `dk`, `dv`, `dg`, `dbeta`, `dh0` —
+//! against the reference's exact backward (`‖out − ref‖/‖ref‖` < 0.005, 0.008 for specs with a
+//! β-write, 0.02 for gate and β gradients); with `--device reference` it prints the reference
+//! gradients' norms.
+//!
+//! `--inputs FILE.safetensors` takes the inputs (and `do`, `dht`) from a file instead (sizes
+//! and dtype from its tensors, all checked before a device is opened: see `tensor_file`),
+//! `--outputs` writes `o` and `ht` (and with `--backward` the gradients), and `--no-check`
+//! skips the reference (slow for large shapes).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -14,9 +21,9 @@ use linrec::catalogue;
 use linrec::host;
 use linrec::reference::{self, Inputs, Rng, Tensor};
 use linrec::spec::launch::{ElementType, KernelConfig};
-use linrec::spec::{Dims, Role, RunOptions, Spec};
-use linrec_runtime::op::{self, ForwardArgs};
-use linrec_runtime::{Device, DeviceBuffer, DeviceKind};
+use linrec::spec::{Dims, Role, RunOptions, Spec, Transition, Write};
+use linrec_runtime::op::{self, BackwardArgs, BackwardOutputs, ForwardArgs, role_name};
+use linrec_runtime::{DType, Device, DeviceBuffer, DeviceKind};
 
 use crate::Failure;
 use crate::kernels::{self, check_chunk, parse_dtype};
@@ -73,18 +80,23 @@ pub struct RunArgs {
     #[arg(long)]
     no_cache: bool,
     /// Read the inputs from a safetensors file: the spec's inputs by name (`linrec show`), and
-    /// optionally h0, cu_seqlens (and do, dht, checked but not used yet). Sizes come from the
-    /// tensors and the kernel dtype from q, k, v, so --shape, --dtype, --varlen and --seed
-    /// do not apply.
+    /// optionally h0, cu_seqlens, and do, dht (used with --backward; random when absent). Sizes
+    /// come from the tensors and the kernel dtype from q, k, v, so --shape, --dtype, --varlen
+    /// and --seed do not apply.
     #[arg(
         long,
         value_name = "FILE.safetensors",
         conflicts_with_all = ["shape", "dtype", "varlen", "seed"]
     )]
     inputs: Option<PathBuf>,
-    /// Write `o` (the kernel's dtype) and `ht` (f32) to a safetensors file.
+    /// Write `o` (the kernel's dtype) and `ht` (f32) to a safetensors file; with --backward
+    /// also the gradients `d<input>` (dq, dk, dv in the kernel's dtype, dg, dbeta f32) and dh0.
     #[arg(long, value_name = "FILE.safetensors", requires = "inputs")]
     outputs: Option<PathBuf>,
+    /// Also run the backward on a random dO and dht (or the file's `do`, `dht`) and check every
+    /// gradient against the reference's exact backward (one line per gradient).
+    #[arg(long)]
+    backward: bool,
     /// Skip the comparison with the f64 reference (slow for large shapes): run and time only.
     #[arg(long)]
     no_check: bool,
@@ -97,6 +109,52 @@ struct Problem {
     dtype: ElementType,
     inputs: Inputs,
     cu_seqlens: Option<Vec<i64>>,
+    /// With --backward: `dO` (rounded to the kernel's dtype) and `dht` (f32).
+    grads_in: Option<GradsIn>,
+}
+
+/// The gradients flowing into a backward: `dO [B, T, HV, V]` and `dht [N, HV, K, V]`.
+struct GradsIn {
+    d_o: Tensor,
+    dht: Tensor,
+}
+
+impl GradsIn {
+    /// The file's `do` and `dht` where given, random normals (from `seed`) where not, rounded
+    /// to what the kernel reads.
+    fn new(
+        dims: &Dims,
+        sequences: usize,
+        dtype: ElementType,
+        given: (Option<Tensor>, Option<Tensor>),
+        seed: u64,
+    ) -> GradsIn {
+        let mut rng = Rng::new(seed ^ 0xd0d0);
+        let mut d_o = given
+            .0
+            .unwrap_or_else(|| Tensor::from_fn(&dims.output_shape(), || rng.normal()));
+        let mut dht = given
+            .1
+            .unwrap_or_else(|| Tensor::from_fn(&dims.state_shape(sequences), || rng.normal()));
+        host::round_to(dtype, &mut d_o.data);
+        host::round_to(ElementType::F32, &mut dht.data);
+        GradsIn { d_o, dht }
+    }
+}
+
+/// fla's bound on `‖out − ref‖/‖ref‖` for the gradient of the input of `role` (`None`: dh0):
+/// 0.02 for a gate's and β's, 0.005 for the rest — 0.008 for specs with a β-write (the delta
+/// family), whose gradients go through more rounding.
+fn grad_tolerance(spec: &Spec, role: Option<Role>) -> f64 {
+    match role {
+        Some(Role::Gate | Role::Beta) => 0.02,
+        _ if spec.write == Write::BetaOuter
+            || matches!(spec.transition, Transition::Delta { .. }) =>
+        {
+            0.008
+        }
+        _ => 0.005,
+    }
 }
 
 /// Parses `B,T,H,K,V` or `B,T,H,HV,K,V`.
@@ -168,13 +226,21 @@ pub fn run(args: &RunArgs) -> Result<(), Failure> {
             if let Some(out) = &args.outputs {
                 tensor_file::check_writable(out)?;
             }
-            let file = tensor_file::read(path, &spec)?;
+            let file = tensor_file::read(path, &spec, args.backward)?;
             println!("inputs   {}: {}", path.display(), file.summary.join(", "));
+            let grads_in = args.backward.then(|| {
+                let n = file
+                    .cu_seqlens
+                    .as_ref()
+                    .map_or(file.dims.batch, |c| c.len() - 1);
+                GradsIn::new(&file.dims, n, file.dtype, (file.d_o, file.dht), args.seed)
+            });
             Some(Problem {
                 dims: file.dims,
                 dtype: file.dtype,
                 inputs: file.inputs,
                 cu_seqlens: file.cu_seqlens,
+                grads_in,
             })
         }
         None => None,
@@ -236,11 +302,15 @@ fn random_problem(args: &RunArgs, spec: &Spec, dims: Dims) -> Result<Problem, Fa
     if let Some(h0) = inputs.h0.as_mut() {
         host::round_to(ElementType::F32, &mut h0.data);
     }
+    let grads_in = args
+        .backward
+        .then(|| GradsIn::new(&dims, n, dtype, (None, None), args.seed));
     Ok(Problem {
         dims,
         dtype,
         inputs,
         cu_seqlens: cu,
+        grads_in,
     })
 }
 
@@ -271,6 +341,7 @@ fn run_device(
         dtype,
         inputs,
         cu_seqlens: cu,
+        grads_in,
     } = problem;
     let dtype = *dtype;
     let device = Device::new(kind).map_err(|e| {
@@ -368,6 +439,19 @@ fn run_device(
         Some(b) => Some(device.download_bytes(b).map_err(Failure::check)?),
         None => None,
     };
+    let grads = match grads_in {
+        Some(g) => {
+            let fwd = Launch {
+                device: &device,
+                inputs: &refs,
+                h0: h0.as_ref(),
+                cu: cu_buf.as_ref(),
+                scale,
+            };
+            Some(run_backward(&fwd, spec, &provider, &target, config, g)?)
+        }
+        None => None,
+    };
     // Written before the verdict, so a failing run's outputs can be inspected too.
     if let Some(path) = &args.outputs {
         let mut outputs = vec![Output {
@@ -384,14 +468,28 @@ fn run_device(
                 bytes,
             });
         }
+        for g in grads.iter().flatten() {
+            outputs.push(Output {
+                name: &g.name,
+                dtype: g.dtype,
+                shape: &g.shape,
+                bytes: &g.bytes,
+            });
+        }
         tensor_file::write(path, &outputs, metadata(spec, &target, &info.name))?;
-        println!("outputs  {}: o, ht", path.display());
+        let names: Vec<&str> = outputs.iter().map(|o| o.name).collect();
+        println!("outputs  {}: {}", path.display(), names.join(", "));
     }
     if args.no_check {
         println!(
             "check    skipped (--no-check): the outputs were not compared with the f64 reference"
         );
-        println!("DONE     {} forward on {target} ran", spec.name);
+        let what = if grads.is_some() {
+            "forward + backward"
+        } else {
+            "forward"
+        };
+        println!("DONE     {} {what} on {target} ran", spec.name);
         return Ok(());
     }
     let o = Tensor::from_vec(out.o.shape(), host::from_bytes(dtype, &o_bytes))
@@ -417,11 +515,188 @@ fn run_device(
             "PASS     {} forward on {} matches the f64 reference",
             spec.name, target
         );
+    } else {
+        return Err(Failure::check(format!(
+            "{} forward on {target} disagrees with the f64 reference: o {ro:.2e}, ht {rh:.2e} (limit {tol})",
+            spec.name
+        )));
+    }
+    match (&grads, grads_in) {
+        (Some(grads), Some(g)) => check_backward(spec, &target, inputs, &opts, g, grads),
+        _ => Ok(()),
+    }
+}
+
+/// What the forward launched with, which the backward reads again.
+struct Launch<'a> {
+    device: &'a Device,
+    inputs: &'a [(Role, &'a DeviceBuffer)],
+    h0: Option<&'a DeviceBuffer>,
+    cu: Option<&'a DeviceBuffer>,
+    scale: f32,
+}
+
+/// One gradient the backward kernel wrote, downloaded: `dq`, `dbeta`, ... or `dh0`.
+struct DeviceGrad {
+    name: String,
+    /// The input's role; `None` for dh0.
+    role: Option<Role>,
+    dtype: ElementType,
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+/// The element type of a downloaded gradient.
+fn element_type(d: DType) -> Result<ElementType, Failure> {
+    match d {
+        DType::BF16 => Ok(ElementType::Bf16),
+        DType::F16 => Ok(ElementType::F16),
+        DType::F32 => Ok(ElementType::F32),
+        other => Err(Failure::check(format!(
+            "the backward returned a {other} gradient: expected bf16, f16 or f32"
+        ))),
+    }
+}
+
+/// Fetches the backward kernel of the forward's `config`, uploads `dO` and `dht`, launches it
+/// (timing three relaunches like the forward's) and downloads every gradient, named after
+/// the spec's inputs.
+fn run_backward(
+    fwd: &Launch<'_>,
+    spec: &Spec,
+    provider: &linrec_runtime::kernels::Kernels,
+    target: &str,
+    config: KernelConfig,
+    g: &GradsIn,
+) -> Result<Vec<DeviceGrad>, Failure> {
+    let device = fwd.device;
+    let (kernel, origin) = kernels::backward(provider, spec, target, config)?;
+    println!("kernel   {} ({origin})", kernel.info.entry);
+    let d_o = upload(device, config.dtype, &g.d_o)?;
+    let dht = upload(device, ElementType::F32, &g.dht)?;
+    let bargs = BackwardArgs {
+        inputs: fwd.inputs,
+        initial_state: fwd.h0,
+        cu_seqlens: fwd.cu,
+        scale: fwd.scale,
+        d_o: &d_o,
+        dht: config.final_state.then_some(&dht),
+    };
+    let launch = || -> Result<BackwardOutputs, Failure> {
+        op::backward(device, &kernel.info, &kernel.binary, &bargs).map_err(Failure::check)
+    };
+    let out = launch()?;
+    device.synchronize().map_err(Failure::check)?;
+    let mut times = Vec::new();
+    for _ in 0..3 {
+        let start = Instant::now();
+        let again = launch()?;
+        device.synchronize().map_err(Failure::check)?;
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+        drop(again);
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "time     {:.3} ms per backward launch (median of 3, incl. launch overhead{})",
+        times[times.len() / 2],
+        if device.info().is_cpu {
+            "; a CPU runtime: not a GPU timing"
+        } else {
+            ""
+        }
+    );
+    let mut grads = Vec::new();
+    let named = spec
+        .inputs
+        .iter()
+        .filter_map(|i| Some((format!("d{}", i.name), Some(i.role), out.grad(i.role)?)))
+        .chain(out.dh0.as_ref().map(|b| ("dh0".to_owned(), None, b)));
+    for (name, role, buf) in named {
+        grads.push(DeviceGrad {
+            name,
+            role,
+            dtype: element_type(buf.dtype())?,
+            shape: buf.shape().to_vec(),
+            bytes: device.download_bytes(buf).map_err(Failure::check)?,
+        });
+    }
+    // A gradient the runtime returns for a role the spec has not declared would be a bug.
+    for (role, _) in &out.grads {
+        if spec.input(*role).is_none() {
+            return Err(Failure::check(format!(
+                "the backward returned d{} for a {role} input `{}` does not declare",
+                role_name(*role),
+                spec.name
+            )));
+        }
+    }
+    Ok(grads)
+}
+
+/// Every gradient against the reference's exact backward, one line each; fails naming every
+/// gradient over its bound (or NaN, or missing).
+fn check_backward(
+    spec: &Spec,
+    target: &str,
+    inputs: &Inputs,
+    opts: &RunOptions,
+    g: &GradsIn,
+    grads: &[DeviceGrad],
+) -> Result<(), Failure> {
+    let want =
+        reference::backward(spec, inputs, opts, &g.d_o, Some(&g.dht)).map_err(Failure::usage)?;
+    let expected = spec
+        .inputs
+        .iter()
+        .map(|i| (format!("d{}", i.name), Some(i.role), want.get(i.role)))
+        .chain([("dh0".to_owned(), None, want.dh0.as_ref())]);
+    let mut bad = Vec::new();
+    let mut checked = 0;
+    for (name, role, reference) in expected {
+        let Some(reference) = reference else { continue };
+        let Some(got) = grads.iter().find(|d| d.role == role) else {
+            if role == Some(Role::DecayRate) {
+                println!(
+                    "grad     {name:<7} not computed on devices (a decay-rate input); the reference's ‖{name}‖ = {:.6}",
+                    reference.norm()
+                );
+            } else {
+                println!("grad     {name:<7} MISSING: the backward wrote no {name}");
+                bad.push(format!("{name} missing"));
+            }
+            continue;
+        };
+        let tol = grad_tolerance(spec, role);
+        let values = host::from_bytes(got.dtype, &got.bytes);
+        let nan = values.iter().any(|x| x.is_nan());
+        let ratio = Tensor::from_vec(&got.shape, values)
+            .ok_or_else(|| Failure::check(format!("downloaded {name} has the wrong size")))?
+            .rel_error(reference);
+        let shown = if nan {
+            "NaN".to_owned()
+        } else {
+            format!("{ratio:.2e}")
+        };
+        println!(
+            "grad     {:<24} = {shown}   (< {tol})",
+            format!("‖{name} − ref‖/‖ref‖")
+        );
+        checked += 1;
+        if nan || ratio.is_nan() || ratio >= tol {
+            bad.push(format!("{name} {shown} (limit {tol})"));
+        }
+    }
+    if bad.is_empty() {
+        println!(
+            "PASS     {} backward on {target} matches the f64 reference ({checked} gradients)",
+            spec.name
+        );
         Ok(())
     } else {
         Err(Failure::check(format!(
-            "{} forward on {target} disagrees with the f64 reference: o {ro:.2e}, ht {rh:.2e} (limit {tol})",
-            spec.name
+            "{} backward on {target} disagrees with the f64 reference: {}",
+            spec.name,
+            bad.join(", ")
         )))
     }
 }
@@ -455,6 +730,24 @@ fn run_reference_file(args: &RunArgs, spec: &Spec, problem: &Problem) -> Result<
         out.o.norm(),
         out.ht.as_ref().map_or(0.0, Tensor::norm)
     );
+    let grads = match &problem.grads_in {
+        Some(g) => {
+            let start = Instant::now();
+            let grads = reference::backward(spec, &problem.inputs, &opts, &g.d_o, Some(&g.dht))
+                .map_err(Failure::usage)?;
+            println!(
+                "backward {:>9.2} ms   (exact reverse sweep)",
+                start.elapsed().as_secs_f64() * 1e3
+            );
+            Some(grads)
+        }
+        None => None,
+    };
+    let named = grads
+        .as_ref()
+        .map(|g| reference_grads(spec, g))
+        .unwrap_or_default();
+    print_norms(&named);
     if let Some(path) = &args.outputs {
         let o_bytes = host::to_bytes(problem.dtype, &out.o.data);
         let mut outputs = vec![Output {
@@ -475,18 +768,65 @@ fn run_reference_file(args: &RunArgs, spec: &Spec, problem: &Problem) -> Result<
                 bytes,
             });
         }
+        // The gradients as a device run writes them: dq, dk, dv in the file's dtype, the rest
+        // f32.
+        let grad_bytes: Vec<(&str, ElementType, &Tensor, Vec<u8>)> = named
+            .iter()
+            .map(|(name, role, t)| {
+                let elem = role.map_or(ElementType::F32, |r| element_of(r, problem.dtype));
+                (name.as_str(), elem, *t, host::to_bytes(elem, &t.data))
+            })
+            .collect();
+        for (name, dtype, t, bytes) in &grad_bytes {
+            outputs.push(Output {
+                name,
+                dtype: *dtype,
+                shape: &t.shape,
+                bytes,
+            });
+        }
         tensor_file::write(
             path,
             &outputs,
             metadata(spec, "reference", "f64 CPU reference"),
         )?;
-        println!("outputs  {}: o, ht", path.display());
+        let names: Vec<&str> = outputs.iter().map(|o| o.name).collect();
+        println!("outputs  {}: {}", path.display(), names.join(", "));
     }
+    let what = if grads.is_some() {
+        "forward + backward"
+    } else {
+        "forward"
+    };
     println!(
-        "DONE     {} reference forward on the file's inputs",
+        "DONE     {} reference {what} on the file's inputs",
         spec.name
     );
     Ok(())
+}
+
+/// The reference's gradients named as a device run names them (`dq`, `dbeta`, ..., `dh0`),
+/// with the input's role (`None` for dh0), in the spec's input order.
+fn reference_grads<'g>(
+    spec: &Spec,
+    grads: &'g reference::Gradients,
+) -> Vec<(String, Option<Role>, &'g Tensor)> {
+    spec.inputs
+        .iter()
+        .filter_map(|i| Some((format!("d{}", i.name), Some(i.role), grads.get(i.role)?)))
+        .chain(grads.dh0.as_ref().map(|t| ("dh0".to_owned(), None, t)))
+        .collect()
+}
+
+/// One `grad` line per reference gradient: its norm.
+fn print_norms(named: &[(String, Option<Role>, &Tensor)]) {
+    for (name, _, t) in named {
+        println!(
+            "grad     {:<8} = {:.6}   (reference)",
+            format!("‖{name}‖"),
+            t.norm()
+        );
+    }
 }
 
 fn run_reference(args: &RunArgs, spec: &Spec, dims: &Dims) -> Result<(), Failure> {
@@ -522,6 +862,9 @@ fn run_reference(args: &RunArgs, spec: &Spec, dims: &Dims) -> Result<(), Failure
         "backward {:>9.2} ms   (exact reverse sweep)",
         t_bwd.as_secs_f64() * 1e3
     );
+    if args.backward {
+        print_norms(&reference_grads(&spec, &grads));
+    }
 
     // Spot-check the exact backward against central differences of L = Σ o⊙do + Σ ht⊙dht.
     println!("gradient spot check (central differences, 4 elements per tensor):");

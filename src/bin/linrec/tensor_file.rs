@@ -15,11 +15,14 @@
 //!   type), and the reference sees the rounded values;
 //! - `cu_seqlens` is i32 or i64, `[N+1]`, starting at 0, never decreasing, ending at T, with
 //!   B = 1;
-//! - `do` and `dht` belong to the backward, which `linrec run` does not run yet: they are
-//!   checked (float, `[B, T, HV, V]` and `[N, HV, K, V]`) and otherwise ignored, with a note, so
-//!   a file written for a full forward + backward check already works for the forward.
+//! - `do` and `dht` feed the backward (`linrec run --backward`): any float type, checked as
+//!   `[B, T, HV, V]` and `[N, HV, K, V]`; `do` is rounded to the kernel's dtype and `dht` to
+//!   f32, what the backward kernel reads. Without `--backward` they are checked and otherwise
+//!   ignored, with a note, so one file serves a forward and a forward + backward check.
 //!
-//! Outputs are `o` (`[B, T, HV, V]`, the kernel's dtype) and `ht` (`[N, HV, K, V]`, f32).
+//! Outputs are `o` (`[B, T, HV, V]`, the kernel's dtype) and `ht` (`[N, HV, K, V]`, f32); with
+//! `--backward` also the gradients, named `d` + the input's name (`dq`, `dk`, `dv` in the
+//! kernel's dtype, `dg`, `dbeta` f32 `[B, T, HV]`, ...) and `dh0` (`[N, HV, K, V]`, f32).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -55,6 +58,10 @@ pub struct FileProblem {
     pub inputs: Inputs,
     /// `cu_seqlens`, if the file has it.
     pub cu_seqlens: Option<Vec<i64>>,
+    /// `do`, if the file has it, rounded to the kernel's dtype.
+    pub d_o: Option<Tensor>,
+    /// `dht`, if the file has it, rounded to f32.
+    pub dht: Option<Tensor>,
     /// One line per tensor (`q bf16 [1, 64, 2, 32]`), for the run's report.
     pub summary: Vec<String>,
 }
@@ -189,8 +196,9 @@ fn list(names: &[String]) -> String {
 }
 
 /// Reads `path` and checks it against `spec`; prints notes (conversions, ignored tensors) on
-/// stderr. Nothing is launched here: every error happens before a device is opened.
-pub fn read(path: &Path, spec: &Spec) -> Result<FileProblem, Failure> {
+/// stderr. `backward`: the run uses `do` and `dht` (else they are only checked). Nothing is
+/// launched here: every error happens before a device is opened.
+pub fn read(path: &Path, spec: &Spec, backward: bool) -> Result<FileProblem, Failure> {
     let shown = path.display();
     let bytes = std::fs::read(path)
         .map_err(|e| Failure::usage(format!("--inputs {shown}: cannot read it: {e}")))?;
@@ -439,22 +447,30 @@ pub fn read(path: &Path, spec: &Spec) -> Result<FileProblem, Failure> {
     } else {
         None
     };
+    let grads_in: Vec<&str> = ["do", "dht"]
+        .into_iter()
+        .filter(|n| has.iter().any(|h| h == n))
+        .collect();
+    let (mut d_o, mut dht) = (None, None);
+    if backward {
+        if grads_in.contains(&"do") {
+            d_o = Some(load("do", dtype)?);
+        }
+        if grads_in.contains(&"dht") {
+            dht = Some(load("dht", ElementType::F32)?);
+        }
+    } else if !grads_in.is_empty() {
+        eprintln!(
+            "note: {} checked but not used: they feed the backward, which runs with --backward",
+            grads_in.join(", ")
+        );
+    }
     if let Some(cu) = &cu_view {
         summary.push(format!(
             "cu_seqlens {} {:?}",
             dtype_name(cu.dtype()),
             cu.shape()
         ));
-    }
-    let backward: Vec<&str> = ["do", "dht"]
-        .into_iter()
-        .filter(|n| has.iter().any(|h| h == n))
-        .collect();
-    if !backward.is_empty() {
-        eprintln!(
-            "note: {} checked but not used: they feed the backward, which `linrec run` does not run yet",
-            backward.join(", ")
-        );
     }
     let mut take = |role: Role| by_role.remove(&role);
     let missing_role =
@@ -474,6 +490,8 @@ pub fn read(path: &Path, spec: &Spec) -> Result<FileProblem, Failure> {
         dtype,
         inputs,
         cu_seqlens,
+        d_o,
+        dht,
         summary,
     })
 }
@@ -497,8 +515,8 @@ pub fn check_writable(path: &Path) -> Result<(), Failure> {
 
 /// One output tensor: name, dtype, shape and little-endian bytes.
 pub struct Output<'a> {
-    /// `o` or `ht`.
-    pub name: &'static str,
+    /// `o`, `ht`, a gradient (`dq`, `dbeta`, ...) or `dh0`.
+    pub name: &'a str,
     /// Its element type.
     pub dtype: ElementType,
     /// Its shape.
