@@ -220,6 +220,55 @@ pub fn compile_with(
     Ok(artifact)
 }
 
+/// Compiles the backward kernel of `spec` for `target` and `config` (the forward's config:
+/// `initial_state` makes it read `h0` and write `dh0`, `final_state` makes it read `dht`),
+/// with the options of the environment. See [`crate::schedule::backward`] for its layout.
+pub fn compile_backward(
+    spec: &Spec,
+    target: Target,
+    config: &KernelConfig,
+) -> Result<Artifact, CompileError> {
+    compile_backward_with(spec, target, config, &CompileOptions::from_env())
+}
+
+/// [`compile_backward`] with explicit options.
+pub fn compile_backward_with(
+    spec: &Spec,
+    target: Target,
+    config: &KernelConfig,
+    options: &CompileOptions,
+) -> Result<Artifact, CompileError> {
+    let start = Instant::now();
+    let fwd = plan::forward(spec)?;
+    let bwd = plan::backward(spec)?;
+    let schedule = schedule::backward(&fwd, &bwd, spec, target, config, options.matmul)?;
+    let mlir = emit::backward(&schedule)?;
+    let lowered = lower::lower_with(
+        &mlir,
+        target,
+        &LowerOptions::default().with_amd_assembly(options.amd_assembly),
+    )?;
+    let compile_time = start.elapsed();
+    let asm = match lowered.format() {
+        BinaryFormat::Ptx | BinaryFormat::Hsaco => lowered.assembly().map(str::to_owned),
+        BinaryFormat::Spirv => spirv_dis(lowered.binary()),
+    };
+    let artifact = Artifact {
+        info: schedule.kernel_info(),
+        plan_text: bwd.to_string(),
+        schedule_text: schedule.to_string(),
+        mlir,
+        lowered: Some(lowered.lowered_mlir().to_owned()),
+        asm,
+        binary: lowered.into_binary(),
+        compile_time,
+    };
+    if let Some(dir) = &options.dump_dir {
+        dump(dir, target, &artifact)?;
+    }
+    Ok(artifact)
+}
+
 /// A short, file-name-safe description of a config ([`KernelConfig::tag`]).
 pub fn config_tag(config: &KernelConfig) -> String {
     config.tag()

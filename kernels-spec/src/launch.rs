@@ -205,6 +205,25 @@ pub enum KernelParam {
     ValueHeads,
     /// f32 scalar output scale.
     Scale,
+    // Backward kernels (`direction = "backward"`): the workgroup grid is `(1, N·H, 1)`, each
+    // workgroup owning one (sequence, q/k head) and the value heads of its GVA group in turn.
+    /// `dO [B, T, HV, V]` in the input dtype.
+    GradOutput,
+    /// `dht [N, HV, K, V]` f32, the gradient of the final state ([`KernelConfig::final_state`]
+    /// in a backward config: the forward returned `ht`; zeros when the caller has none).
+    GradFinalState,
+    /// The gradient of the input of a role, written by the kernel: `dq`, `dk` `[B, T, H, K]`
+    /// and `dv` `[B, T, HV, V]` in the input dtype, `dg`, `dβ` `[B, T, HV]` f32.
+    Grad(Role),
+    /// `dh0 [N, HV, K, V]` f32 ([`KernelConfig::initial_state`] in a backward config).
+    GradInitialState,
+    /// The state entering every chunk, f32 `[⌊B·T / C⌋ + N, HV, K, V]`: chunk `i` of sequence
+    /// `n` (rows from `bos`) is slot `⌊bos / C⌋ + n + i`. The backward kernel writes it when it
+    /// recomputes the states and reads it in its reverse sweep.
+    ChunkStates,
+    /// f32 `[B, T, H, K]`: the running sum of the q or k gradient over the value heads of a
+    /// GVA group (read and written only when HV > H; any 1-element buffer otherwise).
+    GradAccumulator(Role),
 }
 
 /// Everything needed to launch one compiled kernel.
@@ -216,7 +235,7 @@ pub struct KernelInfo {
     pub spec_name: String,
     /// Canonical hash of the spec (hex).
     pub spec_hash: String,
-    /// `forward` (later: `backward`).
+    /// `forward` or `backward`.
     pub direction: String,
     /// Target name (`sm_90`, `gfx942`, `spirv`).
     pub target: String,

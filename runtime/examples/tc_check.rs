@@ -537,6 +537,7 @@ fn time(
             KernelParam::Heads => (d.heads as i32).into(),
             KernelParam::ValueHeads => (d.value_heads as i32).into(),
             KernelParam::Scale => scale.into(),
+            other => return Err(format!("{other:?}: not a forward kernel's parameter")),
         });
     }
     let module = dev

@@ -16,7 +16,8 @@ use super::EmitError;
 use super::builder::{Builder, Cmp, R};
 use super::target::{DYNAMIC, TargetOps};
 use crate::lower::Vendor;
-use crate::schedule::{MatmulPath, OperandTile, Schedule, Tile};
+use crate::plan::Direction;
+use crate::schedule::{BackwardSchedule, MatmulPath, OperandTile, Schedule, Tile};
 
 /// The symbol of the dynamic shared memory. It must be a public, uninitialised
 /// `memref.global` of `memref<0xi8, workgroup>`: `gpu.dynamic_shared_memory` then reuses it
@@ -26,6 +27,7 @@ use crate::schedule::{MatmulPath, OperandTile, Schedule, Tile};
 const SMEM_SYMBOL: &str = "smem";
 
 /// Values of the kernel's entry block that every later step uses.
+#[derive(Clone)]
 pub(super) struct Env<'c, 'a> {
     /// Arguments in ABI order, with their parameter.
     pub args: Vec<(KernelParam, Value<'c, 'a>)>,
@@ -42,6 +44,11 @@ pub(super) struct Env<'c, 'a> {
     /// H and HV as indices.
     pub heads: Value<'c, 'a>,
     pub vheads: Value<'c, 'a>,
+    /// HV / H, the value heads of a GVA group.
+    pub group: Value<'c, 'a>,
+    /// Backward kernels: which value head of the group (`hv − h · group`), set by the group
+    /// loop.
+    pub g: Option<Value<'c, 'a>>,
     /// First value column of this workgroup.
     pub v0: Value<'c, 'a>,
     /// Valid columns of the block, `min(BV, V − v0)` (at least 1).
@@ -74,6 +81,19 @@ pub(super) struct Kernel<'s, 'c> {
     pub b: Builder<'c>,
     pub t: TargetOps,
     pub s: &'s Schedule,
+    /// Backward kernels: the whole layout (`s` is the phase being emitted).
+    pub bwd: Option<&'s BackwardSchedule>,
+}
+
+/// Which loop over chunks a kernel runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// The forward kernel: o and the next state per chunk.
+    Forward,
+    /// Backward phase 1: the state entering each chunk to `chunk_states`, then the next state.
+    States,
+    /// Backward phase 2, chunks in reverse: the gradients and `dh`.
+    Grads,
 }
 
 impl<'c> Kernel<'_, 'c> {
@@ -83,7 +103,7 @@ impl<'c> Kernel<'_, 'c> {
     }
 
     /// The type of one kernel argument.
-    fn arg_type(&self, p: &KernelParam) -> Type<'c> {
+    pub(super) fn arg_type(&self, p: &KernelParam) -> Type<'c> {
         match self.s.buffer_type(p) {
             Some(ty) => self.t.memref(&self.b, ty),
             None if *p == KernelParam::Scale => self.b.f32(),
@@ -121,13 +141,39 @@ impl<'c> Kernel<'_, 'c> {
                 ]),
             )?;
         }
-        let types: Vec<Type<'c>> = self.s.params.iter().map(|p| self.arg_type(p)).collect();
         // AMD matrix cores: the operand arena is the function's one workgroup attribution,
         // an entry-block argument after the inputs.
         let lds = match self.s.matmul {
             MatmulPath::MatrixCore(_) => Some(self.arena_type()?),
             _ => None,
         };
+        self.func(module, lds, |entry, args, lds_arg| {
+            let env = self.prologue(entry, args, lds_arg)?;
+            self.init_state(entry, &env)?;
+            self.t.barrier(b, entry)?;
+            self.chunk_loop(entry, &env, Phase::Forward)?;
+            if self.s.config.final_state {
+                self.final_state(entry, &env)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Builds a `gpu.func` named after the schedule's entry with its parameters (and, with
+    /// `lds`, one workgroup attribution of that type): `body(entry block, arguments, the
+    /// attribution)` fills it, then `gpu.return` ends it.
+    pub(super) fn func(
+        &self,
+        module: &Block<'c>,
+        lds: Option<Type<'c>>,
+        body: impl for<'x> FnOnce(
+            &'x Block<'c>,
+            Vec<(KernelParam, Value<'c, 'x>)>,
+            Option<Value<'c, 'x>>,
+        ) -> R<()>,
+    ) -> R<()> {
+        let b = &self.b;
+        let types: Vec<Type<'c>> = self.s.params.iter().map(|p| self.arg_type(p)).collect();
         let mut block_args: Vec<(Type<'c>, _)> = types.iter().map(|t| (*t, b.loc)).collect();
         block_args.extend(lds.map(|t| (t, b.loc)));
         let entry = Block::new(&block_args);
@@ -152,17 +198,11 @@ impl<'c> Kernel<'_, 'c> {
                 ),
                 None => None,
             };
-            let env = self.prologue(&entry, args, lds_arg)?;
-            self.init_state(&entry, &env)?;
-            self.t.barrier(b, &entry)?;
-            self.chunk_loop(&entry, &env)?;
-            if self.s.config.final_state {
-                self.final_state(&entry, &env)?;
-            }
+            body(&entry, args, lds_arg)?;
             b.push0(&entry, b.op("gpu.return"))?;
         }
-        let body = Region::new();
-        body.append_block(entry);
+        let region = Region::new();
+        region.append_block(entry);
         let function = FunctionType::new(b.ctx, &types, &[]);
         let mut attrs = vec![
             b.named(
@@ -193,12 +233,14 @@ impl<'c> Kernel<'_, 'c> {
         }
         b.push0(
             module,
-            b.op("gpu.func").add_attributes(&attrs).add_regions([body]),
+            b.op("gpu.func")
+                .add_attributes(&attrs)
+                .add_regions([region]),
         )
     }
 
     /// Workgroup coordinates, the sequence's rows, the scalars as indices.
-    fn prologue<'a>(
+    pub(super) fn prologue<'a>(
         &self,
         blk: &'a Block<'c>,
         args: Vec<(KernelParam, Value<'c, 'a>)>,
@@ -220,11 +262,20 @@ impl<'c> Kernel<'_, 'c> {
         let seq_len = b.to_index(blk, find(KernelParam::SeqLen)?)?;
         let scale = find(KernelParam::Scale)?;
 
-        // Workgroup y = n·HV + hv; GVA: HV/H value heads share one q/k head.
-        let n = b.divui(blk, by, vheads)?;
-        let hv = b.remui(blk, by, vheads)?;
-        let group = b.divui(blk, vheads, heads)?;
-        let h = b.divui(blk, hv, group)?;
+        // Forward: workgroup y = n·HV + hv; GVA: HV/H value heads share one q/k head.
+        // Backward: y = n·H + h, and the kernel walks the group's value heads (`hv` is the
+        // first; the group loop sets the others).
+        let (n, h, hv, group) = if s.direction == Direction::Backward {
+            let n = b.divui(blk, by, heads)?;
+            let h = b.remui(blk, by, heads)?;
+            let group = b.divui(blk, vheads, heads)?;
+            (n, h, b.muli(blk, h, group)?, group)
+        } else {
+            let n = b.divui(blk, by, vheads)?;
+            let hv = b.remui(blk, by, vheads)?;
+            let group = b.divui(blk, vheads, heads)?;
+            (n, b.divui(blk, hv, group)?, hv, group)
+        };
 
         let bv = s.block_v as i64;
         let bv_c = b.ci(blk, bv)?;
@@ -253,6 +304,8 @@ impl<'c> Kernel<'_, 'c> {
         };
 
         let decay = match &s.decay {
+            // Backward: read per value head in the group loop.
+            Some(_) if s.direction == Direction::Backward => None,
             Some(p) => {
                 let rates = find(p.clone())?;
                 Some(b.load(blk, rates, hv)?)
@@ -293,6 +346,8 @@ impl<'c> Kernel<'_, 'c> {
             h,
             heads,
             vheads,
+            group,
+            g: None,
             v0,
             vvalid,
             bos,
@@ -449,7 +504,7 @@ impl<'c> Kernel<'_, 'c> {
     }
 
     /// Index of state element `(k, c)` of this workgroup in an `[N, HV, K, V]` state tensor.
-    fn state_index<'a>(
+    pub(super) fn state_index<'a>(
         &self,
         blk: &'a Block<'c>,
         env: &Env<'c, '_>,
@@ -503,7 +558,7 @@ impl<'c> Kernel<'_, 'c> {
     }
 
     /// `S ← h0` (or 0), columns past V read as 0.
-    fn init_state(&self, blk: &Block<'c>, env: &Env<'c, '_>) -> R<()> {
+    pub(super) fn init_state(&self, blk: &Block<'c>, env: &Env<'c, '_>) -> R<()> {
         let b = &self.b;
         let state = self.s.state;
         let h0 = if self.s.config.initial_state {
@@ -532,8 +587,8 @@ impl<'c> Kernel<'_, 'c> {
         })
     }
 
-    /// The sequential loop over this sequence's chunks.
-    fn chunk_loop(&self, blk: &Block<'c>, env: &Env<'c, '_>) -> R<()> {
+    /// The sequential loop over this sequence's chunks (in reverse for [`Phase::Grads`]).
+    pub(super) fn chunk_loop(&self, blk: &Block<'c>, env: &Env<'c, '_>, phase: Phase) -> R<()> {
         let b = &self.b;
         let c = self.s.config.chunk as i64;
         // ceil((eos − bos) / C), signed so that a malformed cu_seqlens (eos < bos) runs no chunk.
@@ -552,11 +607,24 @@ impl<'c> Kernel<'_, 'c> {
                 op: "scf.for argument".into(),
                 detail: e.to_string(),
             })?;
-            let start = b.mad(&body, env.bos, i.into(), c)?;
+            let i: Value = i.into();
+            // Chunk `chunks − 1 − i` in reverse.
+            let i = if phase == Phase::Grads {
+                let one = b.ci(&body, 1)?;
+                let last = b.subi(&body, chunks, one)?;
+                b.subi(&body, last, i)?
+            } else {
+                i
+            };
+            let start = b.mad(&body, env.bos, i, c)?;
             let rest = b.subi(&body, env.eos, start)?;
             let cc = b.ci(&body, c)?;
             let len = b.bin(&body, "arith.minsi", rest, cc)?;
-            self.chunk_body(&body, env, start, len)?;
+            match phase {
+                Phase::Forward => self.chunk_body(&body, env, start, len)?,
+                Phase::States => self.states_chunk(&body, env, start, len, i)?,
+                Phase::Grads => self.grads_chunk(&body, env, start, len, i)?,
+            }
             b.yield_(&body, &[])?;
         }
         let region = Region::new();
@@ -570,7 +638,7 @@ impl<'c> Kernel<'_, 'c> {
     }
 
     /// One chunk: every plan node, then o and the next state.
-    fn chunk_body<'a>(
+    pub(super) fn chunk_body<'a>(
         &self,
         blk: &'a Block<'c>,
         env: &Env<'c, 'a>,
@@ -635,7 +703,7 @@ impl<'c> Kernel<'_, 'c> {
     }
 
     /// `S ← next state tile`.
-    fn copy_state(&self, blk: &Block<'c>, env: &Env<'c, '_>) -> R<()> {
+    pub(super) fn copy_state(&self, blk: &Block<'c>, env: &Env<'c, '_>) -> R<()> {
         let b = &self.b;
         let next = self.tile(self.s.state_out)?;
         let state = self.s.state;
@@ -652,7 +720,7 @@ impl<'c> Kernel<'_, 'c> {
     }
 
     /// `ht ← S` for the valid columns.
-    fn final_state(&self, blk: &Block<'c>, env: &Env<'c, '_>) -> R<()> {
+    pub(super) fn final_state(&self, blk: &Block<'c>, env: &Env<'c, '_>) -> R<()> {
         let b = &self.b;
         let state = self.s.state;
         let ht = env.arg(&KernelParam::FinalState)?;

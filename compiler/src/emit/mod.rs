@@ -4,8 +4,10 @@
 //! deterministic text that [`crate::lower`] takes and the snapshots record.
 //!
 //! Files: `builder.rs` (the ops, over melior), `target.rs` (every vendor difference),
-//! `kernel.rs` (the kernel's frame and chunk loop), `tile.rs` (one plan node's loop).
+//! `kernel.rs` (the kernel's frame and chunk loop), `tile.rs` (one plan node's loop),
+//! `backward.rs` (the backward kernel's two phases and its gradient stores).
 
+mod backward;
 mod builder;
 mod kernel;
 pub mod mfma;
@@ -27,7 +29,7 @@ use melior::{
     utility::{parse_pass_pipeline, register_all_dialects, register_all_passes},
 };
 
-use crate::schedule::Schedule;
+use crate::schedule::{BackwardSchedule, Schedule};
 
 /// Folds constants and common subexpressions of the built module (see [`forward`]).
 const TIDY_PIPELINE: &str = "builtin.module(gpu.module(canonicalize, cse))";
@@ -57,6 +59,27 @@ pub enum EmitError {
 
 /// Emits the kernel of `schedule` and returns the module's text.
 pub fn forward(schedule: &Schedule) -> Result<String, EmitError> {
+    module(|ctx, body| {
+        kernel::Kernel {
+            b: builder::Builder::new(ctx),
+            t: target::TargetOps::new(schedule.target),
+            s: schedule,
+            bwd: None,
+        }
+        .build(body)
+    })
+}
+
+/// Emits the backward kernel of `schedule` (see [`crate::schedule::backward`]) and returns
+/// the module's text.
+pub fn backward(schedule: &BackwardSchedule) -> Result<String, EmitError> {
+    module(|ctx, body| backward::build(ctx, schedule, body))
+}
+
+/// A verified, tidied `gpu.container_module` whose `gpu.module` body `build` fills.
+fn module(
+    build: impl for<'c> FnOnce(&'c Context, &Block<'c>) -> Result<(), EmitError>,
+) -> Result<String, EmitError> {
     let registry = DialectRegistry::new();
     register_all_dialects(&registry);
     let ctx = Context::new_with_registry(&registry, false);
@@ -76,12 +99,7 @@ pub fn forward(schedule: &Schedule) -> Result<String, EmitError> {
         .set_attribute("gpu.container_module", Attribute::unit(&ctx));
 
     let body = Block::new(&[]);
-    kernel::Kernel {
-        b: builder::Builder::new(&ctx),
-        t: target::TargetOps::new(schedule.target),
-        s: schedule,
-    }
-    .build(&body)?;
+    build(&ctx, &body)?;
     let region = Region::new();
     region.append_block(body);
     let gpu_module = b

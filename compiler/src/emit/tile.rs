@@ -20,7 +20,7 @@ use super::builder::{Cmp, R};
 use super::kernel::{Env, Kernel};
 use super::mfma;
 use super::mma::{self, Fragment, Init, Matmul, MmaType, SmemTile};
-use crate::plan::{Op, Param, ValueId};
+use crate::plan::{Op, Param, Sink, ValueId};
 use crate::schedule::{MatmulPath, OperandTile, Tile};
 
 /// Where a node's result goes: its f32 tile, its operand tile, or both (same element, the
@@ -91,6 +91,7 @@ impl<'c> Kernel<'_, 'c> {
                     self.load_scratch(blk, env, src, last)?
                 }
                 Op::Exp2(x) => self.t.exp2(b, blk, uniform(x, uniforms)?)?,
+                Op::SumAll(x) => self.sum_all(blk, env, self.src(*x)?, *x)?,
                 Op::Mul(x, y) | Op::Add(x, y) | Op::Sub(x, y) => {
                     let (x, y) = (uniform(x, uniforms)?, uniform(y, uniforms)?);
                     match node.op {
@@ -124,7 +125,70 @@ impl<'c> Kernel<'_, 'c> {
                 }
                 None => Ok(()),
             },
-            Op::Load(role) => self.load_rows(blk, env, start, len, dest, *role),
+            Op::Load(role) => {
+                self.load_rows(blk, env, start, len, dest, *role, KernelParam::Input(*role))
+            }
+            // Backward: the chunk's dO rows (laid out like v); `dh'` lives in the carried tile.
+            Op::GradIn(Sink::Output) => self.load_rows(
+                blk,
+                env,
+                start,
+                len,
+                dest,
+                Role::Value,
+                KernelParam::GradOutput,
+            ),
+            Op::GradIn(_) => Ok(()),
+            Op::ValidRows => self.elementwise(blk, env, dest, |blk, r, _, _| {
+                let ok = b.cmpi(blk, Cmp::Ult, r, len)?;
+                let one = b.cf32(blk, 1.0)?;
+                let zero = b.cf32(blk, 0.0)?;
+                b.select(blk, ok, one, zero)
+            }),
+            Op::ReverseCumSum(x) => {
+                let src = self.tile(*x)?;
+                self.elementwise(blk, env, dest, |blk, r, _, _| {
+                    let one = b.ci(blk, 1)?;
+                    let end = b.ci(blk, src.len() as i64)?;
+                    let init = b.cf32(blk, 0.0)?;
+                    b.for_acc(blk, r, end, one, init, |blk, j, acc| {
+                        let x = self.load_scratch(blk, env, src, j)?;
+                        let next = b.addf(blk, acc, x)?;
+                        b.yield_(blk, &[next])
+                    })
+                })
+            }
+            Op::RowSum(x) | Op::ColSum(x) => {
+                let src = self.src(*x)?;
+                let (rows, cols) = self.extent_of(*x)?;
+                let by_row = matches!(node.op, Op::RowSum(_));
+                self.elementwise(blk, env, dest, |blk, r, _, _| {
+                    let zero = b.ci(blk, 0)?;
+                    let one = b.ci(blk, 1)?;
+                    let end = b.ci(blk, if by_row { cols } else { rows } as i64)?;
+                    let init = b.cf32(blk, 0.0)?;
+                    b.for_acc(blk, zero, end, one, init, |blk, j, acc| {
+                        let (row, col) = if by_row { (r, j) } else { (j, r) };
+                        let e = b.mad(blk, col, row, cols as i64)?;
+                        let x = self.read(blk, env, src, row, col, e)?;
+                        let next = b.addf(blk, acc, x)?;
+                        b.yield_(blk, &[next])
+                    })
+                })
+            }
+            Op::ScatterLast(x) => {
+                let x = uniform(x, uniforms)?;
+                let rows = dest.extent().map_or(1, |(r, _)| r);
+                self.elementwise(blk, env, dest, |blk, r, _, _| {
+                    let last = b.ci(blk, rows as i64 - 1)?;
+                    let at_last = b.cmpi(blk, Cmp::Ule, last, r)?;
+                    let zero = b.cf32(blk, 0.0)?;
+                    b.select(blk, at_last, x, zero)
+                })
+            }
+            Op::L2NormRowsVjp { x, dy } => {
+                self.l2norm_rows_vjp(blk, env, self.src(*x)?, self.src(*dy)?, dest)
+            }
             Op::ConstantGate => {
                 let lg = env
                     .decay
@@ -597,6 +661,8 @@ impl<'c> Kernel<'_, 'c> {
     /// chunk's `len` valid rows (and, for v, past the valid columns). Indices are clamped
     /// instead of branched around: the clamped row and column always exist, so the load is
     /// safe and the select zeroes it.
+    /// `role` gives the layout and dtype, `param` the buffer (dO is laid out like v).
+    #[allow(clippy::too_many_arguments)]
     fn load_rows(
         &self,
         blk: &Block<'c>,
@@ -605,9 +671,10 @@ impl<'c> Kernel<'_, 'c> {
         len: Value<'c, '_>,
         dest: Dest,
         role: Role,
+        param: KernelParam,
     ) -> R<()> {
         let b = &self.b;
-        let mem = env.arg(&KernelParam::Input(role))?;
+        let mem = env.arg(&param)?;
         let dtype = match role {
             Role::Query | Role::Key | Role::Value => self.dtype(),
             _ => ElementType::F32,
@@ -641,6 +708,128 @@ impl<'c> Kernel<'_, 'c> {
             let zero = b.cf32(blk, 0.0)?;
             b.select(blk, ok, x, zero)
         })
+    }
+
+    /// `(rows, cols)` of a matrix value's tile.
+    fn extent_of(&self, v: ValueId) -> R<(usize, usize)> {
+        if let Some(t) = self.s.values[v.0].tile() {
+            return Ok((t.rows, t.cols));
+        }
+        let t = self.operand_tile(v)?;
+        Ok((t.rows, t.cols))
+    }
+
+    /// The sum of every element of `x`, as a value every thread holds: each thread sums its
+    /// strided share, writes it to its slot of the schedule's reduction tile, and after a
+    /// barrier every thread adds the slots up in the same order (so all agree exactly); a
+    /// second barrier frees the slots for the next sum.
+    fn sum_all<'a>(
+        &self,
+        blk: &'a Block<'c>,
+        env: &Env<'c, '_>,
+        src: Src,
+        x: ValueId,
+    ) -> R<Value<'c, 'a>> {
+        let b = &self.b;
+        let reduce = self
+            .bwd
+            .map(|bs| bs.reduce)
+            .ok_or_else(|| EmitError::Schedule("a sum outside a backward kernel".into()))?;
+        let (rows, cols) = self.extent_of(x)?;
+        let ub = b.ci(blk, (rows * cols) as i64)?;
+        let init = b.cf32(blk, 0.0)?;
+        // Uniform trip counts (element `m · threads + tid`, guarded): the Intel CPU OpenCL
+        // compiler returned NaN sums for some sizes when the loop started at the thread index
+        // and its result crossed the barrier below.
+        let threads = i64::from(self.s.block_threads);
+        let n = (rows * cols) as i64;
+        let zero = b.ci(blk, 0)?;
+        let one = b.ci(blk, 1)?;
+        let trips = b.ci(blk, (n + threads - 1) / threads)?;
+        let part = b.for_acc(blk, zero, trips, one, init, |blk, m, acc| {
+            let e = b.mad(blk, env.tid, m, threads)?;
+            let inside = b.cmpi(blk, Cmp::Ult, e, ub)?;
+            let last = b.ci(blk, n - 1)?;
+            let e = b.bin(blk, "arith.minui", e, last)?;
+            let (r, c) = self.row_col(blk, e, cols)?;
+            let v = self.read(blk, env, src, r, c, e)?;
+            let zero_f = b.cf32(blk, 0.0)?;
+            let v = b.select(blk, inside, v, zero_f)?;
+            let next = b.addf(blk, acc, v)?;
+            b.yield_(blk, &[next])
+        })?;
+        let scratch = env.arg(&KernelParam::Scratch)?;
+        let slot = self.addr(blk, env, reduce, env.tid)?;
+        b.store(blk, part, scratch, slot)?;
+        self.t.barrier(b, blk)?;
+        let zero = b.ci(blk, 0)?;
+        let one = b.ci(blk, 1)?;
+        let slots = b.ci(blk, reduce.len() as i64)?;
+        let init = b.cf32(blk, 0.0)?;
+        let total = b.for_acc(blk, zero, slots, one, init, |blk, j, acc| {
+            let v = self.load_scratch(blk, env, reduce, j)?;
+            let next = b.addf(blk, acc, v)?;
+            b.yield_(blk, &[next])
+        })?;
+        self.t.barrier(b, blk)?;
+        Ok(total)
+    }
+
+    /// `dx = r·dy − r³·x·(x·dy)` per row, `r = (‖x‖² + 1e-6)^{-1/2}`: one row per thread.
+    fn l2norm_rows_vjp(
+        &self,
+        blk: &Block<'c>,
+        env: &Env<'c, '_>,
+        x: Src,
+        dy: Src,
+        dst: Dest,
+    ) -> R<()> {
+        let b = &self.b;
+        let (rows, cols) = dst
+            .extent()
+            .ok_or_else(|| EmitError::Schedule("l2norm_rows_vjp without a tile".into()))?;
+        let cols = cols as i64;
+        self.strided(blk, env, rows as u64, |blk, r| {
+            let zero = b.ci(blk, 0)?;
+            let one = b.ci(blk, 1)?;
+            let width = b.ci(blk, cols)?;
+            let row0 = b.muli(blk, r, width)?;
+            let init = b.cf32(blk, 0.0)?;
+            let ss = b.for_acc(blk, zero, width, one, init, |blk, c, acc| {
+                let idx = b.addi(blk, row0, c)?;
+                let v = self.read(blk, env, x, r, c, idx)?;
+                let vv = b.mulf(blk, v, v)?;
+                let next = b.addf(blk, acc, vv)?;
+                b.yield_(blk, &[next])
+            })?;
+            let init = b.cf32(blk, 0.0)?;
+            let xdy = b.for_acc(blk, zero, width, one, init, |blk, c, acc| {
+                let idx = b.addi(blk, row0, c)?;
+                let v = self.read(blk, env, x, r, c, idx)?;
+                let d = self.read(blk, env, dy, r, c, idx)?;
+                let vd = b.mulf(blk, v, d)?;
+                let next = b.addf(blk, acc, vd)?;
+                b.yield_(blk, &[next])
+            })?;
+            let eps = b.cf32(blk, linrec_spec::reference::L2NORM_EPS)?;
+            let ss = b.addf(blk, ss, eps)?;
+            let one_f = b.cf32(blk, 1.0)?;
+            let root = self.t.sqrt(b, blk, ss)?;
+            let inv = b.divf(blk, one_f, root)?;
+            let inv2 = b.mulf(blk, inv, inv)?;
+            let inv3 = b.mulf(blk, inv2, inv)?;
+            let coef = b.mulf(blk, inv3, xdy)?;
+            b.for_(blk, zero, width, one, |blk, c| {
+                let idx = b.addi(blk, row0, c)?;
+                let v = self.read(blk, env, x, r, c, idx)?;
+                let d = self.read(blk, env, dy, r, c, idx)?;
+                let a = b.mulf(blk, inv, d)?;
+                let bb = b.mulf(blk, coef, v)?;
+                let y = b.subf(blk, a, bb)?;
+                self.store_dest(blk, env, dst, r, c, idx, y)
+            })
+        })?;
+        self.zero_dest_padding(blk, env, dst)
     }
 
     /// `y[r] = x[r] / sqrt(‖x[r]‖² + 1e-6)`, one row per thread.

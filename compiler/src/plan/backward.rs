@@ -112,33 +112,13 @@ pub fn backward(spec: &Spec) -> Result<Plan, PlanError> {
     });
 
     // 5. Dead code.
-    let mut live = vec![false; b.nodes.len()];
-    for (_, v) in &sinks {
-        live[v.0] = true;
-    }
-    for i in (0..b.nodes.len()).rev() {
-        if live[i] {
-            for v in b.nodes[i].op.operands() {
-                live[v.0] = true;
-            }
-        }
-    }
-    let mut renumber = vec![ValueId(usize::MAX); b.nodes.len()];
-    let mut nodes = Vec::new();
-    for (i, node) in b.nodes.iter().enumerate() {
-        if live[i] {
-            renumber[i] = ValueId(nodes.len());
-            let mut node = node.clone();
-            node.op = node.op.map_operands(|v| renumber[v.0]);
-            nodes.push(node);
-        }
-    }
-    Ok(Plan {
+    let plan = Plan {
         name: spec.name.clone(),
         direction: Direction::Backward,
-        nodes,
-        sinks: sinks.into_iter().map(|(s, v)| (s, renumber[v.0])).collect(),
-    })
+        nodes: b.nodes,
+        sinks,
+    };
+    Ok(plan.keep_sinks(|_| true))
 }
 
 /// The sum of a value's gradient terms: positive terms added, negated ones subtracted.

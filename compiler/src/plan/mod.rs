@@ -295,6 +295,63 @@ impl Plan {
     pub fn node(&self, id: ValueId) -> &Node {
         &self.nodes[id.0]
     }
+
+    /// The plan with only the sinks `keep` accepts and the nodes they need, renumbered in
+    /// order. The backward kernel recomputes the chunk states with the forward plan kept to
+    /// [`Sink::StateOut`].
+    ///
+    /// ```
+    /// # let spec = linrec_spec::Spec {
+    /// #     name: "la".into(), doc: String::new(),
+    /// #     inputs: vec![
+    /// #         linrec_spec::Input::new("q", linrec_spec::Role::Query),
+    /// #         linrec_spec::Input::new("k", linrec_spec::Role::Key),
+    /// #         linrec_spec::Input::new("v", linrec_spec::Role::Value),
+    /// #     ],
+    /// #     decay: linrec_spec::Decay::None, transition: linrec_spec::Transition::Identity,
+    /// #     write: linrec_spec::Write::Outer, read: linrec_spec::Read::Inclusive,
+    /// #     scale: linrec_spec::Scale::InvSqrtK, features: Default::default(),
+    /// # };
+    /// use linrec_compiler::plan::{self, Sink};
+    /// let states = plan::forward(&spec)?.keep_sinks(|s| s == Sink::StateOut);
+    /// assert!(!states.to_string().contains("load query"));
+    /// # Ok::<(), linrec_compiler::plan::PlanError>(())
+    /// ```
+    pub fn keep_sinks(&self, keep: impl Fn(Sink) -> bool) -> Plan {
+        let sinks: Vec<(Sink, ValueId)> = self
+            .sinks
+            .iter()
+            .copied()
+            .filter(|(s, _)| keep(*s))
+            .collect();
+        let mut live = vec![false; self.nodes.len()];
+        for (_, v) in &sinks {
+            live[v.0] = true;
+        }
+        for i in (0..self.nodes.len()).rev() {
+            if live[i] {
+                for v in self.nodes[i].op.operands() {
+                    live[v.0] = true;
+                }
+            }
+        }
+        let mut renumber = vec![ValueId(usize::MAX); self.nodes.len()];
+        let mut nodes = Vec::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            if live[i] {
+                renumber[i] = ValueId(nodes.len());
+                let mut node = node.clone();
+                node.op = node.op.map_operands(|v| renumber[v.0]);
+                nodes.push(node);
+            }
+        }
+        Plan {
+            name: self.name.clone(),
+            direction: self.direction,
+            nodes,
+            sinks: sinks.into_iter().map(|(s, v)| (s, renumber[v.0])).collect(),
+        }
+    }
 }
 
 /// Why a spec has no plan (yet).

@@ -8,7 +8,7 @@
 //! the last time, since each thread reads exactly the element it then writes.
 
 use super::{OperandTile, Placement, Tile, TileDims};
-use crate::plan::{Op, Plan, ValueId};
+use crate::plan::{Op, Plan, Sink, ValueId};
 use linrec_spec::Role;
 
 /// Which copy of a value a node reads.
@@ -93,12 +93,16 @@ fn in_place_source(
 
 /// Places every value of `plan`. With `operands`, matmuls read 16-bit operand tiles (see the
 /// schedule's module docs for who gets which copy). `StateIn` lives in the state tile.
+///
+/// With `carried_grad` (backward kernels), a second `[K × V]` tile follows the state for the
+/// whole kernel: `dh`, carried from chunk to chunk, where [`Op::GradIn`] of the state lives.
 pub(super) fn place(
     plan: &Plan,
     dims: &TileDims,
     sinks: &[ValueId],
     operands: bool,
     reuse: Reuse,
+    carried_grad: bool,
 ) -> Layout {
     let n = plan.nodes.len();
     // Last reader of each copy of each value (index of the reading node; `n` for the sinks).
@@ -127,7 +131,16 @@ pub(super) fn place(
     // Tiles currently holding a live value: (offset, length, last use), per arena.
     let mut live: Vec<(u64, u64, usize)> = Vec::new();
     let mut live_op: Vec<(u64, u64, usize)> = Vec::new();
-    let mut size = state.offset + state.len();
+    let dstate = Tile {
+        offset: state.offset + state.len(),
+        ..state
+    };
+    let fixed_end = if carried_grad {
+        dstate.offset + dstate.len()
+    } else {
+        state.offset + state.len()
+    };
+    let mut size = fixed_end;
     let mut arena = 0;
     for (i, node) in plan.nodes.iter().enumerate() {
         let Some((rows, cols)) = dims.extent(&node.shape.0) else {
@@ -166,6 +179,10 @@ pub(super) fn place(
             values.push(Placement::Tile(state));
             continue;
         }
+        if carried_grad && node.op == Op::GradIn(Sink::StateOut) {
+            values.push(Placement::Tile(dstate));
+            continue;
+        }
         // An f32 tile unless the operand tile is the only copy anyone reads.
         let wants_f32 = !operand_load && (last_f32[i].is_some() || operand.is_none());
         if !wants_f32 {
@@ -173,7 +190,7 @@ pub(super) fn place(
             continue;
         }
         let len = (rows * cols) as u64;
-        let offset = first_fit(&live, state.offset + state.len(), len);
+        let offset = first_fit(&live, fixed_end, len);
         let tile = Tile { offset, rows, cols };
         size = size.max(tile.offset + tile.len());
         // A value nobody reads (a dead node) still gets its own tile for the node's duration.

@@ -98,7 +98,10 @@
 //! on the CPU OpenCL runtime; `emit::mfma` says what that does and does not prove.
 
 mod alloc;
+mod backward;
 mod print;
+
+pub use backward::{BackwardSchedule, backward};
 
 use linrec_spec::launch::{ElementType, KernelConfig, KernelInfo, KernelParam, SizeExpr, SizeSym};
 use linrec_spec::{ConstantRate, Decay, Role, Spec};
@@ -148,6 +151,10 @@ pub struct Schedule {
     pub config: KernelConfig,
     /// The kernel's entry-point symbol.
     pub entry: String,
+    /// The kernel's direction. A backward kernel runs two phases, each a `Schedule` of its
+    /// own plan over the same frame ([`BackwardSchedule`]); its workgroups own one
+    /// (sequence, q/k head) each and walk the value heads of its GVA group.
+    pub direction: Direction,
     /// The per-chunk program.
     pub plan: Plan,
     /// Threads per workgroup (x; y and z are 1).
@@ -439,7 +446,7 @@ pub fn forward_with(
     if plan.direction != Direction::Forward {
         return Err(err(0, "the portable schedule runs forward plans".into()));
     }
-    check_plan(plan, &err)?;
+    check_plan(plan, &err, false)?;
 
     let sink = |which: Sink| {
         plan.sinks
@@ -500,7 +507,7 @@ pub fn forward_with(
         let mut tried = Vec::new();
         for &bv in block_vs {
             let dims = TileDims::new(config, bv);
-            let layout = alloc::place(plan, &dims, &sinks, true, reuse);
+            let layout = alloc::place(plan, &dims, &sinks, true, reuse, false);
             let bytes = layout.operand_arena * 2;
             if bytes <= limit {
                 chosen = Some((wanted, dims, layout, bytes));
@@ -523,7 +530,7 @@ pub fn forward_with(
         Some(c) => c,
         None => {
             let dims = TileDims::new(config, MAX_BLOCK_V);
-            let layout = alloc::place(plan, &dims, &sinks, false, alloc::Reuse::Never);
+            let layout = alloc::place(plan, &dims, &sinks, false, alloc::Reuse::Never, false);
             (MatmulPath::Portable, dims, layout, 0)
         }
     };
@@ -609,6 +616,7 @@ pub fn forward_with(
         target,
         config: *config,
         entry: entry_name(&spec.name, "fwd"),
+        direction: Direction::Forward,
         plan: plan.clone(),
         block_threads: BLOCK_THREADS,
         block_v,
@@ -649,7 +657,11 @@ impl Schedule {
             entry: self.entry.clone(),
             spec_name: self.spec_name.clone(),
             spec_hash: self.spec_hash.clone(),
-            direction: "forward".into(),
+            direction: match self.direction {
+                Direction::Forward => "forward",
+                Direction::Backward => "backward",
+            }
+            .into(),
             target: self.target.name().into(),
             config: self.config,
             params: self.params.clone(),
@@ -680,13 +692,19 @@ pub enum BufferType {
 /// The element type of a buffer parameter for inputs of `dtype` (`None` for scalars).
 pub fn buffer_type(dtype: ElementType, param: &KernelParam) -> Option<BufferType> {
     Some(match param {
-        KernelParam::Input(Role::Query | Role::Key | Role::Value) | KernelParam::Output => {
-            BufferType::Float(dtype)
-        }
+        KernelParam::Input(Role::Query | Role::Key | Role::Value)
+        | KernelParam::Grad(Role::Query | Role::Key | Role::Value)
+        | KernelParam::Output
+        | KernelParam::GradOutput => BufferType::Float(dtype),
         KernelParam::Input(_)
+        | KernelParam::Grad(_)
         | KernelParam::DecayRates
         | KernelParam::InitialState
         | KernelParam::FinalState
+        | KernelParam::GradFinalState
+        | KernelParam::GradInitialState
+        | KernelParam::ChunkStates
+        | KernelParam::GradAccumulator(_)
         | KernelParam::Scratch => BufferType::Float(ElementType::F32),
         KernelParam::CuSeqlens => BufferType::I32,
         KernelParam::SeqLen | KernelParam::Heads | KernelParam::ValueHeads | KernelParam::Scale => {
@@ -749,10 +767,12 @@ impl TileDims {
 }
 
 /// Checks that every node is something this schedule knows how to run, with the shapes the
-/// emitter assumes, and that no node reduces over V (which would couple the V blocks).
+/// emitter assumes, and — unless one workgroup owns all of V (`whole_v`, the backward
+/// kernels) — that no node reduces over V (which would couple the V blocks).
 fn check_plan(
     plan: &Plan,
     err: &impl Fn(usize, String) -> ScheduleError,
+    whole_v: bool,
 ) -> Result<(), ScheduleError> {
     use Dim::{C, K, V};
     for (i, node) in plan.nodes.iter().enumerate() {
@@ -790,7 +810,7 @@ fn check_plan(
             Op::StateIn => expect(&[K, V])?,
             Op::Param(_) | Op::Const(_) => expect(&[])?,
             Op::L2NormRows(x) => {
-                if of(x)?.get(1) == Some(&V) {
+                if !whole_v && of(x)?.get(1) == Some(&V) {
                     return Err(err(i, "an L2 norm over V would couple the V blocks".into()));
                 }
                 if of(x)? != shape.as_slice() || shape.len() != 2 {
@@ -852,25 +872,59 @@ fn check_plan(
                 if ka != kb || shape.as_slice() != [m, n] {
                     return Err(err(i, "the matmul's shapes do not agree".into()));
                 }
-                if ka == V {
+                if ka == V && !whole_v {
                     return Err(err(
                         i,
                         "a matmul reducing over V would couple the V blocks".into(),
                     ));
                 }
             }
-            Op::GradIn(_)
-            | Op::ValidRows
-            | Op::ReverseCumSum(_)
-            | Op::RowSum(_)
-            | Op::ColSum(_)
-            | Op::SumAll(_)
-            | Op::ScatterLast(_)
-            | Op::L2NormRowsVjp { .. } => {
-                return Err(err(
-                    i,
-                    "a backward-plan op; backward plans are not scheduled yet".into(),
-                ));
+            _ if plan.direction != Direction::Backward => {
+                return Err(err(i, "a backward-plan op in a forward plan".into()));
+            }
+            Op::GradIn(Sink::Output) => expect(&[C, V])?,
+            Op::GradIn(Sink::StateOut) => expect(&[K, V])?,
+            Op::GradIn(other) => {
+                return Err(err(i, format!("no gradient arrives at a {other:?} sink")));
+            }
+            Op::ValidRows => expect(&[C])?,
+            Op::ReverseCumSum(x) => {
+                if of(x)? != [C] {
+                    return Err(err(i, "the operand must be a [C] tile".into()));
+                }
+                expect(&[C])?;
+            }
+            Op::RowSum(x) | Op::ColSum(x) => {
+                let s = of(x)?;
+                if s.len() != 2 {
+                    return Err(err(i, "the operand must be a matrix".into()));
+                }
+                let keep = if matches!(node.op, Op::RowSum(_)) {
+                    s[0]
+                } else {
+                    s[1]
+                };
+                expect(&[keep])?;
+            }
+            Op::SumAll(x) => {
+                if of(x)?.is_empty() {
+                    return Err(err(i, "the operand must be a tile".into()));
+                }
+                expect(&[])?;
+            }
+            Op::ScatterLast(x) => {
+                if !of(x)?.is_empty() {
+                    return Err(err(i, "the operand must be a scalar".into()));
+                }
+                expect(&[C])?;
+            }
+            Op::L2NormRowsVjp { x, dy } => {
+                if of(x)? != shape.as_slice() || of(dy)? != shape.as_slice() || shape.len() != 2 {
+                    return Err(err(
+                        i,
+                        "l2norm_rows_vjp maps two same-shaped matrices to their shape".into(),
+                    ));
+                }
             }
         }
     }
@@ -944,6 +998,8 @@ fn barriers(
                 Some(o) => (vec![Span::of_tile(state)], vec![o]),
                 None => (vec![], vec![]),
             },
+            // Backward: `dh'` is the carried tile, written only by the sink phase.
+            Op::GradIn(Sink::StateOut) => (vec![], vec![]),
             _ => (
                 alloc::reads(plan, i, with_operands)
                     .into_iter()

@@ -4,7 +4,8 @@ use std::fmt;
 
 use linrec_spec::launch::{KernelParam, SizeExpr, SizeSym};
 
-use super::{BufferType, MatmulPath, Placement, Schedule};
+use super::{BackwardSchedule, BufferType, MatmulPath, Placement, Schedule};
+use crate::plan::Sink;
 
 fn size(e: &SizeExpr) -> String {
     match e {
@@ -38,6 +39,12 @@ pub(crate) fn param_name(p: &KernelParam) -> String {
         KernelParam::Heads => "H".into(),
         KernelParam::ValueHeads => "HV".into(),
         KernelParam::Scale => "scale".into(),
+        KernelParam::GradOutput => "do".into(),
+        KernelParam::GradFinalState => "dht".into(),
+        KernelParam::Grad(role) => format!("d_{role}"),
+        KernelParam::GradInitialState => "dh0".into(),
+        KernelParam::ChunkStates => "chunk_states".into(),
+        KernelParam::GradAccumulator(role) => format!("d_{role}_sum"),
     }
 }
 
@@ -77,17 +84,7 @@ impl fmt::Display for Schedule {
             self.block_threads,
             self.block_v
         )?;
-        let params: Vec<String> = self
-            .params
-            .iter()
-            .map(|p| match self.buffer_type(p) {
-                Some(BufferType::Float(t)) => format!("{}: {t}*", param_name(p)),
-                Some(BufferType::I32) => format!("{}: i32*", param_name(p)),
-                None if *p == KernelParam::Scale => format!("{}: f32", param_name(p)),
-                None => format!("{}: i32", param_name(p)),
-            })
-            .collect();
-        writeln!(f, "  params   {}", params.join(", "))?;
+        writeln!(f, "  params   {}", self.params_text())?;
         writeln!(
             f,
             "  scratch  {} f32 per workgroup; state S [{} x {}] @ {}",
@@ -134,6 +131,33 @@ impl fmt::Display for Schedule {
             writeln!(f, "  decay    constant_gate reads {}[hv]", param_name(d))?;
         }
         writeln!(f, "  per chunk:")?;
+        self.write_nodes(f)?;
+        writeln!(
+            f,
+            "    store o <- %{}; S <- %{}",
+            self.output.0, self.state_out.0
+        )?;
+        writeln!(f, "    barrier")
+    }
+}
+
+impl Schedule {
+    /// The argument list with types.
+    fn params_text(&self) -> String {
+        self.params
+            .iter()
+            .map(|p| match self.buffer_type(p) {
+                Some(BufferType::Float(t)) => format!("{}: {t}*", param_name(p)),
+                Some(BufferType::I32) => format!("{}: i32*", param_name(p)),
+                None if *p == KernelParam::Scale => format!("{}: f32", param_name(p)),
+                None => format!("{}: i32", param_name(p)),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// One line per node with its barrier and placement, then the sink phase's barrier.
+    fn write_nodes(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, node) in self.plan.nodes.iter().enumerate() {
             if self.barrier_before[i] {
                 writeln!(f, "    barrier")?;
@@ -157,11 +181,87 @@ impl fmt::Display for Schedule {
         if self.barrier_before_sinks {
             writeln!(f, "    barrier")?;
         }
+        Ok(())
+    }
+}
+
+impl fmt::Display for BackwardSchedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let g = &self.grads;
+        let c = &g.config;
         writeln!(
             f,
-            "    store o <- %{}; S <- %{}",
-            self.output.0, self.state_out.0
+            "schedule {} backward for {} (portable: one kernel, two phases per value head)",
+            g.spec_name, g.target
         )?;
+        writeln!(
+            f,
+            "  config   dtype {} K {} V {} chunk {}{}{}{}",
+            c.dtype,
+            c.key_dim,
+            c.value_dim,
+            c.chunk,
+            if c.initial_state { " h0 (→ dh0)" } else { "" },
+            if c.final_state { " dht" } else { "" },
+            if c.varlen { " varlen" } else { "" },
+        )?;
+        writeln!(
+            f,
+            "  kernel   @{} grid ({}, {}, {}) block ({}, 1, 1): a workgroup per (sequence, q/k head), the value heads of its group in turn",
+            g.entry,
+            size(&g.grid[0]),
+            size(&g.grid[1]),
+            size(&g.grid[2]),
+            g.block_threads,
+        )?;
+        writeln!(f, "  params   {}", g.params_text())?;
+        writeln!(
+            f,
+            "  scratch  {} f32 per workgroup; state S [{} x {}] @ {}; dh [{} x {}] @ {}; sum slots [{}] @ {}",
+            g.scratch,
+            g.state.rows,
+            g.state.cols,
+            g.state.offset,
+            self.dstate.rows,
+            self.dstate.cols,
+            self.dstate.offset,
+            self.reduce.rows,
+            self.reduce.offset
+        )?;
+        if let Some(why) = &g.fallback {
+            writeln!(f, "  note     {why}")?;
+        }
+        if let Some(d) = &g.decay {
+            writeln!(f, "  decay    constant_gate reads {}[hv]", param_name(d))?;
+        }
+        for role in &self.dropped {
+            writeln!(
+                f,
+                "  dropped  the gradient of the {role} input (not computed by device kernels)"
+            )?;
+        }
+        writeln!(
+            f,
+            "  phase 1, per chunk forwards: chunk_states[chunk] <- S, then"
+        )?;
+        self.states.write_nodes(f)?;
+        writeln!(f, "    S <- %{}", self.states.state_out.0)?;
+        writeln!(f, "    barrier")?;
+        writeln!(
+            f,
+            "  phase 2, per chunk in reverse: S <- chunk_states[chunk], barrier, then"
+        )?;
+        g.write_nodes(f)?;
+        let stores: Vec<String> = self
+            .sinks
+            .iter()
+            .map(|(sink, v)| match sink {
+                Sink::Grad(role) => format!("d_{role} <- %{}", v.0),
+                Sink::StateGrad => format!("dh <- %{}", v.0),
+                other => format!("{other:?} <- %{}", v.0),
+            })
+            .collect();
+        writeln!(f, "    store {}", stores.join("; "))?;
         writeln!(f, "    barrier")
     }
 }

@@ -23,12 +23,12 @@ use crate::specs;
 /// fla's tolerance for o and the final state.
 const RATIO: f64 = 0.005;
 
-fn ci_mode() -> bool {
+pub(crate) fn ci_mode() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
 /// The OpenCL device, or `None` with a note (a failure under CI).
-fn device(test: &str) -> Option<Device> {
+pub(crate) fn device(test: &str) -> Option<Device> {
     match Device::new(DeviceKind::OpenCl) {
         Ok(dev) => Some(dev),
         Err(e @ (RuntimeError::DriverNotFound { .. } | RuntimeError::NoDevice { .. })) => {
@@ -111,7 +111,7 @@ fn f16_value(h: u16) -> f32 {
 }
 
 /// Rounds every value to what `dtype` can hold (through f32).
-fn round_to(t: &mut Tensor, dtype: ElementType) {
+pub(crate) fn round_to(t: &mut Tensor, dtype: ElementType) {
     for x in &mut t.data {
         let f = *x as f32;
         *x = f64::from(match dtype {
@@ -122,7 +122,7 @@ fn round_to(t: &mut Tensor, dtype: ElementType) {
     }
 }
 
-fn upload(dev: &Device, t: &Tensor, dtype: ElementType) -> DeviceBuffer {
+pub(crate) fn upload(dev: &Device, t: &Tensor, dtype: ElementType) -> DeviceBuffer {
     let mut bytes = Vec::with_capacity(t.len() * dtype.size());
     for &x in &t.data {
         let f = x as f32;
@@ -136,7 +136,7 @@ fn upload(dev: &Device, t: &Tensor, dtype: ElementType) -> DeviceBuffer {
         .expect("upload")
 }
 
-fn download(dev: &Device, buf: &DeviceBuffer) -> Tensor {
+pub(crate) fn download(dev: &Device, buf: &DeviceBuffer) -> Tensor {
     let bytes = dev.download_bytes(buf).expect("download");
     let data: Vec<f64> = match buf.dtype() {
         DType::F32 => bytes
@@ -290,7 +290,7 @@ fn run(dev: &Device, case: &Case, seed: u64) -> (f64, f64) {
     (o.rel_error(&want.o), ht.rel_error(want_ht))
 }
 
-fn tensor_mut(inputs: &mut Inputs, role: Role) -> Option<&mut Tensor> {
+pub(crate) fn tensor_mut(inputs: &mut Inputs, role: Role) -> Option<&mut Tensor> {
     match role {
         Role::Query => Some(&mut inputs.q),
         Role::Key => Some(&mut inputs.k),

@@ -3,6 +3,7 @@
 //! Every test here links MLIR statically (a ~250 MB executable), so all of them live in this
 //! single binary, split into modules, instead of one binary per file.
 
+mod backward;
 mod e2e;
 mod emit;
 mod errors;

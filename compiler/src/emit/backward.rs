@@ -1,0 +1,331 @@
+//! The backward kernel's frame (layout in [`crate::schedule::backward`]): per value head of the
+//! workgroup's GVA group, phase 1 recomputes the state entering every chunk into
+//! `chunk_states`, phase 2 sweeps the chunks in reverse with the backward plan, carrying `dh`,
+//! and stores each chunk's rows of every gradient. The plan's nodes are emitted by the same
+//! [`Kernel::node`] as the forward's, each phase with its own [`crate::schedule::Schedule`].
+
+use linrec_spec::Role;
+use linrec_spec::launch::{ElementType, KernelParam};
+use melior::{
+    Context,
+    ir::{Block, BlockLike, Region, RegionLike, Value},
+};
+
+use super::EmitError;
+use super::builder::{Builder, Cmp, R};
+use super::kernel::{Env, Kernel, Phase};
+use super::target::TargetOps;
+use crate::plan::Sink;
+use crate::schedule::BackwardSchedule;
+
+/// Builds the backward `gpu.func` of `bs` into the `gpu.module` body `module`.
+pub(super) fn build<'c>(ctx: &'c Context, bs: &BackwardSchedule, module: &Block<'c>) -> R<()> {
+    let kernel = |s| Kernel {
+        b: Builder::new(ctx),
+        t: TargetOps::new(bs.grads.target),
+        s,
+        bwd: Some(bs),
+    };
+    let states = kernel(&bs.states);
+    let grads = kernel(&bs.grads);
+    grads.func(module, None, |entry, args, _| {
+        let env = grads.prologue(entry, args, None)?;
+        grads.group_loop(entry, &env, &states)
+    })
+}
+
+impl<'c> Kernel<'_, 'c> {
+    fn layout(&self) -> R<&BackwardSchedule> {
+        self.bwd
+            .ok_or_else(|| EmitError::Schedule("a backward step in a forward kernel".into()))
+    }
+
+    /// `for g in 0..HV/H`: both phases for value head `h · group + g`.
+    fn group_loop(&self, blk: &Block<'c>, env: &Env<'c, '_>, states: &Kernel<'_, 'c>) -> R<()> {
+        let b = &self.b;
+        let zero = b.ci(blk, 0)?;
+        let one = b.ci(blk, 1)?;
+        let body = Block::new(&[(b.index(), b.loc)]);
+        {
+            let g: Value = body
+                .argument(0)
+                .map_err(|e| EmitError::Build {
+                    op: "scf.for argument".into(),
+                    detail: e.to_string(),
+                })?
+                .into();
+            let first = b.muli(&body, env.h, env.group)?;
+            let hv = b.addi(&body, first, g)?;
+            let decay = match &self.s.decay {
+                Some(p) => Some(b.load(&body, env.arg(p)?, hv)?),
+                None => None,
+            };
+            let env = Env {
+                hv,
+                g: Some(g),
+                decay,
+                ..env.clone()
+            };
+            states.init_state(&body, &env)?;
+            self.t.barrier(b, &body)?;
+            states.chunk_loop(&body, &env, Phase::States)?;
+            self.t.barrier(b, &body)?;
+            self.init_dstate(&body, &env)?;
+            self.t.barrier(b, &body)?;
+            self.chunk_loop(&body, &env, Phase::Grads)?;
+            if self.s.config.initial_state {
+                self.store_dh0(&body, &env)?;
+            }
+            self.t.barrier(b, &body)?;
+            b.yield_(&body, &[])?;
+        }
+        let region = Region::new();
+        region.append_block(body);
+        b.push0(
+            blk,
+            b.op("scf.for")
+                .add_operands(&[zero, env.group, one])
+                .add_regions([region]),
+        )
+    }
+
+    /// Index of element `e` (`k · V + c`) of chunk `i`'s state in `chunk_states`: slot
+    /// `⌊bos / C⌋ + n + i`, then `[HV, K, V]`.
+    fn chunk_state_index<'a>(
+        &self,
+        blk: &'a Block<'c>,
+        env: &Env<'c, '_>,
+        i: Value<'c, '_>,
+        e: Value<'c, '_>,
+    ) -> R<Value<'c, 'a>> {
+        let b = &self.b;
+        let c = b.ci(blk, self.s.config.chunk as i64)?;
+        let first = b.divui(blk, env.bos, c)?;
+        let slot = b.addi(blk, first, env.n)?;
+        let slot = b.addi(blk, slot, i)?;
+        let head = b.muli(blk, slot, env.vheads)?;
+        let head = b.addi(blk, head, env.hv)?;
+        let kv = (self.s.config.key_dim * self.s.config.value_dim) as i64;
+        b.mad(blk, e, head, kv)
+    }
+
+    /// Phase 1, one chunk: `chunk_states[i] ← S`, the state plan, `S ← next state`.
+    pub(super) fn states_chunk<'a>(
+        &self,
+        blk: &'a Block<'c>,
+        env: &Env<'c, 'a>,
+        start: Value<'c, '_>,
+        len: Value<'c, '_>,
+        i: Value<'c, '_>,
+    ) -> R<()> {
+        let b = &self.b;
+        let state = self.s.state;
+        let states = env.arg(&KernelParam::ChunkStates)?;
+        let scratch = env.arg(&KernelParam::Scratch)?;
+        // Each thread copies the elements it later overwrites in `copy_state`: no barrier.
+        self.strided(blk, env, state.len(), |blk, e| {
+            let at = self.addr(blk, env, state, e)?;
+            let x = b.load(blk, scratch, at)?;
+            let idx = self.chunk_state_index(blk, env, i, e)?;
+            b.store(blk, x, states, idx)
+        })?;
+        self.nodes(blk, env, start, len)?;
+        self.copy_state(blk, env)?;
+        self.t.barrier(b, blk)
+    }
+
+    /// Phase 2, one chunk: `S ← chunk_states[i]`, the backward plan, the chunk's gradient
+    /// rows, `dh ← the state gradient`.
+    pub(super) fn grads_chunk<'a>(
+        &self,
+        blk: &'a Block<'c>,
+        env: &Env<'c, 'a>,
+        start: Value<'c, '_>,
+        len: Value<'c, '_>,
+        i: Value<'c, '_>,
+    ) -> R<()> {
+        let b = &self.b;
+        let bs = self.layout()?;
+        let state = self.s.state;
+        let states = env.arg(&KernelParam::ChunkStates)?;
+        let scratch = env.arg(&KernelParam::Scratch)?;
+        self.strided(blk, env, state.len(), |blk, e| {
+            let idx = self.chunk_state_index(blk, env, i, e)?;
+            let x = b.load(blk, states, idx)?;
+            let at = self.addr(blk, env, state, e)?;
+            b.store(blk, x, scratch, at)
+        })?;
+        self.t.barrier(b, blk)?;
+        self.nodes(blk, env, start, len)?;
+        for (sink, v) in &bs.sinks {
+            match sink {
+                Sink::Grad(role) => self.store_grad(blk, env, start, len, *role, *v)?,
+                Sink::StateGrad => {
+                    let from = self.tile(*v)?;
+                    let to = bs.dstate;
+                    if from != to {
+                        self.strided(blk, env, to.len(), |blk, e| {
+                            let x = self.load_tile(blk, env, from, e)?;
+                            let at = self.addr(blk, env, to, e)?;
+                            b.store(blk, x, scratch, at)
+                        })?;
+                    }
+                }
+                other => {
+                    return Err(EmitError::Schedule(format!(
+                        "the backward kernel cannot store a {other:?} sink"
+                    )));
+                }
+            }
+        }
+        self.t.barrier(b, blk)
+    }
+
+    /// Every plan node of the phase, with the schedule's barriers, then the sinks' barrier.
+    fn nodes<'a>(
+        &self,
+        blk: &'a Block<'c>,
+        env: &Env<'c, 'a>,
+        start: Value<'c, '_>,
+        len: Value<'c, '_>,
+    ) -> R<()> {
+        let mut uniforms = vec![None; self.s.plan.nodes.len()];
+        for i in 0..self.s.plan.nodes.len() {
+            if self.s.barrier_before[i] {
+                self.t.barrier(&self.b, blk)?;
+            }
+            self.node(blk, env, start, len, i, &mut uniforms)?;
+        }
+        if self.s.barrier_before_sinks {
+            self.t.barrier(&self.b, blk)?;
+        }
+        Ok(())
+    }
+
+    /// Element `e` of a scratch tile.
+    fn load_tile<'a>(
+        &self,
+        blk: &'a Block<'c>,
+        env: &Env<'c, '_>,
+        tile: crate::schedule::Tile,
+        e: Value<'c, '_>,
+    ) -> R<Value<'c, 'a>> {
+        let scratch = env.arg(&KernelParam::Scratch)?;
+        let at = self.addr(blk, env, tile, e)?;
+        self.b.load(blk, scratch, at)
+    }
+
+    /// The chunk's valid rows of the gradient of `role` from tile `v`: dq, dk at the q/k head
+    /// (summed over the group's value heads through the f32 accumulator when HV > H), dv at
+    /// the value head, dg and dβ (f32) at the value head.
+    fn store_grad(
+        &self,
+        blk: &Block<'c>,
+        env: &Env<'c, '_>,
+        start: Value<'c, '_>,
+        len: Value<'c, '_>,
+        role: Role,
+        v: crate::plan::ValueId,
+    ) -> R<()> {
+        let b = &self.b;
+        let tile = self.tile(v)?;
+        let out = env.arg(&KernelParam::Grad(role))?;
+        let dtype = self.dtype();
+        let kd = self.s.config.key_dim as i64;
+        match role {
+            Role::Query | Role::Key => {
+                let acc = env.arg(&KernelParam::GradAccumulator(role))?;
+                // g = 0 starts the sum, the last value head of the group writes it out.
+                let zero = b.ci(blk, 0)?;
+                let one = b.ci(blk, 1)?;
+                let g = env.g.ok_or_else(|| {
+                    EmitError::Schedule("a gradient store outside the group loop".into())
+                })?;
+                let last_g = b.subi(blk, env.group, one)?;
+                let later = b.cmpi(blk, Cmp::Ult, zero, g)?;
+                let more = b.cmpi(blk, Cmp::Ult, g, last_g)?;
+                let last = b.cmpi(blk, Cmp::Ule, last_g, g)?;
+                self.strided(blk, env, tile.len(), |blk, e| {
+                    let (r, c) = self.row_col(blk, e, tile.cols)?;
+                    let ok = b.cmpi(blk, Cmp::Ult, r, len)?;
+                    b.if_(blk, ok, |blk| {
+                        let x = self.load_tile(blk, env, tile, e)?;
+                        let row = b.addi(blk, start, r)?;
+                        let head = b.muli(blk, row, env.heads)?;
+                        let head = b.addi(blk, head, env.h)?;
+                        let idx = b.mad(blk, c, head, kd)?;
+                        // The running sum: 0 for the first value head, which reads element 0
+                        // instead (with HV = H the accumulator has only that one).
+                        let zero_idx = b.ci(blk, 0)?;
+                        let at = b.select(blk, later, idx, zero_idx)?;
+                        let prev = b.load(blk, acc, at)?;
+                        let zero = b.cf32(blk, 0.0)?;
+                        let prev = b.select(blk, later, prev, zero)?;
+                        let sum = b.addf(blk, prev, x)?;
+                        b.if_(blk, last, |blk| {
+                            self.t.store_f32(b, blk, sum, out, idx, dtype)
+                        })?;
+                        b.if_(blk, more, |blk| b.store(blk, sum, acc, idx))
+                    })
+                })
+            }
+            Role::Value => self.strided(blk, env, tile.len(), |blk, e| {
+                let (r, c) = self.row_col(blk, e, tile.cols)?;
+                let ok = b.cmpi(blk, Cmp::Ult, r, len)?;
+                b.if_(blk, ok, |blk| {
+                    let x = self.load_tile(blk, env, tile, e)?;
+                    let row = b.addi(blk, start, r)?;
+                    let idx = self.value_index(blk, env, row, c)?;
+                    self.t.store_f32(b, blk, x, out, idx, dtype)
+                })
+            }),
+            _ => self.strided(blk, env, tile.len(), |blk, r| {
+                let ok = b.cmpi(blk, Cmp::Ult, r, len)?;
+                b.if_(blk, ok, |blk| {
+                    let x = self.load_tile(blk, env, tile, r)?;
+                    let row = b.addi(blk, start, r)?;
+                    let head = b.muli(blk, row, env.vheads)?;
+                    let idx = b.addi(blk, head, env.hv)?;
+                    self.t.store_f32(b, blk, x, out, idx, ElementType::F32)
+                })
+            }),
+        }
+    }
+
+    /// `dh ← dht` (or 0) for this (sequence, value head).
+    fn init_dstate(&self, blk: &Block<'c>, env: &Env<'c, '_>) -> R<()> {
+        let b = &self.b;
+        let dstate = self.layout()?.dstate;
+        let dht = if self.s.config.final_state {
+            Some(env.arg(&KernelParam::GradFinalState)?)
+        } else {
+            None
+        };
+        let scratch = env.arg(&KernelParam::Scratch)?;
+        self.strided(blk, env, dstate.len(), |blk, e| {
+            let x = match dht {
+                Some(dht) => {
+                    let (k, c) = self.row_col(blk, e, dstate.cols)?;
+                    let idx = self.state_index(blk, env, k, c)?;
+                    b.load(blk, dht, idx)?
+                }
+                None => b.cf32(blk, 0.0)?,
+            };
+            let at = self.addr(blk, env, dstate, e)?;
+            b.store(blk, x, scratch, at)
+        })
+    }
+
+    /// `dh0 ← dh` for this (sequence, value head).
+    fn store_dh0(&self, blk: &Block<'c>, env: &Env<'c, '_>) -> R<()> {
+        let b = &self.b;
+        let dstate = self.layout()?.dstate;
+        let dh0 = env.arg(&KernelParam::GradInitialState)?;
+        self.strided(blk, env, dstate.len(), |blk, e| {
+            let x = self.load_tile(blk, env, dstate, e)?;
+            let (k, c) = self.row_col(blk, e, dstate.cols)?;
+            let idx = self.state_index(blk, env, k, c)?;
+            b.store(blk, x, dh0, idx)
+        })
+    }
+}

@@ -1,0 +1,280 @@
+//! The backward kernel: one kernel per (spec, config, target) that computes every input
+//! gradient of a chunkwise forward (DESIGN §5). It runs the backward plan of
+//! [`crate::plan::backward`], whose chunk needs the state entering the chunk, so it has two
+//! phases:
+//!
+//! 1. **States.** The forward plan kept to its state ([`Plan::keep_sinks`]) walks the chunks
+//!    forwards from `h0` (or 0), storing the state entering every chunk in
+//!    [`KernelParam::ChunkStates`] — fla's `chunk_fwd_h` recomputation, in the same kernel.
+//! 2. **Gradients.** The backward plan walks the chunks in reverse, reading the chunk's state
+//!    from there into the state tile and carrying `dh` in a second `[K × V]` tile (from `dht`,
+//!    or 0; `dh0` is what is left at the end). Each chunk stores its rows of every gradient.
+//!
+//! **Grid** `(1, N · H, 1)`: a workgroup owns one (sequence, q/k head) and all V columns —
+//! the backward reduces over V (`dq = dO·hᵀ + …`), so V blocks would need a reduction across
+//! workgroups — and walks the value heads of its GVA group one after the other (both phases
+//! per value head). `dq` and `dk` sum over the group: with HV > H the running sum stays in f32
+//! in [`KernelParam::GradAccumulator`] and the last value head of the group writes the total
+//! in the input dtype; with HV = H they are written directly.
+//!
+//! **Memory** is the portable schedule's (f32 tiles in global scratch placed by liveness,
+//! barriers by hazard) for both phases over the same scratch: the phases never overlap in time.
+//! A `sum` over a tile reduces through [`BLOCK_THREADS`] slots at the end of scratch.
+//!
+//! Not yet: matmuls on tensor/matrix cores (every backward kernel runs the portable matmuls),
+//! and the gradient of a constant decay rate read from an input (dropped, see
+//! [`BackwardSchedule::dropped`]).
+
+use linrec_spec::launch::{KernelConfig, KernelParam, SizeExpr, SizeSym};
+use linrec_spec::{ConstantRate, Decay, Role, Spec};
+
+use super::{
+    BLOCK_THREADS, MatmulChoice, MatmulPath, Schedule, ScheduleError, Tile, TileDims, alloc,
+    barriers, check_config, check_plan, entry_name,
+};
+use crate::lower::Target;
+use crate::plan::{Direction, Op, Plan, Sink, ValueId};
+
+/// A backward kernel laid out for one target: what [`crate::emit::backward`] builds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BackwardSchedule {
+    /// Phase 1: the forward plan kept to the state (`output` and `state_out` are both its
+    /// state sink). Its frame (entry, params, grid, scratch) is the kernel's.
+    pub states: Schedule,
+    /// Phase 2: the backward plan (`output` and `state_out` are both its `dh` sink).
+    pub grads: Schedule,
+    /// `dh`, carried across chunks in phase 2 (where `grad_in state_out` lives).
+    pub dstate: Tile,
+    /// [`BLOCK_THREADS`] slots through which a `sum` reduces.
+    pub reduce: Tile,
+    /// The phase-2 sinks the kernel stores: gradients by role and `dh`.
+    pub sinks: Vec<(Sink, ValueId)>,
+    /// Gradients the plan derives but the kernel does not write (a decay-rate input's).
+    pub dropped: Vec<Role>,
+}
+
+impl BackwardSchedule {
+    /// The launch metadata of the kernel.
+    pub fn kernel_info(&self) -> linrec_spec::launch::KernelInfo {
+        self.grads.kernel_info()
+    }
+
+    /// The kernel's entry point.
+    pub fn entry(&self) -> &str {
+        &self.grads.entry
+    }
+}
+
+/// Lays out the backward kernel of `spec` (forward plan `fwd`, backward plan `bwd`) for
+/// `target` and `config`. The config is the forward's: `initial_state` reads `h0` and writes
+/// `dh0`, `final_state` reads `dht`. `choice` is accepted for symmetry with the forward; every
+/// backward kernel uses the portable matmuls for now (the schedule text says so).
+pub fn backward(
+    fwd: &Plan,
+    bwd: &Plan,
+    spec: &Spec,
+    target: Target,
+    config: &KernelConfig,
+    choice: MatmulChoice,
+) -> Result<BackwardSchedule, ScheduleError> {
+    check_config(config)?;
+    let err_in = |plan: &Plan| {
+        let plan = plan.clone();
+        move |node: usize, why: String| ScheduleError::Plan {
+            plan: plan.name.clone(),
+            node,
+            op: plan
+                .nodes
+                .get(node)
+                .map(|n| n.op.to_string())
+                .unwrap_or_default(),
+            why,
+        }
+    };
+    if fwd.direction != Direction::Forward || bwd.direction != Direction::Backward {
+        return Err(err_in(bwd)(
+            0,
+            "the backward kernel takes a forward and a backward plan".into(),
+        ));
+    }
+    let states_plan = fwd.keep_sinks(|s| s == Sink::StateOut);
+    check_plan(&states_plan, &err_in(&states_plan), true)?;
+    check_plan(bwd, &err_in(bwd), true)?;
+
+    let state_out = states_plan
+        .sinks
+        .first()
+        .map(|(_, v)| *v)
+        .ok_or_else(|| err_in(fwd)(0, "the plan has no state_out sink".into()))?;
+    let dropped: Vec<Role> = bwd
+        .sinks
+        .iter()
+        .filter_map(|(s, _)| match s {
+            Sink::Grad(Role::DecayRate) => Some(Role::DecayRate),
+            _ => None,
+        })
+        .collect();
+    // The dropped gradients' nodes go too.
+    let bwd = &bwd.keep_sinks(|s| s != Sink::Grad(Role::DecayRate));
+    let sinks: Vec<(Sink, ValueId)> = bwd.sinks.clone();
+    let state_grad = sinks
+        .iter()
+        .find(|(s, _)| *s == Sink::StateGrad)
+        .map(|(_, v)| *v)
+        .ok_or_else(|| err_in(bwd)(0, "the backward plan has no state_grad sink".into()))?;
+    for (sink, v) in &sinks {
+        let shape = &bwd.node(*v).shape.0;
+        let ok = match sink {
+            Sink::Grad(Role::Query | Role::Key) => {
+                shape.as_slice() == [crate::plan::Dim::C, crate::plan::Dim::K]
+            }
+            Sink::Grad(Role::Value) => {
+                shape.as_slice() == [crate::plan::Dim::C, crate::plan::Dim::V]
+            }
+            Sink::Grad(Role::Gate | Role::Beta) => shape.as_slice() == [crate::plan::Dim::C],
+            Sink::StateGrad => shape.as_slice() == [crate::plan::Dim::K, crate::plan::Dim::V],
+            _ => false,
+        };
+        if !ok {
+            return Err(err_in(bwd)(
+                v.0,
+                format!("the kernel cannot store a {sink:?} sink of this shape"),
+            ));
+        }
+    }
+
+    // One workgroup owns all of V.
+    let dims = TileDims::new(config, config.value_dim);
+    let l1 = alloc::place(
+        &states_plan,
+        &dims,
+        &[state_out],
+        false,
+        alloc::Reuse::Never,
+        false,
+    );
+    let sink_values: Vec<ValueId> = sinks.iter().map(|(_, v)| *v).collect();
+    let l2 = alloc::place(bwd, &dims, &sink_values, false, alloc::Reuse::Never, true);
+    let dstate = Tile {
+        offset: l2.state.offset + l2.state.len(),
+        ..l2.state
+    };
+    let reduce = Tile {
+        offset: l1.scratch.max(l2.scratch),
+        rows: BLOCK_THREADS as usize,
+        cols: 1,
+    };
+    let scratch = reduce.offset + reduce.len();
+
+    let decay = match spec.decay {
+        Decay::Constant(ConstantRate::Retnet) => Some(KernelParam::DecayRates),
+        Decay::Constant(ConstantRate::Input) => Some(KernelParam::Input(Role::DecayRate)),
+        _ => None,
+    };
+    let reads_decay = |p: &Plan| p.nodes.iter().any(|n| n.op == Op::ConstantGate);
+    if (reads_decay(fwd) || reads_decay(bwd)) && decay.is_none() {
+        return Err(err_in(fwd)(
+            0,
+            "the spec has no constant decay to read".into(),
+        ));
+    }
+
+    let mut params: Vec<KernelParam> = spec
+        .required_roles()
+        .into_iter()
+        .map(KernelParam::Input)
+        .collect();
+    if decay == Some(KernelParam::DecayRates) {
+        params.push(KernelParam::DecayRates);
+    }
+    if config.initial_state {
+        params.push(KernelParam::InitialState);
+    }
+    if config.varlen {
+        params.push(KernelParam::CuSeqlens);
+    }
+    params.push(KernelParam::GradOutput);
+    if config.final_state {
+        params.push(KernelParam::GradFinalState);
+    }
+    for (sink, _) in &sinks {
+        if let Sink::Grad(role) = sink {
+            params.push(KernelParam::Grad(*role));
+        }
+    }
+    if config.initial_state {
+        params.push(KernelParam::GradInitialState);
+    }
+    params.extend([
+        KernelParam::ChunkStates,
+        KernelParam::GradAccumulator(Role::Query),
+        KernelParam::GradAccumulator(Role::Key),
+        KernelParam::Scratch,
+        KernelParam::SeqLen,
+        KernelParam::Heads,
+        KernelParam::ValueHeads,
+        KernelParam::Scale,
+    ]);
+    let grid = [
+        SizeExpr::Const(1),
+        SizeExpr::product(SizeExpr::Sym(SizeSym::N), SizeExpr::Sym(SizeSym::H)),
+        SizeExpr::Const(1),
+    ];
+    let fallback = match choice {
+        MatmulChoice::Portable => None,
+        _ if config.dtype != linrec_spec::launch::ElementType::F32 => Some(
+            "portable matmuls: backward kernels do not use tensor or matrix cores yet".to_string(),
+        ),
+        _ => None,
+    };
+
+    let phase = |plan: &Plan, layout: alloc::Layout, carried: Tile, sinks: &[ValueId], out| {
+        let (barrier_before, barrier_before_sinks) = barriers(
+            plan,
+            &layout.values,
+            &layout.operands,
+            MatmulPath::Portable,
+            carried,
+            sinks,
+        );
+        Schedule {
+            spec_name: spec.name.clone(),
+            spec_hash: spec.hash().hex(),
+            target,
+            config: *config,
+            entry: entry_name(&spec.name, "bwd"),
+            direction: Direction::Backward,
+            plan: plan.clone(),
+            block_threads: BLOCK_THREADS,
+            block_v: config.value_dim,
+            grid: grid.clone(),
+            params: params.clone(),
+            values: layout.values,
+            barrier_before,
+            barrier_before_sinks,
+            state: layout.state,
+            output: out,
+            state_out: out,
+            decay: decay.clone(),
+            scratch,
+            matmul: MatmulPath::Portable,
+            operands: layout.operands,
+            operand_arena: 0,
+            operand_base: 0,
+            shared_bytes: 0,
+            fallback: fallback.clone(),
+            max_registers: None,
+        }
+    };
+    let state_tile = l1.state;
+    let states = phase(&states_plan, l1, state_tile, &[state_out], state_out);
+    let grads = phase(bwd, l2, dstate, &sink_values, state_grad);
+    Ok(BackwardSchedule {
+        states,
+        grads,
+        dstate,
+        reduce,
+        sinks,
+        dropped,
+    })
+}
