@@ -36,6 +36,13 @@ fn backward_schedule_snapshots_of_the_additive_builtins() {
 }
 
 #[test]
+fn backward_mlir_snapshot_of_simple_gla() {
+    let sched = backward_schedule(&specs::simple_gla(), Target::Spirv);
+    let text = linrec_compiler::emit::backward(&sched).expect("emits");
+    insta::assert_snapshot!("emit_backward_simple_gla_spirv", text);
+}
+
+#[test]
 fn backward_kernel_info_records_the_launch() {
     let info = backward_schedule(&specs::simple_gla(), Target::Sm90).kernel_info();
     assert_eq!(info.direction, "backward");
