@@ -187,7 +187,8 @@ impl KernelKey {
     }
 
     /// The command that writes an artifact folder holding this kernel (`linrec compile` writes
-    /// every combination of h0, final state and varlen, so the command omits them).
+    /// every combination of h0, final state and varlen, so the command omits them; a backward
+    /// kernel's adds `--direction backward`).
     ///
     /// ```
     /// use linrec_runtime::kernels::{Direction, KernelKey};
@@ -203,8 +204,13 @@ impl KernelKey {
     /// ```
     pub fn compile_command(&self, out: &str) -> String {
         let c = &self.config;
+        // `linrec compile` writes forward kernels unless told otherwise.
+        let direction = match self.direction {
+            Direction::Forward => "",
+            Direction::Backward => " --direction backward",
+        };
         format!(
-            "linrec compile {} --target {} --dtype {} --head-dims {}:{} --chunk {} --out {out}",
+            "linrec compile {} --target {} --dtype {} --head-dims {}:{} --chunk {}{direction} --out {out}",
             self.spec_name, self.target, c.dtype, c.key_dim, c.value_dim, c.chunk
         )
     }
