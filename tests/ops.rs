@@ -554,6 +554,7 @@ fn stand_in_forward(spec: &Spec, config: KernelConfig) -> Kernels {
         block: [1, 1, 1],
         shared_bytes: 0,
         scratch: 0,
+        then: Vec::new(),
     };
     kernels
         .insert(Kernel {

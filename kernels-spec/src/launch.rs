@@ -115,6 +115,8 @@ pub enum SizeExpr {
     Mul(Box<SizeExpr>, Box<SizeExpr>),
     /// `ceil(a / b)`.
     CeilDiv(Box<SizeExpr>, Box<SizeExpr>),
+    /// Sum.
+    Add(Box<SizeExpr>, Box<SizeExpr>),
 }
 
 /// The problem sizes a [`SizeExpr`] may name.
@@ -148,6 +150,11 @@ impl SizeExpr {
         SizeExpr::CeilDiv(Box::new(a), Box::new(b))
     }
 
+    /// `a + b`.
+    pub fn sum(a: SizeExpr, b: SizeExpr) -> SizeExpr {
+        SizeExpr::Add(Box::new(a), Box::new(b))
+    }
+
     /// Evaluates for `dims` with `n` sequences; `None` on overflow or division by zero.
     ///
     /// ```
@@ -168,6 +175,7 @@ impl SizeExpr {
                 SizeSym::N => n,
             } as u64),
             SizeExpr::Mul(a, b) => a.eval(dims, n)?.checked_mul(b.eval(dims, n)?),
+            SizeExpr::Add(a, b) => a.eval(dims, n)?.checked_add(b.eval(dims, n)?),
             SizeExpr::CeilDiv(a, b) => {
                 let (a, b) = (a.eval(dims, n)?, b.eval(dims, n)?);
                 (b != 0).then(|| a.div_ceil(b))
@@ -217,9 +225,11 @@ pub enum KernelParam {
     Grad(Role),
     /// `dh0 [N, HV, K, V]` f32 ([`KernelConfig::initial_state`] in a backward config).
     GradInitialState,
-    /// The state entering every chunk, f32 `[⌊B·T / C⌋ + N, HV, K, V]`: chunk `i` of sequence
-    /// `n` (rows from `bos`) is slot `⌊bos / C⌋ + n + i`. The backward kernel writes it when it
-    /// recomputes the states and reads it in its reverse sweep.
+    /// The state entering every chunk, `[⌊B·T / C⌋ + N, HV, K, V]` in the config's dtype
+    /// (bf16 and f16 states are rounded copies; the kernels carry f32): chunk `i` of sequence
+    /// `n` (rows from `bos`) is slot `⌊bos / C⌋ + n + i`. Written by a forward's states kernel
+    /// (read by its output kernel) and by the backward kernel when it recomputes the states
+    /// (read in its reverse sweep).
     ChunkStates,
     /// f32 `[B, T, H, K]`: the running sum of the q or k gradient over the value heads of a
     /// GVA group (read and written only when HV > H; any 1-element buffer otherwise).
@@ -250,6 +260,29 @@ pub struct KernelInfo {
     /// Dynamic shared memory in bytes.
     pub shared_bytes: u32,
     /// f32 scratch elements each workgroup needs (0: no scratch parameter).
+    pub scratch: u64,
+    /// More kernels of the same binary, launched after this one, in order, on the same
+    /// stream. Buffers with the same [`KernelParam`] are the same buffer in every launch; the
+    /// scratch buffer is shared (each launch needs `scratch × its workgroups` elements).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub then: Vec<Launch>,
+}
+
+/// One more kernel launch of a [`KernelInfo`]: a split forward is a states kernel (the one
+/// the `KernelInfo` describes) then a chunk-parallel output kernel.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Launch {
+    /// Entry-point symbol in the binary.
+    pub entry: String,
+    /// Parameters in ABI order.
+    pub params: Vec<KernelParam>,
+    /// Workgroups along x, y, z.
+    pub grid: [SizeExpr; 3],
+    /// Threads per workgroup along x, y, z.
+    pub block: [u32; 3],
+    /// Dynamic shared memory in bytes.
+    pub shared_bytes: u32,
+    /// f32 scratch elements each workgroup needs.
     pub scratch: u64,
 }
 

@@ -127,7 +127,7 @@ impl<'c> Kernel<'_, 'c> {
             let at = self.addr(blk, env, state, e)?;
             let x = b.load(blk, scratch, at)?;
             let idx = self.chunk_state_index(blk, env, i, e)?;
-            b.store(blk, x, states, idx)
+            self.t.store_f32(b, blk, x, states, idx, self.dtype())
         })?;
         self.nodes(blk, env, start, len)?;
         self.copy_state(blk, env)?;
@@ -151,7 +151,7 @@ impl<'c> Kernel<'_, 'c> {
         let scratch = env.arg(&KernelParam::Scratch)?;
         self.strided(blk, env, state.len(), |blk, e| {
             let idx = self.chunk_state_index(blk, env, i, e)?;
-            let x = b.load(blk, states, idx)?;
+            let x = self.t.load_f32(b, blk, states, idx, self.dtype())?;
             let at = self.addr(blk, env, state, e)?;
             b.store(blk, x, scratch, at)
         })?;

@@ -669,6 +669,7 @@ impl Schedule {
             block: [self.block_threads, 1, 1],
             shared_bytes: self.shared_bytes,
             scratch: self.scratch,
+            then: Vec::new(),
         }
     }
 
@@ -695,7 +696,8 @@ pub fn buffer_type(dtype: ElementType, param: &KernelParam) -> Option<BufferType
         KernelParam::Input(Role::Query | Role::Key | Role::Value)
         | KernelParam::Grad(Role::Query | Role::Key | Role::Value)
         | KernelParam::Output
-        | KernelParam::GradOutput => BufferType::Float(dtype),
+        | KernelParam::GradOutput
+        | KernelParam::ChunkStates => BufferType::Float(dtype),
         KernelParam::Input(_)
         | KernelParam::Grad(_)
         | KernelParam::DecayRates
@@ -703,7 +705,6 @@ pub fn buffer_type(dtype: ElementType, param: &KernelParam) -> Option<BufferType
         | KernelParam::FinalState
         | KernelParam::GradFinalState
         | KernelParam::GradInitialState
-        | KernelParam::ChunkStates
         | KernelParam::GradAccumulator(_)
         | KernelParam::Scratch => BufferType::Float(ElementType::F32),
         KernelParam::CuSeqlens => BufferType::I32,

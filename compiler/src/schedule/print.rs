@@ -22,6 +22,7 @@ fn size(e: &SizeExpr) -> String {
         .into(),
         SizeExpr::Mul(a, b) => format!("{}·{}", size(a), size(b)),
         SizeExpr::CeilDiv(a, b) => format!("ceil({}/{})", size(a), size(b)),
+        SizeExpr::Add(a, b) => format!("{} + {}", size(a), size(b)),
     }
 }
 

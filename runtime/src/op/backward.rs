@@ -282,8 +282,9 @@ fn allocate(
         .and_then(|bt| bt.checked_div(info.config.chunk))
         .and_then(|c| c.checked_add(n))
         .ok_or_else(|| launch_error(info, "the chunk states' size overflows".into()))?;
+    // In the kernel's dtype: bf16 and f16 kernels keep rounded copies (KernelParam::ChunkStates).
     let chunk_states = device.alloc_poisoned(
-        DType::F32,
+        super::dtype(info.config.dtype),
         &[slots, dims.value_heads, dims.key_dim, dims.value_dim],
     )?;
     let dht_zeros = if zeros && info.params.contains(&KernelParam::GradFinalState) {

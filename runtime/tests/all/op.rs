@@ -64,6 +64,7 @@ fn info(varlen: bool) -> KernelInfo {
         block: [128, 1, 1],
         shared_bytes: 0,
         scratch: 1000,
+        then: Vec::new(),
     }
 }
 

@@ -114,6 +114,7 @@ fn info_for(key: &KernelKey) -> KernelInfo {
         block: [64, 1, 1],
         shared_bytes: 0,
         scratch: 0,
+        then: Vec::new(),
     }
 }
 
