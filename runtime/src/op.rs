@@ -2,11 +2,22 @@
 //! backward one, each described by its [`KernelInfo`] (the launch metadata the compiler
 //! writes) and its binary, without LLVM.
 //!
+//! A [`KernelInfo`] may be a launch sequence: its own entry point, then every
+//! [`KernelInfo::then`] launch of the same binary, in order, on the device's one stream (a
+//! split forward is a states kernel then a chunk-parallel output kernel). The parameters of a
+//! call are the union over its launches: a buffer the runtime allocates is allocated once and
+//! passed to every launch that names it (the chunk states the first launch writes are the
+//! ones the second reads), and the scratch is one f32 buffer of the largest launch's
+//! `scratch × workgroups` elements, shared since the launches run one after the other. Each
+//! launch's grid is evaluated for the call; an empty one (T = 0) reaches the device, whose
+//! backends launch nothing for it ([`LaunchConfig::is_empty`]).
+//!
 //! Before anything reaches the device, every buffer is checked against the kernel's
-//! parameters (dtype, shape, contiguity, device); a mismatch is an error naming the argument.
-//! What the runtime allocates — outputs, final state, gradients, `dh0`, the backward's chunk
-//! states and gradient accumulators, the kernel's scratch memory — is filled with NaN first,
-//! so an element the kernel forgets to write shows up in any comparison.
+//! parameters (dtype, shape, contiguity, device), and every launch's parameters against what
+//! the runtime knows; a mismatch is an error naming the argument, and no launch of the
+//! sequence is enqueued. What the runtime allocates — outputs, final state, gradients, `dh0`,
+//! chunk states, the backward's gradient accumulators, the kernels' scratch memory — is
+//! filled with NaN first, so an element a kernel forgets to write shows up in any comparison.
 //!
 //! ```no_run
 //! # fn main() -> linrec_runtime::Result<()> {
@@ -26,7 +37,7 @@
 //! # Ok(()) }
 //! ```
 
-use linrec_spec::launch::{ElementType, KernelInfo, KernelParam};
+use linrec_spec::launch::{ElementType, KernelInfo, KernelParam, SizeExpr};
 use linrec_spec::reference::constant_log_decay;
 use linrec_spec::{ConstantRate, Dims, Role};
 
@@ -67,6 +78,13 @@ pub struct ForwardOutputs {
     pub o: DeviceBuffer,
     /// The final state `[N, HV, K, V]` f32, for kernels compiled with one.
     pub final_state: Option<DeviceBuffer>,
+    /// The state entering every chunk, for kernels with a [`KernelParam::ChunkStates`]
+    /// parameter in any launch (a split forward's states kernel writes them, its output
+    /// kernel reads them): `[⌊B·T / C⌋ + N, HV, K, V]` in the kernel's dtype (bf16 and f16
+    /// are rounded copies of the f32 states the kernels carry), C = the config's chunk; chunk
+    /// `i` of sequence `n` (rows from `bos`) is slot `⌊bos / C⌋ + n + i`. A later backward of
+    /// the same config may reuse them.
+    pub chunk_states: Option<DeviceBuffer>,
     /// The sizes of the call, read off the inputs.
     pub dims: Dims,
     /// N, the number of sequences.
@@ -115,6 +133,70 @@ pub fn module_key(info: &KernelInfo, binary: &[u8]) -> String {
         h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
     }
     format!("linrec:{}:{}:{h:016x}", info.target, info.entry)
+}
+
+/// One launch of a kernel's sequence: the [`KernelInfo`] itself or one of its
+/// [`KernelInfo::then`] launches.
+struct Step<'a> {
+    entry: &'a str,
+    params: &'a [KernelParam],
+    grid: &'a [SizeExpr; 3],
+    block: [u32; 3],
+    shared_bytes: u32,
+    scratch: u64,
+}
+
+/// The launches of `info`, in order: its own, then every [`KernelInfo::then`] one.
+fn steps(info: &KernelInfo) -> Vec<Step<'_>> {
+    let main = Step {
+        entry: &info.entry,
+        params: &info.params,
+        grid: &info.grid,
+        block: info.block,
+        shared_bytes: info.shared_bytes,
+        scratch: info.scratch,
+    };
+    std::iter::once(main)
+        .chain(info.then.iter().map(|l| Step {
+            entry: &l.entry,
+            params: &l.params,
+            grid: &l.grid,
+            block: l.block,
+            shared_bytes: l.shared_bytes,
+            scratch: l.scratch,
+        }))
+        .collect()
+}
+
+/// The parameters of every launch of `info`, each once, in order of first appearance.
+fn all_params(info: &KernelInfo) -> Vec<&KernelParam> {
+    let mut all: Vec<&KernelParam> = Vec::new();
+    for p in std::iter::once(&info.params)
+        .chain(info.then.iter().map(|l| &l.params))
+        .flatten()
+    {
+        if !all.contains(&p) {
+            all.push(p);
+        }
+    }
+    all
+}
+
+/// Whether some launch of `info` takes `p`.
+fn takes(info: &KernelInfo, p: &KernelParam) -> bool {
+    info.params.contains(p) || info.then.iter().any(|l| l.params.contains(p))
+}
+
+/// The shape of the chunk states of a call: `⌊B·T / C⌋ + N` slots of `[HV, K, V]`
+/// ([`KernelParam::ChunkStates`]).
+fn chunk_states_shape(info: &KernelInfo, dims: &Dims, n: usize) -> Result<Vec<usize>> {
+    let slots = dims
+        .batch
+        .checked_mul(dims.seq_len)
+        .and_then(|bt| bt.checked_div(info.config.chunk))
+        .and_then(|c| c.checked_add(n))
+        .ok_or_else(|| launch_error(info, "the chunk states' size overflows".into()))?;
+    Ok(vec![slots, dims.value_heads, dims.key_dim, dims.value_dim])
 }
 
 /// The shape and dtype a caller-provided buffer parameter must have (`None` for what the
@@ -203,24 +285,29 @@ impl<'a> Given<'a> {
     }
 }
 
-/// A call that passed every check: its sizes, grid and scratch size.
+/// A call that passed every check: its sizes, the grid of every launch (in [`steps`] order)
+/// and the shared scratch size.
 struct Checked {
     dims: Dims,
     sequences: usize,
-    grid: [u32; 3],
+    grids: Vec<[u32; 3]>,
     scratch_len: usize,
 }
 
 fn launch_error(info: &KernelInfo, detail: String) -> RuntimeError {
+    step_error(&info.entry, detail)
+}
+
+fn step_error(entry: &str, detail: String) -> RuntimeError {
     RuntimeError::Launch {
-        kernel: info.entry.clone(),
+        kernel: entry.to_owned(),
         detail,
     }
 }
 
 /// Everything checked before a launch allocates anything: the direction, the module format,
 /// the scale, which buffers are given, their dtypes, shapes, layouts and devices, the sizes
-/// they imply, the grid and the scratch size.
+/// they imply, every launch's grid and the scratch size (the largest launch's).
 fn check_call(
     device: &Device,
     info: &KernelInfo,
@@ -263,9 +350,10 @@ fn check_call(
         });
     }
 
-    // Every given input must be a parameter, and every input parameter must be given.
+    // Every given input must be a parameter (of some launch), and every input parameter must
+    // be given.
     for (role, _) in given.inputs {
-        if !info.params.contains(&KernelParam::Input(*role)) {
+        if !takes(info, &KernelParam::Input(*role)) {
             return Err(RuntimeError::ArgKind {
                 arg: role_name(*role).into(),
                 expected: format!("no such input: kernel `{kname}` does not take a {role}"),
@@ -274,7 +362,7 @@ fn check_call(
         }
     }
     let optional = |given: Option<&DeviceBuffer>, param: KernelParam, name: &str, required| {
-        let wanted = info.params.contains(&param);
+        let wanted = takes(info, &param);
         match (wanted, given.is_some()) {
             (true, false) if required => Err(RuntimeError::ArgKind {
                 arg: name.into(),
@@ -298,7 +386,7 @@ fn check_call(
     // Check what the caller gave (shapes with named dims) and read the sizes off it.
     let mut given_sig = KernelSignature::new(kname);
     let mut buffers: Vec<KernelArg<'_>> = Vec::new();
-    for p in &info.params {
+    for p in all_params(info) {
         let Some((name, dt, shape)) = expected(info, p) else {
             continue;
         };
@@ -320,23 +408,30 @@ fn check_call(
     let bindings = given_sig.check(&buffers)?;
     let (dims, sequences) = sizes(info, &bindings, given)?;
 
-    let mut grid = [0u32; 3];
-    for (g, e) in grid.iter_mut().zip(&info.grid) {
-        let n = e
-            .eval(&dims, sequences)
-            .ok_or_else(|| launch_error(info, format!("the grid {e:?} overflows")))?;
-        *g = u32::try_from(n)
-            .map_err(|_| launch_error(info, format!("{n} workgroups do not fit u32")))?;
+    // Every launch's grid; one scratch buffer serves them all, one after the other.
+    let mut grids = Vec::with_capacity(1 + info.then.len());
+    let mut scratch_len = 0usize;
+    for step in steps(info) {
+        let mut grid = [0u32; 3];
+        for (g, e) in grid.iter_mut().zip(step.grid) {
+            let n = e
+                .eval(&dims, sequences)
+                .ok_or_else(|| step_error(step.entry, format!("the grid {e:?} overflows")))?;
+            *g = u32::try_from(n)
+                .map_err(|_| step_error(step.entry, format!("{n} workgroups do not fit u32")))?;
+        }
+        let workgroups: u64 = grid.iter().map(|&g| u64::from(g)).product();
+        let len = workgroups
+            .checked_mul(step.scratch)
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| step_error(step.entry, "the scratch buffer's size overflows".into()))?;
+        scratch_len = scratch_len.max(len);
+        grids.push(grid);
     }
-    let workgroups: u64 = grid.iter().map(|&g| u64::from(g)).product();
-    let scratch_len = workgroups
-        .checked_mul(info.scratch)
-        .and_then(|n| usize::try_from(n).ok())
-        .ok_or_else(|| launch_error(info, "the scratch buffer's size overflows".into()))?;
     Ok(Checked {
         dims,
         sequences,
-        grid,
+        grids,
         scratch_len,
     })
 }
@@ -355,18 +450,28 @@ fn check_reuse(info: &KernelInfo, checked: &Checked, dims: &Dims, sequences: usi
     Ok(())
 }
 
-/// The runtime-made buffers every direction has: scratch and the RetNet decay rates.
+/// The runtime-made buffers either direction may have: the scratch, the RetNet decay rates
+/// and the chunk states.
 #[derive(Debug, Clone)]
 struct Common {
     scratch: DeviceBuffer,
     decay_rates: Option<DeviceBuffer>,
+    /// For kernels with a [`KernelParam::ChunkStates`] parameter in any launch.
+    chunk_states: Option<DeviceBuffer>,
 }
 
 impl Common {
-    /// Allocates the scratch (NaN-poisoned) and uploads the decay rates.
+    /// Allocates the scratch and the chunk states (NaN-poisoned) and uploads the decay rates.
     fn new(device: &Device, info: &KernelInfo, checked: &Checked) -> Result<Common> {
         let scratch = device.alloc_poisoned(DType::F32, &[checked.scratch_len])?;
-        let decay_rates = if info.params.contains(&KernelParam::DecayRates) {
+        let chunk_states = if takes(info, &KernelParam::ChunkStates) {
+            let shape = chunk_states_shape(info, &checked.dims, checked.sequences)?;
+            // In the kernel's dtype: bf16 and f16 kernels keep rounded copies.
+            Some(device.alloc_poisoned(dtype(info.config.dtype), &shape)?)
+        } else {
+            None
+        };
+        let decay_rates = if takes(info, &KernelParam::DecayRates) {
             // KernelParam::DecayRates is RetNet's schedule γ_h = 1 − 2^(−5−h), in log space.
             let hv = checked.dims.value_heads;
             let rates: Vec<f32> = (0..hv)
@@ -379,6 +484,7 @@ impl Common {
         Ok(Common {
             scratch,
             decay_rates,
+            chunk_states,
         })
     }
 
@@ -390,7 +496,17 @@ impl Common {
                 "the workspace's scratch has another size".into(),
             ));
         }
-        if self.decay_rates.is_some() != info.params.contains(&KernelParam::DecayRates) {
+        let chunk_states_fit = match &self.chunk_states {
+            Some(states) => {
+                let shape = chunk_states_shape(info, &checked.dims, checked.sequences)?;
+                takes(info, &KernelParam::ChunkStates)
+                    && states.shape() == shape.as_slice()
+                    && states.dtype() == dtype(info.config.dtype)
+            }
+            None => !takes(info, &KernelParam::ChunkStates),
+        };
+        if self.decay_rates.is_some() != takes(info, &KernelParam::DecayRates) || !chunk_states_fit
+        {
             return Err(launch_error(
                 info,
                 "the workspace was made for a kernel with other parameters".into(),
@@ -403,14 +519,18 @@ impl Common {
         match p {
             KernelParam::Scratch => Some(("scratch".into(), &self.scratch)),
             KernelParam::DecayRates => Some(("decay_rates".into(), self.decay_rates.as_ref()?)),
+            KernelParam::ChunkStates => Some(("chunk_states".into(), self.chunk_states.as_ref()?)),
             _ => None,
         }
     }
 }
 
-/// Launches `info` with every parameter in ABI order: the caller's buffers from `given`, the
-/// scalars, and what `made` returns for the rest (the runtime's buffers, by parameter). A
-/// parameter nobody has is an error before anything reaches the device.
+/// Launches `info` and then every [`KernelInfo::then`] launch, in order, each with its
+/// parameters in ABI order: the caller's buffers from `given`, the scalars, and what `made`
+/// returns for the rest (the runtime's buffers, by parameter, the same for every launch). The
+/// arguments of every launch are assembled and checked, and every entry point looked up,
+/// before the first launch is enqueued: a parameter nobody has, in any launch, is an error
+/// with nothing launched.
 fn launch<'b>(
     device: &Device,
     info: &KernelInfo,
@@ -419,7 +539,6 @@ fn launch<'b>(
     checked: &Checked,
     made: impl Fn(&KernelParam) -> Option<(String, &'b DeviceBuffer)>,
 ) -> Result<()> {
-    let kname = info.entry.as_str();
     let scalar = |value: usize, name: &str| {
         i32::try_from(value).map_err(|_| RuntimeError::ArgKind {
             arg: name.into(),
@@ -434,54 +553,74 @@ fn launch<'b>(
         scalar(dims.value_heads, "HV")?,
     );
 
-    let mut sig = KernelSignature::new(kname);
-    let mut args: Vec<KernelArg<'b>> = Vec::new();
-    for p in &info.params {
-        if let Some((name, dt, shape)) = expected(info, p)
-            && let Some(buf) = given.buffer(p)
-        {
-            args.push(buf.into());
-            sig = sig.buffer(name, dt, shape);
-            continue;
+    let steps = steps(info);
+    if steps.len() != checked.grids.len() {
+        return Err(launch_error(
+            info,
+            "the launches changed since the call was checked".into(),
+        ));
+    }
+    let mut prepared = Vec::with_capacity(steps.len());
+    for (step, grid) in steps.iter().zip(&checked.grids) {
+        let mut sig = KernelSignature::new(step.entry);
+        let mut args: Vec<KernelArg<'b>> = Vec::new();
+        for p in step.params {
+            if let Some((name, dt, shape)) = expected(info, p)
+                && let Some(buf) = given.buffer(p)
+            {
+                args.push(buf.into());
+                sig = sig.buffer(name, dt, shape);
+                continue;
+            }
+            let (name, arg): (String, KernelArg<'b>) = match p {
+                KernelParam::SeqLen => ("T".into(), t.into()),
+                KernelParam::Heads => ("H".into(), h.into()),
+                KernelParam::ValueHeads => ("HV".into(), hv.into()),
+                KernelParam::Scale => ("scale".into(), given.scale.into()),
+                _ => match made(p) {
+                    Some((name, buf)) => (name, buf.into()),
+                    None => {
+                        return Err(step_error(
+                            step.entry,
+                            format!("unexpected parameter {p:?} in a {} kernel", info.direction),
+                        ));
+                    }
+                },
+            };
+            sig = match arg {
+                KernelArg::Buffer(b) => sig.buffer(name, b.dtype(), b.shape().to_vec()),
+                KernelArg::F32(_) => sig.scalar(name, ScalarType::F32),
+                _ => sig.scalar(name, ScalarType::I32),
+            };
+            args.push(arg);
         }
-        let (name, arg): (String, KernelArg<'b>) = match p {
-            KernelParam::SeqLen => ("T".into(), t.into()),
-            KernelParam::Heads => ("H".into(), h.into()),
-            KernelParam::ValueHeads => ("HV".into(), hv.into()),
-            KernelParam::Scale => ("scale".into(), given.scale.into()),
-            _ => match made(p) {
-                Some((name, buf)) => (name, buf.into()),
-                None => {
-                    return Err(launch_error(
-                        info,
-                        format!("unexpected parameter {p:?} in a {} kernel", info.direction),
-                    ));
-                }
-            },
+        // What `launch_checked` checks again, here for every launch before the first.
+        sig.check(&args)?;
+        let config = LaunchConfig {
+            grid: *grid,
+            block: step.block,
+            shared_mem_bytes: step.shared_bytes,
         };
-        sig = match arg {
-            KernelArg::Buffer(b) => sig.buffer(name, b.dtype(), b.shape().to_vec()),
-            KernelArg::F32(_) => sig.scalar(name, ScalarType::F32),
-            _ => sig.scalar(name, ScalarType::I32),
-        };
-        args.push(arg);
+        prepared.push((step.entry, sig, config, args));
     }
 
+    // One module holds every entry point.
     let module = device.module(&module_key(info, binary), || Ok(binary.to_vec()))?;
-    let kernel = device.kernel(&module, kname)?;
-    let config = LaunchConfig {
-        grid: checked.grid,
-        block: info.block,
-        shared_mem_bytes: info.shared_bytes,
-    };
-    device.launch_checked(&kernel, &sig, &config, &args)?;
+    let kernels = prepared
+        .iter()
+        .map(|(entry, ..)| device.kernel(&module, entry))
+        .collect::<Result<Vec<_>>>()?;
+    for (kernel, (_, sig, config, args)) in kernels.iter().zip(&prepared) {
+        device.launch_checked(kernel, sig, config, args)?;
+    }
     Ok(())
 }
 
 /// Launches the forward kernel `info` (binary `binary`, for this device's module format) on
-/// `device`: checks `args`, allocates the outputs (NaN-poisoned), fills the RetNet decay
-/// rates when the kernel takes them, loads the module through the device's cache and enqueues
-/// the launch.
+/// `device`: checks `args`, allocates the outputs, the chunk states and the scratch
+/// (NaN-poisoned), fills the RetNet decay rates when the kernel takes them, loads the module
+/// through the device's cache and enqueues `info`'s launch and then every
+/// [`KernelInfo::then`] one.
 pub fn forward(
     device: &Device,
     info: &KernelInfo,
@@ -493,9 +632,9 @@ pub fn forward(
         .ok_or_else(|| launch_error(info, "no workspace was allocated".into()))
 }
 
-/// The buffers of one forward launch (outputs, scratch, decay rates), kept so the same
-/// kernel can be relaunched on the same sizes without allocating ([`forward_into`]): what a
-/// benchmark times.
+/// The buffers of one forward call (outputs, chunk states, scratch, decay rates), kept so the
+/// same kernel can be relaunched on the same sizes without allocating ([`forward_into`]): what
+/// a benchmark times.
 #[derive(Debug, Clone)]
 pub struct ForwardWorkspace {
     /// The outputs the launches write.
@@ -550,7 +689,7 @@ fn forward_inner(
         Some(ws) => {
             check_reuse(info, &checked, &ws.outputs.dims, ws.outputs.sequences)?;
             ws.common.check(info, &checked)?;
-            if ws.outputs.final_state.is_some() != info.params.contains(&KernelParam::FinalState) {
+            if ws.outputs.final_state.is_some() != takes(info, &KernelParam::FinalState) {
                 return Err(launch_error(
                     info,
                     "the workspace was made for a kernel with other parameters".into(),
@@ -560,19 +699,22 @@ fn forward_inner(
         }
         None => {
             let o = device.alloc_poisoned(dtype(info.config.dtype), &dims.output_shape())?;
-            let final_state = if info.params.contains(&KernelParam::FinalState) {
+            let final_state = if takes(info, &KernelParam::FinalState) {
                 Some(device.alloc_poisoned(DType::F32, &dims.state_shape(sequences))?)
             } else {
                 None
             };
+            let common = Common::new(device, info, &checked)?;
             Some(ForwardWorkspace {
                 outputs: ForwardOutputs {
                     o,
                     final_state,
+                    // A view of the buffer the launches get.
+                    chunk_states: common.chunk_states.clone(),
                     dims,
                     sequences,
                 },
-                common: Common::new(device, info, &checked)?,
+                common,
             })
         }
     };

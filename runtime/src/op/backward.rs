@@ -1,6 +1,7 @@
 //! [`backward`]: launching a backward kernel (`direction = "backward"`), which recomputes the
 //! chunk states from `h0` and the inputs, then sweeps the chunks in reverse and writes the
-//! gradients of the inputs and of `h0`.
+//! gradients of the inputs and of `h0`. Like a forward kernel it may be a launch sequence
+//! ([`KernelInfo::then`]); the buffers are shared as [`super`] describes.
 //!
 //! ```no_run
 //! # fn main() -> linrec_runtime::Result<()> {
@@ -27,8 +28,8 @@ use linrec_spec::launch::{KernelInfo, KernelParam};
 use linrec_spec::{Dims, Role};
 
 use super::{
-    Checked, Common, Given, check_call, check_reuse, concrete, input_layout, launch, launch_error,
-    role_name,
+    Checked, Common, Given, all_params, check_call, check_reuse, concrete, input_layout, launch,
+    launch_error, role_name, takes,
 };
 use crate::backend::FillPattern;
 use crate::buffer::DeviceBuffer;
@@ -104,8 +105,8 @@ fn find(list: &[(Role, DeviceBuffer)], role: Role) -> Option<&DeviceBuffer> {
 pub struct BackwardWorkspace {
     /// The outputs the launches write.
     pub outputs: BackwardOutputs,
+    /// Scratch, decay rates and chunk states.
     common: Common,
-    chunk_states: DeviceBuffer,
     accumulators: Vec<(Role, DeviceBuffer)>,
     /// Zeros `[N, HV, K, V]`, passed as `dht` when the caller gives none.
     dht_zeros: Option<DeviceBuffer>,
@@ -115,7 +116,8 @@ pub struct BackwardWorkspace {
 /// `device`: checks `args` as [`super::forward`] does, plus `do` and `dht`; allocates the
 /// gradients, `dh0`, the chunk states, the gradient accumulators and the scratch (all
 /// NaN-poisoned) and, without `dht`, a zero one; fills the RetNet decay rates when the kernel
-/// takes them; loads the module through the device's cache and enqueues the launch.
+/// takes them; loads the module through the device's cache and enqueues `info`'s launch and
+/// then every [`KernelInfo::then`] one.
 pub fn backward(
     device: &Device,
     info: &KernelInfo,
@@ -192,7 +194,6 @@ fn backward_inner(
                 find(&ws.outputs.grads, *role)?,
             )),
             KernelParam::GradInitialState => Some(("dh0".into(), ws.outputs.dh0.as_ref()?)),
-            KernelParam::ChunkStates => Some(("chunk_states".into(), &ws.chunk_states)),
             KernelParam::GradAccumulator(role) => Some((
                 format!("d{}_acc", role_name(*role)),
                 find(&ws.accumulators, *role)?,
@@ -208,8 +209,12 @@ fn backward_inner(
 /// Errors unless `ws` has a buffer for every parameter of `info` the runtime passes.
 fn check_fits(info: &KernelInfo, ws: &BackwardWorkspace, dht_given: bool) -> Result<()> {
     let roles = |list: &[(Role, DeviceBuffer)]| list.iter().map(|(r, _)| *r).collect::<Vec<_>>();
-    let wanted =
-        |f: fn(&KernelParam) -> Option<Role>| info.params.iter().filter_map(f).collect::<Vec<_>>();
+    let wanted = |f: fn(&KernelParam) -> Option<Role>| {
+        all_params(info)
+            .into_iter()
+            .filter_map(f)
+            .collect::<Vec<_>>()
+    };
     let grads = wanted(|p| match p {
         KernelParam::Grad(r) => Some(*r),
         _ => None,
@@ -218,7 +223,7 @@ fn check_fits(info: &KernelInfo, ws: &BackwardWorkspace, dht_given: bool) -> Res
         KernelParam::GradAccumulator(r) => Some(*r),
         _ => None,
     });
-    let takes = |p: KernelParam| info.params.contains(&p);
+    let takes = |p: KernelParam| takes(info, &p);
     let fits = roles(&ws.outputs.grads) == grads
         && roles(&ws.accumulators) == accumulators
         && ws.outputs.dh0.is_some() == takes(KernelParam::GradInitialState)
@@ -251,7 +256,7 @@ fn allocate(
 
     let mut grads = Vec::new();
     let mut accumulators = Vec::new();
-    for p in &info.params {
+    for p in all_params(info) {
         match p {
             KernelParam::Grad(role) => {
                 let (dt, shape) = shape_of(*role)?;
@@ -270,24 +275,12 @@ fn allocate(
         }
     }
     let state = dims.state_shape(n);
-    let dh0 = if info.params.contains(&KernelParam::GradInitialState) {
+    let dh0 = if takes(info, &KernelParam::GradInitialState) {
         Some(device.alloc_poisoned(DType::F32, &state)?)
     } else {
         None
     };
-    // The state entering every chunk: ⌊B·T / C⌋ + N slots of [HV, K, V].
-    let slots = dims
-        .batch
-        .checked_mul(dims.seq_len)
-        .and_then(|bt| bt.checked_div(info.config.chunk))
-        .and_then(|c| c.checked_add(n))
-        .ok_or_else(|| launch_error(info, "the chunk states' size overflows".into()))?;
-    // In the kernel's dtype: bf16 and f16 kernels keep rounded copies (KernelParam::ChunkStates).
-    let chunk_states = device.alloc_poisoned(
-        super::dtype(info.config.dtype),
-        &[slots, dims.value_heads, dims.key_dim, dims.value_dim],
-    )?;
-    let dht_zeros = if zeros && info.params.contains(&KernelParam::GradFinalState) {
+    let dht_zeros = if zeros && takes(info, &KernelParam::GradFinalState) {
         let z = device.alloc(DType::F32, &state)?;
         device.fill(&z, FillPattern::U32(0))?;
         Some(z)
@@ -301,8 +294,8 @@ fn allocate(
             dims,
             sequences: n,
         },
+        // Scratch, decay rates and the chunk states (which the backward recomputes).
         common: Common::new(device, info, checked)?,
-        chunk_states,
         accumulators,
         dht_zeros,
     })

@@ -13,12 +13,15 @@ use linrec_runtime::{
     KernelHandle, LaunchArg, LaunchConfig, ModuleHandle, RawBuffer, Result, RuntimeError,
 };
 use linrec_spec::Role;
-use linrec_spec::launch::{ElementType, KernelConfig, KernelInfo, KernelParam, SizeExpr, SizeSym};
+use linrec_spec::launch::{
+    ElementType, KernelConfig, KernelInfo, KernelParam, Launch, SizeExpr, SizeSym,
+};
 
 use crate::mock::MockBackend;
 
 /// The mock backend, recording allocations and, per launch, the grid and every argument: a
 /// buffer as its byte size, `=0` when all zeros, `=nan` when NaN-poisoned (f32 or bf16).
+/// (`op`'s tests use it too.)
 #[derive(Debug)]
 struct Recorder {
     inner: MockBackend,
@@ -26,9 +29,12 @@ struct Recorder {
 }
 
 #[derive(Debug, Default)]
-struct Log {
-    allocations: usize,
-    launches: Vec<String>,
+pub(crate) struct Log {
+    pub(crate) allocations: usize,
+    pub(crate) launches: Vec<String>,
+    /// Per launch, per argument: the address of a buffer's memory (the same buffer has the
+    /// same one in every launch), 0 for a scalar.
+    pub(crate) buffers: Vec<Vec<usize>>,
 }
 
 impl Recorder {
@@ -95,13 +101,22 @@ impl Backend for Recorder {
         config: &LaunchConfig,
         args: &[LaunchArg<'_>],
     ) -> Result<()> {
+        let ids: Vec<usize> = args
+            .iter()
+            .map(|a| match a {
+                LaunchArg::Buffer(raw) => std::ptr::from_ref::<RawBuffer>(raw) as usize,
+                _ => 0,
+            })
+            .collect();
         let args: Vec<String> = args.iter().map(|a| self.describe(a)).collect();
         let [x, y, z] = config.grid;
-        self.log.lock().expect("lock").launches.push(format!(
+        let mut log = self.log.lock().expect("lock");
+        log.launches.push(format!(
             "{}[{x}x{y}x{z}]({})",
             kernel.name(),
             args.join(", ")
         ));
+        log.buffers.push(ids);
         Ok(())
     }
     fn synchronize(&self) -> Result<()> {
@@ -109,7 +124,8 @@ impl Backend for Recorder {
     }
 }
 
-fn device() -> (Device, Arc<Mutex<Log>>) {
+/// A device on the recording mock backend, and its log.
+pub(crate) fn device() -> (Device, Arc<Mutex<Log>>) {
     let (inner, _) = MockBackend::new();
     let log = Arc::new(Mutex::new(Log::default()));
     let backend = Recorder {
@@ -119,7 +135,8 @@ fn device() -> (Device, Arc<Mutex<Log>>) {
     (Device::from_backend(Box::new(backend)), log)
 }
 
-fn launches(log: &Arc<Mutex<Log>>) -> Vec<String> {
+/// The launches recorded so far.
+pub(crate) fn launches(log: &Arc<Mutex<Log>>) -> Vec<String> {
     log.lock().expect("lock").launches.clone()
 }
 
@@ -602,4 +619,66 @@ fn a_workspace_relaunches_without_allocating() {
     let err = op::backward_into(&dev, &info(no_h0), BINARY, &a, &ws).expect_err("no dh0");
     assert!(err.to_string().contains("other parameters"), "{err}");
     assert_eq!(launches(&log).len(), 3);
+}
+
+#[test]
+fn a_then_launch_shares_the_chunk_states_grads_and_scratch() {
+    let (dev, log) = device();
+    let b = gva(&dev);
+    let ins = inputs(&b);
+    // A second kernel of the same binary reading the states the first recomputed and writing
+    // dq through its accumulator: grid (⌈T / C⌉ + N, H, 1) = (4, 1, 1), 500 scratch floats per
+    // workgroup (2000 > the first launch's 2 × 100).
+    let mut split = info(ALL);
+    split.then.push(Launch {
+        entry: "linrec_test_bwd_tail".into(),
+        params: vec![
+            KernelParam::Input(Role::Query),
+            KernelParam::ChunkStates,
+            KernelParam::Grad(Role::Query),
+            KernelParam::GradAccumulator(Role::Query),
+            KernelParam::Scratch,
+            KernelParam::SeqLen,
+            KernelParam::Scale,
+        ],
+        grid: [
+            SizeExpr::sum(
+                SizeExpr::ceil_div(SizeExpr::Sym(SizeSym::T), SizeExpr::Const(16)),
+                SizeExpr::Sym(SizeSym::N),
+            ),
+            SizeExpr::Sym(SizeSym::H),
+            SizeExpr::Const(1),
+        ],
+        block: [64, 1, 1],
+        shared_bytes: 0,
+        scratch: 500,
+    });
+    op::backward(&dev, &split, BINARY, &args(&b, &ins)).expect("launches");
+    assert_eq!(
+        launches(&log),
+        [
+            "linrec_test_bwd[1x2x1](640, 640, 6400, 320, 5120, 6400, 5120, \
+          640=nan, 640=nan, 6400=nan, 320=nan, 5120=nan, \
+          5120=nan, 1280=nan, 1280=nan, 8000=nan, i32, i32, i32, f32)",
+            "linrec_test_bwd_tail[4x1x1](640, 5120=nan, 640=nan, 1280=nan, 8000=nan, i32, f32)"
+        ]
+    );
+    // The same q, chunk states, dq, dq accumulator and scratch in both launches.
+    let ids = log.lock().expect("lock").buffers.clone();
+    for (first, second) in [(0, 0), (12, 1), (7, 2), (13, 3), (15, 4)] {
+        assert_eq!(ids[0][first], ids[1][second], "argument {first} / {second}");
+    }
+
+    // A parameter the runtime does not know, in the second launch: nothing launches.
+    let (dev, log) = device();
+    let b = gva(&dev);
+    let ins = inputs(&b);
+    split.then[0].params.push(KernelParam::FinalState);
+    let err = op::backward(&dev, &split, BINARY, &args(&b, &ins)).expect_err("ht in a backward");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("linrec_test_bwd_tail") && msg.contains("unexpected parameter FinalState"),
+        "{msg}"
+    );
+    assert!(launches(&log).is_empty(), "launched anyway");
 }

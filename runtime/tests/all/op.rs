@@ -1,15 +1,21 @@
 //! `op::forward` on the in-memory mock backend: every buffer is checked against the kernel's
 //! launch metadata before anything reaches the device (errors name the argument), outputs are
 //! allocated NaN-poisoned with the right shapes, and the launch passes the parameters in ABI
-//! order. (The kernels themselves run in linrec-compiler's end-to-end tests.)
+//! order. A split forward (`KernelInfo::then`) launches its kernels in order with the same
+//! buffers (chunk states, scratch sized by the larger launch), checks every launch before the
+//! first, and round-trips through JSON. (The kernels themselves run in linrec-compiler's
+//! end-to-end tests.)
 
 use std::sync::{Arc, Mutex};
 
 use linrec_runtime::op::{self, ForwardArgs};
 use linrec_runtime::{DType, Device, DeviceBuffer, RuntimeError};
 use linrec_spec::Role;
-use linrec_spec::launch::{ElementType, KernelConfig, KernelInfo, KernelParam, SizeExpr, SizeSym};
+use linrec_spec::launch::{
+    ElementType, KernelConfig, KernelInfo, KernelParam, Launch, SizeExpr, SizeSym,
+};
 
+use crate::backward::{device as recording_device, launches as recorded};
 use crate::mock::MockBackend;
 
 fn mock_device() -> (Device, Arc<Mutex<Vec<String>>>) {
@@ -315,4 +321,243 @@ fn a_buffer_of_another_device_names_the_argument() {
     );
     assert_names(err, "g", "belongs to device", &launches);
     assert!(other_launches.lock().expect("lock").is_empty());
+}
+
+/// A split forward in the shape the compiler emits: a states kernel (grid (1, N·HV, 1),
+/// `states_scratch` floats per workgroup) writing the chunk states and the final state, then a
+/// chunk-parallel output kernel (grid (⌈V / 32⌉, ⌈B·T / C⌉ + N, HV), `output_scratch` floats
+/// per workgroup) reading them.
+fn split(states_scratch: u64, output_scratch: u64) -> KernelInfo {
+    let mut info = info(false);
+    info.entry = "linrec_test_states".into();
+    info.params = vec![
+        KernelParam::Input(Role::Query),
+        KernelParam::Input(Role::Key),
+        KernelParam::Input(Role::Value),
+        KernelParam::Input(Role::Gate),
+        KernelParam::DecayRates,
+        KernelParam::InitialState,
+        KernelParam::ChunkStates,
+        KernelParam::FinalState,
+        KernelParam::Scratch,
+        KernelParam::SeqLen,
+        KernelParam::Heads,
+        KernelParam::ValueHeads,
+        KernelParam::Scale,
+    ];
+    info.grid = [
+        SizeExpr::Const(1),
+        SizeExpr::product(SizeExpr::Sym(SizeSym::N), SizeExpr::Sym(SizeSym::Hv)),
+        SizeExpr::Const(1),
+    ];
+    info.scratch = states_scratch;
+    info.then = vec![Launch {
+        entry: "linrec_test_output".into(),
+        params: vec![
+            KernelParam::Input(Role::Query),
+            KernelParam::Input(Role::Key),
+            KernelParam::Input(Role::Value),
+            KernelParam::Input(Role::Gate),
+            KernelParam::DecayRates,
+            KernelParam::ChunkStates,
+            KernelParam::Output,
+            KernelParam::Scratch,
+            KernelParam::SeqLen,
+            KernelParam::Heads,
+            KernelParam::ValueHeads,
+            KernelParam::Scale,
+        ],
+        grid: [
+            SizeExpr::ceil_div(SizeExpr::Sym(SizeSym::V), SizeExpr::Const(32)),
+            SizeExpr::sum(
+                SizeExpr::ceil_div(
+                    SizeExpr::product(SizeExpr::Sym(SizeSym::B), SizeExpr::Sym(SizeSym::T)),
+                    SizeExpr::Const(16),
+                ),
+                SizeExpr::Sym(SizeSym::N),
+            ),
+            SizeExpr::Sym(SizeSym::Hv),
+        ],
+        block: [64, 1, 1],
+        shared_bytes: 0,
+        scratch: output_scratch,
+    }];
+    info
+}
+
+fn forward_args<'a>(b: &'a Bufs, ins: &'a [(Role, &'a DeviceBuffer)]) -> ForwardArgs<'a> {
+    ForwardArgs {
+        inputs: ins,
+        initial_state: Some(&b.h0),
+        cu_seqlens: None,
+        scale: 0.5,
+    }
+}
+
+const BINARY: &[u8] = b"\x03\x02\x23\x07";
+
+#[test]
+fn a_then_launch_runs_after_the_first_with_the_same_buffers() {
+    let (dev, log) = recording_device();
+    let b = buffers(&dev);
+    let ins = inputs(&b);
+    let out =
+        op::forward(&dev, &split(100, 50), BINARY, &forward_args(&b, &ins)).expect("launches");
+
+    // Chunk states: ⌊B·T / C⌋ + N = ⌊10 / 16⌋ + 2 = 2 slots of [HV, K, V] = [2, 8, 40], bf16
+    // like the kernel, NaN until the states kernel writes them.
+    let states = out.chunk_states.as_ref().expect("chunk states");
+    assert_eq!(
+        (states.dtype(), states.shape()),
+        (DType::BF16, &[2, 2, 8, 40][..])
+    );
+    let bytes = dev.download_bytes(states).expect("download");
+    assert!(
+        bytes
+            .chunks(2)
+            .all(|c| u16::from_le_bytes([c[0], c[1]]) == 0x7FC0)
+    );
+    // Scratch: the larger launch's, the output kernel's 2·3·2 workgroups × 50 floats (600 >
+    // the states kernel's 4 × 100), in both launches: 2400 bytes.
+    assert_eq!(
+        recorded(&log),
+        [
+            "linrec_test_states[1x4x1](160=0, 160=0, 1600=0, 80=0, 8, 5120=0, \
+             2560=nan, 5120=nan, 2400=nan, i32, i32, i32, f32)",
+            "linrec_test_output[2x3x2](160=0, 160=0, 1600=0, 80=0, 8, \
+             2560=nan, 1600=nan, 2400=nan, i32, i32, i32, f32)",
+        ]
+    );
+    // The same inputs, decay rates, chunk states and scratch, not copies.
+    let ids = log.lock().expect("lock").buffers.clone();
+    for (first, second) in [(0, 0), (3, 3), (4, 4), (6, 5), (8, 7)] {
+        assert_eq!(ids[0][first], ids[1][second], "argument {first} / {second}");
+    }
+    let raw = |buf: &DeviceBuffer| std::ptr::from_ref(buf.raw()) as usize;
+    assert_eq!(
+        ids[0][6],
+        raw(states),
+        "the chunk states returned are the launches'"
+    );
+    assert_eq!(ids[1][6], raw(&out.o));
+    assert_eq!(ids[0][7], raw(out.final_state.as_ref().expect("ht")));
+
+    // Without a ChunkStates parameter there are none.
+    let (dev, _) = recording_device();
+    let b = buffers(&dev);
+    let ins = inputs(&b);
+    let out = op::forward(&dev, &info(false), BINARY, &forward_args(&b, &ins)).expect("launches");
+    assert!(out.chunk_states.is_none());
+}
+
+#[test]
+fn the_scratch_is_sized_by_the_larger_launch() {
+    let (dev, log) = recording_device();
+    let b = buffers(&dev);
+    let ins = inputs(&b);
+    // The states kernel's 4 workgroups × 1000 floats > the output kernel's 12 × 50.
+    op::forward(&dev, &split(1000, 50), BINARY, &forward_args(&b, &ins)).expect("launches");
+    // The output kernel without scratch floats still gets the (shared) buffer it names.
+    op::forward(&dev, &split(7, 0), BINARY, &forward_args(&b, &ins)).expect("launches");
+    let scratch: Vec<String> = recorded(&log)
+        .iter()
+        .map(|l| {
+            let args: Vec<&str> = l.split(", ").collect();
+            args[args.len() - 5].to_owned()
+        })
+        .collect();
+    assert_eq!(scratch, ["16000=nan", "16000=nan", "112=nan", "112=nan"]);
+}
+
+#[test]
+fn a_bad_parameter_in_a_then_launch_fails_before_anything_launches() {
+    let (dev, log) = recording_device();
+    let b = buffers(&dev);
+    let ins = inputs(&b);
+    let mut bad = split(100, 50);
+    bad.then[0].params.push(KernelParam::Grad(Role::Query));
+    let err = op::forward(&dev, &bad, BINARY, &forward_args(&b, &ins)).expect_err("a grad");
+    assert!(matches!(err, RuntimeError::Launch { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("linrec_test_output") && msg.contains("unexpected parameter Grad(Query)"),
+        "{msg}"
+    );
+    assert!(recorded(&log).is_empty(), "launched anyway");
+
+    // An input only the second launch reads is still required, and checked.
+    let mut beta = split(100, 50);
+    beta.then[0]
+        .params
+        .insert(4, KernelParam::Input(Role::Beta));
+    let err = op::forward(&dev, &beta, BINARY, &forward_args(&b, &ins)).expect_err("no beta");
+    assert!(err.to_string().contains("`beta`"), "{err}");
+    let mut with_beta = ins.clone();
+    let wrong = dev.alloc(DType::F32, &[2, 5, 3]).expect("alloc");
+    with_beta.push((Role::Beta, &wrong));
+    let err = op::forward(&dev, &beta, BINARY, &forward_args(&b, &with_beta)).expect_err("HV = 3");
+    assert!(err.to_string().contains("`beta`"), "{err}");
+    assert!(recorded(&log).is_empty(), "launched anyway");
+    with_beta[4] = (Role::Beta, &b.g);
+    op::forward(&dev, &beta, BINARY, &forward_args(&b, &with_beta)).expect("launches");
+    assert_eq!(recorded(&log).len(), 2);
+}
+
+#[test]
+fn a_split_workspace_relaunches_both_kernels_without_allocating() {
+    let (dev, log) = recording_device();
+    let b = buffers(&dev);
+    let ins = inputs(&b);
+    let info = split(100, 50);
+    let ws = op::forward_workspace(&dev, &info, BINARY, &forward_args(&b, &ins)).expect("launches");
+    assert!(ws.outputs.chunk_states.is_some());
+    let allocated = log.lock().expect("lock").allocations;
+    op::forward_into(&dev, &info, BINARY, &forward_args(&b, &ins), &ws).expect("relaunches");
+    assert_eq!(log.lock().expect("lock").allocations, allocated);
+    let launched = recorded(&log);
+    assert_eq!(launched.len(), 4);
+    assert_eq!(launched[0..2], launched[2..4]);
+    let ids = log.lock().expect("lock").buffers.clone();
+    assert_eq!(ids[0], ids[2]);
+    assert_eq!(ids[1], ids[3]);
+
+    // A kernel without chunk states (same scratch size) does not fit this workspace.
+    let mut unsplit = split(100, 50);
+    unsplit.then[0]
+        .params
+        .retain(|p| *p != KernelParam::ChunkStates);
+    unsplit.params.retain(|p| *p != KernelParam::ChunkStates);
+    let err = op::forward_into(&dev, &unsplit, BINARY, &forward_args(&b, &ins), &ws)
+        .expect_err("no chunk states");
+    assert!(err.to_string().contains("other parameters"), "{err}");
+    // Nor does one with another chunk (other slots).
+    let mut chunk4 = split(100, 50);
+    chunk4.config.chunk = 4;
+    let err =
+        op::forward_into(&dev, &chunk4, BINARY, &forward_args(&b, &ins), &ws).expect_err("C = 4");
+    assert!(err.to_string().contains("other parameters"), "{err}");
+    assert_eq!(recorded(&log).len(), 4);
+}
+
+#[test]
+fn a_kernel_info_with_then_round_trips_through_json() {
+    let sequence = split(100, 50);
+    let json = serde_json::to_string(&sequence).expect("serializes");
+    assert!(
+        json.contains("\"then\":[{\"entry\":\"linrec_test_output\""),
+        "{json}"
+    );
+    assert!(json.contains("\"add\""), "{json}");
+    let back: KernelInfo = serde_json::from_str(&json).expect("parses");
+    assert_eq!(back, sequence);
+
+    // Without launches after it the field is left out, and a manifest without it (every one
+    // written before it existed) reads as none.
+    let single = info(false);
+    let json = serde_json::to_string(&single).expect("serializes");
+    assert!(!json.contains("then"), "{json}");
+    assert_eq!(
+        serde_json::from_str::<KernelInfo>(&json).expect("parses"),
+        single
+    );
 }

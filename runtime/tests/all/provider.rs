@@ -21,7 +21,9 @@ use linrec_runtime::kernels::{
     KernelRequest, KernelSource, Kernels, KernelsBuilder, config_tag,
 };
 use linrec_runtime::{EmbeddedArtifacts, Kernel, RuntimeError};
-use linrec_spec::launch::{ElementType, KernelConfig, KernelInfo, KernelParam, SizeExpr};
+use linrec_spec::launch::{
+    ElementType, KernelConfig, KernelInfo, KernelParam, Launch, Manifest, SizeExpr, SizeSym,
+};
 use linrec_spec::{Decay, Features, Input, Read, Role, Scale, Spec, Transition, Write};
 
 /// The fixture folder, relative to the package root (where cargo runs tests).
@@ -1059,4 +1061,75 @@ fn each_device_asks_for_the_target_it_loads() {
         device_target(&device(BackendKind::OpenCl, None, None)),
         Ok("spirv")
     );
+}
+
+/// A second launch for a kernel's `then`: a chunk-parallel output kernel with a summed grid.
+fn output_launch() -> Launch {
+    Launch {
+        entry: "linrec_simple_gla_fwd_output".into(),
+        params: vec![
+            KernelParam::Input(Role::Query),
+            KernelParam::ChunkStates,
+            KernelParam::Output,
+            KernelParam::Scratch,
+        ],
+        grid: [
+            SizeExpr::Const(1),
+            SizeExpr::sum(SizeExpr::Sym(SizeSym::N), SizeExpr::Const(3)),
+            SizeExpr::Sym(SizeSym::Hv),
+        ],
+        block: [128, 1, 1],
+        shared_bytes: 256,
+        scratch: 42,
+    }
+}
+
+#[test]
+fn launch_sequences_survive_the_artifact_folder_and_the_disk_cache() {
+    // An artifact folder whose manifest gives the fixture kernel a second launch.
+    let dir = fixture_copy("then-artifacts");
+    let path = dir.path().join("manifest.json");
+    let mut manifest: Manifest =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("manifest");
+    manifest.kernels[0].info.then.push(output_launch());
+    let expected = manifest.kernels[0].info.clone();
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&manifest).expect("serializes"),
+    )
+    .expect("write");
+    let spec = simple_gla();
+    let found = artifacts_only(Kernels::builder().artifacts(dir.path()))
+        .get(&fixture_request(&spec))
+        .expect("the folder has it");
+    assert_eq!(found.kernel.info, expected);
+    assert_eq!(found.kernel.info.then, [output_launch()]);
+
+    // The disk cache stores and loads the whole KernelInfo, and so does a provider over it.
+    let dir = TempDir::new("then-cache");
+    let cache = DiskCache::new(dir.path());
+    let request = KernelRequest::forward(&spec, "spirv", config());
+    let key = request.key();
+    let mut info = info_for(&key);
+    info.then.push(output_launch());
+    let fp = format!(
+        "linrec-compiler {} (LLVM 22.1.8)",
+        env!("CARGO_PKG_VERSION")
+    );
+    cache
+        .store(&key, &fp, &info, b"two entry points", Duration::ZERO)
+        .expect("store");
+    let loaded = cache
+        .load(&key, Some(&fp))
+        .expect("load")
+        .expect("an entry");
+    assert_eq!(loaded.kernel.info, info);
+    let served = Kernels::builder()
+        .cache_dir(dir.path())
+        .no_compiler()
+        .build()
+        .expect("builds")
+        .get(&request)
+        .expect("from disk");
+    assert_eq!(served.kernel.info, info);
 }
