@@ -31,6 +31,9 @@ use crate::schedule::{self, MatmulChoice, MatrixCore, ScheduleError};
 /// The environment variable naming the stage-dump directory.
 pub const DUMP_DIR_ENV: &str = "LINREC_DUMP_DIR";
 
+/// The environment variable that picks the forward's form (`fused` or `split`).
+pub const FORWARD_ENV: &str = "LINREC_FORWARD";
+
 /// The environment variable that turns tensor cores off (`0` or `off`).
 pub const TENSOR_CORES_ENV: &str = "LINREC_TENSOR_CORES";
 
@@ -105,6 +108,19 @@ pub struct CompileOptions {
     /// How matmuls run (see [`crate::schedule`]). Default: [`MatmulChoice::Auto`], tensor
     /// cores where the target has them.
     pub matmul: MatmulChoice,
+    /// How a forward is split into kernels. Default: [`ForwardForm::Fused`].
+    pub forward: ForwardForm,
+}
+
+/// How a forward runs ([`CompileOptions::forward`]; `LINREC_FORWARD=fused|split`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum ForwardForm {
+    /// One kernel: a workgroup walks its sequence's chunks, computing o and the state.
+    #[default]
+    Fused,
+    /// Two kernels of one binary ([`crate::schedule::forward_split`]): the chunk states
+    /// sequentially, then o with a workgroup per chunk.
+    Split,
 }
 
 impl Default for CompileOptions {
@@ -113,6 +129,7 @@ impl Default for CompileOptions {
             dump_dir: None,
             amd_assembly: true,
             matmul: MatmulChoice::Auto,
+            forward: ForwardForm::Fused,
         }
     }
 }
@@ -131,11 +148,16 @@ impl CompileOptions {
             Ok("emulate-wmma") => MatmulChoice::EmulatedMatrixCore(MatrixCore::Wmma16x16x16),
             _ => MatmulChoice::Auto,
         };
+        let forward = match std::env::var(FORWARD_ENV).as_deref().map(str::trim) {
+            Ok("split") => ForwardForm::Split,
+            _ => ForwardForm::Fused,
+        };
         CompileOptions {
             dump_dir: std::env::var_os(DUMP_DIR_ENV)
                 .filter(|d| !d.is_empty())
                 .map(PathBuf::from),
             matmul,
+            forward,
             ..CompileOptions::default()
         }
     }
@@ -143,6 +165,12 @@ impl CompileOptions {
     /// Sets [`CompileOptions::matmul`].
     pub fn with_matmul(mut self, matmul: MatmulChoice) -> Self {
         self.matmul = matmul;
+        self
+    }
+
+    /// Sets [`CompileOptions::forward`].
+    pub fn with_forward(mut self, forward: ForwardForm) -> Self {
+        self.forward = forward;
         self
     }
 
@@ -191,8 +219,17 @@ pub fn compile_with(
 ) -> Result<Artifact, CompileError> {
     let start = Instant::now();
     let plan = plan::forward(spec)?;
-    let schedule = schedule::forward_with(&plan, spec, target, config, options.matmul)?;
-    let mlir = emit::forward(&schedule)?;
+    let (info, schedule_text, mlir) = match options.forward {
+        ForwardForm::Fused => {
+            let s = schedule::forward_with(&plan, spec, target, config, options.matmul)?;
+            (s.kernel_info(), s.to_string(), emit::forward(&s)?)
+        }
+        ForwardForm::Split => {
+            let s = schedule::forward_split(&plan, spec, target, config, options.matmul)?;
+            let text = format!("{}\n{}", s.states, s.output);
+            (s.kernel_info(), text, emit::forward_split(&s)?)
+        }
+    };
     let lowered = lower::lower_with(
         &mlir,
         target,
@@ -205,9 +242,9 @@ pub fn compile_with(
         BinaryFormat::Spirv => spirv_dis(lowered.binary()),
     };
     let artifact = Artifact {
-        info: schedule.kernel_info(),
+        info,
         plan_text: plan.to_string(),
-        schedule_text: schedule.to_string(),
+        schedule_text,
         mlir,
         lowered: Some(lowered.lowered_mlir().to_owned()),
         asm,

@@ -89,51 +89,6 @@ impl<'c> Kernel<'_, 'c> {
         )
     }
 
-    /// Index of element `e` (`k · V + c`) of chunk `i`'s state in `chunk_states`: slot
-    /// `⌊bos / C⌋ + n + i`, then `[HV, K, V]`.
-    fn chunk_state_index<'a>(
-        &self,
-        blk: &'a Block<'c>,
-        env: &Env<'c, '_>,
-        i: Value<'c, '_>,
-        e: Value<'c, '_>,
-    ) -> R<Value<'c, 'a>> {
-        let b = &self.b;
-        let c = b.ci(blk, self.s.config.chunk as i64)?;
-        let first = b.divui(blk, env.bos, c)?;
-        let slot = b.addi(blk, first, env.n)?;
-        let slot = b.addi(blk, slot, i)?;
-        let head = b.muli(blk, slot, env.vheads)?;
-        let head = b.addi(blk, head, env.hv)?;
-        let kv = (self.s.config.key_dim * self.s.config.value_dim) as i64;
-        b.mad(blk, e, head, kv)
-    }
-
-    /// Phase 1, one chunk: `chunk_states[i] ← S`, the state plan, `S ← next state`.
-    pub(super) fn states_chunk<'a>(
-        &self,
-        blk: &'a Block<'c>,
-        env: &Env<'c, 'a>,
-        start: Value<'c, '_>,
-        len: Value<'c, '_>,
-        i: Value<'c, '_>,
-    ) -> R<()> {
-        let b = &self.b;
-        let state = self.s.state;
-        let states = env.arg(&KernelParam::ChunkStates)?;
-        let scratch = env.arg(&KernelParam::Scratch)?;
-        // Each thread copies the elements it later overwrites in `copy_state`: no barrier.
-        self.strided(blk, env, state.len(), |blk, e| {
-            let at = self.addr(blk, env, state, e)?;
-            let x = b.load(blk, scratch, at)?;
-            let idx = self.chunk_state_index(blk, env, i, e)?;
-            self.t.store_f32(b, blk, x, states, idx, self.dtype())
-        })?;
-        self.nodes(blk, env, start, len)?;
-        self.copy_state(blk, env)?;
-        self.t.barrier(b, blk)
-    }
-
     /// Phase 2, one chunk: `S ← chunk_states[i]`, the backward plan, the chunk's gradient
     /// rows, `dh ← the state gradient`.
     pub(super) fn grads_chunk<'a>(
@@ -146,16 +101,8 @@ impl<'c> Kernel<'_, 'c> {
     ) -> R<()> {
         let b = &self.b;
         let bs = self.layout()?;
-        let state = self.s.state;
-        let states = env.arg(&KernelParam::ChunkStates)?;
         let scratch = env.arg(&KernelParam::Scratch)?;
-        self.strided(blk, env, state.len(), |blk, e| {
-            let idx = self.chunk_state_index(blk, env, i, e)?;
-            let x = self.t.load_f32(b, blk, states, idx, self.dtype())?;
-            let at = self.addr(blk, env, state, e)?;
-            b.store(blk, x, scratch, at)
-        })?;
-        self.t.barrier(b, blk)?;
+        self.load_chunk_state(blk, env, i)?;
         self.nodes(blk, env, start, len)?;
         for (sink, v) in &bs.sinks {
             match sink {
@@ -179,40 +126,6 @@ impl<'c> Kernel<'_, 'c> {
             }
         }
         self.t.barrier(b, blk)
-    }
-
-    /// Every plan node of the phase, with the schedule's barriers, then the sinks' barrier.
-    fn nodes<'a>(
-        &self,
-        blk: &'a Block<'c>,
-        env: &Env<'c, 'a>,
-        start: Value<'c, '_>,
-        len: Value<'c, '_>,
-    ) -> R<()> {
-        let mut uniforms = vec![None; self.s.plan.nodes.len()];
-        for i in 0..self.s.plan.nodes.len() {
-            if self.s.barrier_before[i] {
-                self.t.barrier(&self.b, blk)?;
-            }
-            self.node(blk, env, start, len, i, &mut uniforms)?;
-        }
-        if self.s.barrier_before_sinks {
-            self.t.barrier(&self.b, blk)?;
-        }
-        Ok(())
-    }
-
-    /// Element `e` of a scratch tile.
-    fn load_tile<'a>(
-        &self,
-        blk: &'a Block<'c>,
-        env: &Env<'c, '_>,
-        tile: crate::schedule::Tile,
-        e: Value<'c, '_>,
-    ) -> R<Value<'c, 'a>> {
-        let scratch = env.arg(&KernelParam::Scratch)?;
-        let at = self.addr(blk, env, tile, e)?;
-        self.b.load(blk, scratch, at)
     }
 
     /// The chunk's valid rows of the gradient of `role` from tile `v`: dq, dk at the q/k head

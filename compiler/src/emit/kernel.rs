@@ -17,7 +17,7 @@ use super::builder::{Builder, Cmp, R};
 use super::target::{DYNAMIC, TargetOps};
 use crate::lower::Vendor;
 use crate::plan::Direction;
-use crate::schedule::{BackwardSchedule, MatmulPath, OperandTile, Schedule, Tile};
+use crate::schedule::{BackwardSchedule, MatmulPath, OperandTile, Part, Schedule, Tile};
 
 /// The symbol of the dynamic shared memory. It must be a public, uninitialised
 /// `memref.global` of `memref<0xi8, workgroup>`: `gpu.dynamic_shared_memory` then reuses it
@@ -130,17 +130,6 @@ impl<'c> Kernel<'_, 'c> {
     /// Builds the `gpu.func` and appends it to the `gpu.module` body `module`.
     pub fn build(&self, module: &Block<'c>) -> R<()> {
         let b = &self.b;
-        if self.s.matmul == MatmulPath::TensorCore {
-            let ty = MemRefType::new(b.int(8), &[0], None, Some(self.workgroup()?));
-            b.push0(
-                module,
-                b.op("memref.global").add_attributes(&[
-                    b.named("sym_name", StringAttribute::new(b.ctx, SMEM_SYMBOL).into()),
-                    b.named("type", TypeAttribute::new(ty.into()).into()),
-                    b.named("alignment", IntegerAttribute::new(b.int(64), 16).into()),
-                ]),
-            )?;
-        }
         // AMD matrix cores: the operand arena is the function's one workgroup attribution,
         // an entry-block argument after the inputs.
         let lds = match self.s.matmul {
@@ -149,14 +138,36 @@ impl<'c> Kernel<'_, 'c> {
         };
         self.func(module, lds, |entry, args, lds_arg| {
             let env = self.prologue(entry, args, lds_arg)?;
+            if self.s.part == Part::Output {
+                return self.output_chunk(entry, &env);
+            }
             self.init_state(entry, &env)?;
             self.t.barrier(b, entry)?;
-            self.chunk_loop(entry, &env, Phase::Forward)?;
+            let phase = match self.s.part {
+                Part::States => Phase::States,
+                _ => Phase::Forward,
+            };
+            self.chunk_loop(entry, &env, phase)?;
             if self.s.config.final_state {
                 self.final_state(entry, &env)?;
             }
             Ok(())
         })
+    }
+
+    /// Declares the dynamic shared memory symbol in the `gpu.module` body `module` (once per
+    /// module, before the kernels that use it).
+    pub fn declare_smem(&self, module: &Block<'c>) -> R<()> {
+        let b = &self.b;
+        let ty = MemRefType::new(b.int(8), &[0], None, Some(self.workgroup()?));
+        b.push0(
+            module,
+            b.op("memref.global").add_attributes(&[
+                b.named("sym_name", StringAttribute::new(b.ctx, SMEM_SYMBOL).into()),
+                b.named("type", TypeAttribute::new(ty.into()).into()),
+                b.named("alignment", IntegerAttribute::new(b.int(64), 16).into()),
+            ]),
+        )
     }
 
     /// Builds a `gpu.func` named after the schedule's entry with its parameters (and, with
@@ -645,23 +656,14 @@ impl<'c> Kernel<'_, 'c> {
         start: Value<'c, '_>,
         len: Value<'c, '_>,
     ) -> R<()> {
-        let mut uniforms = vec![None; self.s.plan.nodes.len()];
-        for i in 0..self.s.plan.nodes.len() {
-            if self.s.barrier_before[i] {
-                self.t.barrier(&self.b, blk)?;
-            }
-            self.node(blk, env, start, len, i, &mut uniforms)?;
-        }
-        if self.s.barrier_before_sinks {
-            self.t.barrier(&self.b, blk)?;
-        }
+        self.nodes(blk, env, start, len)?;
         self.store_output(blk, env, start, len)?;
         self.copy_state(blk, env)?;
         self.t.barrier(&self.b, blk)
     }
 
     /// `o[rows, v0 + c] ← output tile`, for the chunk's valid rows and columns.
-    fn store_output(
+    pub(super) fn store_output(
         &self,
         blk: &Block<'c>,
         env: &Env<'c, '_>,

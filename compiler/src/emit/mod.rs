@@ -12,6 +12,7 @@ mod builder;
 mod kernel;
 pub mod mfma;
 pub mod mma;
+mod states;
 mod target;
 mod tile;
 
@@ -29,7 +30,7 @@ use melior::{
     utility::{parse_pass_pipeline, register_all_dialects, register_all_passes},
 };
 
-use crate::schedule::{BackwardSchedule, Schedule};
+use crate::schedule::{BackwardSchedule, Schedule, SplitForward};
 
 /// Folds constants and common subexpressions of the built module (see [`forward`]).
 const TIDY_PIPELINE: &str = "builtin.module(gpu.module(canonicalize, cse))";
@@ -59,14 +60,32 @@ pub enum EmitError {
 
 /// Emits the kernel of `schedule` and returns the module's text.
 pub fn forward(schedule: &Schedule) -> Result<String, EmitError> {
+    kernels(&[schedule])
+}
+
+/// Emits the two kernels of a split forward (states, then output) into one module.
+pub fn forward_split(split: &SplitForward) -> Result<String, EmitError> {
+    kernels(&[&split.states, &split.output])
+}
+
+/// One module with a kernel per schedule (the dynamic shared memory declared once).
+fn kernels(schedules: &[&Schedule]) -> Result<String, EmitError> {
     module(|ctx, body| {
-        kernel::Kernel {
-            b: builder::Builder::new(ctx),
-            t: target::TargetOps::new(schedule.target),
-            s: schedule,
-            bwd: None,
+        let mut declared = false;
+        for schedule in schedules {
+            let k = kernel::Kernel {
+                b: builder::Builder::new(ctx),
+                t: target::TargetOps::new(schedule.target),
+                s: schedule,
+                bwd: None,
+            };
+            if schedule.matmul == crate::schedule::MatmulPath::TensorCore && !declared {
+                k.declare_smem(body)?;
+                declared = true;
+            }
+            k.build(body)?;
         }
-        .build(body)
+        Ok(())
     })
 }
 

@@ -244,6 +244,7 @@ pub fn backward(
             config: *config,
             entry: entry_name(&spec.name, "bwd"),
             direction: Direction::Backward,
+            part: super::Part::Fused,
             plan: plan.clone(),
             block_threads: BLOCK_THREADS,
             block_v: config.value_dim,

@@ -155,6 +155,8 @@ pub struct Schedule {
     /// own plan over the same frame ([`BackwardSchedule`]); its workgroups own one
     /// (sequence, q/k head) each and walk the value heads of its GVA group.
     pub direction: Direction,
+    /// Which kernel of a forward it is ([`Part::Fused`] for backward kernels).
+    pub part: Part,
     /// The per-chunk program.
     pub plan: Plan,
     /// Threads per workgroup (x; y and z are 1).
@@ -432,6 +434,77 @@ pub fn forward_with(
     config: &KernelConfig,
     choice: MatmulChoice,
 ) -> Result<Schedule, ScheduleError> {
+    forward_kernel(plan, spec, target, config, choice, Part::Fused)
+}
+
+/// Which kernel of a forward a [`Schedule`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Part {
+    /// The one-kernel forward: o and the state, chunk after chunk.
+    Fused,
+    /// A split forward's first kernel: the state entering every chunk into
+    /// [`KernelParam::ChunkStates`] (and the final state), chunk after chunk.
+    States,
+    /// A split forward's second kernel: one workgroup per chunk (grid z), o from the chunk's
+    /// rows and its state read from [`KernelParam::ChunkStates`].
+    Output,
+}
+
+/// A forward as two kernels of one binary: [`Part::States`] then [`Part::Output`] (see
+/// [`forward_split`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SplitForward {
+    /// The states kernel (launched first).
+    pub states: Schedule,
+    /// The chunk-parallel output kernel.
+    pub output: Schedule,
+}
+
+impl SplitForward {
+    /// The launch metadata: the states kernel, then the output kernel.
+    pub fn kernel_info(&self) -> KernelInfo {
+        let mut info = self.states.kernel_info();
+        let o = self.output.kernel_info();
+        info.then.push(linrec_spec::launch::Launch {
+            entry: o.entry,
+            params: o.params,
+            grid: o.grid,
+            block: o.block,
+            shared_bytes: o.shared_bytes,
+            scratch: o.scratch,
+        });
+        info
+    }
+}
+
+/// Lays out the forward of `spec` as two kernels: the chunk states, computed sequentially per
+/// (value block, sequence, value head) by the forward plan kept to its state, then the output,
+/// one workgroup per (value block, sequence and value head, chunk), by the plan kept to its
+/// output. The sequential part does only the state update; the output's matmuls (the bulk of
+/// the work) run with a workgroup per chunk, as fla's `chunk_fwd_o` does.
+pub fn forward_split(
+    plan: &Plan,
+    spec: &Spec,
+    target: Target,
+    config: &KernelConfig,
+    choice: MatmulChoice,
+) -> Result<SplitForward, ScheduleError> {
+    let states = plan.keep_sinks(|s| s == Sink::StateOut);
+    let output = plan.keep_sinks(|s| s == Sink::Output);
+    Ok(SplitForward {
+        states: forward_kernel(&states, spec, target, config, choice, Part::States)?,
+        output: forward_kernel(&output, spec, target, config, choice, Part::Output)?,
+    })
+}
+
+fn forward_kernel(
+    plan: &Plan,
+    spec: &Spec,
+    target: Target,
+    config: &KernelConfig,
+    choice: MatmulChoice,
+    part: Part,
+) -> Result<Schedule, ScheduleError> {
     check_config(config)?;
     let err = |node: usize, why: String| ScheduleError::Plan {
         plan: plan.name.clone(),
@@ -455,9 +528,25 @@ pub fn forward_with(
             .map(|(_, v)| *v)
             .ok_or_else(|| err(0, format!("the plan has no {which:?} sink")))
     };
-    let output = sink(Sink::Output)?;
-    let state_out = sink(Sink::StateOut)?;
-    for (id, want) in [(output, [Dim::C, Dim::V]), (state_out, [Dim::K, Dim::V])] {
+    let (output, state_out) = match part {
+        Part::Fused => (sink(Sink::Output)?, sink(Sink::StateOut)?),
+        Part::States => {
+            let s = sink(Sink::StateOut)?;
+            (s, s)
+        }
+        Part::Output => {
+            let o = sink(Sink::Output)?;
+            (o, o)
+        }
+    };
+    let mut shaped = Vec::new();
+    if part != Part::States {
+        shaped.push((output, [Dim::C, Dim::V]));
+    }
+    if part != Part::Output {
+        shaped.push((state_out, [Dim::K, Dim::V]));
+    }
+    for (id, want) in shaped {
         if plan.node(id).shape.0 != want {
             return Err(err(
                 id.0,
@@ -484,7 +573,11 @@ pub fn forward_with(
         }
         _ => MatmulPath::Portable,
     };
-    let sinks = [output, state_out];
+    let sinks: Vec<ValueId> = match part {
+        Part::Fused => vec![output, state_out],
+        Part::States => vec![state_out],
+        Part::Output => vec![output],
+    };
     let mut fallback = None;
     let mut chosen = None;
     if wanted.uses_operand_tiles() {
@@ -592,8 +685,13 @@ pub fn forward_with(
     if config.varlen {
         params.push(KernelParam::CuSeqlens);
     }
-    params.push(KernelParam::Output);
-    if config.final_state {
+    if part != Part::Fused {
+        params.push(KernelParam::ChunkStates);
+    }
+    if part != Part::States {
+        params.push(KernelParam::Output);
+    }
+    if config.final_state && part != Part::Output {
         params.push(KernelParam::FinalState);
     }
     params.extend([
@@ -604,10 +702,19 @@ pub fn forward_with(
         KernelParam::Scale,
     ]);
 
+    // The output kernel's z is the chunk of the sequence: ceil(T / C) covers every sequence
+    // of a batch; with varlen (B = 1, T the total) a workgroup past its sequence's chunks
+    // returns at once.
     let grid = [
         SizeExpr::ceil_div(SizeExpr::Sym(SizeSym::V), SizeExpr::Const(block_v as u64)),
         SizeExpr::product(SizeExpr::Sym(SizeSym::N), SizeExpr::Sym(SizeSym::Hv)),
-        SizeExpr::Const(1),
+        match part {
+            Part::Output => SizeExpr::ceil_div(
+                SizeExpr::Sym(SizeSym::T),
+                SizeExpr::Const(config.chunk as u64),
+            ),
+            _ => SizeExpr::Const(1),
+        },
     ];
 
     Ok(Schedule {
@@ -615,8 +722,15 @@ pub fn forward_with(
         spec_hash: spec.hash().hex(),
         target,
         config: *config,
-        entry: entry_name(&spec.name, "fwd"),
+        entry: entry_name(
+            &spec.name,
+            match part {
+                Part::States => "fwd_states",
+                _ => "fwd",
+            },
+        ),
         direction: Direction::Forward,
+        part,
         plan: plan.clone(),
         block_threads: BLOCK_THREADS,
         block_v,

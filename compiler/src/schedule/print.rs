@@ -4,7 +4,7 @@ use std::fmt;
 
 use linrec_spec::launch::{KernelParam, SizeExpr, SizeSym};
 
-use super::{BackwardSchedule, BufferType, MatmulPath, Placement, Schedule};
+use super::{BackwardSchedule, BufferType, MatmulPath, Part, Placement, Schedule};
 use crate::plan::Sink;
 
 fn size(e: &SizeExpr) -> String {
@@ -59,9 +59,14 @@ impl fmt::Display for Schedule {
             MatmulPath::MatrixCore(_) => "matrix cores",
             MatmulPath::EmulatedMatrixCore(_) => "matrix-core layout, emulated",
         };
+        let kernel = match self.part {
+            Part::Fused => "one kernel",
+            Part::States => "the states kernel of a split forward",
+            Part::Output => "the chunk-parallel output kernel of a split forward",
+        };
         writeln!(
             f,
-            "schedule {} forward for {} ({path}: one kernel)",
+            "schedule {} forward for {} ({path}: {kernel})",
             self.spec_name, self.target
         )?;
         writeln!(
@@ -131,13 +136,24 @@ impl fmt::Display for Schedule {
         if let Some(d) = &self.decay {
             writeln!(f, "  decay    constant_gate reads {}[hv]", param_name(d))?;
         }
-        writeln!(f, "  per chunk:")?;
+        match self.part {
+            Part::Fused => writeln!(f, "  per chunk:")?,
+            Part::States => writeln!(f, "  per chunk: chunk_states[chunk] <- S, then")?,
+            Part::Output => writeln!(
+                f,
+                "  the workgroup's chunk (grid z): S <- chunk_states[chunk], barrier, then"
+            )?,
+        }
         self.write_nodes(f)?;
-        writeln!(
-            f,
-            "    store o <- %{}; S <- %{}",
-            self.output.0, self.state_out.0
-        )?;
+        match self.part {
+            Part::Fused => writeln!(
+                f,
+                "    store o <- %{}; S <- %{}",
+                self.output.0, self.state_out.0
+            )?,
+            Part::States => writeln!(f, "    S <- %{}", self.state_out.0)?,
+            Part::Output => return writeln!(f, "    store o <- %{}", self.output.0),
+        }
         writeln!(f, "    barrier")
     }
 }

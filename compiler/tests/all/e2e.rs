@@ -12,7 +12,7 @@ use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use linrec_compiler::schedule::{MatmulChoice, MatrixCore};
-use linrec_compiler::{CompileOptions, Target, compile, compile_with};
+use linrec_compiler::{CompileOptions, ForwardForm, Target, compile, compile_with};
 use linrec_runtime::{DType, Device, DeviceBuffer, DeviceKind, RuntimeError, op};
 use linrec_spec::launch::{ElementType, KernelConfig};
 use linrec_spec::reference::{self, Inputs, Rng, Tensor};
@@ -169,6 +169,8 @@ pub(crate) struct Case {
     cu_seqlens: Option<Vec<i64>>,
     /// How the SPIR-V kernel runs its matmuls (the tensor-core tests emulate that layout).
     matmul: MatmulChoice,
+    /// One kernel, or states + chunk-parallel output.
+    forward: ForwardForm,
 }
 
 impl Case {
@@ -181,7 +183,13 @@ impl Case {
             h0: false,
             cu_seqlens: None,
             matmul: MatmulChoice::Auto,
+            forward: ForwardForm::Fused,
         }
+    }
+    /// Compile the split forward ([`ForwardForm::Split`]).
+    pub(crate) fn split(mut self) -> Self {
+        self.forward = ForwardForm::Split;
+        self
     }
     pub(crate) fn h0(mut self) -> Self {
         self.h0 = true;
@@ -216,7 +224,9 @@ fn run(dev: &Device, case: &Case, seed: u64) -> (f64, f64) {
         final_state: true,
         varlen: case.cu_seqlens.is_some(),
     };
-    let options = CompileOptions::from_env().with_matmul(case.matmul);
+    let options = CompileOptions::from_env()
+        .with_matmul(case.matmul)
+        .with_forward(case.forward);
     let artifact = compile_with(&case.spec, Target::Spirv, &config, &options)
         .unwrap_or_else(|e| panic!("{case:?}: compile failed: {e}"));
     if let MatmulChoice::EmulatedMatrixCore(_) = case.matmul {
@@ -328,9 +338,15 @@ pub(crate) fn check(test: &str, cases: &[Case]) {
                 .as_ref()
                 .map(|c| format!(" cu{c:?}"))
                 .unwrap_or_default(),
-            match case.matmul {
-                MatmulChoice::Emulated => " (tensor-core layout)".to_string(),
-                MatmulChoice::EmulatedMatrixCore(core) => format!(" ({} layout)", core.name()),
+            match (case.forward, case.matmul) {
+                (ForwardForm::Split, MatmulChoice::Emulated) => {
+                    " (split, tensor-core layout)".to_string()
+                }
+                (ForwardForm::Split, _) => " (split)".to_string(),
+                (_, MatmulChoice::Emulated) => " (tensor-core layout)".to_string(),
+                (_, MatmulChoice::EmulatedMatrixCore(core)) => {
+                    format!(" ({} layout)", core.name())
+                }
                 _ => String::new(),
             },
         );
@@ -350,6 +366,57 @@ pub(crate) fn check(test: &str, cases: &[Case]) {
 }
 
 use ElementType::{Bf16, F16, F32};
+
+#[test]
+fn split_forward_runs_on_opencl() {
+    // States kernel + chunk-parallel output kernel, over odd T, T = 0 and 1, varlen with
+    // empty sequences, GVA, h0, every dtype, chunks 16/32/64, narrow and wide head dims, and
+    // the tensor-core layout (emulated) whose value blocks are narrower than V.
+    let (la, re, sg) = (specs::linear_attn, specs::retention, specs::simple_gla);
+    check(
+        "split forward",
+        &[
+            Case::new(la(), F32, Dims::new(2, 1, 2, 16, 16), 64).split(),
+            Case::new(la(), F32, Dims::new(1, 0, 1, 16, 60), 32)
+                .h0()
+                .split(),
+            Case::new(la(), Bf16, Dims::new(1, 130, 1, 128, 128), 64)
+                .h0()
+                .split(),
+            Case::new(re(), F16, Dims::new(1, 63, 1, 100, 60), 64)
+                .h0()
+                .split(),
+            Case::new(re(), Bf16, Dims::new(1, 75, 2, 64, 64), 16)
+                .h0()
+                .varlen(&[0, 0, 17, 17, 75])
+                .split(),
+            Case::new(
+                sg(),
+                Bf16,
+                Dims::new(2, 75, 2, 64, 64).with_value_heads(4),
+                64,
+            )
+            .h0()
+            .split(),
+            Case::new(sg(), F32, Dims::new(1, 95, 1, 128, 16), 32)
+                .h0()
+                .varlen(&[0, 30, 30, 95])
+                .split(),
+            Case::new(sg(), Bf16, Dims::new(1, 100, 2, 128, 128), 64)
+                .h0()
+                .emulated()
+                .split(),
+            Case::new(sg(), F16, Dims::new(1, 70, 1, 32, 100), 32)
+                .varlen(&[0, 33, 70])
+                .emulated()
+                .split(),
+            Case::new(specs::beta_l2(), Bf16, Dims::new(1, 50, 1, 64, 64), 32)
+                .h0()
+                .split(),
+            Case::new(specs::rate(), F32, Dims::new(2, 40, 1, 16, 32), 16).split(),
+        ],
+    );
+}
 
 #[test]
 fn linear_attn_forward_runs_on_opencl() {

@@ -178,3 +178,34 @@ fn scratch_is_reused_by_liveness() {
         assert!(!overlap(written, sched.state), "%{i} overwrites the state");
     }
 }
+
+#[test]
+fn split_forward_schedule_snapshot() {
+    let s = specs::simple_gla();
+    let p = plan::forward(&s).expect("supported");
+    let split = schedule::forward_split(
+        &p,
+        &s,
+        Target::Sm90,
+        &specs::config(),
+        schedule::MatmulChoice::Auto,
+    )
+    .expect("schedules");
+    insta::assert_snapshot!(
+        "schedule_split_forward_simple_gla",
+        format!("{}\n{}", split.states, split.output)
+    );
+    let info = split.kernel_info();
+    assert_eq!(info.entry, "linrec_simple_gla_fwd_states");
+    assert!(info.params.contains(&KernelParam::ChunkStates));
+    assert!(!info.params.contains(&KernelParam::Output));
+    let then = &info.then[0];
+    assert_eq!(then.entry, "linrec_simple_gla_fwd");
+    assert!(then.params.contains(&KernelParam::ChunkStates));
+    assert!(then.params.contains(&KernelParam::Output));
+    assert!(!then.params.contains(&KernelParam::FinalState));
+    assert_eq!(
+        then.grid[2],
+        SizeExpr::ceil_div(SizeExpr::Sym(SizeSym::T), SizeExpr::Const(64))
+    );
+}

@@ -209,3 +209,43 @@ fn dump_dir_holds_every_stage() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn split_forwards_compile_for_every_target_without_spills() {
+    let options = CompileOptions::default()
+        .with_amd_assembly(true)
+        .with_forward(linrec_compiler::ForwardForm::Split);
+    for target in Target::ALL {
+        for spec in specs::supported() {
+            let a = compile_with(&spec, target, &specs::config(), &options)
+                .unwrap_or_else(|e| panic!("{} split for {target}: {e}", spec.name));
+            assert_eq!(a.info.then.len(), 1, "{}: states then output", spec.name);
+            let output = &a.info.then[0].entry;
+            assert!(a.info.entry.ends_with("_fwd_states") && output.ends_with("_fwd"));
+            match target.format() {
+                linrec_compiler::BinaryFormat::Ptx => {
+                    check_ptx(&a, target);
+                    let ptx = std::str::from_utf8(&a.binary).expect("PTX is text");
+                    assert!(ptx.contains(&format!(".visible .entry {output}(")));
+                    if target != Target::Sm90a {
+                        let arch = format!("-arch={target}");
+                        if let Some(out) =
+                            run_tool("ptxas", &[&arch, "-v", "-o", "/dev/null"], "ptx", &a.binary)
+                        {
+                            let log = String::from_utf8_lossy(&out.stderr);
+                            assert_eq!(
+                                log.matches("0 bytes spill stores, 0 bytes spill loads")
+                                    .count(),
+                                2,
+                                "{} split spills on {target}:\n{log}",
+                                spec.name
+                            );
+                        }
+                    }
+                }
+                linrec_compiler::BinaryFormat::Hsaco => check_hsaco(&a, target),
+                linrec_compiler::BinaryFormat::Spirv => check_spirv(&a),
+            }
+        }
+    }
+}

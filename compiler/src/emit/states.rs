@@ -1,0 +1,162 @@
+//! The chunk states (`KernelParam::ChunkStates`, `[slots, HV, K, V]` in the kernel dtype):
+//! the sequential kernels store the state entering every chunk there (a split forward's states
+//! kernel, the backward's first phase), and the kernels that work on one chunk at a time read
+//! it back (a split forward's output kernel, the backward's reverse sweep). Chunk `i` of
+//! sequence `n` is slot `⌊bos / C⌋ + n + i`; a workgroup touches its value head and its block
+//! of value columns.
+
+use linrec_spec::launch::KernelParam;
+use melior::ir::{Block, Value};
+
+use super::builder::{Cmp, R};
+use super::kernel::{Env, Kernel};
+use crate::schedule::Tile;
+
+impl<'c> Kernel<'_, 'c> {
+    /// Index of state element `(k, v0 + c)` of chunk `i` in `chunk_states`.
+    fn chunk_state_index<'a>(
+        &self,
+        blk: &'a Block<'c>,
+        env: &Env<'c, '_>,
+        i: Value<'c, '_>,
+        k: Value<'c, '_>,
+        c: Value<'c, '_>,
+    ) -> R<Value<'c, 'a>> {
+        let b = &self.b;
+        let cfg = &self.s.config;
+        let chunk = b.ci(blk, cfg.chunk as i64)?;
+        let first = b.divui(blk, env.bos, chunk)?;
+        let slot = b.addi(blk, first, env.n)?;
+        let slot = b.addi(blk, slot, i)?;
+        let head = b.muli(blk, slot, env.vheads)?;
+        let head = b.addi(blk, head, env.hv)?;
+        let row = b.mad(blk, k, head, cfg.key_dim as i64)?;
+        let col = b.addi(blk, env.v0, c)?;
+        b.mad(blk, col, row, cfg.value_dim as i64)
+    }
+
+    /// `chunk_states[i] ← S` for the block's valid columns. Each thread copies the elements
+    /// it later overwrites when the next state is copied into `S`, so no barrier is needed.
+    pub(super) fn store_chunk_state(
+        &self,
+        blk: &Block<'c>,
+        env: &Env<'c, '_>,
+        i: Value<'c, '_>,
+    ) -> R<()> {
+        let b = &self.b;
+        let state = self.s.state;
+        let states = env.arg(&KernelParam::ChunkStates)?;
+        self.strided(blk, env, state.len(), |blk, e| {
+            let (k, c) = self.row_col(blk, e, state.cols)?;
+            let ok = b.cmpi(blk, Cmp::Ult, c, env.vvalid)?;
+            b.if_(blk, ok, |blk| {
+                let x = self.load_tile(blk, env, state, e)?;
+                let idx = self.chunk_state_index(blk, env, i, k, c)?;
+                self.t.store_f32(b, blk, x, states, idx, self.dtype())
+            })
+        })
+    }
+
+    /// `S ← chunk_states[i]`, columns past the block's valid ones as 0, then a barrier.
+    pub(super) fn load_chunk_state(
+        &self,
+        blk: &Block<'c>,
+        env: &Env<'c, '_>,
+        i: Value<'c, '_>,
+    ) -> R<()> {
+        let b = &self.b;
+        let state = self.s.state;
+        let states = env.arg(&KernelParam::ChunkStates)?;
+        let scratch = env.arg(&KernelParam::Scratch)?;
+        self.strided(blk, env, state.len(), |blk, e| {
+            let (k, c) = self.row_col(blk, e, state.cols)?;
+            let one = b.ci(blk, 1)?;
+            let last = b.subi(blk, env.vvalid, one)?;
+            let cc = b.bin(blk, "arith.minui", c, last)?;
+            let idx = self.chunk_state_index(blk, env, i, k, cc)?;
+            let x = self.t.load_f32(b, blk, states, idx, self.dtype())?;
+            let ok = b.cmpi(blk, Cmp::Ult, c, env.vvalid)?;
+            let zero = b.cf32(blk, 0.0)?;
+            let x = b.select(blk, ok, x, zero)?;
+            let at = self.addr(blk, env, state, e)?;
+            b.store(blk, x, scratch, at)
+        })?;
+        self.t.barrier(b, blk)
+    }
+
+    /// One chunk of a sequential states kernel: `chunk_states[i] ← S`, the plan, `S ← the
+    /// next state`.
+    pub(super) fn states_chunk<'a>(
+        &self,
+        blk: &'a Block<'c>,
+        env: &Env<'c, 'a>,
+        start: Value<'c, '_>,
+        len: Value<'c, '_>,
+        i: Value<'c, '_>,
+    ) -> R<()> {
+        self.store_chunk_state(blk, env, i)?;
+        self.nodes(blk, env, start, len)?;
+        self.copy_state(blk, env)?;
+        self.t.barrier(&self.b, blk)
+    }
+
+    /// Every plan node with the schedule's barriers, then the sinks' barrier.
+    pub(super) fn nodes<'a>(
+        &self,
+        blk: &'a Block<'c>,
+        env: &Env<'c, 'a>,
+        start: Value<'c, '_>,
+        len: Value<'c, '_>,
+    ) -> R<()> {
+        let mut uniforms = vec![None; self.s.plan.nodes.len()];
+        for i in 0..self.s.plan.nodes.len() {
+            if self.s.barrier_before[i] {
+                self.t.barrier(&self.b, blk)?;
+            }
+            self.node(blk, env, start, len, i, &mut uniforms)?;
+        }
+        if self.s.barrier_before_sinks {
+            self.t.barrier(&self.b, blk)?;
+        }
+        Ok(())
+    }
+
+    /// Element `e` of a scratch tile.
+    pub(super) fn load_tile<'a>(
+        &self,
+        blk: &'a Block<'c>,
+        env: &Env<'c, '_>,
+        tile: Tile,
+        e: Value<'c, '_>,
+    ) -> R<Value<'c, 'a>> {
+        let scratch = env.arg(&KernelParam::Scratch)?;
+        let at = self.addr(blk, env, tile, e)?;
+        self.b.load(blk, scratch, at)
+    }
+
+    /// The chunk-parallel output kernel ([`crate::schedule::Part::Output`]): chunk `z` of the
+    /// workgroup's sequence, if it has one: its state from `chunk_states`, the plan, o.
+    pub(super) fn output_chunk(&self, blk: &Block<'c>, env: &Env<'c, '_>) -> R<()> {
+        let b = &self.b;
+        let c = self.s.config.chunk as i64;
+        let i = b.gpu_id(blk, "gpu.block_id", "z")?;
+        // max(ceil((eos − bos) / C), 0), signed: a malformed cu_seqlens runs no chunk.
+        let len = b.subi(blk, env.eos, env.bos)?;
+        let round = b.ci(blk, c - 1)?;
+        let up = b.addi(blk, len, round)?;
+        let cc = b.ci(blk, c)?;
+        let chunks = b.bin(blk, "arith.divsi", up, cc)?;
+        let zero = b.ci(blk, 0)?;
+        let chunks = b.bin(blk, "arith.maxsi", chunks, zero)?;
+        let inside = b.cmpi(blk, Cmp::Ult, i, chunks)?;
+        b.if_(blk, inside, |blk| {
+            let start = b.mad(blk, env.bos, i, c)?;
+            let rest = b.subi(blk, env.eos, start)?;
+            let cc = b.ci(blk, c)?;
+            let len = b.bin(blk, "arith.minsi", rest, cc)?;
+            self.load_chunk_state(blk, env, i)?;
+            self.nodes(blk, env, start, len)?;
+            self.store_output(blk, env, start, len)
+        })
+    }
+}
