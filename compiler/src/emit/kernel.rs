@@ -49,6 +49,8 @@ pub(super) struct Env<'c, 'a> {
     /// Backward kernels: which value head of the group (`hv − h · group`), set by the group
     /// loop.
     pub g: Option<Value<'c, 'a>>,
+    /// A split forward's output kernel: the chunk of the sequence this workgroup computes.
+    pub chunk: Option<Value<'c, 'a>>,
     /// First value column of this workgroup.
     pub v0: Value<'c, 'a>,
     /// Valid columns of the block, `min(BV, V − v0)` (at least 1).
@@ -290,14 +292,29 @@ impl<'c> Kernel<'_, 'c> {
 
         let bv = s.block_v as i64;
         let bv_c = b.ci(blk, bv)?;
-        let v0 = b.muli(blk, bx, bv_c)?;
+        // The value blocks; a split forward's output kernel numbers (chunk, value block) along
+        // x, so x = chunk · blocks + block.
+        let blocks = s.config.value_dim.div_ceil(s.block_v) as i64;
+        let (vb, chunk, gx) = if s.part == Part::Output {
+            let nb = b.ci(blk, blocks)?;
+            let c = s.config.chunk as i64;
+            let round = b.ci(blk, c - 1)?;
+            let up = b.addi(blk, seq_len, round)?;
+            let cc = b.ci(blk, c)?;
+            let chunks = b.divui(blk, up, cc)?;
+            let gx = b.muli(blk, chunks, nb)?;
+            (b.remui(blk, bx, nb)?, Some(b.divui(blk, bx, nb)?), gx)
+        } else {
+            (bx, None, b.ci(blk, blocks)?)
+        };
+        let v0 = b.muli(blk, vb, bv_c)?;
         let vdim = b.ci(blk, s.config.value_dim as i64)?;
         let rest = b.subi(blk, vdim, v0)?;
         let vvalid = b.bin(blk, "arith.minui", rest, bv_c)?;
 
         // This workgroup's scratch: workgroups are numbered y·gx + x.
-        let gx = s.config.value_dim.div_ceil(s.block_v) as i64;
-        let wg = b.mad(blk, bx, by, gx)?;
+        let wg = b.muli(blk, by, gx)?;
+        let wg = b.addi(blk, wg, bx)?;
         let scratch = b.ci(blk, s.scratch as i64)?;
         let base = b.muli(blk, wg, scratch)?;
 
@@ -359,6 +376,7 @@ impl<'c> Kernel<'_, 'c> {
             vheads,
             group,
             g: None,
+            chunk,
             v0,
             vvalid,
             bos,

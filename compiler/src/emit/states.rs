@@ -134,12 +134,15 @@ impl<'c> Kernel<'_, 'c> {
         self.b.load(blk, scratch, at)
     }
 
-    /// The chunk-parallel output kernel ([`crate::schedule::Part::Output`]): chunk `z` of the
-    /// workgroup's sequence, if it has one: its state from `chunk_states`, the plan, o.
+    /// The chunk-parallel output kernel ([`crate::schedule::Part::Output`]): the workgroup's
+    /// chunk of its sequence, if the sequence has it: its state from `chunk_states`, the plan,
+    /// o.
     pub(super) fn output_chunk(&self, blk: &Block<'c>, env: &Env<'c, '_>) -> R<()> {
         let b = &self.b;
         let c = self.s.config.chunk as i64;
-        let i = b.gpu_id(blk, "gpu.block_id", "z")?;
+        let i = env
+            .chunk
+            .ok_or_else(|| super::EmitError::Schedule("an output kernel without a chunk".into()))?;
         // max(ceil((eos − bos) / C), 0), signed: a malformed cu_seqlens runs no chunk.
         let len = b.subi(blk, env.eos, env.bos)?;
         let round = b.ci(blk, c - 1)?;

@@ -445,8 +445,8 @@ pub enum Part {
     /// A split forward's first kernel: the state entering every chunk into
     /// [`KernelParam::ChunkStates`] (and the final state), chunk after chunk.
     States,
-    /// A split forward's second kernel: one workgroup per chunk (grid z), o from the chunk's
-    /// rows and its state read from [`KernelParam::ChunkStates`].
+    /// A split forward's second kernel: one workgroup per (chunk, value block) along x, o
+    /// from the chunk's rows and its state read from [`KernelParam::ChunkStates`].
     Output,
 }
 
@@ -702,19 +702,23 @@ fn forward_kernel(
         KernelParam::Scale,
     ]);
 
-    // The output kernel's z is the chunk of the sequence: ceil(T / C) covers every sequence
-    // of a batch; with varlen (B = 1, T the total) a workgroup past its sequence's chunks
-    // returns at once.
+    // The output kernel's x is (chunk of the sequence, value block): ceil(T / C) chunks cover
+    // every sequence of a batch; with varlen (B = 1, T the total) a workgroup past its
+    // sequence's chunks returns at once.
+    let blocks = SizeExpr::ceil_div(SizeExpr::Sym(SizeSym::V), SizeExpr::Const(block_v as u64));
     let grid = [
-        SizeExpr::ceil_div(SizeExpr::Sym(SizeSym::V), SizeExpr::Const(block_v as u64)),
-        SizeExpr::product(SizeExpr::Sym(SizeSym::N), SizeExpr::Sym(SizeSym::Hv)),
         match part {
-            Part::Output => SizeExpr::ceil_div(
-                SizeExpr::Sym(SizeSym::T),
-                SizeExpr::Const(config.chunk as u64),
+            Part::Output => SizeExpr::product(
+                SizeExpr::ceil_div(
+                    SizeExpr::Sym(SizeSym::T),
+                    SizeExpr::Const(config.chunk as u64),
+                ),
+                blocks,
             ),
-            _ => SizeExpr::Const(1),
+            _ => blocks,
         },
+        SizeExpr::product(SizeExpr::Sym(SizeSym::N), SizeExpr::Sym(SizeSym::Hv)),
+        SizeExpr::Const(1),
     ];
 
     Ok(Schedule {

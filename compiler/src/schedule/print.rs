@@ -141,7 +141,7 @@ impl fmt::Display for Schedule {
             Part::States => writeln!(f, "  per chunk: chunk_states[chunk] <- S, then")?,
             Part::Output => writeln!(
                 f,
-                "  the workgroup's chunk (grid z): S <- chunk_states[chunk], barrier, then"
+                "  the workgroup's chunk (x / value blocks): S <- chunk_states[chunk], barrier, then"
             )?,
         }
         self.write_nodes(f)?;

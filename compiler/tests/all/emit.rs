@@ -205,7 +205,10 @@ fn split_forward_schedule_snapshot() {
     assert!(then.params.contains(&KernelParam::Output));
     assert!(!then.params.contains(&KernelParam::FinalState));
     assert_eq!(
-        then.grid[2],
-        SizeExpr::ceil_div(SizeExpr::Sym(SizeSym::T), SizeExpr::Const(64))
+        then.grid[0],
+        SizeExpr::product(
+            SizeExpr::ceil_div(SizeExpr::Sym(SizeSym::T), SizeExpr::Const(64)),
+            SizeExpr::ceil_div(SizeExpr::Sym(SizeSym::V), SizeExpr::Const(64)),
+        )
     );
 }
