@@ -231,6 +231,10 @@ pub enum KernelParam {
     /// (read by its output kernel) and by the backward kernel when it recomputes the states
     /// (read in its reverse sweep).
     ChunkStates,
+    /// i32 scalar, backward kernels: nonzero when [`KernelParam::ChunkStates`] already holds
+    /// the forward's chunk states (a split forward wrote them and the caller kept them), so the
+    /// kernel skips recomputing them; 0 to recompute.
+    ChunkStatesGiven,
     /// f32 `[B, T, H, K]`: the running sum of the q or k gradient over the value heads of a
     /// GVA group (read and written only when HV > H; any 1-element buffer otherwise).
     GradAccumulator(Role),

@@ -577,6 +577,8 @@ fn launch<'b>(
                 KernelParam::Heads => ("H".into(), h.into()),
                 KernelParam::ValueHeads => ("HV".into(), hv.into()),
                 KernelParam::Scale => ("scale".into(), given.scale.into()),
+                // The backward recomputes the chunk states itself.
+                KernelParam::ChunkStatesGiven => ("chunk_states_given".into(), 0i32.into()),
                 _ => match made(p) {
                     Some((name, buf)) => (name, buf.into()),
                     None => {

@@ -66,10 +66,15 @@ impl<'c> Kernel<'_, 'c> {
                 decay,
                 ..env.clone()
             };
-            states.init_state(&body, &env)?;
-            self.t.barrier(b, &body)?;
-            states.chunk_loop(&body, &env, Phase::States)?;
-            self.t.barrier(b, &body)?;
+            // Phase 1 unless the caller passed the forward's chunk states.
+            let given = b.to_index(&body, env.arg(&KernelParam::ChunkStatesGiven)?)?;
+            let recompute = b.cmpi(&body, Cmp::Ule, given, zero)?;
+            b.if_(&body, recompute, |blk| {
+                states.init_state(blk, &env)?;
+                self.t.barrier(b, blk)?;
+                states.chunk_loop(blk, &env, Phase::States)?;
+                self.t.barrier(b, blk)
+            })?;
             self.init_dstate(&body, &env)?;
             self.t.barrier(b, &body)?;
             self.chunk_loop(&body, &env, Phase::Grads)?;

@@ -6,6 +6,8 @@
 //! 1. **States.** The forward plan kept to its state ([`Plan::keep_sinks`]) walks the chunks
 //!    forwards from `h0` (or 0), storing the state entering every chunk in
 //!    [`KernelParam::ChunkStates`] — fla's `chunk_fwd_h` recomputation, in the same kernel.
+//!    Skipped when [`KernelParam::ChunkStatesGiven`] says the caller passes the states a split
+//!    forward wrote (saving them instead of recomputing).
 //! 2. **Gradients.** The backward plan walks the chunks in reverse, reading the chunk's state
 //!    from there into the state tile and carrying `dh` in a second `[K × V]` tile (from `dht`,
 //!    or 0; `dh0` is what is left at the end). Each chunk stores its rows of every gradient.
@@ -207,6 +209,7 @@ pub fn backward(
     }
     params.extend([
         KernelParam::ChunkStates,
+        KernelParam::ChunkStatesGiven,
         KernelParam::GradAccumulator(Role::Query),
         KernelParam::GradAccumulator(Role::Key),
         KernelParam::Scratch,

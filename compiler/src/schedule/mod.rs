@@ -826,7 +826,11 @@ pub fn buffer_type(dtype: ElementType, param: &KernelParam) -> Option<BufferType
         | KernelParam::GradAccumulator(_)
         | KernelParam::Scratch => BufferType::Float(ElementType::F32),
         KernelParam::CuSeqlens => BufferType::I32,
-        KernelParam::SeqLen | KernelParam::Heads | KernelParam::ValueHeads | KernelParam::Scale => {
+        KernelParam::SeqLen
+        | KernelParam::Heads
+        | KernelParam::ValueHeads
+        | KernelParam::Scale
+        | KernelParam::ChunkStatesGiven => {
             return None;
         }
     })

@@ -45,6 +45,7 @@ pub(crate) fn param_name(p: &KernelParam) -> String {
         KernelParam::Grad(role) => format!("d_{role}"),
         KernelParam::GradInitialState => "dh0".into(),
         KernelParam::ChunkStates => "chunk_states".into(),
+        KernelParam::ChunkStatesGiven => "chunk_states_given".into(),
         KernelParam::GradAccumulator(role) => format!("d_{role}_sum"),
     }
 }
