@@ -106,7 +106,7 @@ impl<'c> Kernel<'_, 'c> {
     ) -> R<()> {
         let b = &self.b;
         let bs = self.layout()?;
-        let scratch = env.arg(&KernelParam::Scratch)?;
+        let scratch = self.tile_mem(env)?;
         self.load_chunk_state(blk, env, i)?;
         self.nodes(blk, env, start, len)?;
         for (sink, v) in &bs.sinks {
@@ -219,7 +219,7 @@ impl<'c> Kernel<'_, 'c> {
         } else {
             None
         };
-        let scratch = env.arg(&KernelParam::Scratch)?;
+        let scratch = self.tile_mem(env)?;
         self.strided(blk, env, dstate.len(), |blk, e| {
             let x = match dht {
                 Some(dht) => {

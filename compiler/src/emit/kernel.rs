@@ -35,6 +35,8 @@ pub(super) struct Env<'c, 'a> {
     pub tid: Value<'c, 'a>,
     /// This workgroup's first element of the scratch buffer.
     pub base: Value<'c, 'a>,
+    /// The f32 tiles in shared memory ([`Schedule::tiles_shared`]); `None`: in scratch.
+    pub tiles: Option<Value<'c, 'a>>,
     /// Sequence index.
     pub n: Value<'c, 'a>,
     /// Value head.
@@ -344,7 +346,7 @@ impl<'c> Kernel<'_, 'c> {
         // The operand arena: one typed view of the dynamic shared memory at byte 0 (the
         // launch passes `shared_bytes`; the extern array is 16-byte aligned, and every tile
         // starts at a multiple of 8 elements).
-        let arena = if s.matmul == MatmulPath::TensorCore {
+        let (arena, tiles) = if s.matmul == MatmulPath::TensorCore {
             let space = self.workgroup()?;
             let bytes = MemRefType::new(b.int(8), &[DYNAMIC], None, Some(space));
             let dynamic = b.push(
@@ -354,21 +356,38 @@ impl<'c> Kernel<'_, 'c> {
             )?;
             let view = self.arena_type()?;
             let zero = b.ci(blk, 0)?;
-            Some(
-                b.push(
+            let arena = b.push(
+                blk,
+                b.op("memref.view")
+                    .add_operands(&[dynamic, zero])
+                    .add_results(&[view]),
+            )?;
+            // The f32 tiles, when they live on chip: a second view after the operands.
+            let tiles = if s.tiles_shared {
+                let len = i64::try_from(s.scratch_tiles()).map_err(|_| {
+                    EmitError::Schedule(format!("{} f32 tile elements", s.scratch_tiles()))
+                })?;
+                let ty = MemRefType::new(b.f32(), &[len], None, Some(space));
+                let at = crate::schedule::tiles_offset(s.operand_arena * 2);
+                let at = b.ci(blk, at as i64)?;
+                Some(b.push(
                     blk,
                     b.op("memref.view")
-                        .add_operands(&[dynamic, zero])
-                        .add_results(&[view]),
-                )?,
-            )
+                        .add_operands(&[dynamic, at])
+                        .add_results(&[ty.into()]),
+                )?)
+            } else {
+                None
+            };
+            (Some(arena), tiles)
         } else {
-            lds
+            (lds, None)
         };
         Ok(Env {
             args,
             tid,
             base,
+            tiles,
             n,
             hv,
             h,
@@ -406,8 +425,20 @@ impl<'c> Kernel<'_, 'c> {
     ) -> R<Value<'c, 'a>> {
         let b = &self.b;
         let off = b.ci(blk, tile.offset as i64)?;
+        if env.tiles.is_some() {
+            return b.addi(blk, off, idx);
+        }
         let at = b.addi(blk, env.base, off)?;
         b.addi(blk, at, idx)
+    }
+
+    /// The memref that holds the f32 tiles ([`Kernel::addr`] indexes it): shared memory when
+    /// they live there, else the scratch buffer.
+    pub fn tile_mem<'e>(&self, env: &Env<'c, 'e>) -> R<Value<'c, 'e>> {
+        match env.tiles {
+            Some(t) => Ok(t),
+            None => env.arg(&KernelParam::Scratch),
+        }
     }
 
     /// The memref that holds the operand tiles: the workgroup-memory arena on the
@@ -610,7 +641,7 @@ impl<'c> Kernel<'_, 'c> {
                 }
                 None => b.cf32(blk, 0.0)?,
             };
-            let scratch = env.arg(&KernelParam::Scratch)?;
+            let scratch = self.tile_mem(env)?;
             let at = self.addr(blk, env, state, e)?;
             b.store(blk, value, scratch, at)
         })
@@ -691,7 +722,7 @@ impl<'c> Kernel<'_, 'c> {
         let b = &self.b;
         let tile = self.tile(self.s.output)?;
         let o = env.arg(&KernelParam::Output)?;
-        let scratch = env.arg(&KernelParam::Scratch)?;
+        let scratch = self.tile_mem(env)?;
         self.strided(blk, env, tile.len(), |blk, e| {
             let (r, c) = self.row_col(blk, e, tile.cols)?;
             let row_ok = b.cmpi(blk, Cmp::Ult, r, len)?;
@@ -730,7 +761,7 @@ impl<'c> Kernel<'_, 'c> {
         if next == state {
             return Ok(());
         }
-        let scratch = env.arg(&KernelParam::Scratch)?;
+        let scratch = self.tile_mem(env)?;
         self.strided(blk, env, state.len(), |blk, e| {
             let from = self.addr(blk, env, next, e)?;
             let x = b.load(blk, scratch, from)?;
@@ -744,7 +775,7 @@ impl<'c> Kernel<'_, 'c> {
         let b = &self.b;
         let state = self.s.state;
         let ht = env.arg(&KernelParam::FinalState)?;
-        let scratch = env.arg(&KernelParam::Scratch)?;
+        let scratch = self.tile_mem(env)?;
         self.strided(blk, env, state.len(), |blk, e| {
             let (k, c) = self.row_col(blk, e, state.cols)?;
             let ok = b.cmpi(blk, Cmp::Ult, c, env.vvalid)?;

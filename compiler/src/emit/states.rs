@@ -67,7 +67,7 @@ impl<'c> Kernel<'_, 'c> {
         let b = &self.b;
         let state = self.s.state;
         let states = env.arg(&KernelParam::ChunkStates)?;
-        let scratch = env.arg(&KernelParam::Scratch)?;
+        let scratch = self.tile_mem(env)?;
         self.strided(blk, env, state.len(), |blk, e| {
             let (k, c) = self.row_col(blk, e, state.cols)?;
             let one = b.ci(blk, 1)?;
@@ -129,7 +129,7 @@ impl<'c> Kernel<'_, 'c> {
         tile: Tile,
         e: Value<'c, '_>,
     ) -> R<Value<'c, 'a>> {
-        let scratch = env.arg(&KernelParam::Scratch)?;
+        let scratch = self.tile_mem(env)?;
         let at = self.addr(blk, env, tile, e)?;
         self.b.load(blk, scratch, at)
     }

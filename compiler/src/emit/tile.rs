@@ -341,7 +341,7 @@ impl<'c> Kernel<'_, 'c> {
         v: Value<'c, '_>,
     ) -> R<()> {
         if let Some(tile) = dest.f32 {
-            let scratch = env.arg(&KernelParam::Scratch)?;
+            let scratch = self.tile_mem(env)?;
             let at = self.addr(blk, env, tile, e)?;
             self.b.store(blk, v, scratch, at)?;
         }
@@ -569,7 +569,7 @@ impl<'c> Kernel<'_, 'c> {
             let store = |blk: &Block<'c>| -> R<()> {
                 let e = b.mad(blk, c, r, tile.cols as i64)?;
                 let at = self.addr(blk, env, tile, e)?;
-                let scratch = env.arg(&KernelParam::Scratch)?;
+                let scratch = self.tile_mem(env)?;
                 b.store(blk, x, scratch, at)
             };
             // Bounds only where the padded result is larger than the tile.
@@ -603,7 +603,7 @@ impl<'c> Kernel<'_, 'c> {
         tile: Tile,
         idx: Value<'c, '_>,
     ) -> R<Value<'c, 'a>> {
-        let scratch = env.arg(&KernelParam::Scratch)?;
+        let scratch = self.tile_mem(env)?;
         let at = self.addr(blk, env, tile, idx)?;
         self.b.load(blk, scratch, at)
     }
@@ -758,7 +758,7 @@ impl<'c> Kernel<'_, 'c> {
             let next = b.addf(blk, acc, v)?;
             b.yield_(blk, &[next])
         })?;
-        let scratch = env.arg(&KernelParam::Scratch)?;
+        let scratch = self.tile_mem(env)?;
         let slot = self.addr(blk, env, reduce, env.tid)?;
         b.store(blk, part, scratch, slot)?;
         self.t.barrier(b, blk)?;

@@ -266,6 +266,7 @@ pub fn backward(
             operand_arena: 0,
             operand_base: 0,
             shared_bytes: 0,
+            tiles_shared: false,
             fallback: fallback.clone(),
             max_registers: None,
         }

@@ -196,6 +196,10 @@ pub struct Schedule {
     pub operand_base: u64,
     /// Dynamic shared memory per workgroup, in bytes.
     pub shared_bytes: u32,
+    /// The f32 tiles (the state included) live in dynamic shared memory at
+    /// [`tiles_offset`] of the operand arena's bytes, not in global scratch (tensor cores,
+    /// when both fit; [`Schedule::scratch`] is then 0).
+    pub tiles_shared: bool,
     /// Why a kernel that could use tensor cores does not (shown in the schedule text).
     pub fallback: Option<String>,
     /// The register budget per thread (NVIDIA `.maxnreg`), on the tensor-core path:
@@ -597,16 +601,34 @@ fn forward_kernel(
                 "shared memory",
             ),
         };
+        // NVIDIA (and its emulation, to test the same layout): the widest block whose operand
+        // tiles AND f32 tiles fit in shared memory, else the widest whose operand tiles fit
+        // (f32 tiles then stay in global scratch). Elsewhere: the widest whose operands fit.
+        let tiles_too = matches!(wanted, MatmulPath::TensorCore | MatmulPath::Emulated);
         let mut tried = Vec::new();
+        let mut operands_only = None;
         for &bv in block_vs {
             let dims = TileDims::new(config, bv);
             let layout = alloc::place(plan, &dims, &sinks, true, reuse, false);
             let bytes = layout.operand_arena * 2;
-            if bytes <= limit {
-                chosen = Some((wanted, dims, layout, bytes));
+            if bytes > limit {
+                tried.push(format!("{bytes} bytes at BV {}", dims.v));
+                continue;
+            }
+            let with_tiles = tiles_offset(bytes) + 4 * layout.scratch;
+            if tiles_too && with_tiles <= limit {
+                chosen = Some((wanted, dims, layout, bytes, true));
                 break;
             }
-            tried.push(format!("{bytes} bytes at BV {}", dims.v));
+            if operands_only.is_none() {
+                operands_only = Some((wanted, dims, layout, bytes, false));
+            }
+            if !tiles_too {
+                break;
+            }
+        }
+        if chosen.is_none() {
+            chosen = operands_only;
         }
         if chosen.is_none() {
             let whom = match wanted {
@@ -619,14 +641,17 @@ fn forward_kernel(
             ));
         }
     }
-    let (matmul, dims, layout, arena_bytes) = match chosen {
+    let (matmul, dims, layout, arena_bytes, tiles_fit) = match chosen {
         Some(c) => c,
         None => {
             let dims = TileDims::new(config, MAX_BLOCK_V);
             let layout = alloc::place(plan, &dims, &sinks, false, alloc::Reuse::Never, false);
-            (MatmulPath::Portable, dims, layout, 0)
+            (MatmulPath::Portable, dims, layout, 0, false)
         }
     };
+    // The f32 tiles go to shared memory after the operand tiles (tensor cores only; the
+    // emulation keeps them in scratch).
+    let tiles_shared = tiles_fit && matmul == MatmulPath::TensorCore;
     let block_v = dims.v;
     let state = layout.state;
     let (operand_base, scratch, shared_bytes) = match matmul {
@@ -638,16 +663,20 @@ fn forward_kernel(
         MatmulPath::Emulated | MatmulPath::EmulatedMatrixCore(_) => {
             (layout.scratch, layout.scratch + layout.operand_arena, 0)
         }
-        MatmulPath::TensorCore => (
-            0,
-            layout.scratch,
-            u32::try_from(arena_bytes).map_err(|_| {
-                err(
-                    0,
-                    format!("{arena_bytes} bytes of shared memory do not fit u32"),
-                )
-            })?,
-        ),
+        MatmulPath::TensorCore => {
+            let bytes = if tiles_shared {
+                tiles_offset(arena_bytes) + 4 * layout.scratch
+            } else {
+                arena_bytes
+            };
+            (
+                0,
+                if tiles_shared { 0 } else { layout.scratch },
+                u32::try_from(bytes).map_err(|_| {
+                    err(0, format!("{bytes} bytes of shared memory do not fit u32"))
+                })?,
+            )
+        }
     };
     let (barrier_before, barrier_before_sinks) = barriers(
         plan,
@@ -753,9 +782,16 @@ fn forward_kernel(
         operand_arena: layout.operand_arena,
         operand_base,
         shared_bytes,
+        tiles_shared,
         fallback,
         max_registers: (matmul == MatmulPath::TensorCore).then_some(TENSOR_CORE_REGISTERS),
     })
+}
+
+/// Where the f32 tiles start in dynamic shared memory when they live there: after the
+/// operand arena (`operand_bytes`), 16-byte aligned.
+pub fn tiles_offset(operand_bytes: u64) -> u64 {
+    operand_bytes.div_ceil(16) * 16
 }
 
 /// A symbol-safe kernel name: the spec's name (snake_case by validation; anything else is
@@ -769,6 +805,16 @@ fn entry_name(spec: &str, direction: &str) -> String {
 }
 
 impl Schedule {
+    /// f32 elements of the tiles (in scratch, or in shared memory with
+    /// [`Schedule::tiles_shared`]): the operand arena's emulated copy excluded.
+    pub fn scratch_tiles(&self) -> u64 {
+        if self.tiles_shared {
+            (u64::from(self.shared_bytes) - tiles_offset(self.operand_arena * 2)) / 4
+        } else {
+            self.scratch
+        }
+    }
+
     /// The launch metadata the runtime needs (what `manifest.json` holds per kernel).
     pub fn kernel_info(&self) -> KernelInfo {
         KernelInfo {

@@ -104,7 +104,7 @@ impl fmt::Display for Schedule {
                 "  operands {} x {} in dynamic shared memory ({} bytes); matmuls: mma.sync m16n8k16, f32 accumulation; at most {} registers",
                 self.operand_arena,
                 self.config.dtype,
-                self.shared_bytes,
+                2 * self.operand_arena,
                 self.max_registers.unwrap_or(255)
             )?,
             MatmulPath::Emulated => writeln!(
@@ -130,6 +130,14 @@ impl fmt::Display for Schedule {
                 core.name(),
                 core.wave_size()
             )?,
+        }
+        if self.tiles_shared {
+            writeln!(
+                f,
+                "  tiles    the f32 tiles in shared memory after the operands, @ byte {} ({} bytes)",
+                super::tiles_offset(self.operand_arena * 2),
+                4 * self.scratch_tiles()
+            )?;
         }
         if let Some(why) = &self.fallback {
             writeln!(f, "  note     {why}")?;

@@ -219,6 +219,7 @@ fn run_backward(dev: &Device, c: &Case, seed: u64) -> Vec<(String, f64)> {
             scale: c.spec.scale.resolve(d.key_dim) as f32,
             d_o: &d_o_buf,
             dht: dht_buf.as_ref(),
+            chunk_states: None,
         },
     )
     .unwrap_or_else(|e| panic!("{c:?}: launch failed: {e}"));

@@ -212,3 +212,36 @@ fn split_forward_schedule_snapshot() {
         )
     );
 }
+
+#[test]
+#[ignore = "prints the tensor-core layouts of several sizes (cargo test -- --ignored --nocapture)"]
+fn print_tensor_core_layouts() {
+    use linrec_spec::launch::{ElementType, KernelConfig};
+    for (k, v) in [(64, 64), (128, 128), (256, 256)] {
+        let config = KernelConfig {
+            dtype: ElementType::Bf16,
+            key_dim: k,
+            value_dim: v,
+            chunk: 64,
+            initial_state: false,
+            final_state: false,
+            varlen: false,
+        };
+        let s = specs::simple_gla();
+        let p = plan::forward(&s).expect("supported");
+        let fused = schedule::forward(&p, &s, Target::Sm90, &config).expect("fused");
+        let split =
+            schedule::forward_split(&p, &s, Target::Sm90, &config, schedule::MatmulChoice::Auto)
+                .expect("split");
+        for (name, sc) in [
+            ("fused", &fused),
+            ("states", &split.states),
+            ("output", &split.output),
+        ] {
+            println!(
+                "K{k} V{v} {name:<6} BV {:>3} shared {:>6} B tiles_shared {} scratch {}",
+                sc.block_v, sc.shared_bytes, sc.tiles_shared, sc.scratch
+            );
+        }
+    }
+}

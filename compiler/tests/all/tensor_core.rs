@@ -208,7 +208,19 @@ fn operand_tiles_are_aligned_padded_and_never_overlap_while_live() {
                     let what = format!("{} {target} K=V={dim} C={chunk}", spec.name);
                     // Every supported config fits: K = V = 256 included.
                     assert_eq!(s.matmul, MatmulPath::TensorCore, "{what}:\n{s}");
-                    assert_eq!(s.shared_bytes as u64, 2 * s.operand_arena, "{what}");
+                    // The operands, then (when they fit) the f32 tiles, 16-byte aligned.
+                    let tiles = if s.tiles_shared {
+                        assert_eq!(s.scratch, 0, "{what}");
+                        linrec_compiler::schedule::tiles_offset(2 * s.operand_arena)
+                            + 4 * s.scratch_tiles()
+                    } else {
+                        2 * s.operand_arena
+                    };
+                    assert_eq!(s.shared_bytes as u64, tiles, "{what}");
+                    assert!(
+                        s.shared_bytes as u64
+                            <= linrec_compiler::schedule::shared_memory_limit(target)
+                    );
                     assert!([32, 64].contains(&s.block_v) || s.block_v == dim, "{what}");
                     let plan = &s.plan;
                     let n = plan.nodes.len();
