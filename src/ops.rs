@@ -37,6 +37,14 @@
 //! devices: [`Backward::grad`] returns `None` for it (the f64 reference,
 //! [`reference::backward`](crate::reference::backward), has it).
 //!
+//! The backward needs the state entering every chunk. By default it recomputes those chunk
+//! states from the inputs, like fla, so the forward keeps nothing but references to its
+//! inputs. With [`ForwardOptions::save_chunk_states`] the forward keeps them in [`Saved`]
+//! instead (`(⌊B·T / C⌋ + N) · HV · K · V` elements of the dtype of `q`) and the backward
+//! reads them, skipping its recompute phase — memory for time. Only split forward kernels
+//! write them (`LINREC_FORWARD=split` when compiling or JIT-compiling); both ways give the
+//! same gradients up to rounding.
+//!
 //! Launches are enqueued, not waited for; downloads wait.
 //!
 //! ```no_run
@@ -74,7 +82,7 @@ use std::sync::{Arc, OnceLock};
 use linrec_runtime::kernels::{self, Direction, KernelRequest, KernelSource, Kernels};
 use linrec_runtime::op::{self, BackwardArgs, ForwardArgs, role_name};
 use linrec_runtime::{DType, Device, DeviceBuffer, RuntimeError};
-use linrec_spec::launch::{ElementType, KernelConfig};
+use linrec_spec::launch::{ElementType, KernelConfig, KernelInfo, KernelParam};
 use linrec_spec::{Dims, Role, Sequences, Spec, SpecHash};
 
 use crate::error::Error;
@@ -124,6 +132,21 @@ pub struct ForwardOptions<'a> {
     pub chunk: Option<usize>,
     /// Where kernels come from; `None` is [`default_kernels`].
     pub kernels: Option<&'a Kernels>,
+    /// Keep the forward's chunk states (the state entering every chunk) in [`Saved`] for the
+    /// backward to read, instead of recomputing them there. Default `false`: the backward
+    /// recomputes them, like fla — the inputs are all a backward needs.
+    ///
+    /// Saving costs the memory of the chunk states from the forward until the `Saved` is
+    /// dropped: `(⌊B·T / C⌋ + N) · HV · K · V` elements of the dtype of `q` (C the chunk, N
+    /// the number of sequences) — for bf16 at B = 8, T = 2048, HV = 16, K = V = 128, C = 64,
+    /// 264 slots of 16·128·128, 138 MB — and saves the backward the time of recomputing
+    /// them. Only a *split* forward kernel writes them (kernels compiled with
+    /// `LINREC_FORWARD=split`, by `linrec compile` or by the JIT, or a provider whose
+    /// [`JitCompiler`](linrec_runtime::kernels::JitCompiler) has
+    /// `CompileOptions::forward = ForwardForm::Split`); with a fused forward kernel (the
+    /// default) asking for them is an [`Error::Option`] naming `save_chunk_states`, before
+    /// anything is launched.
+    pub save_chunk_states: bool,
 }
 
 impl<'a> ForwardOptions<'a> {
@@ -173,6 +196,12 @@ impl<'a> ForwardOptions<'a> {
         self.kernels = Some(kernels);
         self
     }
+
+    /// Sets [`ForwardOptions::save_chunk_states`].
+    pub fn save_chunk_states(mut self, on: bool) -> Self {
+        self.save_chunk_states = on;
+        self
+    }
 }
 
 /// What a forward call returns. The work is enqueued on the device; downloading `o` waits for
@@ -196,11 +225,13 @@ pub struct Forward {
 /// kernel's config and target, and the sizes.
 ///
 /// Opaque on purpose: [`backward`] (and `Variant::backward`) takes it whole, so what it holds
-/// can change without breaking callers. The backward kernel recomputes what it needs from the
-/// inputs — it recomputes the chunk states instead of the forward storing them — so a
-/// `Saved` holds no intermediate tensors, only references to the inputs: keep the inputs
-/// (and `h0`, `cu_seqlens`) unchanged until the backward has run. The accessors are for
-/// inspection and tests.
+/// can change without breaking callers. By default the backward kernel recomputes what it
+/// needs from the inputs — the chunk states included, like fla — so a `Saved` holds no
+/// intermediate tensors, only references to the inputs: keep the inputs (and `h0`,
+/// `cu_seqlens`) unchanged until the backward has run. With
+/// [`ForwardOptions::save_chunk_states`] it also owns the forward's chunk states
+/// ([`Saved::chunk_states`]), which the backward reads instead of recomputing them. The
+/// accessors are for inspection and tests.
 #[derive(Debug, Clone)]
 pub struct Saved {
     device: Device,
@@ -214,6 +245,7 @@ pub struct Saved {
     config: KernelConfig,
     dims: Dims,
     sequences: usize,
+    chunk_states: Option<DeviceBuffer>,
 }
 
 impl Saved {
@@ -271,6 +303,14 @@ impl Saved {
     pub fn sequences(&self) -> usize {
         self.sequences
     }
+
+    /// The forward's chunk states, kept for the backward when
+    /// [`ForwardOptions::save_chunk_states`] asked for them (`None` otherwise: the backward
+    /// recomputes them): the state entering every chunk, `[⌊B·T / C⌋ + N, HV, K, V]` in the
+    /// dtype of `q`; chunk `i` of sequence `n` (rows from `bos`) is slot `⌊bos / C⌋ + n + i`.
+    pub fn chunk_states(&self) -> Option<&DeviceBuffer> {
+        self.chunk_states.as_ref()
+    }
 }
 
 /// The process-wide kernel provider the ops use when [`ForwardOptions::kernels`] is `None`:
@@ -321,6 +361,9 @@ pub fn forward(
     let loaded = provider
         .get(&KernelRequest::forward(spec, target, call.config))
         .map_err(|e| kernel_error(spec, Direction::Forward, e))?;
+    if options.save_chunk_states {
+        check_save_chunk_states(spec, &loaded.kernel.info)?;
+    }
     let args = ForwardArgs {
         inputs: &call.inputs,
         initial_state: options.initial_state,
@@ -350,12 +393,49 @@ pub fn forward(
         config: call.config,
         dims: out.dims,
         sequences: out.sequences,
+        // Without the option they are dropped here (and freed once the launches are done).
+        chunk_states: if options.save_chunk_states {
+            out.chunk_states
+        } else {
+            None
+        },
     };
     Ok(Forward {
         o: out.o,
         final_state: out.final_state,
         saved,
         kernel_source: loaded.source,
+    })
+}
+
+/// Whether a forward kernel writes chunk states (a [`KernelParam::ChunkStates`] parameter in
+/// any of its launches): a split forward does, a fused one does not.
+pub fn writes_chunk_states(info: &KernelInfo) -> bool {
+    std::iter::once(&info.params)
+        .chain(info.then.iter().map(|l| &l.params))
+        .any(|params| params.contains(&KernelParam::ChunkStates))
+}
+
+/// [`ForwardOptions::save_chunk_states`] with the forward kernel `info` of `spec`: an
+/// [`Error::Option`] naming `save_chunk_states` when the kernel writes none
+/// ([`writes_chunk_states`]), saying how to get split kernels. (`linrec run
+/// --save-chunk-states` reports the same.)
+#[doc(hidden)]
+pub fn check_save_chunk_states(spec: &Spec, info: &KernelInfo) -> Result<(), Error> {
+    if writes_chunk_states(info) {
+        return Ok(());
+    }
+    Err(Error::Option {
+        variant: spec.name.clone(),
+        option: "save_chunk_states",
+        detail: format!(
+            "the forward kernel `{}` is one fused kernel, which keeps the chunk states to itself: \
+             only a split forward writes them. Compile split forwards: `LINREC_FORWARD=split` when \
+             compiling (`linrec compile`) or JIT-compiling (in Rust, a provider whose \
+             `JitCompiler::with_options` has `ForwardForm::Split`); or leave `save_chunk_states` \
+             off and the backward recomputes them",
+            info.entry
+        ),
     })
 }
 
@@ -582,6 +662,8 @@ pub fn backward(
         scale: saved.scale,
         d_o,
         dht: grads.dht,
+        // Saved by the forward (`save_chunk_states`), else recomputed by the kernel.
+        chunk_states: saved.chunk_states.as_ref(),
     };
     let out =
         op::backward(device, &loaded.kernel.info, &loaded.kernel.binary, &args).map_err(|e| {

@@ -1571,3 +1571,109 @@ fn bench_refuses_fewer_than_100_iters() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("at least 100"));
 }
+
+/// `linrec run --backward --save-chunk-states`: with split forward kernels
+/// (`LINREC_FORWARD=split` in the child's environment) the forward's chunk states go to the
+/// backward, which reads them instead of recomputing them, and every gradient passes; with
+/// fused ones it is a usage error naming the option and how to get split kernels.
+#[cfg(feature = "jit")]
+#[test]
+fn run_backward_with_saved_chunk_states_on_opencl() {
+    if !opencl_ready() {
+        return;
+    }
+    let run = |forward: &str, extra: &[&str]| {
+        linrec()
+            .env("LINREC_FORWARD", forward)
+            .args([
+                "run",
+                "--backward",
+                "--save-chunk-states",
+                "--device",
+                "opencl",
+            ])
+            .args(extra)
+            .output()
+            .expect("linrec runs")
+    };
+    // simple_gla at the default shape 2,100,2,16,16, bf16, chunk 64: ⌊2·100 / 64⌋ + 2 = 5 slots.
+    let out = run("split", &["simple_gla"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("states   saved by the forward for the backward: bf16 [5, 2, 16, 16]"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "PASS     simple_gla backward on spirv matches the f64 reference (5 gradients)"
+        ),
+        "{text}"
+    );
+    for (name, ratio, bound) in grad_lines(&text) {
+        assert!(ratio < bound, "{name}: {ratio} >= {bound}");
+    }
+
+    // linear_attn, GVA + varlen (cu_seqlens [0, 0, 23, 70]), f32, chunk 16:
+    // ⌊70 / 16⌋ + 3 = 7 slots.
+    let out = run(
+        "split",
+        &[
+            "linear_attn",
+            "--shape",
+            "1,70,1,2,8,16",
+            "--varlen",
+            "--dtype",
+            "f32",
+            "--chunk",
+            "16",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("states   saved by the forward for the backward: f32 [7, 2, 8, 16]"),
+        "{text}"
+    );
+    assert!(text.contains("PASS     linear_attn backward"), "{text}");
+
+    // Fused forward kernels write no chunk states: the library's error, before any launch.
+    let out = run("fused", &["simple_gla", "--shape", "1,8,1,4,4"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("simple_gla: option `save_chunk_states`")
+            && err.contains("LINREC_FORWARD=split"),
+        "{err}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("time "));
+}
+
+/// `--save-chunk-states` is about the backward: without `--backward` it is a usage error.
+#[test]
+fn run_save_chunk_states_requires_backward() {
+    let out = linrec()
+        .args([
+            "run",
+            "simple_gla",
+            "--save-chunk-states",
+            "--device",
+            "reference",
+        ])
+        .output()
+        .expect("linrec runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--backward"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

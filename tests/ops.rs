@@ -516,6 +516,12 @@ fn without_a_compiler_a_missing_kernel_says_how_to_build_it() {
 /// launch metadata only, its module never runs (the launching host device ignores it) — and no
 /// compiler, no disk cache: a backward kernel is missing, which a valid backward call reports.
 fn stand_in_forward(spec: &Spec, config: KernelConfig) -> Kernels {
+    stand_in(spec, config, false)
+}
+
+/// [`stand_in_forward`], as a split forward when `split`: a second parameter list would be its
+/// output kernel; one launch that writes the chunk states is all the runtime needs to know.
+fn stand_in(spec: &Spec, config: KernelConfig, split: bool) -> Kernels {
     let kernels = Kernels::builder()
         .no_disk_cache()
         .no_compiler()
@@ -535,6 +541,9 @@ fn stand_in_forward(spec: &Spec, config: KernelConfig) -> Kernels {
     }
     if config.varlen {
         params.push(KernelParam::CuSeqlens);
+    }
+    if split {
+        params.push(KernelParam::ChunkStates);
     }
     params.extend([
         KernelParam::SeqLen,
@@ -686,6 +695,60 @@ fn backward_dht_must_fit_the_final_state() {
     let dht = zeros(&dev, DType::F32, &[2, 2, 8, 4]);
     for grads in [Grads::new(&d_o).dht(&dht), Grads::new(&d_o)] {
         let err = ops::backward(&dev, &fwd.saved, &grads, &opts).expect_err("no kernel");
+        assert!(matches!(err, Error::Kernel(_)), "{err:?}");
+    }
+}
+
+#[test]
+fn saving_chunk_states_needs_a_forward_kernel_that_writes_them() {
+    // A fused forward kernel writes none: an option error before anything is launched (the
+    // host device panics at a module load).
+    let dev = HostBackend::device();
+    let kernels = stand_in_forward(SimpleGla::spec(), config(false, false));
+    let x = simple_gla_inputs(&dev, D, DType::F32);
+    let opts = ForwardOptions::new()
+        .kernels(&kernels)
+        .save_chunk_states(true);
+    let err = names(
+        SimpleGla::forward(&dev, &x, &opts),
+        "save_chunk_states",
+        "is one fused kernel",
+    );
+    assert!(matches!(err, Error::Option { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("LINREC_FORWARD=split"), "{msg}");
+    assert!(msg.contains("`stand_in_simple_gla_fwd`"), "{msg}");
+
+    // A split one does: `Saved` keeps them (⌊B·T / C⌋ + N = 0 + 2 slots of [HV, K, V], in
+    // the dtype of q) only when asked to.
+    let dev = HostBackend::launching();
+    let x = simple_gla_inputs(&dev, D, DType::F32);
+    let kernels = stand_in(SimpleGla::spec(), config(false, false), true);
+    let opts = ForwardOptions::new().kernels(&kernels);
+    let plain = SimpleGla::forward(&dev, &x, &opts).expect("runs");
+    assert!(plain.saved.chunk_states().is_none());
+    let kept = SimpleGla::forward(&dev, &x, &opts.save_chunk_states(true)).expect("runs");
+    let states = kept.saved.chunk_states().expect("kept");
+    assert_eq!(
+        (states.dtype(), states.shape()),
+        (DType::F32, &[2, 2, 8, 4][..])
+    );
+    assert!(ops::writes_chunk_states(
+        &kernels
+            .get(&linrec::runtime::KernelRequest::forward(
+                SimpleGla::spec(),
+                "spirv",
+                config(false, false)
+            ))
+            .expect("the stand-in")
+            .kernel
+            .info
+    ));
+    // The backward of either gets as far as the provider, which has no backward kernel.
+    let d_o = zeros(&dev, DType::F32, &[2, 5, 2, 4]);
+    let bopts = BackwardOptions::new().kernels(&kernels);
+    for saved in [&plain.saved, &kept.saved] {
+        let err = ops::backward(&dev, saved, &Grads::new(&d_o), &bopts).expect_err("no kernel");
         assert!(matches!(err, Error::Kernel(_)), "{err:?}");
     }
 }
@@ -1311,5 +1374,170 @@ mod on_opencl {
             42,
         );
         p.forward_backward("lightning", &dev, 42);
+    }
+
+    // ---- saving the chunk states (split forwards) -----------------------------------------
+
+    /// A provider whose JIT compiles forwards as `form` (`LINREC_FORWARD` is process-wide, so
+    /// the tests say it per provider), without the disk cache.
+    fn kernels_with(form: linrec_compiler::ForwardForm) -> Kernels {
+        use linrec::runtime::kernels::JitCompiler;
+        let options = linrec_compiler::CompileOptions::from_env()
+            .with_forward(form)
+            .with_amd_assembly(false);
+        Kernels::builder()
+            .no_disk_cache()
+            .compiler(Arc::new(JitCompiler::with_options(options)))
+            .build()
+            .expect("no sources to read")
+    }
+
+    /// `‖a − b‖/‖b‖` over every gradient of two backwards of the same call, and dh0.
+    fn disagreement(dev: &Device, a: &ops::Backward, b: &ops::Backward) -> Vec<(String, f64)> {
+        let (a, b) = (a.named(), b.named());
+        assert_eq!(
+            a.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            b.iter().map(|(n, _)| n).collect::<Vec<_>>()
+        );
+        a.iter()
+            .zip(&b)
+            .map(|((name, x), (_, y))| {
+                (name.clone(), download(dev, x).rel_error(&download(dev, y)))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn saved_chunk_states_give_the_gradients_of_recomputing_them() {
+        let Some(dev) = opencl("saved_chunk_states_give_the_gradients_of_recomputing_them") else {
+            return;
+        };
+        let split = kernels_with(linrec_compiler::ForwardForm::Split);
+        let bopts = BackwardOptions::new().kernels(&split);
+        let mut seed = 50;
+        for spec in [SimpleGla::spec(), LinearAttn::spec()] {
+            for dtype in [ElementType::F32, ElementType::Bf16] {
+                seed += 1;
+                // GVA (HV = 2 H), two batch rows, odd T over two chunks, h0 and dht; varlen
+                // with an empty sequence, h0 per sequence and dht, chunk 16.
+                let cases = [
+                    (
+                        "GVA",
+                        Dims::new(2, 75, 2, 16, 8).with_value_heads(4),
+                        None,
+                        64,
+                    ),
+                    (
+                        "varlen",
+                        Dims::new(1, 90, 1, 8, 16),
+                        Some(vec![0, 0, 31, 90]),
+                        16,
+                    ),
+                ];
+                for (case, dims, cu, chunk) in cases {
+                    let what = format!("{} {dtype} {case}", spec.name);
+                    let p = Problem::new(&dev, spec, dims, dtype, cu, true, seed);
+                    let refs: Vec<(Role, &DeviceBuffer)> =
+                        p.buffers.iter().map(|(r, b)| (*r, b)).collect();
+                    let opts = p.options().kernels(&split).chunk(chunk);
+
+                    // Saved: the split forward's chunk states go to the backward.
+                    let kept = ops::forward(&dev, spec, &refs, &opts.save_chunk_states(true))
+                        .unwrap_or_else(|e| panic!("{what}: forward: {e}"));
+                    assert_close(&what, p.errors(&dev, &kept));
+                    let states = kept.saved.chunk_states().expect("saved");
+                    let n = p
+                        .opts
+                        .cu_seqlens
+                        .as_ref()
+                        .map_or(dims.batch, |c| c.len() - 1);
+                    let slots = dims.batch * dims.seq_len / chunk + n;
+                    assert_eq!(
+                        states.shape(),
+                        &[slots, dims.value_heads, dims.key_dim, dims.value_dim],
+                        "{what}"
+                    );
+                    assert_eq!(states.dtype(), linrec::runtime::op::dtype(dtype), "{what}");
+                    let g = p.grads_in(&dev, &kept, seed);
+                    let saved = ops::backward(&dev, &kept.saved, &g.grads(), &bopts)
+                        .unwrap_or_else(|e| panic!("{what}: backward: {e}"));
+                    p.check_backward(&format!("{what} saved"), &dev, &g, &saved);
+
+                    // Recomputed: the same forward without saving them.
+                    let out = ops::forward(&dev, spec, &refs, &opts)
+                        .unwrap_or_else(|e| panic!("{what}: forward: {e}"));
+                    assert!(out.saved.chunk_states().is_none(), "{what}");
+                    let recomputed = ops::backward(&dev, &out.saved, &g.grads(), &bopts)
+                        .unwrap_or_else(|e| panic!("{what}: backward: {e}"));
+                    p.check_backward(&format!("{what} recomputed"), &dev, &g, &recomputed);
+
+                    // Both ways agree far more closely than with the reference.
+                    let bound = if dtype == ElementType::F32 {
+                        1e-5
+                    } else {
+                        1e-3
+                    };
+                    for (name, r) in disagreement(&dev, &saved, &recomputed) {
+                        eprintln!("{what}: ‖{name} saved − recomputed‖/‖recomputed‖ = {r:.2e}");
+                        assert!(
+                            r < bound,
+                            "{what}: {name} saved vs recomputed {r:.2e} (< {bound})"
+                        );
+                    }
+
+                    // The backward does read them: zeroed, they give other gradients.
+                    dev.fill(states, FillPattern::U32(0)).expect("zeros");
+                    let wrong = ops::backward(&dev, &kept.saved, &g.grads(), &bopts)
+                        .unwrap_or_else(|e| panic!("{what}: backward: {e}"));
+                    let dq = disagreement(&dev, &wrong, &recomputed)
+                        .into_iter()
+                        .find(|(name, _)| name == "dq")
+                        .map(|(_, r)| r);
+                    eprintln!("{what}: dq from zeroed chunk states: {dq:?}");
+                    assert!(
+                        dq.is_some_and(|r| r > 0.01),
+                        "{what}: dq from zeroed states {dq:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn saving_chunk_states_of_a_fused_forward_is_refused() {
+        let Some(dev) = opencl("saving_chunk_states_of_a_fused_forward_is_refused") else {
+            return;
+        };
+        let fused = kernels_with(linrec_compiler::ForwardForm::Fused);
+        let p = Problem::new(
+            &dev,
+            SimpleGla::spec(),
+            Dims::new(1, 20, 1, 8, 8),
+            ElementType::F32,
+            None,
+            true,
+            60,
+        );
+        let x = SimpleGlaInputs::try_from_fn(|_, role| p.buffer(role)).expect("all roles");
+        let opts = p.options().kernels(&fused).save_chunk_states(true);
+        let err = SimpleGla::forward(&dev, &x, &opts).expect_err("a fused forward");
+        assert_eq!(err.argument(), Some("save_chunk_states"), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("option `save_chunk_states`") && msg.contains("LINREC_FORWARD=split"),
+            "{msg}"
+        );
+        // Without the option the same kernels run, and the backward recomputes.
+        let out = SimpleGla::forward(&dev, &x, &opts.save_chunk_states(false)).expect("runs");
+        assert!(out.saved.chunk_states().is_none());
+        let g = p.grads_in(&dev, &out, 60);
+        let bwd = SimpleGla::backward_with(
+            &dev,
+            &out.saved,
+            &g.grads(),
+            &BackwardOptions::new().kernels(&fused),
+        )
+        .expect("backward runs");
+        p.check_backward("simple_gla fused, recomputed", &dev, &g, &bwd);
     }
 }

@@ -19,6 +19,9 @@
 //! chunk states, the backward's gradient accumulators, the kernels' scratch memory — is
 //! filled with NaN first, so an element a kernel forgets to write shows up in any comparison.
 //!
+//! A backward recomputes the chunk states by default; given the ones a split forward wrote
+//! ([`ForwardOutputs::chunk_states`] → [`BackwardArgs::chunk_states`]) it reads them instead.
+//!
 //! ```no_run
 //! # fn main() -> linrec_runtime::Result<()> {
 //! use linrec_runtime::{Device, DeviceKind, op};
@@ -82,8 +85,8 @@ pub struct ForwardOutputs {
     /// parameter in any launch (a split forward's states kernel writes them, its output
     /// kernel reads them): `[⌊B·T / C⌋ + N, HV, K, V]` in the kernel's dtype (bf16 and f16
     /// are rounded copies of the f32 states the kernels carry), C = the config's chunk; chunk
-    /// `i` of sequence `n` (rows from `bos`) is slot `⌊bos / C⌋ + n + i`. A later backward of
-    /// the same config may reuse them.
+    /// `i` of sequence `n` (rows from `bos`) is slot `⌊bos / C⌋ + n + i`. The backward of the
+    /// same call may read them instead of recomputing them ([`BackwardArgs::chunk_states`]).
     pub chunk_states: Option<DeviceBuffer>,
     /// The sizes of the call, read off the inputs.
     pub dims: Dims,
@@ -199,6 +202,68 @@ fn chunk_states_shape(info: &KernelInfo, dims: &Dims, n: usize) -> Result<Vec<us
     Ok(vec![slots, dims.value_heads, dims.key_dim, dims.value_dim])
 }
 
+/// Errors unless `states` can stand for the chunk states a backward kernel of `info` would
+/// recompute for a call of `dims` with `n` sequences: the kernel takes them
+/// ([`KernelParam::ChunkStates`] and [`KernelParam::ChunkStatesGiven`]), and they are a
+/// contiguous buffer of this device in the kernel's dtype with exactly the shape the runtime
+/// would allocate ([`chunk_states_shape`]).
+fn check_chunk_states(
+    device: &Device,
+    info: &KernelInfo,
+    states: &DeviceBuffer,
+    dims: &Dims,
+    n: usize,
+) -> Result<()> {
+    const ARG: &str = "chunk_states";
+    let kname = info.entry.as_str();
+    if !takes(info, &KernelParam::ChunkStates) || !takes(info, &KernelParam::ChunkStatesGiven) {
+        return Err(RuntimeError::ArgKind {
+            arg: ARG.into(),
+            expected: format!(
+                "none: kernel `{kname}` cannot read given chunk states (it has no chunk_states_given parameter); \
+                 leave them out, or recompile the kernel with this version of linrec"
+            ),
+            found: "a buffer".into(),
+        });
+    }
+    let want_dtype = dtype(info.config.dtype);
+    if states.dtype() != want_dtype {
+        return Err(RuntimeError::DType {
+            arg: ARG.into(),
+            expected: want_dtype,
+            found: states.dtype(),
+        });
+    }
+    let want = chunk_states_shape(info, dims, n)?;
+    if states.shape() != want.as_slice() {
+        return Err(RuntimeError::Shape {
+            arg: ARG.into(),
+            expected: format!(
+                "[⌊B·T / C⌋ + N, HV, K, V] = {want:?} (C = {}, N = {n} sequences): the chunk \
+                 states a split forward of the same call returns (`ForwardOutputs::chunk_states`)",
+                info.config.chunk
+            ),
+            found: states.shape().to_vec(),
+        });
+    }
+    if states.device_id() != device.backend().device_id() {
+        return Err(RuntimeError::WrongDevice {
+            what: format!("argument `{ARG}`"),
+            expected: device.info().label(),
+            found: "another device".into(),
+        });
+    }
+    if !states.is_contiguous() {
+        return Err(RuntimeError::Strides {
+            arg: ARG.into(),
+            expected: crate::buffer::contiguous_strides(states.shape()),
+            layout: "contiguous, row-major",
+            found: states.strides().to_vec(),
+        });
+    }
+    Ok(())
+}
+
 /// The shape and dtype a caller-provided buffer parameter must have (`None` for what the
 /// runtime allocates itself and for scalars).
 fn expected(info: &KernelInfo, p: &KernelParam) -> Option<(String, DType, Vec<Dim>)> {
@@ -269,6 +334,9 @@ struct Given<'a> {
     d_o: Option<&'a DeviceBuffer>,
     /// `dht`, backward only (optional even where the kernel takes it).
     dht: Option<&'a DeviceBuffer>,
+    /// The forward's chunk states, backward only: passed as [`KernelParam::ChunkStates`] with
+    /// [`KernelParam::ChunkStatesGiven`] = 1 instead of a buffer the runtime allocates.
+    chunk_states: Option<&'a DeviceBuffer>,
 }
 
 impl<'a> Given<'a> {
@@ -407,6 +475,9 @@ fn check_call(
     }
     let bindings = given_sig.check(&buffers)?;
     let (dims, sequences) = sizes(info, &bindings, given)?;
+    if let Some(states) = given.chunk_states {
+        check_chunk_states(device, info, states, &dims, sequences)?;
+    }
 
     // Every launch's grid; one scratch buffer serves them all, one after the other.
     let mut grids = Vec::with_capacity(1 + info.then.len());
@@ -456,15 +527,25 @@ fn check_reuse(info: &KernelInfo, checked: &Checked, dims: &Dims, sequences: usi
 struct Common {
     scratch: DeviceBuffer,
     decay_rates: Option<DeviceBuffer>,
-    /// For kernels with a [`KernelParam::ChunkStates`] parameter in any launch.
+    /// For kernels with a [`KernelParam::ChunkStates`] parameter in any launch, unless the
+    /// caller gave the chunk states when these buffers were made (`states_given`).
     chunk_states: Option<DeviceBuffer>,
+    /// The caller gave the chunk states when these buffers were made, so there are none of
+    /// the runtime's: every launch into them needs the caller's.
+    states_given: bool,
 }
 
 impl Common {
-    /// Allocates the scratch and the chunk states (NaN-poisoned) and uploads the decay rates.
-    fn new(device: &Device, info: &KernelInfo, checked: &Checked) -> Result<Common> {
+    /// Allocates the scratch and, unless the caller gives them (`states_given`), the chunk
+    /// states (NaN-poisoned), and uploads the decay rates.
+    fn new(
+        device: &Device,
+        info: &KernelInfo,
+        checked: &Checked,
+        states_given: bool,
+    ) -> Result<Common> {
         let scratch = device.alloc_poisoned(DType::F32, &[checked.scratch_len])?;
-        let chunk_states = if takes(info, &KernelParam::ChunkStates) {
+        let chunk_states = if takes(info, &KernelParam::ChunkStates) && !states_given {
             let shape = chunk_states_shape(info, &checked.dims, checked.sequences)?;
             // In the kernel's dtype: bf16 and f16 kernels keep rounded copies.
             Some(device.alloc_poisoned(dtype(info.config.dtype), &shape)?)
@@ -485,25 +566,38 @@ impl Common {
             scratch,
             decay_rates,
             chunk_states,
+            states_given,
         })
     }
 
-    /// Errors unless these buffers (of a workspace) fit the checked call of `info`.
-    fn check(&self, info: &KernelInfo, checked: &Checked) -> Result<()> {
+    /// Errors unless these buffers (of a workspace) fit the checked call of `info`, whose
+    /// caller gives the chunk states or not (`states_given`).
+    fn check(&self, info: &KernelInfo, checked: &Checked, states_given: bool) -> Result<()> {
         if self.scratch.shape() != [checked.scratch_len] {
             return Err(launch_error(
                 info,
                 "the workspace's scratch has another size".into(),
             ));
         }
+        let wants_states = takes(info, &KernelParam::ChunkStates);
         let chunk_states_fit = match &self.chunk_states {
             Some(states) => {
                 let shape = chunk_states_shape(info, &checked.dims, checked.sequences)?;
-                takes(info, &KernelParam::ChunkStates)
+                wants_states
                     && states.shape() == shape.as_slice()
                     && states.dtype() == dtype(info.config.dtype)
             }
-            None => !takes(info, &KernelParam::ChunkStates),
+            None if wants_states && self.states_given && !states_given => {
+                return Err(RuntimeError::ArgKind {
+                    arg: "chunk_states".into(),
+                    expected: "the forward's chunk states: the workspace was made with the \
+                               caller's chunk states and holds none of its own to recompute \
+                               them into; pass them again, or make the workspace without them"
+                        .into(),
+                    found: "none".into(),
+                });
+            }
+            None => !wants_states || states_given,
         };
         if self.decay_rates.is_some() != takes(info, &KernelParam::DecayRates) || !chunk_states_fit
         {
@@ -572,13 +666,25 @@ fn launch<'b>(
                 sig = sig.buffer(name, dt, shape);
                 continue;
             }
+            // The caller's chunk states (a backward reading a split forward's), checked by
+            // `check_call`; without them the runtime's, from `made`.
+            if *p == KernelParam::ChunkStates
+                && let Some(states) = given.chunk_states
+            {
+                args.push(states.into());
+                sig = sig.buffer("chunk_states", states.dtype(), states.shape().to_vec());
+                continue;
+            }
             let (name, arg): (String, KernelArg<'b>) = match p {
                 KernelParam::SeqLen => ("T".into(), t.into()),
                 KernelParam::Heads => ("H".into(), h.into()),
                 KernelParam::ValueHeads => ("HV".into(), hv.into()),
                 KernelParam::Scale => ("scale".into(), given.scale.into()),
-                // The backward recomputes the chunk states itself.
-                KernelParam::ChunkStatesGiven => ("chunk_states_given".into(), 0i32.into()),
+                // 1: the kernel reads the given chunk states; 0: it recomputes them.
+                KernelParam::ChunkStatesGiven => (
+                    "chunk_states_given".into(),
+                    i32::from(given.chunk_states.is_some()).into(),
+                ),
                 _ => match made(p) {
                     Some((name, buf)) => (name, buf.into()),
                     None => {
@@ -682,6 +788,7 @@ fn forward_inner(
         scale: args.scale,
         d_o: None,
         dht: None,
+        chunk_states: None,
     };
     let checked = check_call(device, info, "forward", &given)?;
     let (dims, sequences) = (checked.dims, checked.sequences);
@@ -690,7 +797,7 @@ fn forward_inner(
     let allocated = match reuse {
         Some(ws) => {
             check_reuse(info, &checked, &ws.outputs.dims, ws.outputs.sequences)?;
-            ws.common.check(info, &checked)?;
+            ws.common.check(info, &checked, false)?;
             if ws.outputs.final_state.is_some() != takes(info, &KernelParam::FinalState) {
                 return Err(launch_error(
                     info,
@@ -706,7 +813,7 @@ fn forward_inner(
             } else {
                 None
             };
-            let common = Common::new(device, info, &checked)?;
+            let common = Common::new(device, info, &checked, false)?;
             Some(ForwardWorkspace {
                 outputs: ForwardOutputs {
                     o,

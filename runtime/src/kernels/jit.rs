@@ -26,13 +26,28 @@ pub struct JitCompiler {
 
 impl JitCompiler {
     /// The compiler with the options of the environment (`LINREC_DUMP_DIR`,
-    /// `LINREC_TENSOR_CORES`), without AMD's second code generation for the assembly text,
-    /// which a launch never needs.
+    /// `LINREC_TENSOR_CORES`, `LINREC_FORWARD`), without AMD's second code generation for the
+    /// assembly text, which a launch never needs.
     pub fn new() -> Self {
         Self::with_options(CompileOptions::from_env().with_amd_assembly(false))
     }
 
-    /// The compiler with explicit options.
+    /// The compiler with explicit options, e.g. split forwards (whose chunk states a backward
+    /// can read instead of recomputing them) for one provider, whatever `LINREC_FORWARD` says
+    /// for the process:
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use linrec_compiler::{CompileOptions, ForwardForm};
+    /// use linrec_runtime::kernels::{JitCompiler, Kernels};
+    /// let options = CompileOptions::from_env()
+    ///     .with_forward(ForwardForm::Split)
+    ///     .with_amd_assembly(false);
+    /// let kernels = Kernels::builder()
+    ///     .compiler(Arc::new(JitCompiler::with_options(options)))
+    ///     .build()?;
+    /// # Ok::<(), linrec_runtime::kernels::KernelError>(())
+    /// ```
     pub fn with_options(options: CompileOptions) -> Self {
         // The dump folder does not change the kernel; everything else may.
         let mut keyed = options.clone();

@@ -1,26 +1,53 @@
-//! [`backward`]: launching a backward kernel (`direction = "backward"`), which recomputes the
-//! chunk states from `h0` and the inputs, then sweeps the chunks in reverse and writes the
-//! gradients of the inputs and of `h0`. Like a forward kernel it may be a launch sequence
-//! ([`KernelInfo::then`]); the buffers are shared as [`super`] describes.
+//! [`backward`]: launching a backward kernel (`direction = "backward"`), which sweeps the
+//! chunks in reverse and writes the gradients of the inputs and of `h0`. It needs the state
+//! entering every chunk (the chunk states), which it gets one of two ways:
+//!
+//! - **recomputed** (the default, like fla): [`BackwardArgs::chunk_states`] is `None`, the
+//!   runtime allocates the chunk states and passes [`KernelParam::ChunkStatesGiven`] = 0, and
+//!   the kernel first walks the chunks forwards from `h0` (or 0) to fill them;
+//! - **saved**: the caller passes the chunk states a split forward of the same call wrote
+//!   ([`super::ForwardOutputs::chunk_states`]: a forward compiled with `LINREC_FORWARD=split`);
+//!   the runtime checks them (the kernel's dtype, exactly the shape it would allocate, this
+//!   device, contiguous), passes them with `ChunkStatesGiven` = 1 and the kernel skips its
+//!   recompute phase. That trades the memory of keeping them from the forward to the backward,
+//!   `(⌊B·T / C⌋ + N) · HV · K · V` elements of the kernel's dtype, for the time of
+//!   recomputing them.
+//!
+//! Like a forward kernel it may be a launch sequence ([`KernelInfo::then`]); the buffers are
+//! shared as [`super`] describes.
 //!
 //! ```no_run
 //! # fn main() -> linrec_runtime::Result<()> {
 //! use linrec_runtime::{Device, DeviceKind, op};
 //! use linrec_spec::{Role, launch::KernelInfo};
-//! # let info: KernelInfo = panic!("the metadata of a compiled backward kernel");
+//! # let (fwd_info, info): (KernelInfo, KernelInfo) = panic!("a split forward and a backward kernel");
 //! # let binary: Vec<u8> = vec![];
 //! let dev = Device::new(DeviceKind::Auto)?;
 //! # let buf = || dev.alloc(linrec_runtime::DType::BF16, &[1]);
 //! # let (q, k, v, d_o) = (buf()?, buf()?, buf()?, buf()?);
-//! let grads = op::backward(&dev, &info, &binary, &op::BackwardArgs {
-//!     inputs: &[(Role::Query, &q), (Role::Key, &k), (Role::Value, &v)],
+//! let inputs = [(Role::Query, &q), (Role::Key, &k), (Role::Value, &v)];
+//! // Recompute the chunk states in the backward.
+//! let mut args = op::BackwardArgs {
+//!     inputs: &inputs,
 //!     initial_state: None,
 //!     cu_seqlens: None,
 //!     scale: 0.125,
 //!     d_o: &d_o,
 //!     dht: None,
-//! })?;
+//!     chunk_states: None,
+//! };
+//! let grads = op::backward(&dev, &info, &binary, &args)?;
 //! let dq = dev.download_bytes(grads.grad(Role::Query).expect("q has a gradient"))?;
+//!
+//! // Or read the ones a split forward wrote.
+//! let fwd = op::forward(&dev, &fwd_info, &binary, &op::ForwardArgs {
+//!     inputs: &inputs,
+//!     initial_state: None,
+//!     cu_seqlens: None,
+//!     scale: 0.125,
+//! })?;
+//! args.chunk_states = fwd.chunk_states.as_ref(); // `None` from a fused forward: recompute
+//! let grads = op::backward(&dev, &info, &binary, &args)?;
 //! # Ok(()) }
 //! ```
 
@@ -56,6 +83,15 @@ pub struct BackwardArgs<'a> {
     /// `dht [N, HV, K, V]` f32, the gradient of the final state: only for kernels that take
     /// it (compiled with a final state); `None` there passes zeros.
     pub dht: Option<&'a DeviceBuffer>,
+    /// The forward's chunk states, to read instead of recomputing them (see the
+    /// [module docs](self)): [`super::ForwardOutputs::chunk_states`] of a split forward of
+    /// the same call and config — `[⌊B·T / C⌋ + N, HV, K, V]` in the kernel's dtype, exactly
+    /// the shape the runtime would allocate; anything else is an error naming `chunk_states`
+    /// before anything launches. `None` recomputes them (and allocates them).
+    ///
+    /// The runtime cannot tell whether the buffer holds the states of *this* call's inputs
+    /// and `h0`: chunk states of another call give wrong gradients, not an error.
+    pub chunk_states: Option<&'a DeviceBuffer>,
 }
 
 impl<'a> BackwardArgs<'a> {
@@ -67,6 +103,7 @@ impl<'a> BackwardArgs<'a> {
             scale: self.scale,
             d_o: Some(self.d_o),
             dht: self.dht,
+            chunk_states: self.chunk_states,
         }
     }
 }
@@ -101,6 +138,11 @@ fn find(list: &[(Role, DeviceBuffer)], role: Role) -> Option<&DeviceBuffer> {
 /// The buffers of one backward launch (gradients, `dh0`, chunk states, gradient accumulators,
 /// scratch, decay rates, the zero `dht`), kept so the same kernel can be relaunched on the same
 /// sizes without allocating ([`backward_into`]): what a benchmark times.
+///
+/// The chunk states: a workspace made without [`BackwardArgs::chunk_states`] holds its own, so
+/// a relaunch may recompute them (no `chunk_states`) or read given ones (then its own go
+/// unused). A workspace made with given chunk states allocates none, so every relaunch must
+/// give them too; one without them is refused, naming `chunk_states`.
 #[derive(Debug, Clone)]
 pub struct BackwardWorkspace {
     /// The outputs the launches write.
@@ -113,9 +155,9 @@ pub struct BackwardWorkspace {
 }
 
 /// Launches the backward kernel `info` (binary `binary`, for this device's module format) on
-/// `device`: checks `args` as [`super::forward`] does, plus `do` and `dht`; allocates the
-/// gradients, `dh0`, the chunk states, the gradient accumulators and the scratch (all
-/// NaN-poisoned) and, without `dht`, a zero one; fills the RetNet decay rates when the kernel
+/// `device`: checks `args` as [`super::forward`] does, plus `do`, `dht` and `chunk_states`;
+/// allocates the gradients, `dh0`, the chunk states (unless given), the gradient accumulators
+/// and the scratch (all NaN-poisoned) and, without `dht`, a zero one; fills the RetNet decay rates when the kernel
 /// takes them; loads the module through the device's cache and enqueues `info`'s launch and
 /// then every [`KernelInfo::then`] one.
 pub fn backward(
@@ -130,7 +172,8 @@ pub fn backward(
 }
 
 /// [`backward`], keeping the buffers for [`backward_into`] (with a zero `dht` for kernels that
-/// take one, so a relaunch may omit it).
+/// take one, so a relaunch may omit it; with chunk states of its own unless `args` gives them:
+/// see [`BackwardWorkspace`]).
 pub fn backward_workspace(
     device: &Device,
     info: &KernelInfo,
@@ -143,7 +186,9 @@ pub fn backward_workspace(
 
 /// Relaunches the backward kernel into the buffers of `ws` (from [`backward_workspace`] with
 /// the same kernel and sizes): checks `args` as [`backward`] does, allocates and poisons
-/// nothing.
+/// nothing. Given chunk states are read (flag 1) whether or not the workspace has its own;
+/// without them the workspace's are recomputed, which one made with given states lacks (an
+/// error naming `chunk_states`).
 pub fn backward_into(
     device: &Device,
     info: &KernelInfo,
@@ -173,13 +218,18 @@ fn backward_inner(
     let (allocated, reused) = match reuse {
         Reuse::Into(ws) => {
             check_reuse(info, &checked, &ws.outputs.dims, ws.outputs.sequences)?;
-            ws.common.check(info, &checked)?;
+            ws.common
+                .check(info, &checked, args.chunk_states.is_some())?;
             check_fits(info, ws, args.dht.is_some())?;
             (None, Some(ws))
         }
         Reuse::No { keep } => {
             let zeros = args.dht.is_none() || keep;
-            (Some(allocate(device, info, &checked, zeros)?), None)
+            let states_given = args.chunk_states.is_some();
+            (
+                Some(allocate(device, info, &checked, zeros, states_given)?),
+                None,
+            )
         }
     };
     let Some(ws) = allocated.as_ref().or(reused) else {
@@ -239,12 +289,13 @@ fn check_fits(info: &KernelInfo, ws: &BackwardWorkspace, dht_given: bool) -> Res
 }
 
 /// The workspace's buffers, NaN-poisoned; the zero `dht` with `zeros` when the kernel takes a
-/// `dht`.
+/// `dht`; no chunk states when the caller gives them (`states_given`).
 fn allocate(
     device: &Device,
     info: &KernelInfo,
     checked: &Checked,
     zeros: bool,
+    states_given: bool,
 ) -> Result<BackwardWorkspace> {
     let (dims, n) = (checked.dims, checked.sequences);
     let shape_of = |role: Role| {
@@ -294,8 +345,9 @@ fn allocate(
             dims,
             sequences: n,
         },
-        // Scratch, decay rates and the chunk states (which the backward recomputes).
-        common: Common::new(device, info, checked)?,
+        // Scratch, decay rates and the chunk states the backward recomputes into (unless the
+        // caller gives the forward's).
+        common: Common::new(device, info, checked, states_given)?,
         accumulators,
         dht_zeros,
     })

@@ -2,7 +2,9 @@
 //! kernel: the direction is checked both ways, `do` and `dht` like every other argument
 //! (errors name them, nothing launches), the gradients, `dh0`, chunk states, accumulators and
 //! scratch are allocated NaN-poisoned with the sizes the ABI gives, a missing `dht` is passed
-//! as zeros, and a workspace relaunches without allocating. (The kernels themselves run in
+//! as zeros, and a workspace relaunches without allocating. Given chunk states (a split
+//! forward's) are passed as they are with `chunk_states_given` = 1 and not allocated; bad ones
+//! are refused naming `chunk_states`, before anything launches. (The kernels themselves run in
 //! linrec-compiler's and the facade's end-to-end tests.)
 
 use std::sync::{Arc, Mutex};
@@ -35,6 +37,8 @@ pub(crate) struct Log {
     /// Per launch, per argument: the address of a buffer's memory (the same buffer has the
     /// same one in every launch), 0 for a scalar.
     pub(crate) buffers: Vec<Vec<usize>>,
+    /// Per launch, the values of its i32 scalars in order.
+    pub(crate) ints: Vec<Vec<i32>>,
 }
 
 impl Recorder {
@@ -108,6 +112,13 @@ impl Backend for Recorder {
                 _ => 0,
             })
             .collect();
+        let ints: Vec<i32> = args
+            .iter()
+            .filter_map(|a| match a {
+                LaunchArg::I32(v) => Some(*v),
+                _ => None,
+            })
+            .collect();
         let args: Vec<String> = args.iter().map(|a| self.describe(a)).collect();
         let [x, y, z] = config.grid;
         let mut log = self.log.lock().expect("lock");
@@ -117,6 +128,7 @@ impl Backend for Recorder {
             args.join(", ")
         ));
         log.buffers.push(ids);
+        log.ints.push(ints);
         Ok(())
     }
     fn synchronize(&self) -> Result<()> {
@@ -180,6 +192,7 @@ fn info(o: Opts) -> KernelInfo {
     }
     params.extend([
         KernelParam::ChunkStates,
+        KernelParam::ChunkStatesGiven,
         KernelParam::GradAccumulator(Role::Query),
         KernelParam::GradAccumulator(Role::Key),
         KernelParam::Scratch,
@@ -272,6 +285,7 @@ fn args<'a>(b: &'a Bufs, ins: &'a [(Role, &'a DeviceBuffer)]) -> BackwardArgs<'a
         scale: 0.5,
         d_o: &b.d_o,
         dht: Some(&b.dht),
+        chunk_states: None,
     }
 }
 
@@ -339,7 +353,7 @@ fn a_good_launch_allocates_poisoned_grads_and_passes_the_abi_order() {
         [
             "linrec_test_bwd[1x2x1](640, 640, 6400, 320, 5120, 6400, 5120, \
           640=nan, 640=nan, 6400=nan, 320=nan, 5120=nan, \
-          5120=nan, 1280=nan, 1280=nan, 800=nan, i32, i32, i32, f32)"
+          5120=nan, i32, 1280=nan, 1280=nan, 800=nan, i32, i32, i32, f32)"
         ]
     );
 }
@@ -417,7 +431,7 @@ fn a_dht_for_a_kernel_without_one_is_refused() {
         launches(&log),
         ["linrec_test_bwd[1x2x1](640, 640, 6400, 320, 5120, 6400, \
           640=nan, 640=nan, 6400=nan, 320=nan, 5120=nan, \
-          5120=nan, 1280=nan, 1280=nan, 800=nan, i32, i32, i32, f32)"]
+          5120=nan, i32, 1280=nan, 1280=nan, 800=nan, i32, i32, i32, f32)"]
     );
 }
 
@@ -537,7 +551,7 @@ fn without_gva_the_accumulators_are_one_element() {
         [
             "linrec_test_bwd[1x4x1](1280, 1280, 6400, 320, 5120, 6400, 5120, \
           1280=nan, 1280=nan, 6400=nan, 320=nan, 5120=nan, \
-          5120=nan, 4=nan, 4=nan, 1600=nan, i32, i32, i32, f32)"
+          5120=nan, i32, 4=nan, 4=nan, 1600=nan, i32, i32, i32, f32)"
         ]
     );
 }
@@ -565,7 +579,7 @@ fn varlen_sizes_the_states_by_sequence() {
         [
             "linrec_test_bwd[1x2x1](320, 320, 3200, 160, 5120, 12, 3200, 5120, \
           320=nan, 320=nan, 3200=nan, 160=nan, 5120=nan, \
-          3840=nan, 640=nan, 640=nan, 800=nan, i32, i32, i32, f32)"
+          3840=nan, i32, 640=nan, 640=nan, 800=nan, i32, i32, i32, f32)"
         ]
     );
 
@@ -659,13 +673,13 @@ fn a_then_launch_shares_the_chunk_states_grads_and_scratch() {
         [
             "linrec_test_bwd[1x2x1](640, 640, 6400, 320, 5120, 6400, 5120, \
           640=nan, 640=nan, 6400=nan, 320=nan, 5120=nan, \
-          5120=nan, 1280=nan, 1280=nan, 8000=nan, i32, i32, i32, f32)",
+          5120=nan, i32, 1280=nan, 1280=nan, 8000=nan, i32, i32, i32, f32)",
             "linrec_test_bwd_tail[4x1x1](640, 5120=nan, 640=nan, 1280=nan, 8000=nan, i32, f32)"
         ]
     );
     // The same q, chunk states, dq, dq accumulator and scratch in both launches.
     let ids = log.lock().expect("lock").buffers.clone();
-    for (first, second) in [(0, 0), (12, 1), (7, 2), (13, 3), (15, 4)] {
+    for (first, second) in [(0, 0), (12, 1), (7, 2), (14, 3), (16, 4)] {
         assert_eq!(ids[0][first], ids[1][second], "argument {first} / {second}");
     }
 
@@ -681,4 +695,251 @@ fn a_then_launch_shares_the_chunk_states_grads_and_scratch() {
         "{msg}"
     );
     assert!(launches(&log).is_empty(), "launched anyway");
+}
+
+// ---- given chunk states (a split forward's) ------------------------------------------------
+
+/// The chunk states of [`gva`]'s call: ⌊2·20 / 16⌋ + 2 = 4 slots of [HV, K, V] = [2, 8, 40],
+/// bf16 (the kernel's dtype), ones (so the recorder tells them from the runtime's poison).
+fn gva_states(dev: &Device) -> DeviceBuffer {
+    ones(dev, DType::BF16, &[4, 2, 8, 40])
+}
+
+/// The address the recorder logs for `buf`.
+fn address(buf: &DeviceBuffer) -> usize {
+    std::ptr::from_ref(buf.raw()) as usize
+}
+
+/// The index of the chunk states among [`info`]`(ALL)`'s arguments.
+const STATES_ARG: usize = 12;
+
+fn allocations(log: &Arc<Mutex<Log>>) -> usize {
+    log.lock().expect("lock").allocations
+}
+
+#[test]
+fn given_chunk_states_are_passed_with_the_flag_set_and_not_allocated() {
+    let (dev, log) = device();
+    let b = gva(&dev);
+    let ins = inputs(&b);
+    let states = gva_states(&dev);
+
+    // Not given: the runtime allocates them (poisoned) and the kernel recomputes (flag 0).
+    let before = allocations(&log);
+    op::backward(&dev, &info(ALL), BINARY, &args(&b, &ins)).expect("launches");
+    let recompute = allocations(&log) - before;
+
+    let a = BackwardArgs {
+        chunk_states: Some(&states),
+        ..args(&b, &ins)
+    };
+    let before = allocations(&log);
+    op::backward(&dev, &info(ALL), BINARY, &a).expect("launches");
+    // One buffer fewer: the chunk states are the caller's.
+    assert_eq!(allocations(&log) - before, recompute - 1);
+
+    let launched = launches(&log);
+    assert!(
+        launched[0].contains(", 5120=nan, i32, 1280=nan"),
+        "{launched:?}"
+    );
+    assert!(
+        launched[1].contains(", 5120, i32, 1280=nan"),
+        "{launched:?}"
+    );
+    let log = log.lock().expect("lock");
+    // chunk_states_given, T, H, HV.
+    assert_eq!(log.ints, [[0, 20, 1, 2], [1, 20, 1, 2]]);
+    assert_eq!(
+        log.buffers[1][STATES_ARG],
+        address(&states),
+        "the same buffer"
+    );
+    assert_ne!(log.buffers[0][STATES_ARG], address(&states));
+}
+
+#[test]
+fn chunk_states_of_the_wrong_dtype_shape_device_or_layout_are_refused() {
+    let (dev, log) = device();
+    let b = gva(&dev);
+    let ins = inputs(&b);
+    let run = |states: &DeviceBuffer| {
+        let a = BackwardArgs {
+            chunk_states: Some(states),
+            ..args(&b, &ins)
+        };
+        op::backward(&dev, &info(ALL), BINARY, &a).expect_err("refused")
+    };
+
+    // f32, the dtype the kernels carry, is not the kernel's (bf16).
+    let err = run(&ones(&dev, DType::F32, &[4, 2, 8, 40]));
+    assert!(matches!(err, RuntimeError::DType { .. }), "{err:?}");
+    assert_names(err, "chunk_states", "expected dtype bf16, found f32", &log);
+
+    // One slot per chunk and sequence: ⌊B·T / C⌋ + N = 4, not 3 (or ⌈T / C⌉ · N).
+    let err = run(&ones(&dev, DType::BF16, &[3, 2, 8, 40]));
+    assert!(matches!(err, RuntimeError::Shape { .. }), "{err:?}");
+    assert_names(
+        err,
+        "chunk_states",
+        "[⌊B·T / C⌋ + N, HV, K, V] = [4, 2, 8, 40] (C = 16, N = 2 sequences)",
+        &log,
+    );
+    let err = run(&ones(&dev, DType::BF16, &[4, 2, 40, 8]));
+    assert_names(err, "chunk_states", "found [4, 2, 40, 8]", &log);
+
+    // Another device's.
+    let (other, _) = device();
+    let err = run(&gva_states(&other));
+    assert!(matches!(err, RuntimeError::WrongDevice { .. }), "{err:?}");
+    assert_names(err, "chunk_states", "another device", &log);
+
+    // A transposed view.
+    let view = gva_states(&dev)
+        .with_strides(&[4, 2, 8, 40], &[640, 320, 1, 8])
+        .expect("fits");
+    let err = run(&view);
+    assert!(matches!(err, RuntimeError::Strides { .. }), "{err:?}");
+    assert_names(err, "chunk_states", "contiguous", &log);
+
+    // A kernel that cannot be told to skip its recompute phase.
+    let mut old = info(ALL);
+    old.params.retain(|p| *p != KernelParam::ChunkStatesGiven);
+    let a = BackwardArgs {
+        chunk_states: Some(&gva_states(&dev)),
+        ..args(&b, &ins)
+    };
+    let err = op::backward(&dev, &old, BINARY, &a).expect_err("no flag");
+    assert!(matches!(err, RuntimeError::ArgKind { .. }), "{err:?}");
+    assert_names(err, "chunk_states", "cannot read given chunk states", &log);
+}
+
+#[test]
+fn varlen_chunk_states_have_a_slot_per_chunk_and_sequence() {
+    let (dev, log) = device();
+    // B = 1, T = 20 packed as sequences of 7 and 13: ⌊20 / 16⌋ + 2 = 3 slots.
+    let b = buffers(&dev, 1, 20, 1, 2);
+    let cu = dev.upload(&[0i32, 7, 20], &[3]).expect("upload");
+    let ins = inputs(&b);
+    let varlen = Opts {
+        varlen: true,
+        ..ALL
+    };
+    let states = ones(&dev, DType::BF16, &[3, 2, 8, 40]);
+    let a = BackwardArgs {
+        cu_seqlens: Some(&cu),
+        chunk_states: Some(&states),
+        ..args(&b, &ins)
+    };
+    op::backward(&dev, &info(varlen), BINARY, &a).expect("launches");
+    assert_eq!(log.lock().expect("lock").ints, [[1, 20, 1, 2]]);
+
+    let four = gva_states(&dev);
+    let a = BackwardArgs {
+        chunk_states: Some(&four),
+        ..a
+    };
+    let err = op::backward(&dev, &info(varlen), BINARY, &a).expect_err("4 slots");
+    assert!(err.to_string().contains("= [3, 2, 8, 40]"), "{err}");
+    assert_eq!(launches(&log).len(), 1);
+}
+
+#[test]
+fn a_workspace_takes_given_chunk_states_either_way() {
+    let (dev, log) = device();
+    let b = gva(&dev);
+    let ins = inputs(&b);
+    let states = gva_states(&dev);
+    let given = BackwardArgs {
+        chunk_states: Some(&states),
+        ..args(&b, &ins)
+    };
+
+    // Made without given states: it has its own, and relaunches either way.
+    let before = allocations(&log);
+    let own = op::backward_workspace(&dev, &info(ALL), BINARY, &args(&b, &ins)).expect("made");
+    let with_own = allocations(&log) - before;
+    op::backward_into(&dev, &info(ALL), BINARY, &given, &own).expect("reads the given ones");
+    op::backward_into(&dev, &info(ALL), BINARY, &args(&b, &ins), &own).expect("recomputes");
+
+    // Made with given states: none of its own (one allocation fewer); relaunches must give them.
+    let before = allocations(&log);
+    let bare = op::backward_workspace(&dev, &info(ALL), BINARY, &given).expect("made");
+    assert_eq!(allocations(&log) - before, with_own - 1);
+    let allocated = allocations(&log);
+    op::backward_into(&dev, &info(ALL), BINARY, &given, &bare).expect("reads the given ones");
+    let err = op::backward_into(&dev, &info(ALL), BINARY, &args(&b, &ins), &bare)
+        .expect_err("nowhere to recompute them");
+    let msg = err.to_string();
+    assert!(matches!(err, RuntimeError::ArgKind { .. }), "{err:?}");
+    assert!(
+        msg.contains("`chunk_states`") && msg.contains("pass them again"),
+        "{msg}"
+    );
+    assert_eq!(allocations(&log), allocated, "a relaunch allocates nothing");
+
+    let log = log.lock().expect("lock");
+    assert_eq!(
+        log.launches.len(),
+        5,
+        "the refused relaunch launched nothing"
+    );
+    let flags: Vec<i32> = log.ints.iter().map(|i| i[0]).collect();
+    assert_eq!(flags, [0, 1, 0, 1, 1]);
+    let passed: Vec<usize> = log.buffers.iter().map(|b| b[STATES_ARG]).collect();
+    let s = address(&states);
+    assert_eq!(passed[1], s);
+    assert_eq!(passed[2], passed[0], "the workspace's own");
+    assert_ne!(passed[0], s);
+    assert_eq!((passed[3], passed[4]), (s, s));
+}
+
+/// A forward then a backward on the mock: the split forward's chunk states go to the backward
+/// as they are.
+#[test]
+fn a_split_forwards_chunk_states_fit_the_backward() {
+    let (dev, log) = device();
+    let b = gva(&dev);
+    let ins = inputs(&b);
+    // A forward of the same config writing the chunk states.
+    let mut fwd = info(ALL);
+    fwd.direction = "forward".into();
+    fwd.entry = "linrec_test_states".into();
+    fwd.config.final_state = true;
+    fwd.params = vec![
+        KernelParam::Input(Role::Query),
+        KernelParam::Input(Role::Key),
+        KernelParam::Input(Role::Value),
+        KernelParam::Input(Role::Gate),
+        KernelParam::InitialState,
+        KernelParam::Output,
+        KernelParam::FinalState,
+        KernelParam::ChunkStates,
+        KernelParam::Scratch,
+        KernelParam::SeqLen,
+        KernelParam::Heads,
+        KernelParam::ValueHeads,
+        KernelParam::Scale,
+    ];
+    let out = op::forward(
+        &dev,
+        &fwd,
+        BINARY,
+        &ForwardArgs {
+            inputs: &ins,
+            initial_state: Some(&b.h0),
+            cu_seqlens: None,
+            scale: 0.5,
+        },
+    )
+    .expect("forward");
+    let states = out.chunk_states.as_ref().expect("a split forward's");
+    let a = BackwardArgs {
+        chunk_states: Some(states),
+        ..args(&b, &ins)
+    };
+    op::backward(&dev, &info(ALL), BINARY, &a).expect("backward");
+    let log = log.lock().expect("lock");
+    assert_eq!(log.buffers[1][STATES_ARG], log.buffers[0][7]);
+    assert_eq!(log.ints[1][0], 1);
 }

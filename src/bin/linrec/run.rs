@@ -8,6 +8,11 @@
 //! β-write, 0.02 for gate and β gradients); with `--device reference` it prints the reference
 //! gradients' norms.
 //!
+//! `--save-chunk-states` (with `--backward`) keeps the chunk states the forward wrote and hands
+//! them to the backward, which then skips recomputing them (`ForwardOptions::save_chunk_states`
+//! in the library); only split forward kernels write them (`LINREC_FORWARD=split` when
+//! compiling), so with fused ones it fails with the library's error before launching.
+//!
 //! `--inputs FILE.safetensors` takes the inputs (and `do`, `dht`) from a file instead (sizes
 //! and dtype from its tensors, all checked before a device is opened: see `tensor_file`),
 //! `--outputs` writes `o` and `ht` (and with `--backward` the gradients), and `--no-check`
@@ -97,6 +102,11 @@ pub struct RunArgs {
     /// gradient against the reference's exact backward (one line per gradient).
     #[arg(long)]
     backward: bool,
+    /// With --backward: keep the chunk states the forward wrote and let the backward read them
+    /// instead of recomputing them (memory for time). Needs split forward kernels: compile
+    /// with LINREC_FORWARD=split (JIT or `linrec compile`).
+    #[arg(long, requires = "backward")]
+    save_chunk_states: bool,
     /// Skip the comparison with the f64 reference (slow for large shapes): run and time only.
     #[arg(long)]
     no_check: bool,
@@ -370,6 +380,10 @@ fn run_device(
     )?;
     let (kernel, origin) = kernels::forward(&provider, spec, &target, config)?;
     println!("kernel   {} ({origin})", kernel.info.entry);
+    if args.save_chunk_states {
+        // The library's error (option `save_chunk_states`), before anything is uploaded.
+        linrec::ops::check_save_chunk_states(spec, &kernel.info).map_err(Failure::usage)?;
+    }
 
     let mut buffers = Vec::new();
     for input in &spec.inputs {
@@ -439,6 +453,24 @@ fn run_device(
         Some(b) => Some(device.download_bytes(b).map_err(Failure::check)?),
         None => None,
     };
+    let chunk_states = if args.save_chunk_states {
+        let states = out.chunk_states.as_ref().ok_or_else(|| {
+            Failure::check(format!(
+                "the forward kernel `{}` returned no chunk states to save",
+                kernel.info.entry
+            ))
+        })?;
+        let bytes = states.shape().iter().product::<usize>() * states.dtype().size_bytes();
+        println!(
+            "states   saved by the forward for the backward: {} {:?} ({:.2} MB)",
+            states.dtype(),
+            states.shape(),
+            bytes as f64 / 1e6
+        );
+        Some(states)
+    } else {
+        None
+    };
     let grads = match grads_in {
         Some(g) => {
             let fwd = Launch {
@@ -447,6 +479,7 @@ fn run_device(
                 h0: h0.as_ref(),
                 cu: cu_buf.as_ref(),
                 scale,
+                chunk_states,
             };
             Some(run_backward(&fwd, spec, &provider, &target, config, g)?)
         }
@@ -534,6 +567,8 @@ struct Launch<'a> {
     h0: Option<&'a DeviceBuffer>,
     cu: Option<&'a DeviceBuffer>,
     scale: f32,
+    /// The chunk states the forward wrote, with --save-chunk-states.
+    chunk_states: Option<&'a DeviceBuffer>,
 }
 
 /// One gradient the backward kernel wrote, downloaded: `dq`, `dbeta`, ... or `dh0`.
@@ -581,6 +616,7 @@ fn run_backward(
         scale: fwd.scale,
         d_o: &d_o,
         dht: config.final_state.then_some(&dht),
+        chunk_states: fwd.chunk_states,
     };
     let launch = || -> Result<BackwardOutputs, Failure> {
         op::backward(device, &kernel.info, &kernel.binary, &bargs).map_err(Failure::check)
