@@ -142,7 +142,7 @@ pub struct ForwardOptions<'a> {
     /// 264 slots of 16·128·128, 138 MB — and saves the backward the time of recomputing
     /// them. Only a *split* forward kernel writes them (kernels compiled with
     /// `LINREC_FORWARD=split`, by `linrec compile` or by the JIT, or a provider whose
-    /// [`JitCompiler`](linrec_runtime::kernels::JitCompiler) has
+    /// `JitCompiler` (feature `jit`) has
     /// `CompileOptions::forward = ForwardForm::Split`); with a fused forward kernel (the
     /// default) asking for them is an [`Error::Option`] naming `save_chunk_states`, before
     /// anything is launched.

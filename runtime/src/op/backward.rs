@@ -83,11 +83,15 @@ pub struct BackwardArgs<'a> {
     /// `dht [N, HV, K, V]` f32, the gradient of the final state: only for kernels that take
     /// it (compiled with a final state); `None` there passes zeros.
     pub dht: Option<&'a DeviceBuffer>,
-    /// The forward's chunk states, to read instead of recomputing them (see the
-    /// [module docs](self)): [`super::ForwardOutputs::chunk_states`] of a split forward of
-    /// the same call and config — `[⌊B·T / C⌋ + N, HV, K, V]` in the kernel's dtype, exactly
-    /// the shape the runtime would allocate; anything else is an error naming `chunk_states`
-    /// before anything launches. `None` recomputes them (and allocates them).
+    /// The forward's chunk states, to read instead of recomputing them:
+    /// [`super::ForwardOutputs::chunk_states`] of a split forward (compiled with
+    /// `LINREC_FORWARD=split`) of the same call and config — `[⌊B·T / C⌋ + N, HV, K, V]` in
+    /// the kernel's dtype, exactly the shape the runtime would allocate; anything else is an
+    /// error naming `chunk_states` before anything launches. They are passed with
+    /// [`KernelParam::ChunkStatesGiven`] = 1 and the kernel skips its recompute phase: the
+    /// memory of keeping them from the forward, `(⌊B·T / C⌋ + N) · HV · K · V` elements, for
+    /// the time of recomputing them. `None` recomputes them (the runtime allocates them and
+    /// passes 0), like fla.
     ///
     /// The runtime cannot tell whether the buffer holds the states of *this* call's inputs
     /// and `h0`: chunk states of another call give wrong gradients, not an error.
