@@ -1544,6 +1544,8 @@ fn bench_on_opencl_writes_json() {
     assert_eq!(rows.len(), 1);
     let r = &rows[0];
     assert_eq!(r["variant"], "simple_gla");
+    assert_eq!(r["label"], "linrec");
+    assert!(r.get("fwd_bwd_ms").is_none(), "{r}");
     assert_eq!(r["shape"], serde_json::json!([1, 64, 1, 16]));
     // q, k, v, o bf16 (4 · 64 · 16 · 2) + g f32 (64 · 4); one chunk of flops.
     assert_eq!(r["bytes"], 4 * 64 * 16 * 2 + 64 * 4);
@@ -1559,6 +1561,191 @@ fn bench_on_opencl_writes_json() {
         let x = r[key].as_f64().unwrap_or(f64::NAN);
         assert!(x.is_finite() && x > 0.0, "{key} = {x}");
     }
+}
+
+/// `linrec bench --backward` on the CPU OpenCL runtime, kernels from an artifact folder of
+/// `linrec compile --direction both`: the fwd+bwd columns and JSON keys appear (also with
+/// `--state`: the backward then takes h0 and a zero dht); with a split forward
+/// (`LINREC_FORWARD=split`) the backward reads its chunk states; a forward-only folder is a
+/// usage error naming the `--direction both` command.
+#[cfg(feature = "jit")]
+#[test]
+fn bench_backward_on_opencl_times_forward_and_backward() {
+    if !opencl_ready() {
+        return;
+    }
+    let tmp = TestDir::new("bench-bwd");
+    let (both, fwd_only, split) = (tmp.path("both"), tmp.path("fwd"), tmp.path("split"));
+    for (dir, direction, form) in [
+        (&both, "both", "fused"),
+        (&fwd_only, "forward", "fused"),
+        (&split, "both", "split"),
+    ] {
+        let out = linrec()
+            .env("LINREC_FORWARD", form)
+            .args([
+                "compile",
+                "simple_gla",
+                "--target",
+                "spirv",
+                "--dtype",
+                "f32",
+                "--head-dims",
+                "16",
+                "--direction",
+                direction,
+                "--out",
+                path_str(dir),
+            ])
+            .output()
+            .expect("linrec runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let json = tmp.path("bench.json");
+    let bench = |dir: &std::path::Path, extra: &[&str]| {
+        let mut args = vec![
+            "bench",
+            "simple_gla",
+            "--backward",
+            "--device",
+            "opencl",
+            "--dtype",
+            "f32",
+            "--shapes",
+            "1,64,1,16",
+            "--iters",
+            "100",
+            "--warmup",
+            "2",
+            "--artifacts",
+            path_str(dir),
+        ];
+        args.extend_from_slice(extra);
+        linrec().args(&args).output().expect("linrec runs")
+    };
+    for extra in [&["--json", path_str(&json)][..], &["--state"][..]] {
+        let out = bench(&both, extra);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{extra:?}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let header = text
+            .lines()
+            .find(|l| l.starts_with("variant"))
+            .unwrap_or_else(|| panic!("no header in:\n{text}"));
+        assert!(
+            header.contains("fwd+bwd") && header.contains("≈bwd ms"),
+            "{header}"
+        );
+        let row = text
+            .lines()
+            .find(|l| l.starts_with("simple_gla"))
+            .unwrap_or_else(|| panic!("no row in:\n{text}"));
+        // variant, shape, 7 forward columns, fwd+bwd median, p10, p90, the estimate.
+        assert_eq!(row.split_whitespace().count(), 13, "{row}");
+        assert!(text.contains("fwd+bwd  forward then backward"), "{text}");
+    }
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json written"))
+            .expect("well-formed JSON");
+    assert_eq!(doc["backward"], true);
+    let r = &doc["results"][0];
+    for key in ["fwd_bwd_ms", "fwd_bwd_p10_ms", "fwd_bwd_p90_ms"] {
+        let x = r[key].as_f64().unwrap_or(f64::NAN);
+        assert!(x.is_finite() && x > 0.0, "{key} = {x}");
+    }
+    let est = r["bwd_est_ms"].as_f64().unwrap_or(f64::NAN);
+    let (fb, fwd) = (
+        r["fwd_bwd_ms"].as_f64().unwrap_or(f64::NAN),
+        r["ms"].as_f64().unwrap_or(f64::NAN),
+    );
+    assert!((est - (fb - fwd)).abs() < 1e-9, "{r}");
+    assert!(
+        r["backward_kernel"]
+            .as_str()
+            .is_some_and(|e| e.contains("simple_gla")),
+        "{r}"
+    );
+    assert_eq!(r["bwd_chunk_states"], "recomputed", "{r}");
+
+    // The split forward's chunk states go to the backward.
+    let out = bench(
+        &split,
+        &["--json", path_str(&json), "--label", "linrec-split"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json written"))
+            .expect("well-formed JSON");
+    let r = &doc["results"][0];
+    assert_eq!(r["label"], "linrec-split");
+    assert_eq!(r["bwd_chunk_states"], "saved", "{r}");
+    assert!(r["fwd_bwd_ms"].as_f64().is_some_and(|x| x > 0.0), "{r}");
+
+    let out = bench(&fwd_only, &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("backward kernel of `simple_gla`")
+            && err.contains(
+                "linrec compile simple_gla --target spirv --dtype f32 --head-dims 16:16 \
+                 --chunk 64 --direction both --out DIR"
+            ),
+        "{err}"
+    );
+}
+
+/// `linrec bench --label` names the kernel set in the JSON (top level and rows); the printed
+/// table of a forward-only run has no fwd+bwd columns; a label with a space is refused.
+#[cfg(feature = "jit")]
+#[test]
+fn bench_label_names_the_kernel_set() {
+    let out = linrec()
+        .args(["bench", "--label", "a b", "--device", "opencl"])
+        .output()
+        .expect("linrec runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--label"));
+    if !opencl_ready() {
+        return;
+    }
+    let tmp = TestDir::new("bench-label");
+    let json = tmp.path("bench.json");
+    let out = stdout(&[
+        "bench",
+        "linear_attn",
+        "--device",
+        "opencl",
+        "--dtype",
+        "f32",
+        "--shapes",
+        "1,64,1,16",
+        "--iters",
+        "100",
+        "--label",
+        "linrec-split",
+        "--json",
+        path_str(&json),
+    ]);
+    assert!(!out.contains("fwd+bwd"), "{out}");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json written"))
+            .expect("well-formed JSON");
+    assert_eq!(doc["label"], "linrec-split");
+    assert_eq!(doc["backward"], false);
+    let r = &doc["results"][0];
+    assert_eq!(r["label"], "linrec-split");
+    assert!(r.get("fwd_bwd_ms").is_none(), "{r}");
 }
 
 /// `linrec bench` keeps DESIGN §9's protocol: fewer than 100 timed runs is a usage error.

@@ -1,9 +1,24 @@
-//! `linrec bench`: forward timing of linrec's kernels on a device (DESIGN §9).
+//! `linrec bench`: forward (and, with `--backward`, forward + backward) timing of linrec's
+//! kernels on a device (DESIGN §9).
 //!
 //! Inputs are allocated once (random values of the kernel's dtype), the kernel is launched
 //! `--warmup` times, then `--iters` launches are timed one by one and the median (with p10
 //! and p90) reported. Every launch writes the same output buffers (no allocation, no poisoning
-//! in the timed region: `op::forward_into`).
+//! in the timed region: `op::forward_into`). Every kernel is fetched before anything is timed,
+//! so a missing one fails the run at once.
+//!
+//! **Forward + backward** (`--backward`): the backward kernel of the forward's config (same
+//! call options: it reads h0 and writes dh0 under `--state`, and gets a zero dht there) from
+//! the same provider, a random dO in the kernel's dtype, one `op::backward_workspace`; then
+//! each timed iteration is `op::forward_into` followed by `op::backward_into` between one
+//! timer pair. A split forward's chunk states go to the backward (saved, as a training step
+//! keeps them: the backward skips recomputing them); a fused forward has none and the backward
+//! recomputes them (JSON `bwd_chunk_states`: `saved` / `recomputed`). The backward alone is estimated as the difference of the medians (fwd+bwd −
+//! fwd), so it includes nothing the pair does not.
+//!
+//! **Label** (`--label`, default `linrec`): names the kernel set in the JSON (top level and
+//! every row), so runs over different artifact folders — e.g. the fused forward and the split
+//! one, `LINREC_FORWARD=split linrec compile ...` — can be merged (scripts/bench-merge.py).
 //!
 //! **Timer.** On CUDA each launch sits between two `CUevent`s recorded on the stream
 //! (`cuEventElapsedTime`); all launches are enqueued back to back and read after one
@@ -25,6 +40,7 @@
 //! work (gates, masks, scale) is not counted.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Args;
@@ -33,8 +49,9 @@ use linrec::host;
 use linrec::reference::Rng;
 use linrec::spec::launch::{ElementType, KernelConfig};
 use linrec::spec::{Dims, Role, Spec};
-use linrec_runtime::op::{self, ForwardArgs};
-use linrec_runtime::{DType, Device, DeviceBuffer, DeviceKind};
+use linrec_runtime::kernels::KernelError;
+use linrec_runtime::op::{self, BackwardArgs, ForwardArgs};
+use linrec_runtime::{DType, Device, DeviceBuffer, DeviceKind, Kernel, KernelRequest, Kernels};
 use serde_json::json;
 
 use crate::Failure;
@@ -91,6 +108,15 @@ pub struct BenchArgs {
     /// Seed of the random inputs.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Also time forward + backward (the backward kernel of the same config, a random dO):
+    /// fwd+bwd ms and the backward's estimate fwd+bwd − fwd. An artifact folder must hold both
+    /// (`linrec compile ... --direction both`).
+    #[arg(long)]
+    backward: bool,
+    /// The name of this kernel set in the JSON, e.g. `linrec-split` for kernels compiled with
+    /// LINREC_FORWARD=split, so runs over different artifact folders can be merged.
+    #[arg(long, default_value = "linrec")]
+    label: String,
 }
 
 /// Parses `fla` or `B,T,H,D[;...]` into dims with K = V = D.
@@ -294,6 +320,60 @@ fn measure_bandwidth(device: &Device) -> Result<(f64, &'static str), Failure> {
     ))
 }
 
+/// The `linrec compile` command that writes the forward and the backward kernel of `request`'s
+/// config into one folder: the runtime's [`linrec_runtime::kernels::KernelKey::compile_command`]
+/// with `--direction both`.
+pub fn compile_both_command(request: &KernelRequest<'_>, out: &str) -> String {
+    let command = request.key().compile_command(out);
+    let out_arg = format!(" --out {out}");
+    let base = command
+        .replace(" --direction backward", "")
+        .replace(" --direction forward", "");
+    match base.strip_suffix(&out_arg) {
+        Some(head) => format!("{head} --direction both{out_arg}"),
+        None => format!("{base} --direction both"),
+    }
+}
+
+/// The kernel of `request` from `provider`. With `both` (a `--backward` run) a missing kernel's
+/// hint names the command that writes forward and backward kernels into one folder.
+fn fetch_kernel(
+    provider: &Kernels,
+    request: &KernelRequest<'_>,
+    both: bool,
+) -> Result<Arc<Kernel>, Failure> {
+    match provider.get(request) {
+        Ok(loaded) => Ok(loaded.kernel),
+        Err(KernelError::Missing { key, searched, .. }) if both => Err(Failure::usage(format!(
+            "no {key}:{}\n`linrec bench --backward` launches the forward and the backward kernel of each \
+             config from one place; build both ahead of time with\n    {}\n(DIR a new folder: \
+             `linrec compile` replaces an existing manifest) and pass --artifacts DIR{}",
+            searched
+                .iter()
+                .map(|s| format!("\n  {s}"))
+                .collect::<String>(),
+            compile_both_command(request, "DIR"),
+            if cfg!(feature = "jit") {
+                ""
+            } else {
+                ", or build linrec with the `jit` feature to compile them in process"
+            }
+        ))),
+        Err(e) => Err(Failure::usage(e)),
+    }
+}
+
+/// The label of `--label`: not empty, no whitespace or control characters (it names a column).
+fn check_label(label: &str) -> Result<&str, Failure> {
+    if label.is_empty() || label.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Failure::usage(format!(
+            "--label `{}`: give a non-empty name without spaces, e.g. `linrec-split`",
+            label.escape_debug()
+        )));
+    }
+    Ok(label)
+}
+
 pub fn run(args: &BenchArgs) -> Result<(), Failure> {
     if args.iters < 100 {
         return Err(Failure::usage(format!(
@@ -303,6 +383,7 @@ pub fn run(args: &BenchArgs) -> Result<(), Failure> {
     }
     let dtype = parse_dtype(&args.dtype)?;
     let chunk = check_chunk(args.chunk)?;
+    let label = check_label(&args.label)?;
     let shapes = parse_shapes(&args.shapes)?;
     let names: Vec<String> = if args.variants.is_empty() {
         DEFAULT_VARIANTS.iter().map(|s| s.to_string()).collect()
@@ -340,6 +421,38 @@ pub fn run(args: &BenchArgs) -> Result<(), Failure> {
         kernels::artifacts_dir(args.artifacts.as_deref()).as_deref(),
         false,
     )?;
+    // Every kernel before anything is timed: a missing one fails the run at once.
+    let config_of = |dims: &Dims| KernelConfig {
+        dtype,
+        key_dim: dims.key_dim,
+        value_dim: dims.value_dim,
+        chunk,
+        initial_state: args.state,
+        final_state: args.state,
+        varlen: false,
+    };
+    let mut fetched = Vec::with_capacity(shapes.len() * specs.len());
+    for dims in &shapes {
+        for spec in &specs {
+            // The backward kernel's config is the forward's.
+            let config = config_of(dims);
+            let forward = fetch_kernel(
+                &provider,
+                &KernelRequest::forward(spec, &target, config),
+                args.backward,
+            )?;
+            let backward = if args.backward {
+                Some(fetch_kernel(
+                    &provider,
+                    &KernelRequest::backward(spec, &target, config),
+                    true,
+                )?)
+            } else {
+                None
+            };
+            fetched.push((forward, backward));
+        }
+    }
     let (bandwidth, bw_how) = measure_bandwidth(&device)?;
     let not_gpu = info.is_cpu;
     println!(
@@ -356,23 +469,27 @@ pub fn run(args: &BenchArgs) -> Result<(), Failure> {
     println!("memory   {bandwidth:.0} GB/s measured ({bw_how}); HBM floor = bytes / that");
     let mut rows = Vec::new();
     let mut timer_used = Timer::WallClock;
-    println!(
+    let header = format!(
         "{:<12} {:<20} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9} {:>7}",
         "variant", "B,T,H,D", "ms", "p10", "p90", "GB/s", "TFLOP/s", "floor ms", "×floor"
     );
+    if args.backward {
+        println!(
+            "{header} {:>9} {:>9} {:>9} {:>9}",
+            "fwd+bwd", "fb p10", "fb p90", "≈bwd ms"
+        );
+    } else {
+        println!("{header}");
+    }
     let mut rng = Rng::new(args.seed);
+    // dO from its own stream: the forward's inputs are the same with and without --backward.
+    let mut rng_do = Rng::new(args.seed ^ 0x5eed_d0d0);
+    let mut kernels_of = fetched.iter();
     for dims in &shapes {
         for spec in &specs {
-            let config = KernelConfig {
-                dtype,
-                key_dim: dims.key_dim,
-                value_dim: dims.value_dim,
-                chunk,
-                initial_state: args.state,
-                final_state: args.state,
-                varlen: false,
+            let Some((kernel, backward)) = kernels_of.next() else {
+                return Err(Failure::check("a kernel was not fetched"));
             };
-            let (kernel, _origin) = kernels::forward(&provider, spec, &target, config)?;
             let mut buffers = Vec::new();
             for input in &spec.inputs {
                 let shape = dims.input_shape(input.role, &spec.decay);
@@ -413,6 +530,40 @@ pub fn run(args: &BenchArgs) -> Result<(), Failure> {
             })?;
             timer_used = timer;
             let (ms, p10, p90) = percentiles(&mut times);
+            // Forward then backward between one timer pair, into workspaces made once.
+            let fwd_bwd = match backward {
+                Some(bwd) => {
+                    let d_o =
+                        random_buffer(&device, None, dtype, &dims.output_shape(), &mut rng_do)?;
+                    let bargs = BackwardArgs {
+                        inputs: &refs,
+                        initial_state: h0.as_ref(),
+                        cu_seqlens: None,
+                        scale: fargs.scale,
+                        d_o: &d_o,
+                        dht: None,
+                        // A split forward's chunk states (saved, as in training); a fused
+                        // forward has none and the backward recomputes them.
+                        chunk_states: ws.outputs.chunk_states.as_ref(),
+                    };
+                    let bws = op::backward_workspace(&device, &bwd.info, &bwd.binary, &bargs)
+                        .map_err(Failure::check)?;
+                    let (mut times, _) =
+                        time_launches(&device, args.warmup, args.iters, &mut || {
+                            op::forward_into(&device, &kernel.info, &kernel.binary, &fargs, &ws)
+                                .map_err(Failure::check)?;
+                            op::backward_into(&device, &bwd.info, &bwd.binary, &bargs, &bws)
+                                .map_err(Failure::check)
+                        })?;
+                    let states = if bargs.chunk_states.is_some() {
+                        "saved"
+                    } else {
+                        "recomputed"
+                    };
+                    Some((percentiles(&mut times), bwd.info.entry.clone(), states))
+                }
+                None => None,
+            };
             let bytes = traffic_bytes(spec, dims, dtype, args.state);
             let flops = chunk_flops(dims, chunk);
             let gbs = bytes as f64 / (ms * 1e-3) / 1e9;
@@ -422,7 +573,7 @@ pub fn run(args: &BenchArgs) -> Result<(), Failure> {
                 "{},{},{},{}",
                 dims.batch, dims.seq_len, dims.heads, dims.key_dim
             );
-            println!(
+            let line = format!(
                 "{:<12} {:<20} {:>9.3} {:>9.3} {:>9.3} {:>9.0} {:>8.2} {:>9.4} {:>7.2}",
                 spec.name,
                 shape,
@@ -434,7 +585,8 @@ pub fn run(args: &BenchArgs) -> Result<(), Failure> {
                 floor_ms,
                 ms / floor_ms
             );
-            rows.push(json!({
+            let mut row = json!({
+                "label": label,
                 "variant": spec.name,
                 "shape": [dims.batch, dims.seq_len, dims.heads, dims.key_dim],
                 "B": dims.batch, "T": dims.seq_len, "H": dims.heads, "D": dims.key_dim,
@@ -443,7 +595,22 @@ pub fn run(args: &BenchArgs) -> Result<(), Failure> {
                 "gb_per_s": gbs, "tflop_per_s": tflops,
                 "floor_ms": floor_ms, "ratio_to_floor": ms / floor_ms,
                 "kernel": kernel.info.entry,
-            }));
+            });
+            match &fwd_bwd {
+                Some(((fb, fb10, fb90), entry, states)) => {
+                    println!("{line} {fb:>9.3} {fb10:>9.3} {fb90:>9.3} {:>9.3}", fb - ms);
+                    if let Some(obj) = row.as_object_mut() {
+                        obj.insert("fwd_bwd_ms".into(), json!(fb));
+                        obj.insert("fwd_bwd_p10_ms".into(), json!(fb10));
+                        obj.insert("fwd_bwd_p90_ms".into(), json!(fb90));
+                        obj.insert("bwd_est_ms".into(), json!(fb - ms));
+                        obj.insert("backward_kernel".into(), json!(entry));
+                        obj.insert("bwd_chunk_states".into(), json!(states));
+                    }
+                }
+                None => println!("{line}"),
+            }
+            rows.push(row);
             drop(ws);
         }
     }
@@ -461,9 +628,19 @@ pub fn run(args: &BenchArgs) -> Result<(), Failure> {
             ""
         }
     );
+    const FWD_BWD_HOW: &str = "forward then backward (kernel of the same config, random dO) \
+                               between one timer pair, the chunk states saved by a split \
+                               forward or recomputed by the backward; bwd estimate = fwd+bwd - \
+                               fwd (medians)";
+    if args.backward {
+        println!("fwd+bwd  {FWD_BWD_HOW}");
+    }
     if let Some(path) = &args.json {
         let doc = json!({
             "tool": "linrec bench",
+            "label": label,
+            "backward": args.backward,
+            "fwd_bwd_how": if args.backward { Some(FWD_BWD_HOW) } else { None },
             "linrec_version": env!("CARGO_PKG_VERSION"),
             "device": info.name,
             "backend": format!("{:?}", info.backend),
@@ -542,6 +719,36 @@ mod tests {
         assert_eq!(s[1], Dims::new(8, 2048, 16, 128, 128));
         assert!(parse_shapes("1,64,1").is_err());
         assert!(parse_shapes("1,64,1,512").is_err());
+    }
+
+    #[test]
+    fn the_missing_kernel_hint_compiles_both_directions() {
+        let spec = catalogue::lookup("simple_gla").expect("built-in").spec();
+        let config = KernelConfig {
+            dtype: ElementType::Bf16,
+            key_dim: 128,
+            value_dim: 128,
+            chunk: 64,
+            initial_state: false,
+            final_state: false,
+            varlen: false,
+        };
+        let want = "linrec compile simple_gla --target sm_90 --dtype bf16 --head-dims 128:128 \
+                    --chunk 64 --direction both --out DIR";
+        for request in [
+            KernelRequest::forward(&spec, "sm_90", config),
+            KernelRequest::backward(&spec, "sm_90", config),
+        ] {
+            assert_eq!(compile_both_command(&request, "DIR"), want);
+        }
+    }
+
+    #[test]
+    fn labels_are_single_words() {
+        assert!(check_label("linrec-split").is_ok());
+        for bad in ["", "a b", "x\n"] {
+            assert!(check_label(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
