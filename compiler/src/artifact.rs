@@ -311,9 +311,10 @@ pub fn config_tag(config: &KernelConfig) -> String {
     config.tag()
 }
 
-/// Who compiles: this crate's version and the LLVM it links, e.g.
-/// `linrec-compiler 0.1.0 (LLVM 22.1.8)`. Kernel caches key on it, so a new compiler or a new
-/// LLVM never reuses kernels an older one wrote; artifact manifests record it.
+/// Who compiles: this crate's version, a hash of its sources (and of the launch ABI in
+/// linrec-spec) and the LLVM it links, e.g. `linrec-compiler 0.1.0+1f2e3d4c5b6a7988 (LLVM
+/// 22.1.8)`. Kernel caches key on it, so a changed compiler or a new LLVM never reuses kernels
+/// another one wrote; artifact manifests record it.
 ///
 /// ```
 /// let fp = linrec_compiler::fingerprint();
@@ -322,8 +323,9 @@ pub fn config_tag(config: &KernelConfig) -> String {
 pub fn fingerprint() -> String {
     let (major, minor, patch) = llvm_version();
     format!(
-        "linrec-compiler {} (LLVM {major}.{minor}.{patch})",
-        env!("CARGO_PKG_VERSION")
+        "linrec-compiler {}+{} (LLVM {major}.{minor}.{patch})",
+        env!("CARGO_PKG_VERSION"),
+        env!("LINREC_COMPILER_SOURCE_HASH")
     )
 }
 

@@ -113,6 +113,12 @@ use crate::plan::{Dim, Direction, Op, Plan, Sink, ValueId};
 /// Threads per workgroup (1-D): four warps on NVIDIA, two wave64s on CDNA, four wave32s on RDNA.
 pub const BLOCK_THREADS: u32 = 128;
 
+/// Threads per workgroup on the tensor-core path (and its emulation): eight warps. Measured on
+/// an H100 (docs/benchmarks.md), the four-warp kernels stalled on memory with one workgroup per
+/// SM (their shared memory allows no second); twice the warps halve each thread's share of the
+/// elementwise loops and hide twice the latency.
+pub const TENSOR_CORE_THREADS: u32 = 256;
+
 /// The widest block of value columns one workgroup owns on the portable path.
 pub const MAX_BLOCK_V: usize = 32;
 
@@ -601,12 +607,8 @@ fn forward_kernel(
                 "shared memory",
             ),
         };
-        // NVIDIA (and its emulation, to test the same layout): the widest block whose operand
-        // tiles AND f32 tiles fit in shared memory, else the widest whose operand tiles fit
-        // (f32 tiles then stay in global scratch). Elsewhere: the widest whose operands fit.
         let tiles_too = matches!(wanted, MatmulPath::TensorCore | MatmulPath::Emulated);
         let mut tried = Vec::new();
-        let mut operands_only = None;
         for &bv in block_vs {
             let dims = TileDims::new(config, bv);
             let layout = alloc::place(plan, &dims, &sinks, true, reuse, false);
@@ -615,20 +617,12 @@ fn forward_kernel(
                 tried.push(format!("{bytes} bytes at BV {}", dims.v));
                 continue;
             }
+            // The widest block whose operands fit; its f32 tiles join them on chip if they fit
+            // too. (Narrowing the block to fit them was measured slower: every value block
+            // redoes the chunk's Q·Kᵀ and gate work.)
             let with_tiles = tiles_offset(bytes) + 4 * layout.scratch;
-            if tiles_too && with_tiles <= limit {
-                chosen = Some((wanted, dims, layout, bytes, true));
-                break;
-            }
-            if operands_only.is_none() {
-                operands_only = Some((wanted, dims, layout, bytes, false));
-            }
-            if !tiles_too {
-                break;
-            }
-        }
-        if chosen.is_none() {
-            chosen = operands_only;
+            chosen = Some((wanted, dims, layout, bytes, tiles_too && with_tiles <= limit));
+            break;
         }
         if chosen.is_none() {
             let whom = match wanted {
@@ -765,7 +759,10 @@ fn forward_kernel(
         direction: Direction::Forward,
         part,
         plan: plan.clone(),
-        block_threads: BLOCK_THREADS,
+        block_threads: match matmul {
+            MatmulPath::TensorCore | MatmulPath::Emulated => TENSOR_CORE_THREADS,
+            _ => BLOCK_THREADS,
+        },
         block_v,
         grid,
         params,

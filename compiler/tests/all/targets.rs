@@ -54,7 +54,8 @@ fn check_ptx(a: &Artifact, target: Target) {
     let ptx = std::str::from_utf8(&a.binary).expect("PTX is text");
     assert_eq!(a.asm.as_deref(), Some(ptx));
     assert!(ptx.contains(&format!(".visible .entry {}(", a.info.entry)));
-    assert!(ptx.contains(".maxntid 128, 1, 1"), "{ptx}");
+    let threads = a.info.block[0];
+    assert!(ptx.contains(&format!(".maxntid {threads}, 1, 1")), "{ptx}");
     assert!(!ptx.contains("__nv_"), "libdevice call left in the PTX");
     if a.info.spec_name != "linear_attn" {
         assert!(ptx.contains("ex2.approx.f32"), "exp2 is the nvvm intrinsic");

@@ -364,7 +364,7 @@ pub type CompileFailure = Box<dyn std::error::Error + Send + Sync>;
 /// and special builds may plug in their own.
 pub trait KernelCompiler: Send + Sync {
     /// Who compiles, with whatever options change the output (e.g.
-    /// `linrec-compiler 0.1.0 (LLVM 22.1.8)`): part of the disk-cache key, so kernels of another
+    /// `linrec-compiler 0.1.0+<source hash> (LLVM 22.1.8)`): part of the disk-cache key, so kernels of another
     /// compiler are never reused.
     fn fingerprint(&self) -> String;
 
