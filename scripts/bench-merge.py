@@ -12,7 +12,9 @@ Per (variant, shape): the HBM floor of the forward (bytes read + written once ov
 copy bandwidth measured by `linrec bench`), fla 0.6.0's forward and fwd+bwd ms (or why it has
 none), then per label: the median forward ms, the median fwd+bwd ms (`linrec bench --backward`),
 fla's time over it for both (> 1: linrec is faster) and the forward's ratio to the floor; last,
-PyTorch SDPA-causal's forward ms at the same shape. A number a file does not have is `–`.
+PyTorch SDPA-causal's forward ms at the same shape. A number a file does not have is `–`;
+one a run left out for its time budget (`linrec bench --budget-s`, bench-fla.py --budget-s) is
+`skipped`.
 """
 import json
 import sys
@@ -140,7 +142,10 @@ def main():
             if not num(to_floor):
                 to_floor = ms / x["floor_ms"] if num(ms) and num(x.get("floor_ms")) \
                     and x["floor_ms"] > 0 else None
-            cells += [f3(ms), f3(fbms), ratio(fwd, ms), ratio(fb, fbms),
+            fwd_cell = "skipped" if x.get("skipped") and not num(ms) else f3(ms)
+            fb_cell = "skipped" if (x.get("skipped") or x.get("fwd_bwd_skipped")) \
+                and not num(fbms) else f3(fbms)
+            cells += [fwd_cell, fb_cell, ratio(fwd, ms), ratio(fb, fbms),
                       f"{to_floor:.1f}" if num(to_floor) else "–"]
         cells.append(f3(s.get("fwd_ms")))
         print("| " + " | ".join(cells) + " |")

@@ -19,8 +19,9 @@
 #   logs and the table go to $OUT (else DIR/out). Each step prints its duration.
 #   fla's Triton autotuning on a fresh machine is slow (minutes for the first shape's fwd+bwd),
 #   so fla's fwd+bwd runs only at FLA_BWD_SHAPES and anything past FLA_BUDGET_S seconds is
-#   recorded as skipped; keep the device call's timeout above ~60 s + the linrec sets (~20 s
-#   each at the eight shapes) + the budget.
+#   recorded as skipped; likewise each linrec set stops starting measurements after
+#   LINREC_BUDGET_S seconds (and skips one whose launches would not fit), writing its JSON after
+#   every row. Keep the device call's timeout above ~60 s + the linrec budgets + the fla budget.
 #
 # Knobs (environment):
 #   SHAPES          `fla` (default: DESIGN §9's eight) or `B,T,H,D[;B,T,H,D...]` (K = V = D;
@@ -32,6 +33,7 @@
 #   FLA             0: skip fla and SDPA (the table then has linrec's columns only)
 #   FLA_BWD_SHAPES  default "8,2048,16,128;1,32768,16,128"
 #   FLA_BUDGET_S    default 330
+#   LINREC_BUDGET_S per linrec set, default 120
 #   BENCH_TARGET_DIR  prepare only: where cargo builds (default target)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -90,7 +92,8 @@ case "$mode" in
       python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
       --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
       -d "$dir/whl" fla-core==0.6.0 einops==0.8.2 || exit 1
-    du -sh "$dir"/*/ "$dir"
+    du -sh "$dir"/*/
+    du -sh "$dir"
     ;;
   run)
     out=${OUT:-$dir/out}
@@ -107,6 +110,7 @@ case "$mode" in
       step "linrec bench --backward $s ($label)" \
         "$dir/linrec" bench "${VARIANTS[@]}" --device cuda --artifacts "$dir/$s" --backward \
         --label "$label" --shapes "$SHAPES" --iters "$ITERS" --json "$out/$label.json" \
+        --budget-s "${LINREC_BUDGET_S:-120}" \
         2>&1 | tee "$out/$label.log"
       [ -s "$out/$label.json" ] && jsons+=("$out/$label.json")
     done

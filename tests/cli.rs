@@ -1692,6 +1692,24 @@ fn bench_backward_on_opencl_times_forward_and_backward() {
     assert_eq!(r["bwd_chunk_states"], "saved", "{r}");
     assert!(r["fwd_bwd_ms"].as_f64().is_some_and(|x| x > 0.0), "{r}");
 
+    // A spent --budget-s skips the rest, in the table and the JSON, and still succeeds.
+    let out = bench(&both, &["--json", path_str(&json), "--budget-s", "0.001"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("skipped: time budget"), "{text}");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json written"))
+            .expect("well-formed JSON");
+    assert_eq!(doc["complete"], true);
+    let r = &doc["results"][0];
+    assert!(
+        r["skipped"]
+            .as_str()
+            .is_some_and(|s| s.contains("time budget")),
+        "{r}"
+    );
+    assert!(r.get("ms").is_none(), "{r}");
+
     let out = bench(&fwd_only, &[]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);

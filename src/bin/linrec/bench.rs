@@ -16,6 +16,12 @@
 //! recomputes them (JSON `bwd_chunk_states`: `saved` / `recomputed`). The backward alone is estimated as the difference of the medians (fwd+bwd −
 //! fwd), so it includes nothing the pair does not.
 //!
+//! **Budget** (`--budget-s`): a measurement starts only while the run's time lasts, and only
+//! if `warmup + iters` calls fit in what is left, judged by one call timed (wall clock) after a
+//! first; what does not is printed and written as skipped (`skipped`, or `fwd_bwd_skipped` for
+//! the pair alone). The JSON is rewritten after every row (`complete`: false until the end), so
+//! a device call cut short keeps what was measured.
+//!
 //! **Label** (`--label`, default `linrec`): names the kernel set in the JSON (top level and
 //! every row), so runs over different artifact folders — e.g. the fused forward and the split
 //! one, `LINREC_FORWARD=split linrec compile ...` — can be merged (scripts/bench-merge.py).
@@ -117,6 +123,11 @@ pub struct BenchArgs {
     /// LINREC_FORWARD=split, so runs over different artifact folders can be merged.
     #[arg(long, default_value = "linrec")]
     label: String,
+    /// Start nothing after this many seconds, nor a measurement whose launches would not fit
+    /// in the time left (judged by one call, timed after a first): what is left is printed and
+    /// written to the JSON as skipped.
+    #[arg(long, value_name = "SECONDS")]
+    budget_s: Option<f64>,
 }
 
 /// Parses `fla` or `B,T,H,D[;...]` into dims with K = V = D.
@@ -384,6 +395,15 @@ pub fn run(args: &BenchArgs) -> Result<(), Failure> {
     let dtype = parse_dtype(&args.dtype)?;
     let chunk = check_chunk(args.chunk)?;
     let label = check_label(&args.label)?;
+    let budget = Budget {
+        start: Instant::now(),
+        seconds: args.budget_s,
+    };
+    if let Some(s) = args.budget_s.filter(|s| !(s.is_finite() && *s > 0.0)) {
+        return Err(Failure::usage(format!(
+            "--budget-s {s}: give a positive number of seconds"
+        )));
+    }
     let shapes = parse_shapes(&args.shapes)?;
     let names: Vec<String> = if args.variants.is_empty() {
         DEFAULT_VARIANTS.iter().map(|s| s.to_string()).collect()
@@ -469,6 +489,48 @@ pub fn run(args: &BenchArgs) -> Result<(), Failure> {
     println!("memory   {bandwidth:.0} GB/s measured ({bw_how}); HBM floor = bytes / that");
     let mut rows = Vec::new();
     let mut timer_used = Timer::WallClock;
+    const FWD_BWD_HOW: &str = "forward then backward (kernel of the same config, random dO) \
+                               between one timer pair, the chunk states saved by a split \
+                               forward or recomputed by the backward; bwd estimate = fwd+bwd - \
+                               fwd (medians)";
+    let timer_text = |timer: Timer| match timer {
+        Timer::DeviceEvents => "device events (CUDA cuEventElapsedTime), launches back to back",
+        Timer::WallClock => "wall clock between synchronizes (launch overhead included)",
+    };
+    // The JSON is rewritten after every row, so a run cut short keeps what it measured
+    // (`complete`: false until the end).
+    let write_json = |rows: &[serde_json::Value], timer: Timer, complete: bool| {
+        let Some(path) = &args.json else {
+            return Ok(());
+        };
+        let doc = json!({
+            "tool": "linrec bench",
+            "label": label,
+            "backward": args.backward,
+            "fwd_bwd_how": if args.backward { Some(FWD_BWD_HOW) } else { None },
+            "complete": complete,
+            "budget_s": args.budget_s,
+            "linrec_version": env!("CARGO_PKG_VERSION"),
+            "device": info.name,
+            "backend": format!("{:?}", info.backend),
+            "target": target,
+            "gpu_timing": !not_gpu,
+            "timer": timer_text(timer),
+            "dtype": args.dtype,
+            "chunk": chunk,
+            "state": args.state,
+            "warmup": args.warmup,
+            "iters": args.iters,
+            "bandwidth_gb_per_s": bandwidth,
+            "bandwidth_how": bw_how,
+            "flops_formula": "B*HV*ceil(T/C)*(2*C*C*K + 2*C*C*V + 2*C*K*V + 2*C*K*V)",
+            "bytes_formula": "q,k,v (dtype) + gates f32 + o (dtype) + h0,ht f32 if --state",
+            "results": rows,
+        });
+        let text = serde_json::to_string_pretty(&doc).map_err(Failure::check)?;
+        std::fs::write(path, text + "\n")
+            .map_err(|e| Failure::usage(format!("--json {}: {e}", path.display())))
+    };
     let header = format!(
         "{:<12} {:<20} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9} {:>7}",
         "variant", "B,T,H,D", "ms", "p10", "p90", "GB/s", "TFLOP/s", "floor ms", "×floor"
@@ -485,11 +547,36 @@ pub fn run(args: &BenchArgs) -> Result<(), Failure> {
     // dO from its own stream: the forward's inputs are the same with and without --backward.
     let mut rng_do = Rng::new(args.seed ^ 0x5eed_d0d0);
     let mut kernels_of = fetched.iter();
+    let launches = args.warmup + args.iters;
     for dims in &shapes {
         for spec in &specs {
             let Some((kernel, backward)) = kernels_of.next() else {
                 return Err(Failure::check("a kernel was not fetched"));
             };
+            let shape = format!(
+                "{},{},{},{}",
+                dims.batch, dims.seq_len, dims.heads, dims.key_dim
+            );
+            let mut row = json!({
+                "label": label,
+                "variant": spec.name,
+                "shape": [dims.batch, dims.seq_len, dims.heads, dims.key_dim],
+                "B": dims.batch, "T": dims.seq_len, "H": dims.heads, "D": dims.key_dim,
+                "kernel": kernel.info.entry,
+            });
+            let mut set = |key: &str, value: serde_json::Value| {
+                if let Some(obj) = row.as_object_mut() {
+                    obj.insert(key.into(), value);
+                }
+            };
+            // Spent before anything is allocated: no launch.
+            if let Some(reason) = budget.spent() {
+                println!("{:<12} {shape:<20} skipped: {reason}", spec.name);
+                set("skipped", json!(reason));
+                rows.push(row);
+                write_json(&rows, timer_used, false)?;
+                continue;
+            }
             let mut buffers = Vec::new();
             for input in &spec.inputs {
                 let shape = dims.input_shape(input.role, &spec.decay);
@@ -524,55 +611,25 @@ pub fn run(args: &BenchArgs) -> Result<(), Failure> {
             };
             let ws = op::forward_workspace(&device, &kernel.info, &kernel.binary, &fargs)
                 .map_err(Failure::check)?;
-            let (mut times, timer) = time_launches(&device, args.warmup, args.iters, &mut || {
+            let mut forward = || {
                 op::forward_into(&device, &kernel.info, &kernel.binary, &fargs, &ws)
                     .map_err(Failure::check)
-            })?;
+            };
+            if let Some(reason) = budget.fits(&device, launches, &mut forward)? {
+                println!("{:<12} {shape:<20} skipped: {reason}", spec.name);
+                set("skipped", json!(reason));
+                rows.push(row);
+                write_json(&rows, timer_used, false)?;
+                continue;
+            }
+            let (mut times, timer) = time_launches(&device, args.warmup, args.iters, &mut forward)?;
             timer_used = timer;
             let (ms, p10, p90) = percentiles(&mut times);
-            // Forward then backward between one timer pair, into workspaces made once.
-            let fwd_bwd = match backward {
-                Some(bwd) => {
-                    let d_o =
-                        random_buffer(&device, None, dtype, &dims.output_shape(), &mut rng_do)?;
-                    let bargs = BackwardArgs {
-                        inputs: &refs,
-                        initial_state: h0.as_ref(),
-                        cu_seqlens: None,
-                        scale: fargs.scale,
-                        d_o: &d_o,
-                        dht: None,
-                        // A split forward's chunk states (saved, as in training); a fused
-                        // forward has none and the backward recomputes them.
-                        chunk_states: ws.outputs.chunk_states.as_ref(),
-                    };
-                    let bws = op::backward_workspace(&device, &bwd.info, &bwd.binary, &bargs)
-                        .map_err(Failure::check)?;
-                    let (mut times, _) =
-                        time_launches(&device, args.warmup, args.iters, &mut || {
-                            op::forward_into(&device, &kernel.info, &kernel.binary, &fargs, &ws)
-                                .map_err(Failure::check)?;
-                            op::backward_into(&device, &bwd.info, &bwd.binary, &bargs, &bws)
-                                .map_err(Failure::check)
-                        })?;
-                    let states = if bargs.chunk_states.is_some() {
-                        "saved"
-                    } else {
-                        "recomputed"
-                    };
-                    Some((percentiles(&mut times), bwd.info.entry.clone(), states))
-                }
-                None => None,
-            };
             let bytes = traffic_bytes(spec, dims, dtype, args.state);
             let flops = chunk_flops(dims, chunk);
             let gbs = bytes as f64 / (ms * 1e-3) / 1e9;
             let tflops = flops / (ms * 1e-3) / 1e12;
             let floor_ms = bytes as f64 / (bandwidth * 1e9) * 1e3;
-            let shape = format!(
-                "{},{},{},{}",
-                dims.batch, dims.seq_len, dims.heads, dims.key_dim
-            );
             let line = format!(
                 "{:<12} {:<20} {:>9.3} {:>9.3} {:>9.3} {:>9.0} {:>8.2} {:>9.4} {:>7.2}",
                 spec.name,
@@ -585,41 +642,74 @@ pub fn run(args: &BenchArgs) -> Result<(), Failure> {
                 floor_ms,
                 ms / floor_ms
             );
-            let mut row = json!({
-                "label": label,
-                "variant": spec.name,
-                "shape": [dims.batch, dims.seq_len, dims.heads, dims.key_dim],
-                "B": dims.batch, "T": dims.seq_len, "H": dims.heads, "D": dims.key_dim,
-                "ms": ms, "p10_ms": p10, "p90_ms": p90,
-                "bytes": bytes, "flops": flops,
-                "gb_per_s": gbs, "tflop_per_s": tflops,
-                "floor_ms": floor_ms, "ratio_to_floor": ms / floor_ms,
-                "kernel": kernel.info.entry,
-            });
-            match &fwd_bwd {
-                Some(((fb, fb10, fb90), entry, states)) => {
-                    println!("{line} {fb:>9.3} {fb10:>9.3} {fb90:>9.3} {:>9.3}", fb - ms);
-                    if let Some(obj) = row.as_object_mut() {
-                        obj.insert("fwd_bwd_ms".into(), json!(fb));
-                        obj.insert("fwd_bwd_p10_ms".into(), json!(fb10));
-                        obj.insert("fwd_bwd_p90_ms".into(), json!(fb90));
-                        obj.insert("bwd_est_ms".into(), json!(fb - ms));
-                        obj.insert("backward_kernel".into(), json!(entry));
-                        obj.insert("bwd_chunk_states".into(), json!(states));
+            for (key, value) in [
+                ("ms", json!(ms)),
+                ("p10_ms", json!(p10)),
+                ("p90_ms", json!(p90)),
+                ("bytes", json!(bytes)),
+                ("flops", json!(flops)),
+                ("gb_per_s", json!(gbs)),
+                ("tflop_per_s", json!(tflops)),
+                ("floor_ms", json!(floor_ms)),
+                ("ratio_to_floor", json!(ms / floor_ms)),
+            ] {
+                set(key, value);
+            }
+            // Forward then backward between one timer pair, into workspaces made once.
+            if let Some(bwd) = backward {
+                let d_o = random_buffer(&device, None, dtype, &dims.output_shape(), &mut rng_do)?;
+                let bargs = BackwardArgs {
+                    inputs: &refs,
+                    initial_state: h0.as_ref(),
+                    cu_seqlens: None,
+                    scale: fargs.scale,
+                    d_o: &d_o,
+                    dht: None,
+                    // A split forward's chunk states (saved, as in training); a fused
+                    // forward has none and the backward recomputes them.
+                    chunk_states: ws.outputs.chunk_states.as_ref(),
+                };
+                let states = if bargs.chunk_states.is_some() {
+                    "saved"
+                } else {
+                    "recomputed"
+                };
+                set("backward_kernel", json!(bwd.info.entry));
+                set("bwd_chunk_states", json!(states));
+                let bws = op::backward_workspace(&device, &bwd.info, &bwd.binary, &bargs)
+                    .map_err(Failure::check)?;
+                let mut pair = || {
+                    op::forward_into(&device, &kernel.info, &kernel.binary, &fargs, &ws)
+                        .map_err(Failure::check)?;
+                    op::backward_into(&device, &bwd.info, &bwd.binary, &bargs, &bws)
+                        .map_err(Failure::check)
+                };
+                match budget.fits(&device, launches, &mut pair)? {
+                    Some(reason) => {
+                        println!("{line} fwd+bwd skipped: {reason}");
+                        set("fwd_bwd_skipped", json!(reason));
+                    }
+                    None => {
+                        let (mut times, _) =
+                            time_launches(&device, args.warmup, args.iters, &mut pair)?;
+                        let (fb, fb10, fb90) = percentiles(&mut times);
+                        println!("{line} {fb:>9.3} {fb10:>9.3} {fb90:>9.3} {:>9.3}", fb - ms);
+                        set("fwd_bwd_ms", json!(fb));
+                        set("fwd_bwd_p10_ms", json!(fb10));
+                        set("fwd_bwd_p90_ms", json!(fb90));
+                        set("bwd_est_ms", json!(fb - ms));
                     }
                 }
-                None => println!("{line}"),
+            } else {
+                println!("{line}");
             }
             rows.push(row);
-            drop(ws);
+            write_json(&rows, timer_used, false)?;
         }
     }
-    let timer_text = match timer_used {
-        Timer::DeviceEvents => "device events (CUDA cuEventElapsedTime), launches back to back",
-        Timer::WallClock => "wall clock between synchronizes (launch overhead included)",
-    };
     println!(
-        "timer    {timer_text}; median of {} after {} warm-up launches{}",
+        "timer    {}; median of {} after {} warm-up launches{}",
+        timer_text(timer_used),
         args.iters,
         args.warmup,
         if not_gpu {
@@ -628,42 +718,82 @@ pub fn run(args: &BenchArgs) -> Result<(), Failure> {
             ""
         }
     );
-    const FWD_BWD_HOW: &str = "forward then backward (kernel of the same config, random dO) \
-                               between one timer pair, the chunk states saved by a split \
-                               forward or recomputed by the backward; bwd estimate = fwd+bwd - \
-                               fwd (medians)";
     if args.backward {
         println!("fwd+bwd  {FWD_BWD_HOW}");
     }
+    if let Some(s) = args.budget_s {
+        println!(
+            "budget   {s} s: {} s used{}",
+            budget.start.elapsed().as_secs(),
+            if rows
+                .iter()
+                .any(|r| { r.get("skipped").is_some() || r.get("fwd_bwd_skipped").is_some() })
+            {
+                "; what did not fit is marked skipped"
+            } else {
+                ""
+            }
+        );
+    }
+    write_json(&rows, timer_used, true)?;
     if let Some(path) = &args.json {
-        let doc = json!({
-            "tool": "linrec bench",
-            "label": label,
-            "backward": args.backward,
-            "fwd_bwd_how": if args.backward { Some(FWD_BWD_HOW) } else { None },
-            "linrec_version": env!("CARGO_PKG_VERSION"),
-            "device": info.name,
-            "backend": format!("{:?}", info.backend),
-            "target": target,
-            "gpu_timing": !not_gpu,
-            "timer": timer_text,
-            "dtype": args.dtype,
-            "chunk": chunk,
-            "state": args.state,
-            "warmup": args.warmup,
-            "iters": args.iters,
-            "bandwidth_gb_per_s": bandwidth,
-            "bandwidth_how": bw_how,
-            "flops_formula": "B*HV*ceil(T/C)*(2*C*C*K + 2*C*C*V + 2*C*K*V + 2*C*K*V)",
-            "bytes_formula": "q,k,v (dtype) + gates f32 + o (dtype) + h0,ht f32 if --state",
-            "results": rows,
-        });
-        let text = serde_json::to_string_pretty(&doc).map_err(Failure::check)?;
-        std::fs::write(path, text + "\n")
-            .map_err(|e| Failure::usage(format!("--json {}: {e}", path.display())))?;
         println!("json     {}", path.display());
     }
     Ok(())
+}
+
+/// `--budget-s`: a measurement is started only while the run's time lasts and when its
+/// launches fit in what is left.
+struct Budget {
+    start: Instant,
+    seconds: Option<f64>,
+}
+
+impl Budget {
+    fn left(&self) -> Option<f64> {
+        self.seconds.map(|s| s - self.start.elapsed().as_secs_f64())
+    }
+
+    /// Why nothing more may start, if the budget is spent.
+    fn spent(&self) -> Option<String> {
+        match self.left() {
+            Some(left) if left <= 0.0 => Some(format!(
+                "time budget ({} s) spent",
+                self.seconds.unwrap_or_default()
+            )),
+            _ => None,
+        }
+    }
+
+    /// Why a measurement of `launches` calls of `launch` does not fit in the time left, if it
+    /// does not: with a budget, two untimed calls (the first loads the module), the second
+    /// timed by the wall clock between synchronizes. Without a budget, no call.
+    fn fits(
+        &self,
+        device: &Device,
+        launches: usize,
+        launch: &mut dyn FnMut() -> Result<(), Failure>,
+    ) -> Result<Option<String>, Failure> {
+        let Some(left) = self.left() else {
+            return Ok(None);
+        };
+        if let Some(reason) = self.spent() {
+            return Ok(Some(reason));
+        }
+        launch()?;
+        device.synchronize().map_err(Failure::check)?;
+        let t = Instant::now();
+        launch()?;
+        device.synchronize().map_err(Failure::check)?;
+        let one = t.elapsed().as_secs_f64();
+        let need = one * launches as f64;
+        Ok((need > left).then(|| {
+            format!(
+                "time budget: {launches} calls of {:.1} ms need {need:.0} s, {left:.0} s left",
+                one * 1e3
+            )
+        }))
+    }
 }
 
 #[cfg(test)]
