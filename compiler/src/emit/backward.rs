@@ -28,6 +28,9 @@ pub(super) fn build<'c>(ctx: &'c Context, bs: &BackwardSchedule, module: &Block<
     };
     let states = kernel(&bs.states);
     let grads = kernel(&bs.grads);
+    if bs.grads.matmul == crate::schedule::MatmulPath::TensorCore {
+        grads.declare_smem(module)?;
+    }
     grads.func(module, None, |entry, args, _| {
         let env = grads.prologue(entry, args, None)?;
         grads.group_loop(entry, &env, &states)

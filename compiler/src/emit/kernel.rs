@@ -370,12 +370,14 @@ impl<'c> Kernel<'_, 'c> {
                 let ty = MemRefType::new(b.f32(), &[len], None, Some(space));
                 let at = crate::schedule::tiles_offset(s.operand_arena * 2);
                 let at = b.ci(blk, at as i64)?;
-                Some(b.push(
-                    blk,
-                    b.op("memref.view")
-                        .add_operands(&[dynamic, at])
-                        .add_results(&[ty.into()]),
-                )?)
+                Some(
+                    b.push(
+                        blk,
+                        b.op("memref.view")
+                            .add_operands(&[dynamic, at])
+                            .add_results(&[ty.into()]),
+                    )?,
+                )
             } else {
                 None
             };

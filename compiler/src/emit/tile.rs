@@ -138,7 +138,19 @@ impl<'c> Kernel<'_, 'c> {
                 Role::Value,
                 KernelParam::GradOutput,
             ),
-            Op::GradIn(_) => Ok(()),
+            // `dh'` lives in the carried tile; a matmul that reads it gets a rounded copy.
+            Op::GradIn(_) => match (dest.f32, dest.operand) {
+                (Some(carried), Some(operand)) => {
+                    let to = Dest {
+                        f32: None,
+                        operand: Some(operand),
+                    };
+                    self.elementwise(blk, env, to, |blk, _, _, e| {
+                        self.load_scratch(blk, env, carried, e)
+                    })
+                }
+                _ => Ok(()),
+            },
             Op::ValidRows => self.elementwise(blk, env, dest, |blk, r, _, _| {
                 let ok = b.cmpi(blk, Cmp::Ult, r, len)?;
                 let one = b.cf32(blk, 1.0)?;

@@ -32,12 +32,15 @@ use linrec_spec::{ConstantRate, Decay, Role, Spec};
 
 use super::{
     BLOCK_THREADS, MatmulChoice, MatmulPath, Schedule, ScheduleError, Tile, TileDims, alloc,
-    barriers, check_config, check_plan, entry_name,
+    barriers, check_config, check_plan, entry_name, shared_memory_limit,
 };
-use crate::lower::Target;
+use crate::lower::{Target, Vendor};
 use crate::plan::{Direction, Op, Plan, Sink, ValueId};
 
 /// A backward kernel laid out for one target: what [`crate::emit::backward`] builds.
+///
+/// [`BLOCK_THREADS`] threads per workgroup on the portable path, eight warps
+/// ([`super::TENSOR_CORE_THREADS`]) on tensor cores.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BackwardSchedule {
     /// Phase 1: the forward plan kept to the state (`output` and `state_out` are both its
@@ -145,28 +148,87 @@ pub fn backward(
         }
     }
 
-    // One workgroup owns all of V.
+    // One workgroup owns all of V. Tensor cores (NVIDIA, 16-bit inputs; or that layout
+    // emulated) when both phases' operand tiles fit in shared memory: the phases never run at
+    // once, so they share the arena and it is the larger of the two.
     let dims = TileDims::new(config, config.value_dim);
-    let l1 = alloc::place(
-        &states_plan,
-        &dims,
-        &[state_out],
-        false,
-        alloc::Reuse::Never,
-        false,
-    );
     let sink_values: Vec<ValueId> = sinks.iter().map(|(_, v)| *v).collect();
-    let l2 = alloc::place(bwd, &dims, &sink_values, false, alloc::Reuse::Never, true);
+    let sixteen_bit = config.dtype != linrec_spec::launch::ElementType::F32;
+    let wanted = match choice {
+        MatmulChoice::Auto if sixteen_bit && target.vendor() == Vendor::Nvidia => {
+            MatmulPath::TensorCore
+        }
+        MatmulChoice::Emulated if sixteen_bit => MatmulPath::Emulated,
+        _ => MatmulPath::Portable,
+    };
+    let layouts = |operands: bool| {
+        (
+            alloc::place(
+                &states_plan,
+                &dims,
+                &[state_out],
+                operands,
+                alloc::Reuse::Never,
+                false,
+            ),
+            alloc::place(
+                bwd,
+                &dims,
+                &sink_values,
+                operands,
+                alloc::Reuse::Never,
+                true,
+            ),
+        )
+    };
+    let mut fallback = None;
+    let (matmul, l1, l2) = if wanted == MatmulPath::Portable {
+        let (l1, l2) = layouts(false);
+        (MatmulPath::Portable, l1, l2)
+    } else {
+        let (l1, l2) = layouts(true);
+        let bytes = 2 * l1.operand_arena.max(l2.operand_arena);
+        let limit = shared_memory_limit(target);
+        if bytes <= limit {
+            (wanted, l1, l2)
+        } else {
+            fallback = Some(format!(
+                "portable matmuls: the 16-bit operand tiles need {bytes} bytes of shared memory; {target} allows {limit} bytes per workgroup"
+            ));
+            let (l1, l2) = layouts(false);
+            (MatmulPath::Portable, l1, l2)
+        }
+    };
+    let arena = l1.operand_arena.max(l2.operand_arena);
     let dstate = Tile {
         offset: l2.state.offset + l2.state.len(),
         ..l2.state
     };
+    // Eight warps on tensor cores (as the forward): each warp's share of a K × V product is
+    // then small enough for the registers (four warps spilled at K = V = 128).
+    let block_threads = match matmul {
+        MatmulPath::TensorCore | MatmulPath::Emulated => super::TENSOR_CORE_THREADS,
+        _ => BLOCK_THREADS,
+    };
     let reduce = Tile {
         offset: l1.scratch.max(l2.scratch),
-        rows: BLOCK_THREADS as usize,
+        rows: block_threads as usize,
         cols: 1,
     };
-    let scratch = reduce.offset + reduce.len();
+    // Emulated: the operand arena follows the f32 tiles in scratch.
+    let (operand_base, scratch, shared_bytes) = match matmul {
+        MatmulPath::TensorCore => (
+            0,
+            reduce.offset + reduce.len(),
+            u32::try_from(2 * arena)
+                .map_err(|_| err_in(bwd)(0, format!("{} bytes of shared memory", 2 * arena)))?,
+        ),
+        MatmulPath::Emulated => {
+            let base = reduce.offset + reduce.len();
+            (base, base + arena, 0)
+        }
+        _ => (0, reduce.offset + reduce.len(), 0),
+    };
 
     let decay = match spec.decay {
         Decay::Constant(ConstantRate::Retnet) => Some(KernelParam::DecayRates),
@@ -223,21 +285,25 @@ pub fn backward(
         SizeExpr::product(SizeExpr::Sym(SizeSym::N), SizeExpr::Sym(SizeSym::H)),
         SizeExpr::Const(1),
     ];
-    let fallback = match choice {
-        MatmulChoice::Portable => None,
-        _ if config.dtype != linrec_spec::launch::ElementType::F32 => Some(
-            "portable matmuls: backward kernels do not use tensor or matrix cores yet".to_string(),
-        ),
-        _ => None,
-    };
+    if fallback.is_none() && wanted == MatmulPath::Portable && sixteen_bit {
+        if let MatmulChoice::Auto | MatmulChoice::EmulatedMatrixCore(_) = choice {
+            if target.vendor() == Vendor::Amd
+                || matches!(choice, MatmulChoice::EmulatedMatrixCore(_))
+            {
+                fallback = Some(
+                    "portable matmuls: backward kernels do not use AMD matrix cores yet".into(),
+                );
+            }
+        }
+    }
 
     let phase = |plan: &Plan, layout: alloc::Layout, carried: Tile, sinks: &[ValueId], out| {
         let (barrier_before, barrier_before_sinks) = barriers(
             plan,
             &layout.values,
             &layout.operands,
-            MatmulPath::Portable,
-            carried,
+            matmul,
+            (layout.state, carried),
             sinks,
         );
         Schedule {
@@ -249,7 +315,7 @@ pub fn backward(
             direction: Direction::Backward,
             part: super::Part::Fused,
             plan: plan.clone(),
-            block_threads: BLOCK_THREADS,
+            block_threads,
             block_v: config.value_dim,
             grid: grid.clone(),
             params: params.clone(),
@@ -261,14 +327,15 @@ pub fn backward(
             state_out: out,
             decay: decay.clone(),
             scratch,
-            matmul: MatmulPath::Portable,
+            matmul,
             operands: layout.operands,
-            operand_arena: 0,
-            operand_base: 0,
-            shared_bytes: 0,
+            operand_arena: arena,
+            operand_base,
+            shared_bytes,
             tiles_shared: false,
             fallback: fallback.clone(),
-            max_registers: None,
+            max_registers: (matmul == MatmulPath::TensorCore)
+                .then_some(super::TENSOR_CORE_REGISTERS),
         }
     };
     let state_tile = l1.state;

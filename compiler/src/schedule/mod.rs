@@ -621,7 +621,13 @@ fn forward_kernel(
             // too. (Narrowing the block to fit them was measured slower: every value block
             // redoes the chunk's Q·Kᵀ and gate work.)
             let with_tiles = tiles_offset(bytes) + 4 * layout.scratch;
-            chosen = Some((wanted, dims, layout, bytes, tiles_too && with_tiles <= limit));
+            chosen = Some((
+                wanted,
+                dims,
+                layout,
+                bytes,
+                tiles_too && with_tiles <= limit,
+            ));
             break;
         }
         if chosen.is_none() {
@@ -677,7 +683,7 @@ fn forward_kernel(
         &layout.values,
         &layout.operands,
         matmul,
-        state,
+        (state, state),
         &sinks,
     );
 
@@ -1136,12 +1142,14 @@ impl Span {
 /// Where barriers go: before a node that reads a tile written since the last barrier, or
 /// writes a tile that overlaps one read or written since (tiles are reused by liveness).
 /// The sink phase reads the output and next-state tiles and overwrites `S`.
+/// `(state, carried)`: where `state_in` lives, and the tile the sink phase overwrites (the same
+/// in a forward; `dh`, where `grad_in state_out` lives, in a backward).
 fn barriers(
     plan: &Plan,
     values: &[Placement],
     operands: &[Option<OperandTile>],
     matmul: MatmulPath,
-    state: Tile,
+    (state, carried): (Tile, Tile),
     sinks: &[ValueId],
 ) -> (Vec<bool>, bool) {
     // Spans written / read since the last barrier. The chunk loop starts after a barrier.
@@ -1164,8 +1172,12 @@ fn barriers(
                 Some(o) => (vec![Span::of_tile(state)], vec![o]),
                 None => (vec![], vec![]),
             },
-            // Backward: `dh'` is the carried tile, written only by the sink phase.
-            Op::GradIn(Sink::StateOut) => (vec![], vec![]),
+            // Backward: `dh'` is the carried tile, written only by the sink phase; with an
+            // operand tile, the node rounds it into that.
+            Op::GradIn(Sink::StateOut) => match operand {
+                Some(o) => (vec![Span::of_tile(carried)], vec![o]),
+                None => (vec![], vec![]),
+            },
             _ => (
                 alloc::reads(plan, i, with_operands)
                     .into_iter()
@@ -1197,6 +1209,6 @@ fn barriers(
         .iter()
         .filter_map(|v| values[v.0].tile().map(Span::of_tile))
         .collect();
-    let sinks_barrier = hazard(&reads, &[Span::of_tile(state)], &written, &read);
+    let sinks_barrier = hazard(&reads, &[Span::of_tile(carried)], &written, &read);
     (before, sinks_barrier)
 }

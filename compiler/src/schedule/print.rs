@@ -53,13 +53,7 @@ pub(crate) fn param_name(p: &KernelParam) -> String {
 impl fmt::Display for Schedule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = &self.config;
-        let path = match self.matmul {
-            MatmulPath::Portable => "portable",
-            MatmulPath::TensorCore => "tensor cores",
-            MatmulPath::Emulated => "tensor-core layout, emulated",
-            MatmulPath::MatrixCore(_) => "matrix cores",
-            MatmulPath::EmulatedMatrixCore(_) => "matrix-core layout, emulated",
-        };
+        let path = self.path_name();
         let kernel = match self.part {
             Part::Fused => "one kernel",
             Part::States => "the states kernel of a split forward",
@@ -97,40 +91,7 @@ impl fmt::Display for Schedule {
             "  scratch  {} f32 per workgroup; state S [{} x {}] @ {}",
             self.scratch, self.state.rows, self.state.cols, self.state.offset
         )?;
-        match self.matmul {
-            MatmulPath::Portable => {}
-            MatmulPath::TensorCore => writeln!(
-                f,
-                "  operands {} x {} in dynamic shared memory ({} bytes); matmuls: mma.sync m16n8k16, f32 accumulation; at most {} registers",
-                self.operand_arena,
-                self.config.dtype,
-                2 * self.operand_arena,
-                self.max_registers.unwrap_or(255)
-            )?,
-            MatmulPath::Emulated => writeln!(
-                f,
-                "  operands {} x {} (as rounded f32) in scratch @ {}; matmuls: scalar, f32 accumulation",
-                self.operand_arena, self.config.dtype, self.operand_base
-            )?,
-            MatmulPath::MatrixCore(core) => writeln!(
-                f,
-                "  operands {} x {} in LDS ({} bytes, static); matmuls: {}, wave{}, f32 accumulation",
-                self.operand_arena,
-                self.config.dtype,
-                2 * self.operand_arena,
-                core.name(),
-                core.wave_size()
-            )?,
-            MatmulPath::EmulatedMatrixCore(core) => writeln!(
-                f,
-                "  operands {} x {} (as rounded f32) in scratch @ {}; matmuls: the {} wave{} lane layout, emulated in scalar code",
-                self.operand_arena,
-                self.config.dtype,
-                self.operand_base,
-                core.name(),
-                core.wave_size()
-            )?,
-        }
+        self.write_matmuls(f)?;
         if self.tiles_shared {
             writeln!(
                 f,
@@ -168,6 +129,56 @@ impl fmt::Display for Schedule {
 }
 
 impl Schedule {
+    /// The line saying where the operand tiles live and how matmuls run (none when portable).
+    fn write_matmuls(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.matmul {
+            MatmulPath::Portable => {}
+            MatmulPath::TensorCore => writeln!(
+                f,
+                "  operands {} x {} in dynamic shared memory ({} bytes); matmuls: mma.sync m16n8k16, f32 accumulation; at most {} registers",
+                self.operand_arena,
+                self.config.dtype,
+                2 * self.operand_arena,
+                self.max_registers.unwrap_or(255)
+            )?,
+            MatmulPath::Emulated => writeln!(
+                f,
+                "  operands {} x {} (as rounded f32) in scratch @ {}; matmuls: scalar, f32 accumulation",
+                self.operand_arena, self.config.dtype, self.operand_base
+            )?,
+            MatmulPath::MatrixCore(core) => writeln!(
+                f,
+                "  operands {} x {} in LDS ({} bytes, static); matmuls: {}, wave{}, f32 accumulation",
+                self.operand_arena,
+                self.config.dtype,
+                2 * self.operand_arena,
+                core.name(),
+                core.wave_size()
+            )?,
+            MatmulPath::EmulatedMatrixCore(core) => writeln!(
+                f,
+                "  operands {} x {} (as rounded f32) in scratch @ {}; matmuls: the {} wave{} lane layout, emulated in scalar code",
+                self.operand_arena,
+                self.config.dtype,
+                self.operand_base,
+                core.name(),
+                core.wave_size()
+            )?,
+        }
+        Ok(())
+    }
+
+    /// How the matmuls run, in words.
+    fn path_name(&self) -> &'static str {
+        match self.matmul {
+            MatmulPath::Portable => "portable",
+            MatmulPath::TensorCore => "tensor cores",
+            MatmulPath::Emulated => "tensor-core layout, emulated",
+            MatmulPath::MatrixCore(_) => "matrix cores",
+            MatmulPath::EmulatedMatrixCore(_) => "matrix-core layout, emulated",
+        }
+    }
+
     /// The argument list with types.
     fn params_text(&self) -> String {
         self.params
@@ -217,8 +228,10 @@ impl fmt::Display for BackwardSchedule {
         let c = &g.config;
         writeln!(
             f,
-            "schedule {} backward for {} (portable: one kernel, two phases per value head)",
-            g.spec_name, g.target
+            "schedule {} backward for {} ({}: one kernel, two phases per value head)",
+            g.spec_name,
+            g.target,
+            g.path_name()
         )?;
         writeln!(
             f,
@@ -254,6 +267,7 @@ impl fmt::Display for BackwardSchedule {
             self.reduce.rows,
             self.reduce.offset
         )?;
+        g.write_matmuls(f)?;
         if let Some(why) = &g.fallback {
             writeln!(f, "  note     {why}")?;
         }

@@ -117,6 +117,8 @@ struct Case {
     h0: bool,
     dht: bool,
     cu_seqlens: Option<Vec<i64>>,
+    /// The tensor-core layout, emulated (operand tiles rounded to the dtype, in scratch).
+    emulated: bool,
 }
 
 fn case(spec: Spec, dtype: ElementType, dims: Dims, chunk: usize) -> Case {
@@ -128,6 +130,7 @@ fn case(spec: Spec, dtype: ElementType, dims: Dims, chunk: usize) -> Case {
         h0: false,
         dht: false,
         cu_seqlens: None,
+        emulated: false,
     }
 }
 
@@ -152,9 +155,24 @@ fn run_backward(dev: &Device, c: &Case, seed: u64) -> Vec<(String, f64)> {
         final_state: c.dht,
         varlen: c.cu_seqlens.is_some(),
     };
-    let artifact =
-        compile_backward_with(&c.spec, Target::Spirv, &config, &CompileOptions::from_env())
-            .unwrap_or_else(|e| panic!("{c:?}: compile failed: {e}"));
+    let artifact = compile_backward_with(&c.spec, Target::Spirv, &config, &{
+        let o = CompileOptions::from_env();
+        if c.emulated {
+            o.with_matmul(MatmulChoice::Emulated)
+        } else {
+            o
+        }
+    })
+    .unwrap_or_else(|e| panic!("{c:?}: compile failed: {e}"));
+    if c.emulated {
+        assert!(
+            artifact
+                .schedule_text
+                .contains("(tensor-core layout, emulated: one kernel"),
+            "{c:?}: not laid out for tensor cores:\n{}",
+            artifact.schedule_text
+        );
+    }
     let n = c.cu_seqlens.as_ref().map_or(d.batch, |x| x.len() - 1);
     let mut inputs = reference::random_inputs(&c.spec, &d, seed);
     let mut rng = Rng::new(seed ^ 0xbac);
@@ -313,6 +331,49 @@ fn backward_matches_the_reference_for_every_supported_spec() {
 }
 
 #[test]
+fn backward_in_the_tensor_core_layout_matches_the_reference() {
+    // The layout sm_80/sm_90 kernels get (16-bit operand tiles, padded, placed by liveness,
+    // `dh'` and `h` rounded for the matmuls), emulated on the CPU.
+    let sg = specs::simple_gla;
+    let mut cases = Vec::new();
+    for (spec, dtype, dims, chunk) in [
+        (sg(), ElementType::Bf16, Dims::new(2, 75, 2, 64, 64), 64),
+        (
+            specs::linear_attn(),
+            ElementType::F16,
+            Dims::new(1, 70, 1, 100, 60),
+            32,
+        ),
+        (
+            specs::retention(),
+            ElementType::Bf16,
+            Dims::new(1, 40, 2, 32, 16).with_value_heads(4),
+            16,
+        ),
+        (
+            specs::beta_l2(),
+            ElementType::Bf16,
+            Dims::new(1, 50, 1, 16, 16),
+            32,
+        ),
+    ] {
+        let mut c = case(spec, dtype, dims, chunk);
+        c.h0 = true;
+        c.dht = true;
+        c.emulated = true;
+        cases.push(c);
+    }
+    let mut v = case(sg(), ElementType::Bf16, Dims::new(1, 90, 2, 16, 16), 16);
+    v.cu_seqlens = Some(vec![0, 37, 37, 90]);
+    v.emulated = true;
+    cases.push(v);
+    check_backward(
+        "backward_in_the_tensor_core_layout_matches_the_reference",
+        &cases,
+    );
+}
+
+#[test]
 fn backward_covers_the_shape_matrix() {
     let la = specs::linear_attn;
     let sg = specs::simple_gla;
@@ -368,4 +429,29 @@ fn backward_covers_the_shape_matrix() {
     v.h0 = true;
     cases.push(v);
     check_backward("backward_covers_the_shape_matrix", &cases);
+}
+
+#[test]
+#[ignore = "prints the backward layouts of several sizes (cargo test -- --ignored --nocapture)"]
+fn print_backward_layouts() {
+    for d in [64usize, 128, 256] {
+        let config = KernelConfig {
+            dtype: ElementType::Bf16,
+            key_dim: d,
+            value_dim: d,
+            chunk: 64,
+            initial_state: false,
+            final_state: false,
+            varlen: false,
+        };
+        let spec = specs::simple_gla();
+        let fwd = plan::forward(&spec).expect("supported");
+        let bwd = plan::backward(&spec).expect("derived");
+        let s = schedule::backward(&fwd, &bwd, &spec, Target::Sm90, &config, MatmulChoice::Auto)
+            .expect("schedules");
+        println!(
+            "D{d}: {:?} shared {} scratch {} note {:?}",
+            s.grads.matmul, s.grads.shared_bytes, s.grads.scratch, s.grads.fallback
+        );
+    }
 }
