@@ -21,7 +21,7 @@ pub mod plan;
 pub mod schedule;
 
 pub use artifact::{
-    Artifact, CompileError, CompileOptions, ForwardForm, compile, compile_backward, compile_backward_with,
-    compile_with, fingerprint,
+    Artifact, CompileError, CompileOptions, ForwardForm, compile, compile_backward,
+    compile_backward_with, compile_with, fingerprint,
 };
 pub use lower::{BinaryFormat, LowerError, Lowered, Target, lower, lower_to_ptx};
