@@ -230,31 +230,13 @@ pub fn compile_with(
             (s.kernel_info(), text, emit::forward_split(&s)?)
         }
     };
-    let lowered = lower::lower_with(
-        &mlir,
-        target,
-        &LowerOptions::default().with_amd_assembly(options.amd_assembly),
-    )?;
-    let compile_time = start.elapsed();
-
-    let asm = match lowered.format() {
-        BinaryFormat::Ptx | BinaryFormat::Hsaco => lowered.assembly().map(str::to_owned),
-        BinaryFormat::Spirv => spirv_dis(lowered.binary()),
-    };
-    let artifact = Artifact {
+    let stages = Stages {
         info,
         plan_text: plan.to_string(),
         schedule_text,
         mlir,
-        lowered: Some(lowered.lowered_mlir().to_owned()),
-        asm,
-        binary: lowered.into_binary(),
-        compile_time,
     };
-    if let Some(dir) = &options.dump_dir {
-        dump(dir, target, &artifact)?;
-    }
-    Ok(artifact)
+    finish(stages, target, options, start)
 }
 
 /// Compiles the backward kernel of `spec` for `target` and `config` (the forward's config:
@@ -279,9 +261,32 @@ pub fn compile_backward_with(
     let fwd = plan::forward(spec)?;
     let bwd = plan::backward(spec)?;
     let schedule = schedule::backward(&fwd, &bwd, spec, target, config, options.matmul)?;
-    let mlir = emit::backward(&schedule)?;
+    let stages = Stages {
+        info: schedule.kernel_info(),
+        plan_text: bwd.to_string(),
+        schedule_text: schedule.to_string(),
+        mlir: emit::backward(&schedule)?,
+    };
+    finish(stages, target, options, start)
+}
+
+/// What the stages before the lowering produced.
+struct Stages {
+    info: KernelInfo,
+    plan_text: String,
+    schedule_text: String,
+    mlir: String,
+}
+
+/// Lowers the emitted module for `target` and assembles the artifact (dumped when asked).
+fn finish(
+    stages: Stages,
+    target: Target,
+    options: &CompileOptions,
+    start: Instant,
+) -> Result<Artifact, CompileError> {
     let lowered = lower::lower_with(
-        &mlir,
+        &stages.mlir,
         target,
         &LowerOptions::default().with_amd_assembly(options.amd_assembly),
     )?;
@@ -291,10 +296,10 @@ pub fn compile_backward_with(
         BinaryFormat::Spirv => spirv_dis(lowered.binary()),
     };
     let artifact = Artifact {
-        info: schedule.kernel_info(),
-        plan_text: bwd.to_string(),
-        schedule_text: schedule.to_string(),
-        mlir,
+        info: stages.info,
+        plan_text: stages.plan_text,
+        schedule_text: stages.schedule_text,
+        mlir: stages.mlir,
         lowered: Some(lowered.lowered_mlir().to_owned()),
         asm,
         binary: lowered.into_binary(),

@@ -649,16 +649,27 @@ impl<'c> Kernel<'_, 'c> {
         })
     }
 
-    /// The sequential loop over this sequence's chunks (in reverse for [`Phase::Grads`]).
-    pub(super) fn chunk_loop(&self, blk: &Block<'c>, env: &Env<'c, '_>, phase: Phase) -> R<()> {
+    /// `ceil((eos − bos) / C)`, signed so that a malformed `cu_seqlens` (eos < bos) gives no
+    /// chunk (a loop to it runs none).
+    pub(super) fn sequence_chunks<'a>(
+        &self,
+        blk: &'a Block<'c>,
+        env: &Env<'c, '_>,
+    ) -> R<Value<'c, 'a>> {
         let b = &self.b;
         let c = self.s.config.chunk as i64;
-        // ceil((eos − bos) / C), signed so that a malformed cu_seqlens (eos < bos) runs no chunk.
         let len = b.subi(blk, env.eos, env.bos)?;
         let round = b.ci(blk, c - 1)?;
         let up = b.addi(blk, len, round)?;
         let cc = b.ci(blk, c)?;
-        let chunks = b.bin(blk, "arith.divsi", up, cc)?;
+        b.bin(blk, "arith.divsi", up, cc)
+    }
+
+    /// The sequential loop over this sequence's chunks (in reverse for [`Phase::Grads`]).
+    pub(super) fn chunk_loop(&self, blk: &Block<'c>, env: &Env<'c, '_>, phase: Phase) -> R<()> {
+        let b = &self.b;
+        let c = self.s.config.chunk as i64;
+        let chunks = self.sequence_chunks(blk, env)?;
         let zero = b.ci(blk, 0)?;
         let one = b.ci(blk, 1)?;
         // Built by hand rather than with `Builder::for_`: the body stores entry-block values

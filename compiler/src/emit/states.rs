@@ -143,12 +143,8 @@ impl<'c> Kernel<'_, 'c> {
         let i = env
             .chunk
             .ok_or_else(|| super::EmitError::Schedule("an output kernel without a chunk".into()))?;
-        // max(ceil((eos − bos) / C), 0), signed: a malformed cu_seqlens runs no chunk.
-        let len = b.subi(blk, env.eos, env.bos)?;
-        let round = b.ci(blk, c - 1)?;
-        let up = b.addi(blk, len, round)?;
-        let cc = b.ci(blk, c)?;
-        let chunks = b.bin(blk, "arith.divsi", up, cc)?;
+        // Clamped at 0 before the unsigned compare: a malformed cu_seqlens runs no chunk.
+        let chunks = self.sequence_chunks(blk, env)?;
         let zero = b.ci(blk, 0)?;
         let chunks = b.bin(blk, "arith.maxsi", chunks, zero)?;
         let inside = b.cmpi(blk, Cmp::Ult, i, chunks)?;

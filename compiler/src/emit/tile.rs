@@ -787,6 +787,41 @@ impl<'c> Kernel<'_, 'c> {
         Ok(total)
     }
 
+    /// `Σ_c x[r, c] · y[r, c]` over a row of `width` columns starting at element `row0`.
+    #[allow(clippy::too_many_arguments)]
+    fn row_dot<'a>(
+        &self,
+        blk: &'a Block<'c>,
+        env: &Env<'c, '_>,
+        (x, y): (Src, Src),
+        r: Value<'c, '_>,
+        row0: Value<'c, '_>,
+        width: Value<'c, '_>,
+    ) -> R<Value<'c, 'a>> {
+        let b = &self.b;
+        let zero = b.ci(blk, 0)?;
+        let one = b.ci(blk, 1)?;
+        let init = b.cf32(blk, 0.0)?;
+        b.for_acc(blk, zero, width, one, init, |blk, c, acc| {
+            let idx = b.addi(blk, row0, c)?;
+            let u = self.read(blk, env, x, r, c, idx)?;
+            let w = self.read(blk, env, y, r, c, idx)?;
+            let uw = b.mulf(blk, u, w)?;
+            let next = b.addf(blk, acc, uw)?;
+            b.yield_(blk, &[next])
+        })
+    }
+
+    /// `(ss + 1e-6)^{-1/2}`: the L2 norm's inverse from the row's sum of squares.
+    fn inv_norm<'a>(&self, blk: &'a Block<'c>, ss: Value<'c, '_>) -> R<Value<'c, 'a>> {
+        let b = &self.b;
+        let eps = b.cf32(blk, linrec_spec::reference::L2NORM_EPS)?;
+        let ss = b.addf(blk, ss, eps)?;
+        let one = b.cf32(blk, 1.0)?;
+        let root = self.t.sqrt(b, blk, ss)?;
+        b.divf(blk, one, root)
+    }
+
     /// `dx = r·dy − r³·x·(x·dy)` per row, `r = (‖x‖² + 1e-6)^{-1/2}`: one row per thread.
     fn l2norm_rows_vjp(
         &self,
@@ -806,28 +841,9 @@ impl<'c> Kernel<'_, 'c> {
             let one = b.ci(blk, 1)?;
             let width = b.ci(blk, cols)?;
             let row0 = b.muli(blk, r, width)?;
-            let init = b.cf32(blk, 0.0)?;
-            let ss = b.for_acc(blk, zero, width, one, init, |blk, c, acc| {
-                let idx = b.addi(blk, row0, c)?;
-                let v = self.read(blk, env, x, r, c, idx)?;
-                let vv = b.mulf(blk, v, v)?;
-                let next = b.addf(blk, acc, vv)?;
-                b.yield_(blk, &[next])
-            })?;
-            let init = b.cf32(blk, 0.0)?;
-            let xdy = b.for_acc(blk, zero, width, one, init, |blk, c, acc| {
-                let idx = b.addi(blk, row0, c)?;
-                let v = self.read(blk, env, x, r, c, idx)?;
-                let d = self.read(blk, env, dy, r, c, idx)?;
-                let vd = b.mulf(blk, v, d)?;
-                let next = b.addf(blk, acc, vd)?;
-                b.yield_(blk, &[next])
-            })?;
-            let eps = b.cf32(blk, linrec_spec::reference::L2NORM_EPS)?;
-            let ss = b.addf(blk, ss, eps)?;
-            let one_f = b.cf32(blk, 1.0)?;
-            let root = self.t.sqrt(b, blk, ss)?;
-            let inv = b.divf(blk, one_f, root)?;
+            let ss = self.row_dot(blk, env, (x, x), r, row0, width)?;
+            let xdy = self.row_dot(blk, env, (x, dy), r, row0, width)?;
+            let inv = self.inv_norm(blk, ss)?;
             let inv2 = b.mulf(blk, inv, inv)?;
             let inv3 = b.mulf(blk, inv2, inv)?;
             let coef = b.mulf(blk, inv3, xdy)?;
@@ -856,19 +872,8 @@ impl<'c> Kernel<'_, 'c> {
             let one = b.ci(blk, 1)?;
             let width = b.ci(blk, cols)?;
             let row0 = b.muli(blk, r, width)?;
-            let init = b.cf32(blk, 0.0)?;
-            let ss = b.for_acc(blk, zero, width, one, init, |blk, c, acc| {
-                let idx = b.addi(blk, row0, c)?;
-                let x = self.read(blk, env, src, r, c, idx)?;
-                let xx = b.mulf(blk, x, x)?;
-                let next = b.addf(blk, acc, xx)?;
-                b.yield_(blk, &[next])
-            })?;
-            let eps = b.cf32(blk, linrec_spec::reference::L2NORM_EPS)?;
-            let ss = b.addf(blk, ss, eps)?;
-            let one_f = b.cf32(blk, 1.0)?;
-            let root = self.t.sqrt(b, blk, ss)?;
-            let inv = b.divf(blk, one_f, root)?;
+            let ss = self.row_dot(blk, env, (src, src), r, row0, width)?;
+            let inv = self.inv_norm(blk, ss)?;
             b.for_(blk, zero, width, one, |blk, c| {
                 let idx = b.addi(blk, row0, c)?;
                 let x = self.read(blk, env, src, r, c, idx)?;

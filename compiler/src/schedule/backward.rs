@@ -28,11 +28,11 @@
 //! [`BackwardSchedule::dropped`]).
 
 use linrec_spec::launch::{KernelConfig, KernelParam, SizeExpr, SizeSym};
-use linrec_spec::{ConstantRate, Decay, Role, Spec};
+use linrec_spec::{Role, Spec};
 
 use super::{
     BLOCK_THREADS, MatmulChoice, MatmulPath, Schedule, ScheduleError, Tile, TileDims, alloc,
-    barriers, check_config, check_plan, entry_name, shared_memory_limit,
+    barriers, check_config, check_plan, decay_param, entry_name, input_params, shared_memory_limit,
 };
 use crate::lower::{Target, Vendor};
 use crate::plan::{Direction, Op, Plan, Sink, ValueId};
@@ -230,11 +230,7 @@ pub fn backward(
         _ => (0, reduce.offset + reduce.len(), 0),
     };
 
-    let decay = match spec.decay {
-        Decay::Constant(ConstantRate::Retnet) => Some(KernelParam::DecayRates),
-        Decay::Constant(ConstantRate::Input) => Some(KernelParam::Input(Role::DecayRate)),
-        _ => None,
-    };
+    let decay = decay_param(spec);
     let reads_decay = |p: &Plan| p.nodes.iter().any(|n| n.op == Op::ConstantGate);
     if (reads_decay(fwd) || reads_decay(bwd)) && decay.is_none() {
         return Err(err_in(fwd)(
@@ -243,20 +239,7 @@ pub fn backward(
         ));
     }
 
-    let mut params: Vec<KernelParam> = spec
-        .required_roles()
-        .into_iter()
-        .map(KernelParam::Input)
-        .collect();
-    if decay == Some(KernelParam::DecayRates) {
-        params.push(KernelParam::DecayRates);
-    }
-    if config.initial_state {
-        params.push(KernelParam::InitialState);
-    }
-    if config.varlen {
-        params.push(KernelParam::CuSeqlens);
-    }
+    let mut params = input_params(spec, config);
     params.push(KernelParam::GradOutput);
     if config.final_state {
         params.push(KernelParam::GradFinalState);

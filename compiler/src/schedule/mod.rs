@@ -687,11 +687,7 @@ fn forward_kernel(
         &sinks,
     );
 
-    let decay = match spec.decay {
-        Decay::Constant(ConstantRate::Retnet) => Some(KernelParam::DecayRates),
-        Decay::Constant(ConstantRate::Input) => Some(KernelParam::Input(Role::DecayRate)),
-        _ => None,
-    };
+    let decay = decay_param(spec);
     if plan.nodes.iter().any(|n| n.op == Op::ConstantGate) && decay.is_none() {
         let node = plan.nodes.iter().position(|n| n.op == Op::ConstantGate);
         return Err(err(
@@ -700,20 +696,7 @@ fn forward_kernel(
         ));
     }
 
-    let mut params: Vec<KernelParam> = spec
-        .required_roles()
-        .into_iter()
-        .map(KernelParam::Input)
-        .collect();
-    if decay == Some(KernelParam::DecayRates) {
-        params.push(KernelParam::DecayRates);
-    }
-    if config.initial_state {
-        params.push(KernelParam::InitialState);
-    }
-    if config.varlen {
-        params.push(KernelParam::CuSeqlens);
-    }
+    let mut params = input_params(spec, config);
     if part != Part::Fused {
         params.push(KernelParam::ChunkStates);
     }
@@ -795,6 +778,35 @@ fn forward_kernel(
 /// operand arena (`operand_bytes`), 16-byte aligned.
 pub fn tiles_offset(operand_bytes: u64) -> u64 {
     operand_bytes.div_ceil(16) * 16
+}
+
+/// Where `constant_gate` reads the per-head log-decay, for specs with a constant decay.
+fn decay_param(spec: &Spec) -> Option<KernelParam> {
+    match spec.decay {
+        Decay::Constant(ConstantRate::Retnet) => Some(KernelParam::DecayRates),
+        Decay::Constant(ConstantRate::Input) => Some(KernelParam::Input(Role::DecayRate)),
+        _ => None,
+    }
+}
+
+/// The parameters every kernel of `spec` and `config` starts with, in ABI order: the spec's
+/// inputs, the RetNet decay rates, `h0`, `cu_seqlens`.
+fn input_params(spec: &Spec, config: &KernelConfig) -> Vec<KernelParam> {
+    let mut params: Vec<KernelParam> = spec
+        .required_roles()
+        .into_iter()
+        .map(KernelParam::Input)
+        .collect();
+    if decay_param(spec) == Some(KernelParam::DecayRates) {
+        params.push(KernelParam::DecayRates);
+    }
+    if config.initial_state {
+        params.push(KernelParam::InitialState);
+    }
+    if config.varlen {
+        params.push(KernelParam::CuSeqlens);
+    }
+    params
 }
 
 /// A symbol-safe kernel name: the spec's name (snake_case by validation; anything else is

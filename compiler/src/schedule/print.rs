@@ -26,6 +26,26 @@ fn size(e: &SizeExpr) -> String {
     }
 }
 
+/// The `config` line; `(h0, ht)` name the initial- and final-state options as the direction
+/// uses them.
+fn write_config(
+    f: &mut fmt::Formatter<'_>,
+    c: &linrec_spec::launch::KernelConfig,
+    (h0, ht): (&str, &str),
+) -> fmt::Result {
+    writeln!(
+        f,
+        "  config   dtype {} K {} V {} chunk {}{}{}{}",
+        c.dtype,
+        c.key_dim,
+        c.value_dim,
+        c.chunk,
+        if c.initial_state { h0 } else { "" },
+        if c.final_state { ht } else { "" },
+        if c.varlen { " varlen" } else { "" },
+    )
+}
+
 /// A parameter's name as the kernel's argument list shows it.
 pub(crate) fn param_name(p: &KernelParam) -> String {
     match p {
@@ -64,17 +84,7 @@ impl fmt::Display for Schedule {
             "schedule {} forward for {} ({path}: {kernel})",
             self.spec_name, self.target
         )?;
-        writeln!(
-            f,
-            "  config   dtype {} K {} V {} chunk {}{}{}{}",
-            c.dtype,
-            c.key_dim,
-            c.value_dim,
-            c.chunk,
-            if c.initial_state { " h0" } else { "" },
-            if c.final_state { " final_state" } else { "" },
-            if c.varlen { " varlen" } else { "" },
-        )?;
+        write_config(f, c, (" h0", " final_state"))?;
         writeln!(
             f,
             "  kernel   @{} grid ({}, {}, {}) block ({}, 1, 1) BV {}",
@@ -233,17 +243,7 @@ impl fmt::Display for BackwardSchedule {
             g.target,
             g.path_name()
         )?;
-        writeln!(
-            f,
-            "  config   dtype {} K {} V {} chunk {}{}{}{}",
-            c.dtype,
-            c.key_dim,
-            c.value_dim,
-            c.chunk,
-            if c.initial_state { " h0 (→ dh0)" } else { "" },
-            if c.final_state { " dht" } else { "" },
-            if c.varlen { " varlen" } else { "" },
-        )?;
+        write_config(f, c, (" h0 (→ dh0)", " dht"))?;
         writeln!(
             f,
             "  kernel   @{} grid ({}, {}, {}) block ({}, 1, 1): a workgroup per (sequence, q/k head), the value heads of its group in turn",
