@@ -597,11 +597,25 @@ impl<'c> Kernel<'_, 'c> {
         // hoists every element's 64-bit scratch address out of the chunk loop and keeps
         // hundreds of them live across it (382 VGPRs for the portable K = V = 64 kernels);
         // with the matrix cores' accumulators on top, that spills.
-        let tid = match self.s.target.vendor() {
-            Vendor::Amd => self.t.thread_id_per_use(b, blk)?,
-            _ => env.tid,
-        };
+        let tid = self.thread_index(blk, env)?;
         b.for_(blk, tid, ub, step, body)
+    }
+
+    /// The thread index for a loop over a tile: read afresh (`TargetOps::thread_id_per_use`)
+    /// on AMD, and in NVIDIA backward kernels on tensor cores, whose two nested loops (value
+    /// heads, chunks) made ptxas spill the addresses LLVM hoisted out of them at K = V = 128.
+    pub(super) fn thread_index<'a>(
+        &self,
+        blk: &'a Block<'c>,
+        env: &Env<'c, 'a>,
+    ) -> R<Value<'c, 'a>> {
+        let per_use = self.s.target.vendor() == Vendor::Amd
+            || (self.s.direction == Direction::Backward && self.s.matmul == MatmulPath::TensorCore);
+        if per_use {
+            self.t.thread_id_per_use(&self.b, blk)
+        } else {
+            Ok(env.tid)
+        }
     }
 
     /// Row and column of element `e` of a tile with `cols` columns.

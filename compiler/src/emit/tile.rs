@@ -758,8 +758,9 @@ impl<'c> Kernel<'_, 'c> {
         let zero = b.ci(blk, 0)?;
         let one = b.ci(blk, 1)?;
         let trips = b.ci(blk, (n + threads - 1) / threads)?;
+        let tid = self.thread_index(blk, env)?;
         let part = b.for_acc(blk, zero, trips, one, init, |blk, m, acc| {
-            let e = b.mad(blk, env.tid, m, threads)?;
+            let e = b.mad(blk, tid, m, threads)?;
             let inside = b.cmpi(blk, Cmp::Ult, e, ub)?;
             let last = b.ci(blk, n - 1)?;
             let e = b.bin(blk, "arith.minui", e, last)?;
@@ -771,7 +772,7 @@ impl<'c> Kernel<'_, 'c> {
             b.yield_(blk, &[next])
         })?;
         let scratch = self.tile_mem(env)?;
-        let slot = self.addr(blk, env, reduce, env.tid)?;
+        let slot = self.addr(blk, env, reduce, tid)?;
         b.store(blk, part, scratch, slot)?;
         self.t.barrier(b, blk)?;
         let zero = b.ci(blk, 0)?;
