@@ -77,72 +77,14 @@ fn specs() -> Vec<Spec> {
     ]
 }
 
-// ---- host conversions (round to nearest even) ---------------------------------------------
-
-fn bf16_bits(x: f32) -> u16 {
-    if x.is_nan() {
-        return 0x7FC0;
-    }
-    let b = x.to_bits();
-    ((b + 0x7FFF + ((b >> 16) & 1)) >> 16) as u16
-}
-
-fn bf16_value(bits: u16) -> f32 {
-    f32::from_bits(u32::from(bits) << 16)
-}
-
-fn f16_bits(x: f32) -> u16 {
-    let b = x.to_bits();
-    let sign = ((b >> 16) & 0x8000) as u16;
-    let exp = ((b >> 23) & 0xFF) as i32;
-    let man = b & 0x007F_FFFF;
-    if exp == 0xFF {
-        return sign | 0x7C00 | if man != 0 { 0x200 } else { 0 };
-    }
-    let e = exp - 127 + 15;
-    if e >= 0x1F {
-        return sign | 0x7C00;
-    }
-    if e <= 0 {
-        if e < -10 {
-            return sign;
-        }
-        let m = man | 0x0080_0000;
-        let shift = (14 - e) as u32;
-        let half = 1u32 << (shift - 1);
-        let rest = m & ((1u32 << shift) - 1);
-        let mut r = m >> shift;
-        if rest > half || (rest == half && r & 1 == 1) {
-            r += 1;
-        }
-        return sign | r as u16;
-    }
-    let mut r = ((e as u32) << 10) | (man >> 13);
-    let rest = man & 0x1FFF;
-    if rest > 0x1000 || (rest == 0x1000 && r & 1 == 1) {
-        r += 1;
-    }
-    sign | r as u16
-}
-
-fn f16_value(h: u16) -> f32 {
-    let sign = if h & 0x8000 != 0 { -1.0 } else { 1.0 };
-    let exp = i32::from((h >> 10) & 0x1F);
-    let man = f32::from(h & 0x3FF);
-    match exp {
-        0 => sign * man * 2f32.powi(-24),
-        0x1F if man == 0.0 => sign * f32::INFINITY,
-        0x1F => f32::NAN,
-        _ => sign * (1.0 + man / 1024.0) * 2f32.powi(exp - 15),
-    }
-}
+// ---- host-side element conversions: the `half` crate (round to nearest even) --------------
 
 fn round(x: f64, dtype: ElementType) -> f64 {
     let f = x as f32;
     f64::from(match dtype {
         ElementType::F32 => f,
-        ElementType::Bf16 => bf16_value(bf16_bits(f)),
-        ElementType::F16 => f16_value(f16_bits(f)),
+        ElementType::Bf16 => half::bf16::from_f32(f).to_f32(),
+        ElementType::F16 => half::f16::from_f32(f).to_f32(),
     })
 }
 
@@ -152,8 +94,8 @@ fn to_bytes(t: &Tensor, dtype: ElementType) -> Vec<u8> {
         let f = x as f32;
         match dtype {
             ElementType::F32 => out.extend_from_slice(&f.to_le_bytes()),
-            ElementType::Bf16 => out.extend_from_slice(&bf16_bits(f).to_le_bytes()),
-            ElementType::F16 => out.extend_from_slice(&f16_bits(f).to_le_bytes()),
+            ElementType::Bf16 => out.extend_from_slice(&half::bf16::from_f32(f).to_le_bytes()),
+            ElementType::F16 => out.extend_from_slice(&half::f16::from_f32(f).to_le_bytes()),
         }
     }
     out
@@ -167,11 +109,11 @@ fn from_bytes(bytes: &[u8], dtype: ElementType) -> Vec<f64> {
             .collect(),
         ElementType::Bf16 => bytes
             .chunks_exact(2)
-            .map(|c| f64::from(bf16_value(u16::from_le_bytes([c[0], c[1]]))))
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f64())
             .collect(),
         ElementType::F16 => bytes
             .chunks_exact(2)
-            .map(|c| f64::from(f16_value(u16::from_le_bytes([c[0], c[1]]))))
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64())
             .collect(),
     }
 }
