@@ -18,6 +18,11 @@ cargo clippy -p linrec --no-default-features --all-targets --locked -- -D warnin
 cargo clippy -p linrec-runtime --all-targets --locked -- -D warnings
 step "cargo test"
 cargo test --workspace --locked
+# Those test binaries link LLVM/MLIR (~250 MB each) and are not run again: free the space
+# before the examples' own LLVM-linking build (CI's disk is small).
+if [ -n "${CI:-}" ]; then
+  find target/debug/deps -maxdepth 1 -type f -executable -size +100M -delete
+fi
 step "cargo test without jit (the LLVM-free build; the macro's UI tests)"
 cargo test -p linrec --no-default-features --locked
 cargo test -p linrec-runtime --locked
