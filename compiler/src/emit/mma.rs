@@ -387,19 +387,48 @@ impl<'c, 'v> Matmul<'c, 'v> {
         init: Init<'c, '_>,
         epilogue: &mut Epilogue<'_, 'c>,
     ) -> R<()> {
-        let layout = self.layout()?;
-        self.check(ctx, &init)?;
+        Self::emit_sum(std::slice::from_ref(self), ctx, loc, block, init, epilogue)
+    }
+
+    /// Like [`Matmul::emit`] for the sum of several matmuls of one result shape: each pass
+    /// runs every term's k-loop on the same accumulators, so `C = Σ op(Aᵢ)·op(Bᵢ)` never
+    /// leaves the registers. The terms must agree on `m`, `n`, `dtype`, `num_warps` and
+    /// `thread_id` (their `k` and operands may differ).
+    pub fn emit_sum(
+        terms: &[Matmul<'c, 'v>],
+        ctx: &'c Context,
+        loc: Location<'c>,
+        block: &Block<'c>,
+        init: Init<'c, '_>,
+        epilogue: &mut Epilogue<'_, 'c>,
+    ) -> R<()> {
+        let Some(this) = terms.first() else {
+            return Err(invalid("a sum of no matmuls".into()));
+        };
+        let layout = this.layout()?;
+        for t in terms {
+            t.check(ctx, &init)?;
+            if (t.m, t.n, t.dtype, t.num_warps) != (this.m, this.n, this.dtype, this.num_warps)
+                || t.thread_id != this.thread_id
+            {
+                return Err(invalid(format!(
+                    "summed matmuls disagree: {}×{} {:?} on {} warps and {}×{} {:?} on {} warps",
+                    this.m, this.n, this.dtype, this.num_warps, t.m, t.n, t.dtype, t.num_warps
+                )));
+            }
+        }
         let e = Emit {
             ops: Ops { ctx, loc },
             top: block,
             consts: RefCell::new(HashMap::new()),
-            mm: self,
+            mm: this,
+            terms,
             layout,
         };
         let warp_size = e.c(WARP)?;
-        let warp = e.ops.div(block, self.thread_id, warp_size)?;
-        let lane = e.ops.rem(block, self.thread_id, warp_size)?;
-        if layout.warps_used() < i64::from(self.num_warps) {
+        let warp = e.ops.div(block, this.thread_id, warp_size)?;
+        let lane = e.ops.rem(block, this.thread_id, warp_size)?;
+        if layout.warps_used() < i64::from(this.num_warps) {
             // Warp-uniform: whole warps skip, so `.aligned` ldmatrix/mma stay legal.
             let used = e.c(layout.warps_used())?;
             let cond = e
@@ -600,8 +629,22 @@ struct Emit<'c, 't, 'm, 'v> {
     /// each serves every region and the printed MLIR stays readable.
     top: &'t Block<'c>,
     consts: RefCell<HashMap<i64, Value<'c, 't>>>,
+    /// The first term: the shape, type and warps of all.
     mm: &'m Matmul<'c, 'v>,
+    /// Every term, summed into one set of accumulators.
+    terms: &'m [Matmul<'c, 'v>],
     layout: MmaLayout,
+}
+
+/// One term's lane part of its fragment addresses and how an index moves them.
+struct TermAddr<'c, 'x> {
+    a_lane: Value<'c, 'x>,
+    b_lane: Value<'c, 'x>,
+    b_lane_x2: Option<Value<'c, 'x>>,
+    a_m_step: i64,
+    a_k_step: i64,
+    b_n_step: i64,
+    b_k_step: i64,
 }
 
 /// A fragment load: which tile, where (lane part included, k excluded), how.
@@ -665,7 +708,7 @@ impl<'c, 't> Emit<'c, 't, '_, '_> {
         init: &Init<'c, '_>,
         epilogue: &mut Epilogue<'_, 'c>,
     ) -> R<()> {
-        let (mm, lay, o) = (self.mm, self.layout, &self.ops);
+        let (lay, o) = (self.layout, &self.ops);
         let wn = self.c(lay.warps_n)?;
         let warp_m = o.div(blk, warp, wn)?;
         let warp_n = o.rem(blk, warp, wn)?;
@@ -696,35 +739,41 @@ impl<'c, 't> Emit<'c, 't, '_, '_> {
             self.mad(blk, l8, s, c)
         };
 
-        let (at, bt) = (&mm.a.tile, &mm.b.tile);
-        let a_lane = if mm.a.transposed {
-            pat2(at.row_stride)?
-        } else {
-            pat1(at.row_stride)?
-        };
-        let a_lane = self.add_c(blk, a_lane, at.offset)?;
-        let b_lane = if mm.b.transposed {
-            pat2(bt.row_stride)?
-        } else {
-            pat1(bt.row_stride)?
-        };
-        let b_lane = self.add_c(blk, b_lane, bt.offset)?;
-        let b_lane_x2 = if lay.pass_n % 2 == 1 {
-            let v = if mm.b.transposed {
-                pat2_x2(bt.row_stride)?
+        let mut addrs = Vec::with_capacity(self.terms.len());
+        for t in self.terms {
+            let (at, bt) = (&t.a.tile, &t.b.tile);
+            let a_lane = if t.a.transposed {
+                pat2(at.row_stride)?
             } else {
-                pat1_x2(bt.row_stride)?
+                pat1(at.row_stride)?
             };
-            Some(self.add_c(blk, v, bt.offset)?)
-        } else {
-            None
-        };
-        // Where a fragment row (A) / column (B) index moves the address: along the stored
-        // row when the matrix is stored transposed relative to k-major, else by whole rows.
-        let a_m_step = if mm.a.transposed { 1 } else { at.row_stride };
-        let a_k_step = if mm.a.transposed { at.row_stride } else { 1 };
-        let b_n_step = if mm.b.transposed { bt.row_stride } else { 1 };
-        let b_k_step = if mm.b.transposed { 1 } else { bt.row_stride };
+            let b_lane = if t.b.transposed {
+                pat2(bt.row_stride)?
+            } else {
+                pat1(bt.row_stride)?
+            };
+            let b_lane_x2 = if lay.pass_n % 2 == 1 {
+                let v = if t.b.transposed {
+                    pat2_x2(bt.row_stride)?
+                } else {
+                    pat1_x2(bt.row_stride)?
+                };
+                Some(self.add_c(blk, v, bt.offset)?)
+            } else {
+                None
+            };
+            // Where a fragment row (A) / column (B) index moves the address: along the stored
+            // row when the matrix is stored transposed relative to k-major, else by whole rows.
+            addrs.push(TermAddr {
+                a_lane: self.add_c(blk, a_lane, at.offset)?,
+                b_lane: self.add_c(blk, b_lane, bt.offset)?,
+                b_lane_x2,
+                a_m_step: if t.a.transposed { 1 } else { at.row_stride },
+                a_k_step: if t.a.transposed { at.row_stride } else { 1 },
+                b_n_step: if t.b.transposed { bt.row_stride } else { 1 },
+                b_k_step: if t.b.transposed { 1 } else { bt.row_stride },
+            });
+        }
 
         // Accumulator coordinates of this lane inside a fragment.
         let g = o.div(blk, lane, self.c(4)?)?;
@@ -734,35 +783,37 @@ impl<'c, 't> Emit<'c, 't, '_, '_> {
             for pj in 0..lay.frags_n / lay.pass_n {
                 let m0 = self.add_c(blk, m_w, pi * lay.pass_m * FRAG_M)?;
                 let n0 = self.add_c(blk, n_w, pj * lay.pass_n * FRAG_N)?;
-                let mut loads_a = Vec::new();
-                for i in 0..lay.pass_m {
-                    let m = self.add_c(blk, m0, i * FRAG_M)?;
-                    loads_a.push(Load {
-                        mem: at.memref,
-                        base: self.mad(blk, m, a_m_step, a_lane)?,
-                        k_step: a_k_step,
-                        tiles: 4,
-                        transpose: mm.a.transposed,
-                    });
+                let mut acc = self.init_acc(blk, init, m0, n0, g, t2)?;
+                for (t, ad) in self.terms.iter().zip(&addrs) {
+                    let mut loads_a = Vec::new();
+                    for i in 0..lay.pass_m {
+                        let m = self.add_c(blk, m0, i * FRAG_M)?;
+                        loads_a.push(Load {
+                            mem: t.a.tile.memref,
+                            base: self.mad(blk, m, ad.a_m_step, ad.a_lane)?,
+                            k_step: ad.a_k_step,
+                            tiles: 4,
+                            transpose: t.a.transposed,
+                        });
+                    }
+                    let mut loads_b = Vec::new();
+                    for j in (0..lay.pass_n).step_by(2) {
+                        let n = self.add_c(blk, n0, j * FRAG_N)?;
+                        let pair = j + 1 < lay.pass_n;
+                        let lane_part = match (pair, ad.b_lane_x2) {
+                            (false, Some(x2)) => x2,
+                            _ => ad.b_lane,
+                        };
+                        loads_b.push(Load {
+                            mem: t.b.tile.memref,
+                            base: self.mad(blk, n, ad.b_n_step, lane_part)?,
+                            k_step: ad.b_k_step,
+                            tiles: if pair { 4 } else { 2 },
+                            transpose: !t.b.transposed,
+                        });
+                    }
+                    acc = self.k_loop(blk, t.k, &loads_a, &loads_b, &acc)?;
                 }
-                let mut loads_b = Vec::new();
-                for j in (0..lay.pass_n).step_by(2) {
-                    let n = self.add_c(blk, n0, j * FRAG_N)?;
-                    let pair = j + 1 < lay.pass_n;
-                    let lane_part = match (pair, b_lane_x2) {
-                        (false, Some(x2)) => x2,
-                        _ => b_lane,
-                    };
-                    loads_b.push(Load {
-                        mem: bt.memref,
-                        base: self.mad(blk, n, b_n_step, lane_part)?,
-                        k_step: b_k_step,
-                        tiles: if pair { 4 } else { 2 },
-                        transpose: !mm.b.transposed,
-                    });
-                }
-                let acc0 = self.init_acc(blk, init, m0, n0, g, t2)?;
-                let acc = self.k_loop(blk, &loads_a, &loads_b, &acc0)?;
                 for i in 0..lay.pass_m {
                     let row = self.add_c(blk, m0, i * FRAG_M)?;
                     let row = o.add(blk, row, g)?;
@@ -857,6 +908,7 @@ impl<'c, 't> Emit<'c, 't, '_, '_> {
     fn k_loop<'x>(
         &self,
         blk: &'x Block<'c>,
+        k: i64,
         loads_a: &[Load<'c, '_>],
         loads_b: &[Load<'c, '_>],
         acc0: &[Value<'c, '_>],
@@ -900,7 +952,7 @@ impl<'c, 't> Emit<'c, 't, '_, '_> {
         }
         let region = Region::new();
         region.append_block(body);
-        let mut operands = vec![self.c(0)?, self.c(self.mm.k)?, self.c(FRAG_K)?];
+        let mut operands = vec![self.c(0)?, self.c(k)?, self.c(FRAG_K)?];
         operands.extend_from_slice(acc0);
         let op = o.append(
             blk,

@@ -20,8 +20,20 @@ use super::builder::{Cmp, R};
 use super::kernel::{Env, Kernel};
 use super::mfma;
 use super::mma::{self, Fragment, Init, Matmul, MmaType, SmemTile};
-use crate::plan::{Op, Param, Sink, ValueId};
+use crate::plan::{Expr, MatmulTerm, Op, Param, Shape, Sink, ValueId};
 use crate::schedule::{MatmulPath, OperandTile, Tile};
+
+/// The value of a matmul result element: `f(block, row, col, acc)`.
+type AccValue<'f, 'c> = dyn for<'x> Fn(&'x Block<'c>, Value<'c, 'x>, Value<'c, 'x>, Value<'c, 'x>) -> R<Value<'c, 'x>>
+    + 'f;
+
+/// `f` as an [`AccValue`] (a closure's own signature is not higher-ranked).
+fn acc_value<'c, F>(f: F) -> F
+where
+    F: for<'x> Fn(&'x Block<'c>, Value<'c, 'x>, Value<'c, 'x>, Value<'c, 'x>) -> R<Value<'c, 'x>>,
+{
+    f
+}
 
 /// Where a node's result goes: its f32 tile, its operand tile, or both (same element, the
 /// operand rounded to the dtype).
@@ -278,35 +290,48 @@ impl<'c> Kernel<'_, 'c> {
                 })
             }
             Op::Matmul { a, b: rhs, ta, tb } if self.s.matmul.uses_operand_tiles() => {
-                self.operand_matmul(blk, env, dest, (*a, *ta), (*rhs, *tb))
+                let term = MatmulTerm {
+                    a: *a,
+                    b: *rhs,
+                    ta: *ta,
+                    tb: *tb,
+                };
+                self.operand_matmul(blk, env, dest, &[term], &|_, _, _, acc| Ok(acc))
+            }
+            Op::Fused(f) => {
+                let cols = dest.extent().map_or(1, |(_, c)| c) as i64;
+                let uniforms: &[Option<Value<'c, 'a>>] = uniforms;
+                let shape = &node.shape;
+                if f.matmuls.is_empty() {
+                    self.elementwise(blk, env, dest, |blk, r, c, e| {
+                        self.expr_at(blk, env, shape, &f.expr, (r, c, e), None, uniforms)
+                    })
+                } else if self.s.matmul.uses_operand_tiles() {
+                    let value = acc_value(|blk, r, c, acc| {
+                        let e = b.mad(blk, c, r, cols)?;
+                        self.expr_at(blk, env, shape, &f.expr, (r, c, e), Some(acc), uniforms)
+                    });
+                    self.operand_matmul(blk, env, dest, &f.matmuls, &value)
+                } else {
+                    self.elementwise(blk, env, dest, |blk, r, c, e| {
+                        let mut acc = b.cf32(blk, 0.0)?;
+                        for m in &f.matmuls {
+                            let dot = self.f32_dot(blk, env, m, r, c)?;
+                            acc = b.addf(blk, acc, dot)?;
+                        }
+                        self.expr_at(blk, env, shape, &f.expr, (r, c, e), Some(acc), uniforms)
+                    })
+                }
             }
             Op::Matmul { a, b: rhs, ta, tb } => {
-                let (ta, tb) = (*ta, *tb);
-                let (at, bt) = (self.tile(*a)?, self.tile(*rhs)?);
-                let inner = if ta { at.rows } else { at.cols };
+                let term = MatmulTerm {
+                    a: *a,
+                    b: *rhs,
+                    ta: *ta,
+                    tb: *tb,
+                };
                 self.elementwise(blk, env, dest, |blk, r, c, _| {
-                    let zero = b.ci(blk, 0)?;
-                    let one = b.ci(blk, 1)?;
-                    let end = b.ci(blk, inner as i64)?;
-                    let init = b.cf32(blk, 0.0)?;
-                    b.for_acc(blk, zero, end, one, init, |blk, l, acc| {
-                        // op(A)[r, l] and op(B)[l, c] in row-major tiles.
-                        let ia = if ta {
-                            b.mad(blk, r, l, at.cols as i64)?
-                        } else {
-                            b.mad(blk, l, r, at.cols as i64)?
-                        };
-                        let ib = if tb {
-                            b.mad(blk, l, c, bt.cols as i64)?
-                        } else {
-                            b.mad(blk, c, l, bt.cols as i64)?
-                        };
-                        let x = self.load_scratch(blk, env, at, ia)?;
-                        let y = self.load_scratch(blk, env, bt, ib)?;
-                        let xy = b.mulf(blk, x, y)?;
-                        let next = b.addf(blk, acc, xy)?;
-                        b.yield_(blk, &[next])
-                    })
+                    self.f32_dot(blk, env, &term, r, c)
                 })
             }
             other => Err(EmitError::Schedule(format!(
@@ -406,26 +431,54 @@ impl<'c> Kernel<'_, 'c> {
         }
     }
 
-    /// A matmul over operand tiles: on tensor cores, or emulated in scalar loops.
-    /// `op(A)` is `a.0` (transposed when `a.1`), likewise `op(B)`; the result (f32
-    /// accumulation) goes to `dest`.
-    fn operand_matmul(
+    /// `op(A)[r, :] · op(B)[:, c]` of a matmul over f32 tiles (the portable path), as a
+    /// scalar loop.
+    fn f32_dot<'a>(
         &self,
-        blk: &Block<'c>,
+        blk: &'a Block<'c>,
         env: &Env<'c, '_>,
-        dest: Dest,
-        a: (ValueId, bool),
-        b: (ValueId, bool),
-    ) -> R<()> {
-        let (ta, tb) = (a.1, b.1);
-        let (oa, ob) = (self.operand_tile(a.0)?, self.operand_tile(b.0)?);
+        m: &MatmulTerm,
+        r: Value<'c, 'a>,
+        c: Value<'c, 'a>,
+    ) -> R<Value<'c, 'a>> {
+        let b = &self.b;
+        let (ta, tb) = (m.ta, m.tb);
+        let (at, bt) = (self.tile(m.a)?, self.tile(m.b)?);
+        let inner = if ta { at.rows } else { at.cols };
+        let zero = b.ci(blk, 0)?;
+        let one = b.ci(blk, 1)?;
+        let end = b.ci(blk, inner as i64)?;
+        let init = b.cf32(blk, 0.0)?;
+        b.for_acc(blk, zero, end, one, init, |blk, l, acc| {
+            // op(A)[r, l] and op(B)[l, c] in row-major tiles.
+            let ia = if ta {
+                b.mad(blk, r, l, at.cols as i64)?
+            } else {
+                b.mad(blk, l, r, at.cols as i64)?
+            };
+            let ib = if tb {
+                b.mad(blk, l, c, bt.cols as i64)?
+            } else {
+                b.mad(blk, c, l, bt.cols as i64)?
+            };
+            let x = self.load_scratch(blk, env, at, ia)?;
+            let y = self.load_scratch(blk, env, bt, ib)?;
+            let xy = b.mulf(blk, x, y)?;
+            let next = b.addf(blk, acc, xy)?;
+            b.yield_(blk, &[next])
+        })
+    }
+
+    /// The padded `(m, k, n)` of a matmul over operand tiles.
+    fn operand_dims(&self, t: &MatmulTerm) -> R<(usize, usize, usize)> {
+        let (oa, ob) = (self.operand_tile(t.a)?, self.operand_tile(t.b)?);
         // The padded sizes: what the instruction tiles cover.
-        let (m, k) = if ta {
+        let (m, k) = if t.ta {
             (oa.cols_padded, oa.rows_padded)
         } else {
             (oa.rows_padded, oa.cols_padded)
         };
-        let (kb, n) = if tb {
+        let (kb, n) = if t.tb {
             (ob.cols_padded, ob.rows_padded)
         } else {
             (ob.rows_padded, ob.cols_padded)
@@ -433,6 +486,33 @@ impl<'c> Kernel<'_, 'c> {
         if k != kb {
             return Err(EmitError::Schedule(format!(
                 "matmul operands of inner sizes {k} and {kb}"
+            )));
+        }
+        Ok((m, k, n))
+    }
+
+    /// The sum of matmuls over operand tiles — on tensor cores, on matrix cores (one term), or
+    /// emulated in scalar loops — with `value(row, col, acc)` applied to each element of the
+    /// f32 sum before it goes to `dest`. Elements in the instruction tiles' padding are not
+    /// handed to `value`: they go to the operand tile's padding as 0.
+    fn operand_matmul(
+        &self,
+        blk: &Block<'c>,
+        env: &Env<'c, '_>,
+        dest: Dest,
+        terms: &[MatmulTerm],
+        value: &AccValue<'_, 'c>,
+    ) -> R<()> {
+        let dims = terms
+            .iter()
+            .map(|t| self.operand_dims(t))
+            .collect::<R<Vec<_>>>()?;
+        let Some(&(m, _, n)) = dims.first() else {
+            return Err(EmitError::Schedule("a sum of no matmuls".into()));
+        };
+        if dims.iter().any(|&(mi, _, ni)| (mi, ni) != (m, n)) {
+            return Err(EmitError::Schedule(format!(
+                "summed matmuls of different shapes: {dims:?}"
             )));
         }
         if let Some(o) = dest.operand {
@@ -443,6 +523,27 @@ impl<'c> Kernel<'_, 'c> {
                 )));
             }
         }
+        let (rows, cols) = dest
+            .extent()
+            .ok_or_else(|| EmitError::Schedule("a matmul without a result tile".into()))?;
+        let b = &self.b;
+        // The element's value: `value` inside the result, 0 in the padding (where its operands
+        // would be read out of their tiles, clamped instead).
+        let finish = |blk: &Block<'c>, r: Value<'c, '_>, c: Value<'c, '_>, x: Value<'c, '_>| {
+            if rows >= m && cols >= n {
+                let v = value(blk, r, c, x)?;
+                return self.store_result(blk, env, dest, (m, n), r, c, v);
+            }
+            let rr = b.bin(blk, "arith.minui", r, b.ci(blk, rows as i64 - 1)?)?;
+            let cc = b.bin(blk, "arith.minui", c, b.ci(blk, cols as i64 - 1)?)?;
+            let v = value(blk, rr, cc, x)?;
+            let r_ok = b.cmpi(blk, Cmp::Ult, r, b.ci(blk, rows as i64)?)?;
+            let c_ok = b.cmpi(blk, Cmp::Ult, c, b.ci(blk, cols as i64)?)?;
+            let ok = b.bin(blk, "arith.andi", r_ok, c_ok)?;
+            let zero = b.cf32(blk, 0.0)?;
+            let v = b.select(blk, ok, v, zero)?;
+            self.store_result(blk, env, dest, (m, n), r, c, v)
+        };
         match self.s.matmul {
             MatmulPath::TensorCore => {
                 let dtype = MmaType::from_element(self.dtype())
@@ -457,16 +558,19 @@ impl<'c> Kernel<'_, 'c> {
                     },
                     transposed,
                 };
-                let mm = Matmul {
-                    m: m as i64,
-                    n: n as i64,
-                    k: k as i64,
-                    dtype,
-                    num_warps: self.s.block_threads / 32,
-                    thread_id,
-                    a: side(oa, ta),
-                    b: side(ob, tb),
-                };
+                let mut mms = Vec::with_capacity(terms.len());
+                for (t, &(_, k, _)) in terms.iter().zip(&dims) {
+                    mms.push(Matmul {
+                        m: m as i64,
+                        n: n as i64,
+                        k: k as i64,
+                        dtype,
+                        num_warps: self.s.block_threads / 32,
+                        thread_id,
+                        a: side(self.operand_tile(t.a)?, t.ta),
+                        b: side(self.operand_tile(t.b)?, t.tb),
+                    });
+                }
                 // Accumulators go from the registers to the result tiles: C[row][col],
                 // C[row][col + 1], C[row + 8][col], C[row + 8][col + 1].
                 let mut epilogue = |blk: &Block<'c>, f: &Fragment<'c, '_>| -> R<()> {
@@ -478,27 +582,27 @@ impl<'c> Kernel<'_, 'c> {
                         (f.row8, f.col, f.acc[2]),
                         (f.row8, col1, f.acc[3]),
                     ] {
-                        self.store_result(blk, env, dest, (m, n), r, c, x)?;
+                        finish(blk, r, c, x)?;
                     }
                     Ok(())
                 };
-                mm.emit(self.b.ctx, self.b.loc, blk, Init::Zero, &mut epilogue)
+                Matmul::emit_sum(&mms, self.b.ctx, self.b.loc, blk, Init::Zero, &mut epilogue)
             }
-            MatmulPath::Emulated => {
-                let b = &self.b;
-                self.strided(blk, env, (m * n) as u64, |blk, e| {
-                    let (r, c) = self.row_col(blk, e, n)?;
+            MatmulPath::Emulated => self.strided(blk, env, (m * n) as u64, |blk, e| {
+                let (r, c) = self.row_col(blk, e, n)?;
+                let mut acc = b.cf32(blk, 0.0)?;
+                for (t, &(_, k, _)) in terms.iter().zip(&dims) {
+                    let (oa, ob) = (self.operand_tile(t.a)?, self.operand_tile(t.b)?);
                     let zero = b.ci(blk, 0)?;
                     let one = b.ci(blk, 1)?;
                     let end = b.ci(blk, k as i64)?;
-                    let init = b.cf32(blk, 0.0)?;
-                    let acc = b.for_acc(blk, zero, end, one, init, |blk, l, acc| {
-                        let x = if ta {
+                    acc = b.for_acc(blk, zero, end, one, acc, |blk, l, acc| {
+                        let x = if t.ta {
                             self.load_operand(blk, env, oa, l, r)?
                         } else {
                             self.load_operand(blk, env, oa, r, l)?
                         };
-                        let y = if tb {
+                        let y = if t.tb {
                             self.load_operand(blk, env, ob, c, l)?
                         } else {
                             self.load_operand(blk, env, ob, l, c)?
@@ -507,10 +611,16 @@ impl<'c> Kernel<'_, 'c> {
                         let next = b.addf(blk, acc, xy)?;
                         b.yield_(blk, &[next])
                     })?;
-                    self.store_result(blk, env, dest, (m, n), r, c, acc)
-                })
-            }
+                }
+                finish(blk, r, c, acc)
+            }),
             MatmulPath::MatrixCore(core) | MatmulPath::EmulatedMatrixCore(core) => {
+                let ([t], [(_, k, _)]) = (terms, dims.as_slice()) else {
+                    return Err(EmitError::Schedule(
+                        "matrix cores run one matmul per node (the plan was fused for them)".into(),
+                    ));
+                };
+                let (oa, ob) = (self.operand_tile(t.a)?, self.operand_tile(t.b)?);
                 let dtype = MmaType::from_element(self.dtype())
                     .ok_or_else(|| EmitError::Schedule("matrix cores for an f32 kernel".into()))?;
                 let hardware = matches!(self.s.matmul, MatmulPath::MatrixCore(_));
@@ -534,7 +644,7 @@ impl<'c> Kernel<'_, 'c> {
                 let mm = mfma::Matmul {
                     m: m as i64,
                     n: n as i64,
-                    k: k as i64,
+                    k: *k as i64,
                     dtype,
                     core,
                     mode: if hardware {
@@ -544,13 +654,13 @@ impl<'c> Kernel<'_, 'c> {
                     },
                     threads: self.s.block_threads,
                     thread_id,
-                    a: side(oa, ta),
-                    b: side(ob, tb),
+                    a: side(oa, t.ta),
+                    b: side(ob, t.tb),
                 };
                 // Each accumulator from the registers to the result tiles.
                 let mut epilogue = |blk: &Block<'c>, f: &mfma::Fragment<'c, '_>| -> R<()> {
                     for (row, x) in f.rows.iter().zip(&f.acc) {
-                        self.store_result(blk, env, dest, (m, n), *row, f.col, *x)?;
+                        finish(blk, *row, f.col, *x)?;
                     }
                     Ok(())
                 };
@@ -559,6 +669,65 @@ impl<'c> Kernel<'_, 'c> {
             MatmulPath::Portable => Err(EmitError::Schedule(
                 "an operand matmul on the portable path".into(),
             )),
+        }
+    }
+
+    /// The value of a fused node's expression at element `(r, c)` (flat `e`) of its tile;
+    /// `acc` is its matmuls' sum there.
+    #[allow(clippy::too_many_arguments)]
+    fn expr_at<'a>(
+        &self,
+        blk: &'a Block<'c>,
+        env: &Env<'c, '_>,
+        shape: &Shape,
+        expr: &Expr,
+        (r, c, e): (Value<'c, 'a>, Value<'c, 'a>, Value<'c, 'a>),
+        acc: Option<Value<'c, 'a>>,
+        uniforms: &[Option<Value<'c, '_>>],
+    ) -> R<Value<'c, 'a>> {
+        let b = &self.b;
+        let sub = |x: &Expr| self.expr_at(blk, env, shape, x, (r, c, e), acc, uniforms);
+        match expr {
+            Expr::Acc => acc.ok_or_else(|| {
+                EmitError::Schedule("a fused expression reads acc but has no matmul".into())
+            }),
+            Expr::Value(v) => {
+                let vshape = &self.s.plan.node(*v).shape;
+                if vshape.rank() == 0 {
+                    let u = uniforms[v.0]
+                        .ok_or_else(|| EmitError::Schedule(format!("{v} is not a scalar")))?;
+                    // A value of this block (`u + -0.0` is `u`; the tidy pass folds it away).
+                    let minus_zero = b.cf32(blk, -0.0)?;
+                    b.addf(blk, u, minus_zero)
+                } else if vshape == shape {
+                    self.read(blk, env, self.src(*v)?, r, c, e)
+                } else {
+                    self.load_scratch(blk, env, self.tile(*v)?, r)
+                }
+            }
+            Expr::PairDiff(v) => {
+                let src = self.tile(*v)?;
+                let xi = self.load_scratch(blk, env, src, r)?;
+                let xj = self.load_scratch(blk, env, src, c)?;
+                b.subf(blk, xi, xj)
+            }
+            Expr::Exp2(x) => {
+                let x = sub(x)?;
+                self.t.exp2(b, blk, x)
+            }
+            Expr::Mul(x, y) => b.mulf(blk, sub(x)?, sub(y)?),
+            Expr::Add(x, y) => b.addf(blk, sub(x)?, sub(y)?),
+            Expr::Sub(x, y) => b.subf(blk, sub(x)?, sub(y)?),
+            Expr::MaskCausal { x, strict, fill } => {
+                let keep = if *strict {
+                    b.cmpi(blk, Cmp::Ult, c, r)?
+                } else {
+                    b.cmpi(blk, Cmp::Ule, c, r)?
+                };
+                let x = sub(x)?;
+                let fill = b.cf32(blk, *fill)?;
+                b.select(blk, keep, x, fill)
+            }
         }
     }
 

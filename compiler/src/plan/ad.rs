@@ -193,6 +193,12 @@ pub(super) fn adjoint(
                  derivatives are not derived)"
             ));
         }
+        Op::Fused(_) => {
+            return Err(format!(
+                "`{op}` comes from the fusion pass, which runs after the derivation; \
+                 differentiate the unfused plan"
+            ));
+        }
     }
     Ok(terms)
 }

@@ -9,7 +9,7 @@
 use linrec_spec::reference::{self, Gradients, Inputs, Outputs, ReferenceError, Tensor};
 use linrec_spec::{Decay, Role, RunOptions, ShapeError, Spec, SpecError};
 
-use super::{Dim, Direction, Op, Param, Plan, Sink};
+use super::{Dim, Direction, Expr, Op, Param, Plan, Sink, ValueId};
 
 /// A dense f64 tile: shape `[]`, `[n]` or `[r, c]`.
 #[derive(Clone, Debug)]
@@ -459,29 +459,8 @@ fn run_chunk(plan: &Plan, ctx: &ChunkCtx<'_>, h: &[f64], dh_next: Option<&[f64]>
                 })
             }
             Op::Last(x) => Tile::scalar(*v(x).data.last().unwrap_or(&0.0)),
-            Op::PairDiff(x) => {
-                let x = v(x);
-                let n = x.data.len();
-                Tile::new(
-                    vec![n, n],
-                    (0..n * n).map(|i| x.data[i / n] - x.data[i % n]).collect(),
-                )
-            }
-            Op::MaskCausal { x, strict, fill } => {
-                let x = v(x);
-                let n = x.cols();
-                let data = x
-                    .data
-                    .iter()
-                    .enumerate()
-                    .map(|(i, a)| {
-                        let (r, col) = (i / n, i % n);
-                        let keep = if *strict { col < r } else { col <= r };
-                        if keep { *a } else { *fill }
-                    })
-                    .collect();
-                Tile::new(x.shape.clone(), data)
-            }
+            Op::PairDiff(x) => pair_diff(v(x)),
+            Op::MaskCausal { x, strict, fill } => mask_causal(v(x), *strict, *fill),
             Op::Exp2(x) => v(x).map(f64::exp2),
             Op::Mul(a, b) => broadcast(v(a), v(b), |x, y| x * y),
             Op::Add(a, b) => broadcast(v(a), v(b), |x, y| x + y),
@@ -552,8 +531,57 @@ fn run_chunk(plan: &Plan, ctx: &ChunkCtx<'_>, h: &[f64], dh_next: Option<&[f64]>
                 }
                 Tile::new(x.shape.clone(), data)
             }
+            Op::Fused(f) => {
+                let acc = f
+                    .matmuls
+                    .iter()
+                    .map(|m| matmul(v(&m.a), v(&m.b), m.ta, m.tb))
+                    .reduce(|x, y| broadcast(&x, &y, |a, b| a + b));
+                expr(&f.expr, acc.as_ref(), &v)
+            }
         };
         vals.push(t);
     }
     vals
+}
+
+/// `x_i − x_j` of a `[C]` tile.
+fn pair_diff(x: &Tile) -> Tile {
+    let n = x.data.len();
+    Tile::new(
+        vec![n, n],
+        (0..n * n).map(|i| x.data[i / n] - x.data[i % n]).collect(),
+    )
+}
+
+/// The causal part of a matrix (j ≤ i, or j < i when `strict`), `fill` elsewhere.
+fn mask_causal(x: &Tile, strict: bool, fill: f64) -> Tile {
+    let n = x.cols();
+    let data = x
+        .data
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let (r, col) = (i / n, i % n);
+            let keep = if strict { col < r } else { col <= r };
+            if keep { *a } else { fill }
+        })
+        .collect();
+    Tile::new(x.shape.clone(), data)
+}
+
+/// A fused node's expression, `acc` the sum of its matmuls.
+fn expr<'t>(e: &Expr, acc: Option<&Tile>, v: &impl Fn(&ValueId) -> &'t Tile) -> Tile {
+    match e {
+        // A fused node with `acc` in its expression has matmuls (the fusion pass puts it
+        // there only for them); an empty tile would fail loudly in the comparison.
+        Expr::Acc => acc.cloned().unwrap_or_else(|| Tile::new(vec![0], vec![])),
+        Expr::Value(x) => v(x).clone(),
+        Expr::PairDiff(x) => pair_diff(v(x)),
+        Expr::Exp2(x) => expr(x, acc, v).map(f64::exp2),
+        Expr::Mul(x, y) => broadcast(&expr(x, acc, v), &expr(y, acc, v), |a, b| a * b),
+        Expr::Add(x, y) => broadcast(&expr(x, acc, v), &expr(y, acc, v), |a, b| a + b),
+        Expr::Sub(x, y) => broadcast(&expr(x, acc, v), &expr(y, acc, v), |a, b| a - b),
+        Expr::MaskCausal { x, strict, fill } => mask_causal(&expr(x, acc, v), *strict, *fill),
+    }
 }

@@ -45,10 +45,12 @@ mod ad;
 mod backward;
 pub mod eval;
 mod forward;
+mod fuse;
 mod print;
 
 pub use backward::backward;
 pub use forward::forward;
+pub use fuse::{FuseOptions, fuse};
 
 use linrec_spec::Role;
 
@@ -168,6 +170,129 @@ pub enum Op {
         /// The gradient with respect to the normalised rows.
         dy: ValueId,
     },
+    /// Elementwise nodes and the matmuls they alone consume, fused into one node by
+    /// [`fuse()`]: the matmuls summed, then an expression evaluated per element. Never built
+    /// by the derivations; the kernels run it as one loop (or one matmul epilogue).
+    Fused(Box<Fused>),
+}
+
+/// One `matmul op(a)·op(b)` of a [`Fused`] node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MatmulTerm {
+    /// Left operand.
+    pub a: ValueId,
+    /// Right operand.
+    pub b: ValueId,
+    /// Transpose `a`.
+    pub ta: bool,
+    /// Transpose `b`.
+    pub tb: bool,
+}
+
+/// The body of [`Op::Fused`]: `expr`, where [`Expr::Acc`] is the sum of `matmuls`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fused {
+    /// Matmuls of the node's shape, summed (in registers, on the matmul units); empty when
+    /// the node has no matmul.
+    pub matmuls: Vec<MatmulTerm>,
+    /// The value of each element.
+    pub expr: Expr,
+}
+
+/// An elementwise expression at one element `(row, col)` of a [`Fused`] node.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Expr {
+    /// The element of the matmuls' sum.
+    Acc,
+    /// A plan value at the element: a scalar everywhere, a `[X]` value of a `[X, Y]` node at
+    /// the row, a value of the node's shape at the element.
+    Value(ValueId),
+    /// `x[row] − x[col]` of a `[C]` value (an inlined [`Op::PairDiff`]).
+    PairDiff(ValueId),
+    /// `2^x`.
+    Exp2(Box<Expr>),
+    /// `x · y`.
+    Mul(Box<Expr>, Box<Expr>),
+    /// `x + y`.
+    Add(Box<Expr>, Box<Expr>),
+    /// `x − y`.
+    Sub(Box<Expr>, Box<Expr>),
+    /// `x` where `col ≤ row` (`col < row` when `strict`), `fill` elsewhere.
+    MaskCausal {
+        /// The masked expression.
+        x: Box<Expr>,
+        /// Exclude the diagonal.
+        strict: bool,
+        /// Value outside the mask.
+        fill: f64,
+    },
+}
+
+impl Expr {
+    /// The plan values the expression reads, in first-use order, each once.
+    pub fn values(&self) -> Vec<ValueId> {
+        let mut out = Vec::new();
+        self.visit(&mut |e| {
+            if let Expr::Value(v) | Expr::PairDiff(v) = e {
+                if !out.contains(v) {
+                    out.push(*v);
+                }
+            }
+        });
+        out
+    }
+
+    /// Calls `f` on every sub-expression, parents first.
+    pub fn visit(&self, f: &mut impl FnMut(&Expr)) {
+        f(self);
+        match self {
+            Expr::Acc | Expr::Value(_) | Expr::PairDiff(_) => {}
+            Expr::Exp2(x) | Expr::MaskCausal { x, .. } => x.visit(f),
+            Expr::Mul(x, y) | Expr::Add(x, y) | Expr::Sub(x, y) => {
+                x.visit(f);
+                y.visit(f);
+            }
+        }
+    }
+
+    /// The same expression reading `f(v)` for each value `v`.
+    pub fn map_values(&self, f: &impl Fn(ValueId) -> ValueId) -> Expr {
+        let bx = |e: &Expr| Box::new(e.map_values(f));
+        match self {
+            Expr::Acc => Expr::Acc,
+            Expr::Value(v) => Expr::Value(f(*v)),
+            Expr::PairDiff(v) => Expr::PairDiff(f(*v)),
+            Expr::Exp2(x) => Expr::Exp2(bx(x)),
+            Expr::Mul(x, y) => Expr::Mul(bx(x), bx(y)),
+            Expr::Add(x, y) => Expr::Add(bx(x), bx(y)),
+            Expr::Sub(x, y) => Expr::Sub(bx(x), bx(y)),
+            Expr::MaskCausal { x, strict, fill } => Expr::MaskCausal {
+                x: bx(x),
+                strict: *strict,
+                fill: *fill,
+            },
+        }
+    }
+}
+
+impl Fused {
+    /// Every value read: the matmuls' operands, then the expression's values (each once).
+    pub fn operands(&self) -> Vec<ValueId> {
+        let mut out: Vec<ValueId> = Vec::new();
+        for m in &self.matmuls {
+            for v in [m.a, m.b] {
+                if !out.contains(&v) {
+                    out.push(v);
+                }
+            }
+        }
+        for v in self.expr.values() {
+            if !out.contains(&v) {
+                out.push(v);
+            }
+        }
+        out
+    }
 }
 
 impl Op {
@@ -196,6 +321,7 @@ impl Op {
                 vec![*a, *b]
             }
             Op::L2NormRowsVjp { x, dy } => vec![*x, *dy],
+            Op::Fused(f) => f.operands(),
         }
     }
 
@@ -237,6 +363,18 @@ impl Op {
                 x: f(*x),
                 dy: f(*dy),
             },
+            Op::Fused(fused) => Op::Fused(Box::new(Fused {
+                matmuls: fused
+                    .matmuls
+                    .iter()
+                    .map(|m| MatmulTerm {
+                        a: f(m.a),
+                        b: f(m.b),
+                        ..*m
+                    })
+                    .collect(),
+                expr: fused.expr.map_values(&f),
+            })),
         }
     }
 }

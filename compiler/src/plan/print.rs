@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use super::{Dim, Direction, Op, Param, Plan, Shape, Sink, ValueId};
+use super::{Dim, Direction, Expr, Op, Param, Plan, Shape, Sink, ValueId};
 
 impl fmt::Display for Dim {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -71,6 +71,26 @@ impl fmt::Display for Op {
             Op::SumAll(x) => write!(f, "sum {x}"),
             Op::ScatterLast(x) => write!(f, "scatter_last {x}"),
             Op::L2NormRowsVjp { x, dy } => write!(f, "l2norm_rows_vjp {x}, {dy}"),
+            Op::Fused(fused) => {
+                f.write_str("fused ")?;
+                if !fused.matmuls.is_empty() {
+                    let terms: Vec<String> = fused
+                        .matmuls
+                        .iter()
+                        .map(|m| {
+                            format!(
+                                "{}{}·{}{}",
+                                m.a,
+                                if m.ta { "ᵀ" } else { "" },
+                                m.b,
+                                if m.tb { "ᵀ" } else { "" }
+                            )
+                        })
+                        .collect();
+                    write!(f, "acc = {}; ", terms.join(" + "))?;
+                }
+                write!(f, "{}", fused.expr)
+            }
         }
     }
 }
@@ -109,5 +129,25 @@ impl fmt::Display for Plan {
             writeln!(f, "  {name:<width$} <- {v}")?;
         }
         Ok(())
+    }
+}
+
+impl fmt::Display for Expr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Expr::Acc => f.write_str("acc"),
+            Expr::Value(v) => write!(f, "{v}"),
+            Expr::PairDiff(v) => write!(f, "pair_diff({v})"),
+            Expr::Exp2(x) => write!(f, "exp2({x})"),
+            Expr::Mul(x, y) => write!(f, "({x} · {y})"),
+            Expr::Add(x, y) => write!(f, "({x} + {y})"),
+            Expr::Sub(x, y) => write!(f, "({x} − {y})"),
+            Expr::MaskCausal { x, strict, fill } => write!(
+                f,
+                "mask_causal({x}, {}, {})",
+                if *strict { "strict" } else { "inclusive" },
+                float(*fill)
+            ),
+        }
     }
 }

@@ -29,6 +29,37 @@ pub(crate) fn is_operand_load(op: &Op) -> bool {
 /// (`operands`) or f32 tiles.
 pub(super) fn reads(plan: &Plan, node: usize, operands: bool) -> Vec<(ValueId, Copy)> {
     let op = &plan.nodes[node].op;
+    if let Op::Fused(f) = op {
+        // Its matmuls read operand tiles, its expression what any elementwise node reads.
+        let leaf = |v: ValueId| {
+            let copy = if operands && is_operand_load(&plan.node(v).op) {
+                Copy::Operand
+            } else {
+                Copy::F32
+            };
+            (v, copy)
+        };
+        let mut out: Vec<(ValueId, Copy)> = Vec::new();
+        for m in &f.matmuls {
+            for v in [m.a, m.b] {
+                let read = if operands {
+                    (v, Copy::Operand)
+                } else {
+                    leaf(v)
+                };
+                if !out.contains(&read) {
+                    out.push(read);
+                }
+            }
+        }
+        for v in f.expr.values() {
+            let read = leaf(v);
+            if !out.contains(&read) {
+                out.push(read);
+            }
+        }
+        return out;
+    }
     super::tile_operands(op)
         .into_iter()
         .map(|v| {

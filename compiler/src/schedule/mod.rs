@@ -530,6 +530,29 @@ fn forward_kernel(
         return Err(err(0, "the portable schedule runs forward plans".into()));
     }
     check_plan(plan, &err, false)?;
+    let sixteen_bit = config.dtype != ElementType::F32;
+    let wanted = match choice {
+        MatmulChoice::Auto if sixteen_bit && target.vendor() == Vendor::Nvidia => {
+            MatmulPath::TensorCore
+        }
+        MatmulChoice::Auto if sixteen_bit => match MatrixCore::for_target(target) {
+            Some(core) => MatmulPath::MatrixCore(core),
+            None => MatmulPath::Portable,
+        },
+        MatmulChoice::Emulated if sixteen_bit => MatmulPath::Emulated,
+        MatmulChoice::EmulatedMatrixCore(core) if sixteen_bit => {
+            MatmulPath::EmulatedMatrixCore(core)
+        }
+        _ => MatmulPath::Portable,
+    };
+    // One loop or matmul epilogue per elementwise chain (plan::fuse). Not for AMD's matrix
+    // cores: their 64 KiB of LDS fits K = V = 128 only with elementwise results written in
+    // place over their operands, and fused matmuls keep their operands alive longer.
+    let fused = match wanted.matrix_core() {
+        Some(_) => plan.clone(),
+        None => crate::plan::fuse(plan, &crate::plan::FuseOptions { matmul_sums: true }),
+    };
+    let plan = &fused;
 
     let sink = |which: Sink| {
         plan.sinks
@@ -568,21 +591,6 @@ fn forward_kernel(
         }
     }
 
-    let sixteen_bit = config.dtype != ElementType::F32;
-    let wanted = match choice {
-        MatmulChoice::Auto if sixteen_bit && target.vendor() == Vendor::Nvidia => {
-            MatmulPath::TensorCore
-        }
-        MatmulChoice::Auto if sixteen_bit => match MatrixCore::for_target(target) {
-            Some(core) => MatmulPath::MatrixCore(core),
-            None => MatmulPath::Portable,
-        },
-        MatmulChoice::Emulated if sixteen_bit => MatmulPath::Emulated,
-        MatmulChoice::EmulatedMatrixCore(core) if sixteen_bit => {
-            MatmulPath::EmulatedMatrixCore(core)
-        }
-        _ => MatmulPath::Portable,
-    };
     let sinks: Vec<ValueId> = match part {
         Part::Fused => vec![output, state_out],
         Part::States => vec![state_out],
@@ -1061,6 +1069,11 @@ fn check_plan(
                         i,
                         "a matmul reducing over V would couple the V blocks".into(),
                     ));
+                }
+            }
+            Op::Fused(f) => {
+                for v in f.operands() {
+                    of(&v)?;
                 }
             }
             _ if plan.direction != Direction::Backward => {

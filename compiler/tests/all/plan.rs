@@ -82,7 +82,27 @@ fn forms_not_derived_yet_are_named() {
 
 /// Runs the plan and the reference on the same random inputs and returns the worst ratio.
 fn compare(s: &Spec, dims: Dims, cu: Option<Vec<i64>>, h0: bool, chunk: usize, seed: u64) -> f64 {
-    let p = plan::forward(s).expect("supported");
+    compare_plan(
+        s,
+        &plan::forward(s).expect("supported"),
+        dims,
+        cu,
+        h0,
+        chunk,
+        seed,
+    )
+}
+
+/// [`compare`] for a given plan of `s`.
+fn compare_plan(
+    s: &Spec,
+    p: &plan::Plan,
+    dims: Dims,
+    cu: Option<Vec<i64>>,
+    h0: bool,
+    chunk: usize,
+    seed: u64,
+) -> f64 {
     let mut inputs = reference::random_inputs(s, &dims, seed);
     let n = cu.as_ref().map_or(dims.batch, |c| c.len() - 1);
     if h0 {
@@ -95,7 +115,7 @@ fn compare(s: &Spec, dims: Dims, cu: Option<Vec<i64>>, h0: bool, chunk: usize, s
         ..Default::default()
     };
     let want = reference::forward(s, &inputs, &opts).expect("reference runs");
-    let got = plan::eval::forward(&p, s, &inputs, &opts, chunk).expect("plan runs");
+    let got = plan::eval::forward(p, s, &inputs, &opts, chunk).expect("plan runs");
     let ro = got.o.rel_error(&want.o);
     let rh = got
         .ht
@@ -103,6 +123,79 @@ fn compare(s: &Spec, dims: Dims, cu: Option<Vec<i64>>, h0: bool, chunk: usize, s
         .zip(want.ht.as_ref())
         .map_or(f64::INFINITY, |(a, b)| a.rel_error(b));
     ro.max(rh)
+}
+
+/// The fusion pass keeps every value: the fused plans (with and without matmul sums) match
+/// the reference like the unfused ones, and the elementwise chains did fuse.
+#[test]
+fn fused_plans_compute_the_same_values() {
+    let mut seed = 500;
+    for s in supported_specs() {
+        let unfused = plan::forward(&s).expect("supported");
+        for sums in [true, false] {
+            let p = plan::fuse(&unfused, &plan::FuseOptions { matmul_sums: sums });
+            assert!(
+                p.nodes.len() < unfused.nodes.len(),
+                "{}: nothing fused",
+                s.name
+            );
+            let text = p.to_string();
+            assert!(
+                text.contains("fused acc = "),
+                "{}: no matmul epilogue\n{text}",
+                s.name
+            );
+            // o = scale·(Q' h + A V): two matmuls in one accumulator, only with sums.
+            let summed = text.lines().any(|l| {
+                l.split("acc = ")
+                    .nth(1)
+                    .and_then(|r| r.split(';').next())
+                    .is_some_and(|acc| acc.contains(" + "))
+            });
+            assert_eq!(summed, sums, "{}\n{text}", s.name);
+            for chunk in [16, 64] {
+                for (dims, cu, h0) in [
+                    (Dims::new(1, 63, 1, 60, 12), None, true),
+                    (Dims::new(2, 75, 2, 13, 20).with_value_heads(4), None, true),
+                    (
+                        Dims::new(1, 130, 1, 8, 8),
+                        Some(vec![0, 0, 17, 17, 130]),
+                        true,
+                    ),
+                ] {
+                    seed += 1;
+                    let r = compare_plan(&s, &p, dims, cu.clone(), h0, chunk, seed);
+                    assert!(
+                        r < 1e-10,
+                        "{} sums {sums} chunk {chunk} {dims:?}: {r:e}",
+                        s.name
+                    );
+                }
+            }
+        }
+    }
+    let p = plan::fuse(
+        &plan::forward(&simple_gla()).expect("supported"),
+        &plan::FuseOptions { matmul_sums: true },
+    );
+    insta::assert_snapshot!("plan_forward_simple_gla_fused", p.to_string());
+}
+
+/// Every forward form the compiler derives, a user spec (β-write, L2 norm) and an input
+/// decay rate among them.
+fn supported_specs() -> Vec<Spec> {
+    let mut with_beta = simple_gla();
+    with_beta.name = "beta_gla".into();
+    with_beta.write = Write::BetaOuter;
+    with_beta.features = Features { qk_l2norm: true };
+    with_beta.inputs.push(Input::new("beta", Role::Beta));
+    let mut rate = spec(
+        "rate",
+        Decay::Constant(ConstantRate::Input),
+        &[("lg", Role::DecayRate)],
+    );
+    rate.scale = Scale::Value(0.5);
+    vec![linear_attn(), retention(), simple_gla(), with_beta, rate]
 }
 
 #[test]
