@@ -127,6 +127,10 @@ fn in_place_source(
 ///
 /// With `carried_grad` (backward kernels), a second `[K × V]` tile follows the state for the
 /// whole kernel: `dh`, carried from chunk to chunk, where [`Op::GradIn`] of the state lives.
+///
+/// With `state_in_place` (a fused forward's next state, `Some(state_out)`), the next state is
+/// written straight over `S` when that is safe (see [`writes_state_in_place`]), which saves
+/// its tile and the copy into `S` after every chunk.
 pub(super) fn place(
     plan: &Plan,
     dims: &TileDims,
@@ -134,6 +138,7 @@ pub(super) fn place(
     operands: bool,
     reuse: Reuse,
     carried_grad: bool,
+    state_in_place: Option<ValueId>,
 ) -> Layout {
     let n = plan.nodes.len();
     // Last reader of each copy of each value (index of the reading node; `n` for the sinks).
@@ -206,7 +211,10 @@ pub(super) fn place(
         };
         tiles.push(operand);
 
-        if node.op == Op::StateIn {
+        if node.op == Op::StateIn
+            || (state_in_place == Some(ValueId(i))
+                && writes_state_in_place(plan, i, operands, &last_f32))
+        {
             values.push(Placement::Tile(state));
             continue;
         }
@@ -249,4 +257,39 @@ fn first_fit(live: &[(u64, u64, usize)], start: u64, len: u64) -> u64 {
         at = at.max(end);
     }
     at
+}
+
+/// Whether node `i` (the next state) may write `S` in place: no later node reads `S`'s f32
+/// tile, and node `i` reads it, if at all, only at the element it writes (an elementwise op of
+/// `S`'s shape, or a fused node whose expression reads it so; each element is then read and
+/// written by the same thread). Nodes before it that read `S` in its barrier phase get a
+/// barrier from the hazard analysis, since the node's writes overlap their reads.
+fn writes_state_in_place(
+    plan: &Plan,
+    i: usize,
+    operands: bool,
+    last_f32: &[Option<usize>],
+) -> bool {
+    let node = &plan.nodes[i];
+    let Some(s) = plan.nodes.iter().position(|n| n.op == Op::StateIn) else {
+        return false;
+    };
+    if last_f32[s].is_some_and(|last| last > i) {
+        return false;
+    }
+    let reads_s = reads(plan, i, operands)
+        .iter()
+        .any(|(v, copy)| v.0 == s && *copy == Copy::F32);
+    if !reads_s {
+        return true;
+    }
+    let same_shape = node.shape == plan.nodes[s].shape;
+    match &node.op {
+        Op::Mul(..) | Op::Add(..) | Op::Sub(..) | Op::Exp2(_) => same_shape,
+        Op::Fused(f) => {
+            let in_terms = f.matmuls.iter().any(|m| m.a.0 == s || m.b.0 == s);
+            same_shape && (operands || !in_terms)
+        }
+        _ => false,
+    }
 }

@@ -170,6 +170,7 @@ pub fn backward(
                 operands,
                 alloc::Reuse::Never,
                 false,
+                None,
             ),
             alloc::place(
                 bwd,
@@ -178,6 +179,7 @@ pub fn backward(
                 operands,
                 alloc::Reuse::Never,
                 true,
+                None,
             ),
         )
     };

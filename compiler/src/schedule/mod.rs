@@ -596,6 +596,9 @@ fn forward_kernel(
         Part::States => vec![state_out],
         Part::Output => vec![output],
     };
+    // The fused kernel's next state may overwrite S in place (the split kernels read S around
+    // the nodes: the states kernel stores it first).
+    let in_place = (part == Part::Fused).then_some(state_out);
     let mut fallback = None;
     let mut chosen = None;
     if wanted.uses_operand_tiles() {
@@ -619,7 +622,7 @@ fn forward_kernel(
         let mut tried = Vec::new();
         for &bv in block_vs {
             let dims = TileDims::new(config, bv);
-            let layout = alloc::place(plan, &dims, &sinks, true, reuse, false);
+            let layout = alloc::place(plan, &dims, &sinks, true, reuse, false, in_place);
             let bytes = layout.operand_arena * 2;
             if bytes > limit {
                 tried.push(format!("{bytes} bytes at BV {}", dims.v));
@@ -653,7 +656,15 @@ fn forward_kernel(
         Some(c) => c,
         None => {
             let dims = TileDims::new(config, MAX_BLOCK_V);
-            let layout = alloc::place(plan, &dims, &sinks, false, alloc::Reuse::Never, false);
+            let layout = alloc::place(
+                plan,
+                &dims,
+                &sinks,
+                false,
+                alloc::Reuse::Never,
+                false,
+                in_place,
+            );
             (MatmulPath::Portable, dims, layout, 0, false)
         }
     };
