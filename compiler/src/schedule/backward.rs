@@ -105,6 +105,9 @@ pub fn backward(
     let states_plan = fwd.keep_sinks(|s| s == Sink::StateOut);
     check_plan(&states_plan, &err_in(&states_plan), true)?;
     check_plan(bwd, &err_in(bwd), true)?;
+    // Both phases run their elementwise chains fused (plan::fuse; no matrix cores here).
+    let fusing = crate::plan::FuseOptions { matmul_sums: true };
+    let states_plan = crate::plan::fuse(&states_plan, &fusing);
 
     let state_out = states_plan
         .sinks
@@ -120,7 +123,10 @@ pub fn backward(
         })
         .collect();
     // The dropped gradients' nodes go too.
-    let bwd = &bwd.keep_sinks(|s| s != Sink::Grad(Role::DecayRate));
+    let bwd = &crate::plan::fuse(
+        &bwd.keep_sinks(|s| s != Sink::Grad(Role::DecayRate)),
+        &fusing,
+    );
     let sinks: Vec<(Sink, ValueId)> = bwd.sinks.clone();
     let state_grad = sinks
         .iter()
