@@ -20,12 +20,24 @@ use super::builder::{Cmp, R};
 use super::kernel::{Env, Kernel};
 use super::mfma;
 use super::mma::{self, Fragment, Init, Matmul, MmaType, SmemTile};
-use crate::plan::{Expr, MatmulTerm, Op, Param, Shape, Sink, ValueId};
-use crate::schedule::{MatmulPath, OperandTile, Tile};
+use crate::plan::{Dim, Expr, MatmulTerm, Op, Param, Shape, Sink, ValueId};
+use crate::schedule::{MatmulPath, OperandTile, Placement, Tile};
 
 /// The value of a matmul result element: `f(block, row, col, acc)`.
 type AccValue<'f, 'c> = dyn for<'x> Fn(&'x Block<'c>, Value<'c, 'x>, Value<'c, 'x>, Value<'c, 'x>) -> R<Value<'c, 'x>>
     + 'f;
+
+/// Stores one element's final value: `f(block, row, col, value)`.
+type Store<'f, 'c> =
+    dyn for<'x> Fn(&'x Block<'c>, Value<'c, 'x>, Value<'c, 'x>, Value<'c, 'x>) -> R<()> + 'f;
+
+/// `f` as a [`Store`] (a closure's own signature is not higher-ranked).
+fn store_fn<'c, F>(f: F) -> F
+where
+    F: for<'x> Fn(&'x Block<'c>, Value<'c, 'x>, Value<'c, 'x>, Value<'c, 'x>) -> R<()>,
+{
+    f
+}
 
 /// `f` as an [`AccValue`] (a closure's own signature is not higher-ranked).
 fn acc_value<'c, F>(f: F) -> F
@@ -92,7 +104,7 @@ impl<'c> Kernel<'_, 'c> {
         let uniform = |v: &ValueId, uniforms: &[Option<Value<'c, 'a>>]| {
             uniforms[v.0].ok_or_else(|| EmitError::Schedule(format!("%{} is not a scalar", v.0)))
         };
-        if dest.extent().is_none() {
+        if dest.extent().is_none() && self.s.values[i] != Placement::Output {
             // Scalars: every thread computes the same value.
             let v = match &node.op {
                 Op::Param(Param::Scale) => env.scale,
@@ -296,31 +308,63 @@ impl<'c> Kernel<'_, 'c> {
                     ta: *ta,
                     tb: *tb,
                 };
-                self.operand_matmul(blk, env, dest, &[term], &|_, _, _, acc| Ok(acc))
+                let extent = dest
+                    .extent()
+                    .ok_or_else(|| EmitError::Schedule(format!("%{i} has no result tile")))?;
+                self.operand_matmul(
+                    blk,
+                    env,
+                    dest,
+                    extent,
+                    &[term],
+                    &|_, _, _, acc| Ok(acc),
+                    None,
+                )
             }
             Op::Fused(f) => {
-                let cols = dest.extent().map_or(1, |(_, c)| c) as i64;
+                let (rows, cols) = self.shape_extent(&node.shape);
                 let uniforms: &[Option<Value<'c, 'a>>] = uniforms;
                 let shape = &node.shape;
-                if f.matmuls.is_empty() {
-                    self.elementwise(blk, env, dest, |blk, r, c, e| {
-                        self.expr_at(blk, env, shape, &f.expr, (r, c, e), None, uniforms)
-                    })
-                } else if self.s.matmul.uses_operand_tiles() {
+                // The output sink with no tile goes straight to `o`.
+                let to_o = self.s.values[i] == Placement::Output;
+                let store_o =
+                    store_fn(|blk, r, c, v| self.store_o(blk, env, (start, len), r, c, v));
+                if !f.matmuls.is_empty() && self.s.matmul.uses_operand_tiles() {
                     let value = acc_value(|blk, r, c, acc| {
-                        let e = b.mad(blk, c, r, cols)?;
+                        let e = b.mad(blk, c, r, cols as i64)?;
                         self.expr_at(blk, env, shape, &f.expr, (r, c, e), Some(acc), uniforms)
                     });
-                    self.operand_matmul(blk, env, dest, &f.matmuls, &value)
-                } else {
-                    self.elementwise(blk, env, dest, |blk, r, c, e| {
-                        let mut acc = b.cf32(blk, 0.0)?;
-                        for m in &f.matmuls {
-                            let dot = self.f32_dot(blk, env, m, r, c)?;
-                            acc = b.addf(blk, acc, dot)?;
-                        }
-                        self.expr_at(blk, env, shape, &f.expr, (r, c, e), Some(acc), uniforms)
+                    let global = to_o.then_some(&store_o as &Store<'_, 'c>);
+                    return self.operand_matmul(
+                        blk,
+                        env,
+                        dest,
+                        (rows, cols),
+                        &f.matmuls,
+                        &value,
+                        global,
+                    );
+                }
+                // One loop over the elements; matmuls (portable) as dot products per element.
+                let element = acc_value(|blk, r, c, e| {
+                    let mut acc = None;
+                    for m in &f.matmuls {
+                        let dot = self.f32_dot(blk, env, m, r, c)?;
+                        acc = Some(match acc {
+                            Some(sum) => b.addf(blk, sum, dot)?,
+                            None => dot,
+                        });
+                    }
+                    self.expr_at(blk, env, shape, &f.expr, (r, c, e), acc, uniforms)
+                });
+                if to_o {
+                    self.strided(blk, env, (rows * cols) as u64, |blk, e| {
+                        let (r, c) = self.row_col(blk, e, cols)?;
+                        let v = element(blk, r, c, e)?;
+                        store_o(blk, r, c, v)
                     })
+                } else {
+                    self.elementwise(blk, env, dest, |blk, r, c, e| element(blk, r, c, e))
                 }
             }
             Op::Matmul { a, b: rhs, ta, tb } => {
@@ -493,15 +537,19 @@ impl<'c> Kernel<'_, 'c> {
 
     /// The sum of matmuls over operand tiles — on tensor cores, on matrix cores (one term), or
     /// emulated in scalar loops — with `value(row, col, acc)` applied to each element of the
-    /// f32 sum before it goes to `dest`. Elements in the instruction tiles' padding are not
-    /// handed to `value`: they go to the operand tile's padding as 0.
+    /// f32 sum before it goes to `dest` (or, with `global`, to that store instead). `extent`
+    /// is the result's `(rows, cols)`; elements in the instruction tiles' padding past it are
+    /// not handed to `value`: they go to the operand tile's padding as 0.
+    #[allow(clippy::too_many_arguments)]
     fn operand_matmul(
         &self,
         blk: &Block<'c>,
         env: &Env<'c, '_>,
         dest: Dest,
+        (rows, cols): (usize, usize),
         terms: &[MatmulTerm],
         value: &AccValue<'_, 'c>,
+        global: Option<&Store<'_, 'c>>,
     ) -> R<()> {
         let dims = terms
             .iter()
@@ -523,16 +571,18 @@ impl<'c> Kernel<'_, 'c> {
                 )));
             }
         }
-        let (rows, cols) = dest
-            .extent()
-            .ok_or_else(|| EmitError::Schedule("a matmul without a result tile".into()))?;
         let b = &self.b;
+        let store =
+            |blk: &Block<'c>, r: Value<'c, '_>, c: Value<'c, '_>, v: Value<'c, '_>| match global {
+                Some(g) => g(blk, r, c, v),
+                None => self.store_result(blk, env, dest, (m, n), r, c, v),
+            };
         // The element's value: `value` inside the result, 0 in the padding (where its operands
         // would be read out of their tiles, clamped instead).
         let finish = |blk: &Block<'c>, r: Value<'c, '_>, c: Value<'c, '_>, x: Value<'c, '_>| {
             if rows >= m && cols >= n {
                 let v = value(blk, r, c, x)?;
-                return self.store_result(blk, env, dest, (m, n), r, c, v);
+                return store(blk, r, c, v);
             }
             let rr = b.bin(blk, "arith.minui", r, b.ci(blk, rows as i64 - 1)?)?;
             let cc = b.bin(blk, "arith.minui", c, b.ci(blk, cols as i64 - 1)?)?;
@@ -542,7 +592,7 @@ impl<'c> Kernel<'_, 'c> {
             let ok = b.bin(blk, "arith.andi", r_ok, c_ok)?;
             let zero = b.cf32(blk, 0.0)?;
             let v = b.select(blk, ok, v, zero)?;
-            self.store_result(blk, env, dest, (m, n), r, c, v)
+            store(blk, r, c, v)
         };
         match self.s.matmul {
             MatmulPath::TensorCore => {
@@ -669,6 +719,44 @@ impl<'c> Kernel<'_, 'c> {
             MatmulPath::Portable => Err(EmitError::Schedule(
                 "an operand matmul on the portable path".into(),
             )),
+        }
+    }
+
+    /// Element `(r, c)` of the chunk's output (rows from `start`, `len` valid) to `o`, for the
+    /// valid rows and the block's valid columns.
+    #[allow(clippy::too_many_arguments)]
+    fn store_o(
+        &self,
+        blk: &Block<'c>,
+        env: &Env<'c, '_>,
+        (start, len): (Value<'c, '_>, Value<'c, '_>),
+        r: Value<'c, '_>,
+        c: Value<'c, '_>,
+        v: Value<'c, '_>,
+    ) -> R<()> {
+        let b = &self.b;
+        let o = env.arg(&KernelParam::Output)?;
+        let row_ok = b.cmpi(blk, Cmp::Ult, r, len)?;
+        let col_ok = b.cmpi(blk, Cmp::Ult, c, env.vvalid)?;
+        let ok = b.bin(blk, "arith.andi", row_ok, col_ok)?;
+        b.if_(blk, ok, |blk| {
+            let row = b.addi(blk, start, r)?;
+            let idx = self.value_index(blk, env, row, c)?;
+            self.t.store_f32(b, blk, v, o, idx, self.dtype())
+        })
+    }
+
+    /// `(rows, cols)` of a value of `shape` in this kernel (a vector is one column).
+    fn shape_extent(&self, shape: &Shape) -> (usize, usize) {
+        let of = |d: &Dim| match d {
+            Dim::C => self.s.config.chunk,
+            Dim::K => self.s.config.key_dim,
+            Dim::V => self.s.block_v,
+        };
+        match shape.0.as_slice() {
+            [] => (1, 1),
+            [r] => (of(r), 1),
+            [r, c, ..] => (of(r), of(c)),
         }
     }
 

@@ -130,7 +130,9 @@ fn in_place_source(
 ///
 /// With `state_in_place` (a fused forward's next state, `Some(state_out)`), the next state is
 /// written straight over `S` when that is safe (see [`writes_state_in_place`]), which saves
-/// its tile and the copy into `S` after every chunk.
+/// its tile and the copy into `S` after every chunk. With `direct_output` (the output sink),
+/// that value gets [`Placement::Output`] when no node reads it: no tile, stored to `o` by the
+/// node itself.
 pub(super) fn place(
     plan: &Plan,
     dims: &TileDims,
@@ -138,7 +140,7 @@ pub(super) fn place(
     operands: bool,
     reuse: Reuse,
     carried_grad: bool,
-    state_in_place: Option<ValueId>,
+    (state_in_place, direct_output): (Option<ValueId>, Option<ValueId>),
 ) -> Layout {
     let n = plan.nodes.len();
     // Last reader of each copy of each value (index of the reading node; `n` for the sinks).
@@ -184,6 +186,14 @@ pub(super) fn place(
             tiles.push(None);
             continue;
         };
+        if direct_output == Some(ValueId(i))
+            && last_op[i].is_none()
+            && last_f32[i].is_none_or(|last| last == n)
+        {
+            values.push(Placement::Output);
+            tiles.push(None);
+            continue;
+        }
         // Free the tiles whose last reader came before this node.
         live.retain(|(_, _, last)| *last >= i);
         live_op.retain(|(_, _, last)| *last >= i);

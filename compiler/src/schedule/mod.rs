@@ -354,13 +354,16 @@ pub enum Placement {
     /// Only a 16-bit operand tile ([`Schedule::operands`]): q, k, v on the tensor-core path,
     /// and values that only matmuls read.
     Operand,
+    /// No tile: the output sink, stored to `o` where it is computed (a fused node read by
+    /// nothing else; on tensor cores, from the accumulators).
+    Output,
 }
 
 impl Placement {
     /// The f32 tile, if the value has one.
     pub fn tile(&self) -> Option<Tile> {
         match self {
-            Placement::Uniform | Placement::Operand => None,
+            Placement::Uniform | Placement::Operand | Placement::Output => None,
             Placement::Tile(t) => Some(*t),
         }
     }
@@ -599,6 +602,9 @@ fn forward_kernel(
     // The fused kernel's next state may overwrite S in place (the split kernels read S around
     // the nodes: the states kernel stores it first).
     let in_place = (part == Part::Fused).then_some(state_out);
+    // A fused output goes from its loop (or its matmuls' accumulators) to `o`.
+    let direct =
+        (part != Part::States && matches!(plan.node(output).op, Op::Fused(_))).then_some(output);
     let mut fallback = None;
     let mut chosen = None;
     if wanted.uses_operand_tiles() {
@@ -622,7 +628,7 @@ fn forward_kernel(
         let mut tried = Vec::new();
         for &bv in block_vs {
             let dims = TileDims::new(config, bv);
-            let layout = alloc::place(plan, &dims, &sinks, true, reuse, false, in_place);
+            let layout = alloc::place(plan, &dims, &sinks, true, reuse, false, (in_place, direct));
             let bytes = layout.operand_arena * 2;
             if bytes > limit {
                 tried.push(format!("{bytes} bytes at BV {}", dims.v));
@@ -663,7 +669,7 @@ fn forward_kernel(
                 false,
                 alloc::Reuse::Never,
                 false,
-                in_place,
+                (in_place, direct),
             );
             (MatmulPath::Portable, dims, layout, 0, false)
         }

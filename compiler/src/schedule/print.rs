@@ -125,14 +125,18 @@ impl fmt::Display for Schedule {
             )?,
         }
         self.write_nodes(f)?;
-        match self.part {
-            Part::Fused => writeln!(
-                f,
-                "    store o <- %{}; S <- %{}",
-                self.output.0, self.state_out.0
-            )?,
-            Part::States => writeln!(f, "    S <- %{}", self.state_out.0)?,
-            Part::Output => return writeln!(f, "    store o <- %{}", self.output.0),
+        let direct = self.values[self.output.0] == Placement::Output;
+        let next = if self.values[self.state_out.0] == Placement::Tile(self.state) {
+            "S written in place".to_string()
+        } else {
+            format!("S <- %{}", self.state_out.0)
+        };
+        match (self.part, direct) {
+            (Part::Fused, false) => writeln!(f, "    store o <- %{}; {next}", self.output.0)?,
+            (Part::Fused, true) => writeln!(f, "    (o stored by %{}); {next}", self.output.0)?,
+            (Part::States, _) => writeln!(f, "    {next}")?,
+            (Part::Output, false) => return writeln!(f, "    store o <- %{}", self.output.0),
+            (Part::Output, true) => return writeln!(f, "    (o stored by %{})", self.output.0),
         }
         writeln!(f, "    barrier")
     }
@@ -213,6 +217,7 @@ impl Schedule {
                 Placement::Uniform => "uniform".to_string(),
                 Placement::Tile(t) => format!("[{} x {}] @ {}", t.rows, t.cols, t.offset),
                 Placement::Operand => String::new(),
+                Placement::Output => "→ o".to_string(),
             };
             if let Some(Some(t)) = self.operands.get(i) {
                 if !place.is_empty() {
