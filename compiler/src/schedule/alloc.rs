@@ -75,6 +75,18 @@ pub(super) fn reads(plan: &Plan, node: usize, operands: bool) -> Vec<(ValueId, C
         .collect()
 }
 
+/// Options of [`place`] beyond the plan and its tiles.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Placing {
+    /// The fused forward's next state, written over `S` when safe (see [`place`]).
+    pub state_in_place: Option<ValueId>,
+    /// The output sink, stored to `o` by its node when nothing else reads it.
+    pub direct_output: Option<ValueId>,
+    /// The plan is ordered by level ([`super::order::by_level`]): keep a tile until its last
+    /// reader's level is over.
+    pub by_level: bool,
+}
+
 /// Where everything of one kernel lives.
 pub(super) struct Layout {
     /// Indexed like the plan's nodes.
@@ -140,8 +152,19 @@ pub(super) fn place(
     operands: bool,
     reuse: Reuse,
     carried_grad: bool,
-    (state_in_place, direct_output): (Option<ValueId>, Option<ValueId>),
+    opts: Placing,
 ) -> Layout {
+    let Placing {
+        state_in_place,
+        direct_output,
+        by_level,
+    } = opts;
+    // With `by_level`, a tile is free again only once its last reader's level is over.
+    let level = if by_level {
+        super::order::levels(plan)
+    } else {
+        (0..plan.nodes.len()).collect()
+    };
     let n = plan.nodes.len();
     // Last reader of each copy of each value (index of the reading node; `n` for the sinks).
     let mut last_f32: Vec<Option<usize>> = vec![None; n];
@@ -194,9 +217,11 @@ pub(super) fn place(
             tiles.push(None);
             continue;
         }
-        // Free the tiles whose last reader came before this node.
-        live.retain(|(_, _, last)| *last >= i);
-        live_op.retain(|(_, _, last)| *last >= i);
+        // Free the tiles whose last reader came before this node (and before its level:
+        // reusing a tile read in this node's own level would cost a barrier).
+        let busy = |last: usize| last >= i || level.get(last).is_some_and(|l| *l >= level[i]);
+        live.retain(|(_, _, last)| busy(*last));
+        live_op.retain(|(_, _, last)| busy(*last));
 
         let operand_load = operands && is_operand_load(&node.op);
         let wants_operand = operands && (operand_load || last_op[i].is_some());

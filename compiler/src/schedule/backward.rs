@@ -176,7 +176,7 @@ pub fn backward(
                 operands,
                 alloc::Reuse::Never,
                 false,
-                (None, None),
+                alloc::Placing::default(),
             ),
             alloc::place(
                 bwd,
@@ -185,7 +185,7 @@ pub fn backward(
                 operands,
                 alloc::Reuse::Never,
                 true,
-                (None, None),
+                alloc::Placing::default(),
             ),
         )
     };

@@ -99,6 +99,7 @@
 
 mod alloc;
 mod backward;
+mod order;
 mod print;
 
 pub use backward::{BackwardSchedule, backward};
@@ -551,9 +552,13 @@ fn forward_kernel(
     // One loop or matmul epilogue per elementwise chain (plan::fuse). Not for AMD's matrix
     // cores: their 64 KiB of LDS fits K = V = 128 only with elementwise results written in
     // place over their operands, and fused matmuls keep their operands alive longer.
+    // Then each node as early as its operands allow (order::by_level): fewer barriers.
     let fused = match wanted.matrix_core() {
         Some(_) => plan.clone(),
-        None => crate::plan::fuse(plan, &crate::plan::FuseOptions { matmul_sums: true }),
+        None => order::by_level(&crate::plan::fuse(
+            plan,
+            &crate::plan::FuseOptions { matmul_sums: true },
+        )),
     };
     let plan = &fused;
 
@@ -605,6 +610,11 @@ fn forward_kernel(
     // A fused output goes from its loop (or its matmuls' accumulators) to `o`.
     let direct =
         (part != Part::States && matches!(plan.node(output).op, Op::Fused(_))).then_some(output);
+    let placing = alloc::Placing {
+        state_in_place: in_place,
+        direct_output: direct,
+        by_level: wanted.matrix_core().is_none(),
+    };
     let mut fallback = None;
     let mut chosen = None;
     if wanted.uses_operand_tiles() {
@@ -626,26 +636,44 @@ fn forward_kernel(
         };
         let tiles_too = matches!(wanted, MatmulPath::TensorCore | MatmulPath::Emulated);
         let mut tried = Vec::new();
-        for &bv in block_vs {
+        'blocks: for &bv in block_vs {
             let dims = TileDims::new(config, bv);
-            let layout = alloc::place(plan, &dims, &sinks, true, reuse, false, (in_place, direct));
-            let bytes = layout.operand_arena * 2;
-            if bytes > limit {
-                tried.push(format!("{bytes} bytes at BV {}", dims.v));
-                continue;
+            // Keeping tiles to the end of their readers' level saves barriers but takes more
+            // memory: only where the tiles then still fit on chip.
+            let tries = if placing.by_level {
+                vec![
+                    placing,
+                    alloc::Placing {
+                        by_level: false,
+                        ..placing
+                    },
+                ]
+            } else {
+                vec![placing]
+            };
+            for (t, how) in tries.iter().enumerate() {
+                let layout = alloc::place(plan, &dims, &sinks, true, reuse, false, *how);
+                let bytes = layout.operand_arena * 2;
+                let with_tiles = tiles_offset(bytes) + 4 * layout.scratch;
+                let last = t + 1 == tries.len();
+                if bytes > limit || (tiles_too && with_tiles > limit && !last) {
+                    if last {
+                        tried.push(format!("{bytes} bytes at BV {}", dims.v));
+                    }
+                    continue;
+                }
+                // The widest block whose operands fit; its f32 tiles join them on chip if they
+                // fit too. (Narrowing the block to fit them was measured slower: every value
+                // block redoes the chunk's Q·Kᵀ and gate work.)
+                chosen = Some((
+                    wanted,
+                    dims,
+                    layout,
+                    bytes,
+                    tiles_too && with_tiles <= limit,
+                ));
+                break 'blocks;
             }
-            // The widest block whose operands fit; its f32 tiles join them on chip if they fit
-            // too. (Narrowing the block to fit them was measured slower: every value block
-            // redoes the chunk's Q·Kᵀ and gate work.)
-            let with_tiles = tiles_offset(bytes) + 4 * layout.scratch;
-            chosen = Some((
-                wanted,
-                dims,
-                layout,
-                bytes,
-                tiles_too && with_tiles <= limit,
-            ));
-            break;
         }
         if chosen.is_none() {
             let whom = match wanted {
@@ -669,7 +697,7 @@ fn forward_kernel(
                 false,
                 alloc::Reuse::Never,
                 false,
-                (in_place, direct),
+                placing,
             );
             (MatmulPath::Portable, dims, layout, 0, false)
         }

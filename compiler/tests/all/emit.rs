@@ -253,3 +253,34 @@ fn print_tensor_core_layouts() {
         }
     }
 }
+
+/// The fused tensor-core forwards: the output goes straight to `o`, the next state over `S`,
+/// nodes are ordered by level (6 barriers per chunk for simple_gla at K = V ≤ 128, 8 before
+/// the ordering, 17 before fusion), and the f32 tiles stay on chip up to K = V = 256.
+#[test]
+fn fused_forwards_keep_barriers_and_tiles_down() {
+    for dim in [64, 128, 256] {
+        let s = specs::simple_gla();
+        let p = plan::forward(&s).expect("supported");
+        let config = linrec_spec::launch::KernelConfig {
+            key_dim: dim,
+            value_dim: dim,
+            ..specs::config()
+        };
+        let sched = schedule::forward(&p, &s, Target::Sm90, &config).expect("schedules");
+        assert_eq!(sched.matmul, schedule::MatmulPath::TensorCore, "K=V={dim}");
+        assert!(sched.tiles_shared, "K=V={dim}: f32 tiles off chip");
+        assert_eq!(sched.values[sched.output.0], schedule::Placement::Output);
+        assert_eq!(
+            sched.values[sched.state_out.0],
+            schedule::Placement::Tile(sched.state)
+        );
+        let barriers = sched.barrier_before.iter().filter(|b| **b).count()
+            + usize::from(sched.barrier_before_sinks);
+        let most = if dim <= 128 { 6 } else { 8 };
+        assert!(
+            barriers <= most,
+            "K=V={dim}: {barriers} barriers per chunk\n{sched}"
+        );
+    }
+}
