@@ -107,7 +107,7 @@ pub fn backward(
     check_plan(bwd, &err_in(bwd), true)?;
     // Both phases run their elementwise chains fused (plan::fuse; no matrix cores here).
     let fusing = crate::plan::FuseOptions { matmul_sums: true };
-    let states_plan = crate::plan::fuse(&states_plan, &fusing);
+    let states_plan = super::order::by_level(&crate::plan::fuse(&states_plan, &fusing));
 
     let state_out = states_plan
         .sinks
@@ -123,10 +123,10 @@ pub fn backward(
         })
         .collect();
     // The dropped gradients' nodes go too.
-    let bwd = &crate::plan::fuse(
+    let bwd = &super::order::by_level(&crate::plan::fuse(
         &bwd.keep_sinks(|s| s != Sink::Grad(Role::DecayRate)),
         &fusing,
-    );
+    ));
     let sinks: Vec<(Sink, ValueId)> = bwd.sinks.clone();
     let state_grad = sinks
         .iter()
@@ -167,7 +167,11 @@ pub fn backward(
         MatmulChoice::Emulated if sixteen_bit => MatmulPath::Emulated,
         _ => MatmulPath::Portable,
     };
-    let layouts = |operands: bool| {
+    let layouts = |operands: bool, by_level: bool| {
+        let placing = alloc::Placing {
+            by_level,
+            ..Default::default()
+        };
         (
             alloc::place(
                 &states_plan,
@@ -176,7 +180,7 @@ pub fn backward(
                 operands,
                 alloc::Reuse::Never,
                 false,
-                alloc::Placing::default(),
+                placing,
             ),
             alloc::place(
                 bwd,
@@ -185,25 +189,33 @@ pub fn backward(
                 operands,
                 alloc::Reuse::Never,
                 true,
-                alloc::Placing::default(),
+                placing,
             ),
         )
     };
     let mut fallback = None;
     let (matmul, l1, l2) = if wanted == MatmulPath::Portable {
-        let (l1, l2) = layouts(false);
+        let (l1, l2) = layouts(false, true);
         (MatmulPath::Portable, l1, l2)
     } else {
-        let (l1, l2) = layouts(true);
-        let bytes = 2 * l1.operand_arena.max(l2.operand_arena);
+        // Tiles kept to their readers' level end (fewer barriers) if the operands still fit.
         let limit = shared_memory_limit(target);
+        let arena =
+            |l: &(alloc::Layout, alloc::Layout)| 2 * l.0.operand_arena.max(l.1.operand_arena);
+        let leveled = layouts(true, true);
+        let (l1, l2) = if arena(&leveled) <= limit {
+            leveled
+        } else {
+            layouts(true, false)
+        };
+        let bytes = 2 * l1.operand_arena.max(l2.operand_arena);
         if bytes <= limit {
             (wanted, l1, l2)
         } else {
             fallback = Some(format!(
                 "portable matmuls: the 16-bit operand tiles need {bytes} bytes of shared memory; {target} allows {limit} bytes per workgroup"
             ));
-            let (l1, l2) = layouts(false);
+            let (l1, l2) = layouts(false, true);
             (MatmulPath::Portable, l1, l2)
         }
     };
