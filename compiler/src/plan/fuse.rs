@@ -14,7 +14,7 @@
 //! The fused plan computes the same values: [`super::eval`] runs it, and the tests compare it
 //! with the unfused plan.
 
-use super::{Expr, Fused, MatmulTerm, Node, Op, Plan, ValueId};
+use super::{Expr, Fused, MatmulTerm, Op, Plan, ValueId};
 
 /// What the kernels that will run the plan can fuse.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,32 +128,15 @@ pub fn fuse(plan: &Plan, options: &FuseOptions) -> Plan {
         });
     }
 
-    let mut renumber = vec![ValueId(usize::MAX); n];
-    let mut nodes = Vec::new();
-    for (i, node) in plan.nodes.iter().enumerate() {
-        if inline[i] || absorbed[i] {
-            continue;
-        }
-        let op = match fused[i].take() {
+    let order: Vec<usize> = (0..n).filter(|&i| !inline[i] && !absorbed[i]).collect();
+    plan.rebuild(
+        &order,
+        |i| match fused[i].take() {
             Some(f) => Op::Fused(Box::new(f)),
-            None => node.op.clone(),
-        };
-        renumber[i] = ValueId(nodes.len());
-        nodes.push(Node {
-            op: op.map_operands(|v| renumber[v.0]),
-            shape: node.shape.clone(),
-        });
-    }
-    Plan {
-        name: plan.name.clone(),
-        direction: plan.direction,
-        nodes,
-        sinks: plan
-            .sinks
-            .iter()
-            .map(|(s, v)| (*s, renumber[v.0]))
-            .collect(),
-    }
+            None => plan.nodes[i].op.clone(),
+        },
+        &plan.sinks,
+    )
 }
 
 /// Whether root `i` reads an inlined node.

@@ -473,21 +473,36 @@ impl Plan {
                 }
             }
         }
+        let order: Vec<usize> = (0..self.nodes.len()).filter(|i| live[*i]).collect();
+        self.rebuild(&order, |i| self.nodes[i].op.clone(), &sinks)
+    }
+
+    /// The plan made of the nodes `order` lists (old indices, in their new order, each after
+    /// its operands), node `i` computing `op_of(i)` (operands in the old numbering), with
+    /// `sinks` (old ids); everything renumbered. The passes that drop, merge or reorder nodes
+    /// ([`Plan::keep_sinks`], [`fuse()`], the schedule's ordering) share it.
+    pub(crate) fn rebuild(
+        &self,
+        order: &[usize],
+        mut op_of: impl FnMut(usize) -> Op,
+        sinks: &[(Sink, ValueId)],
+    ) -> Plan {
         let mut renumber = vec![ValueId(usize::MAX); self.nodes.len()];
-        let mut nodes = Vec::new();
-        for (i, node) in self.nodes.iter().enumerate() {
-            if live[i] {
-                renumber[i] = ValueId(nodes.len());
-                let mut node = node.clone();
-                node.op = node.op.map_operands(|v| renumber[v.0]);
-                nodes.push(node);
-            }
+        for (new, &old) in order.iter().enumerate() {
+            renumber[old] = ValueId(new);
         }
+        let nodes = order
+            .iter()
+            .map(|&old| Node {
+                op: op_of(old).map_operands(|v| renumber[v.0]),
+                shape: self.nodes[old].shape.clone(),
+            })
+            .collect();
         Plan {
             name: self.name.clone(),
             direction: self.direction,
             nodes,
-            sinks: sinks.into_iter().map(|(s, v)| (s, renumber[v.0])).collect(),
+            sinks: sinks.iter().map(|(s, v)| (*s, renumber[v.0])).collect(),
         }
     }
 }

@@ -8,37 +8,15 @@
 //! usable in its own level — puts everything that can run between two barriers together.
 //! Within a level the plan's order is kept, so the result is deterministic.
 
-use crate::plan::{Plan, ValueId};
+use crate::plan::Plan;
 
 /// `plan` with its nodes sorted by level (see the module docs), operands and sinks
 /// renumbered.
 pub(super) fn by_level(plan: &Plan) -> Plan {
-    let n = plan.nodes.len();
     let level = levels(plan);
-    let mut order: Vec<usize> = (0..n).collect();
+    let mut order: Vec<usize> = (0..plan.nodes.len()).collect();
     order.sort_by_key(|&i| (level[i], i));
-    let mut renumber = vec![ValueId(usize::MAX); n];
-    for (new, &old) in order.iter().enumerate() {
-        renumber[old] = ValueId(new);
-    }
-    let nodes = order
-        .iter()
-        .map(|&old| {
-            let mut node = plan.nodes[old].clone();
-            node.op = node.op.map_operands(|v| renumber[v.0]);
-            node
-        })
-        .collect();
-    Plan {
-        name: plan.name.clone(),
-        direction: plan.direction,
-        nodes,
-        sinks: plan
-            .sinks
-            .iter()
-            .map(|(s, v)| (*s, renumber[v.0]))
-            .collect(),
-    }
+    plan.rebuild(&order, |i| plan.nodes[i].op.clone(), &plan.sinks)
 }
 
 /// Each node's level: 0 for nodes with no operands, else the highest of its operands' levels,

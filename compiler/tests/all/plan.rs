@@ -200,18 +200,7 @@ fn supported_specs() -> Vec<Spec> {
 
 #[test]
 fn plan_matches_reference_over_the_shape_matrix() {
-    let mut with_beta = simple_gla();
-    with_beta.name = "beta_gla".into();
-    with_beta.write = Write::BetaOuter;
-    with_beta.features = Features { qk_l2norm: true };
-    with_beta.inputs.push(Input::new("beta", Role::Beta));
-    let mut rate = spec(
-        "rate",
-        Decay::Constant(ConstantRate::Input),
-        &[("lg", Role::DecayRate)],
-    );
-    rate.scale = Scale::Value(0.5);
-    let specs = [linear_attn(), retention(), simple_gla(), with_beta, rate];
+    let specs = supported_specs();
     let mut seed = 0;
     for s in &specs {
         for chunk in [16, 32, 64] {
