@@ -17,9 +17,11 @@ use cudarc::nvrtc::Ptx;
 
 use crate::backend::{
     Backend, BackendKind, DeviceId, DeviceInfo, FillPattern, KernelHandle, LaunchArg, LaunchConfig,
-    ModuleFormat, ModuleHandle, RawBuffer, TimerEvent, check_copy, check_fill, check_same_device,
+    ModuleFormat, ModuleHandle, RawBuffer, TimerEvent, check_copy, check_fill,
 };
+use crate::backend_common::{nul_in_kernel_name, payload, resolve_args, take_ordinal};
 use crate::error::{Result, RuntimeError};
+use crate::marshal::ArgValue;
 
 const KIND: BackendKind = BackendKind::Cuda;
 
@@ -220,16 +222,6 @@ struct CuModule(Arc<CudaModule>);
 /// A kernel entry point (keeps its module loaded).
 struct CuKernel(CudaFunction);
 
-/// One scalar or pointer argument, stored so that its address stays valid until
-/// `cuLaunchKernel` has read it.
-enum ArgValue {
-    Ptr(u64),
-    I32(i32),
-    U32(u32),
-    I64(i64),
-    F32(f32),
-}
-
 /// An opened CUDA device: the primary context and one stream.
 pub struct CudaBackend {
     id: DeviceId,
@@ -270,15 +262,7 @@ impl CudaBackend {
 
     /// Opens device `ordinal`: retains its primary context and creates a stream.
     pub fn open(ordinal: usize) -> Result<Self> {
-        let devices = Self::enumerate()?;
-        let count = devices.len();
-        let Some(info) = devices.into_iter().nth(ordinal) else {
-            return Err(RuntimeError::DeviceOrdinal {
-                backend: KIND,
-                ordinal,
-                count,
-            });
-        };
+        let info = take_ordinal(KIND, Self::enumerate()?, ordinal)?;
         let ctx = CudaContext::new(ordinal).map_err(|e| cu_err("cuDevicePrimaryCtxRetain", e))?;
         // SAFETY: this backend issues all work on the one stream below, so cudarc's
         // per-slice events (two cuEventCreate per allocation) order nothing that the stream
@@ -294,13 +278,7 @@ impl CudaBackend {
     }
 
     fn buffer<'a>(&self, raw: &'a RawBuffer, what: &str) -> Result<&'a CuBuffer> {
-        check_same_device(self, || what.to_owned(), raw.device_id())?;
-        raw.downcast::<CuBuffer>()
-            .ok_or_else(|| RuntimeError::WrongDevice {
-                what: what.to_owned(),
-                expected: self.info.label(),
-                found: "another backend".into(),
-            })
+        payload(self, raw, || what.to_owned())
     }
 
     fn ptr(&self, buf: &CuBuffer) -> u64 {
@@ -469,21 +447,10 @@ impl Backend for CudaBackend {
     }
 
     fn kernel(&self, module: &ModuleHandle, name: &str) -> Result<KernelHandle> {
-        check_same_device(self, || "module".into(), module.device_id())?;
-        let m = module
-            .downcast::<CuModule>()
-            .ok_or_else(|| RuntimeError::WrongDevice {
-                what: "module".into(),
-                expected: self.info.label(),
-                found: "another backend".into(),
-            })?;
+        let m: &CuModule = payload(self, module, || "module".into())?;
         if name.contains('\0') {
             // cudarc would panic building the C string.
-            return Err(RuntimeError::KernelNotFound {
-                name: name.escape_debug().to_string(),
-                detail: "the name contains a NUL byte".into(),
-                available: None,
-            });
+            return Err(nul_in_kernel_name(name, None));
         }
         let f =
             m.0.load_function(name)
@@ -502,28 +469,10 @@ impl Backend for CudaBackend {
         args: &[LaunchArg<'_>],
     ) -> Result<()> {
         let kname = kernel.name();
-        check_same_device(self, || format!("kernel `{kname}`"), kernel.device_id())?;
-        let f = kernel
-            .downcast::<CuKernel>()
-            .ok_or_else(|| RuntimeError::WrongDevice {
-                what: format!("kernel `{kname}`"),
-                expected: self.info.label(),
-                found: "another backend".into(),
-            })?;
-        // Resolve every buffer before touching the driver, so a bad argument launches nothing.
-        let mut values = Vec::with_capacity(args.len());
-        for (i, arg) in args.iter().enumerate() {
-            values.push(match arg {
-                LaunchArg::Buffer(raw) => {
-                    let buf = self.buffer(raw, &format!("argument #{i} of `{kname}`"))?;
-                    ArgValue::Ptr(self.ptr(buf))
-                }
-                LaunchArg::I32(v) => ArgValue::I32(*v),
-                LaunchArg::U32(v) => ArgValue::U32(*v),
-                LaunchArg::I64(v) => ArgValue::I64(*v),
-                LaunchArg::F32(v) => ArgValue::F32(*v),
-            });
-        }
+        let f: &CuKernel = payload(self, kernel, || format!("kernel `{kname}`"))?;
+        // The values live in `values` until `cuLaunchKernel` has read them through the
+        // builder's pointers.
+        let values = resolve_args(kname, args, |raw, what| self.raw_ptr(raw, what))?;
         if config.is_empty() {
             return Ok(());
         }
@@ -545,7 +494,7 @@ impl Backend for CudaBackend {
         let mut builder = self.stream.launch_builder(&f.0);
         for v in &values {
             match v {
-                ArgValue::Ptr(p) => builder.arg(p),
+                ArgValue::Pointer(p) => builder.arg(p),
                 ArgValue::I32(x) => builder.arg(x),
                 ArgValue::U32(x) => builder.arg(x),
                 ArgValue::I64(x) => builder.arg(x),
@@ -587,13 +536,7 @@ impl Backend for CudaBackend {
 
     fn timer_elapsed_ms(&self, start: &TimerEvent, end: &TimerEvent) -> Result<f64> {
         fn get<'e>(me: &CudaBackend, e: &'e TimerEvent) -> Result<&'e CudaEvent> {
-            check_same_device(me, || "timer event".into(), e.device_id())?;
-            e.downcast::<CudaEvent>()
-                .ok_or_else(|| RuntimeError::WrongDevice {
-                    what: "timer event".into(),
-                    expected: me.info.label(),
-                    found: "another backend".into(),
-                })
+            payload(me, e, || "timer event".into())
         }
         let (a, b) = (get(self, start)?, get(self, end)?);
         a.elapsed_ms(b)

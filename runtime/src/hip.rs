@@ -27,11 +27,14 @@ use std::sync::{Arc, OnceLock};
 
 use crate::backend::{
     Backend, BackendKind, DeviceId, DeviceInfo, FillPattern, KernelHandle, LaunchArg, LaunchConfig,
-    ModuleFormat, ModuleHandle, RawBuffer, check_copy, check_fill, check_same_device,
+    ModuleFormat, ModuleHandle, RawBuffer, check_copy, check_fill,
+};
+use crate::backend_common::{
+    LoadFailure, nul_in_kernel_name, open_library, payload, resolve_args, take_ordinal,
 };
 use crate::dylib::{self, dyn_api};
 use crate::error::{Result, RuntimeError};
-use crate::marshal::{ArgValue, HipKernelParams};
+use crate::marshal::HipKernelParams;
 
 const KIND: BackendKind = BackendKind::Hip;
 
@@ -142,32 +145,6 @@ struct Hip {
     props_rocm5: Option<GetPropsFn>,
 }
 
-/// Why the runtime is unusable; kept so that later calls report the same thing cheaply.
-#[derive(Clone)]
-enum LoadFailure {
-    /// No library, or not a usable HIP runtime.
-    NotFound(String),
-    /// The runtime loaded but `hipInit` failed.
-    NoDevice(String),
-}
-
-impl LoadFailure {
-    fn to_error(&self) -> RuntimeError {
-        match self {
-            LoadFailure::NotFound(detail) => RuntimeError::DriverNotFound {
-                backend: KIND,
-                detail: detail.clone(),
-                hint: HINT,
-            },
-            LoadFailure::NoDevice(detail) => RuntimeError::NoDevice {
-                backend: KIND,
-                detail: detail.clone(),
-                hint: NO_DEVICE_HINT,
-            },
-        }
-    }
-}
-
 /// The places to look for the runtime, most specific first.
 fn default_candidates() -> Vec<String> {
     let mut names = Vec::new();
@@ -215,20 +192,12 @@ fn describe(fns: &HipFns, code: c_int) -> String {
 
 /// Loads the library, resolves every symbol and runs `hipInit(0)`.
 fn load() -> std::result::Result<Hip, LoadFailure> {
-    let candidates = dylib::candidates(HIP_LIB_ENV, default_candidates);
-    let opened = dylib::open_first(&candidates).map_err(|failures| {
-        LoadFailure::NotFound(if std::env::var_os(HIP_LIB_ENV).is_some() {
-            format!(
-                "could not load the HIP runtime named by {HIP_LIB_ENV} ({})",
-                failures.join("; ")
-            )
-        } else {
-            format!(
-                "could not load libamdhip64 (searched {})",
-                candidates.join(", ")
-            )
-        })
-    })?;
+    let opened = open_library(
+        HIP_LIB_ENV,
+        default_candidates,
+        "the HIP runtime",
+        "libamdhip64",
+    )?;
     let path = opened.path;
     let library = opened.library;
     let optional = |name: &str| {
@@ -276,7 +245,7 @@ fn api() -> Result<&'static Hip> {
     static API: OnceLock<std::result::Result<Hip, LoadFailure>> = OnceLock::new();
     API.get_or_init(load)
         .as_ref()
-        .map_err(LoadFailure::to_error)
+        .map_err(|failure| failure.to_error(KIND, HINT, NO_DEVICE_HINT))
 }
 
 /// Checks that the HIP runtime loads, has every entry point this backend calls and
@@ -509,15 +478,7 @@ impl HipBackend {
     /// Opens device `ordinal`.
     pub fn open(ordinal: usize) -> Result<Self> {
         let hip = api()?;
-        let devices = enumerate_with(hip)?;
-        let count = devices.len();
-        let Some(info) = devices.into_iter().nth(ordinal) else {
-            return Err(RuntimeError::DeviceOrdinal {
-                backend: KIND,
-                ordinal,
-                count,
-            });
-        };
+        let info = take_ordinal(KIND, enumerate_with(hip)?, ordinal)?;
         let backend = HipBackend {
             id: DeviceId::fresh(),
             info,
@@ -538,13 +499,7 @@ impl HipBackend {
     }
 
     fn buffer<'a>(&self, raw: &'a RawBuffer, what: &str) -> Result<&'a HipBuffer> {
-        check_same_device(self, || what.to_owned(), raw.device_id())?;
-        raw.downcast::<HipBuffer>()
-            .ok_or_else(|| RuntimeError::WrongDevice {
-                what: what.to_owned(),
-                expected: self.info.label(),
-                found: "another backend".into(),
-            })
+        payload(self, raw, || what.to_owned())
     }
 }
 
@@ -687,20 +642,9 @@ impl Backend for HipBackend {
     }
 
     fn kernel(&self, module: &ModuleHandle, name: &str) -> Result<KernelHandle> {
-        check_same_device(self, || "module".into(), module.device_id())?;
-        let m = module
-            .downcast::<HipModuleObj>()
-            .ok_or_else(|| RuntimeError::WrongDevice {
-                what: "module".into(),
-                expected: self.info.label(),
-                found: "another backend".into(),
-            })?;
+        let m: &HipModuleObj = payload(self, module, || "module".into())?;
         let Ok(cname) = CString::new(name) else {
-            return Err(RuntimeError::KernelNotFound {
-                name: name.escape_debug().to_string(),
-                detail: "the name contains a NUL byte".into(),
-                available: None,
-            });
+            return Err(nul_in_kernel_name(name, None));
         };
         self.bind()?;
         let mut function: HipFunction = std::ptr::null_mut();
@@ -732,26 +676,8 @@ impl Backend for HipBackend {
         args: &[LaunchArg<'_>],
     ) -> Result<()> {
         let kname = kernel.name();
-        check_same_device(self, || format!("kernel `{kname}`"), kernel.device_id())?;
-        let k = kernel
-            .downcast::<HipKernel>()
-            .ok_or_else(|| RuntimeError::WrongDevice {
-                what: format!("kernel `{kname}`"),
-                expected: self.info.label(),
-                found: "another backend".into(),
-            })?;
-        // Resolve every buffer before touching the driver, so a bad argument launches nothing.
-        let values = args
-            .iter()
-            .enumerate()
-            .map(|(i, arg)| {
-                ArgValue::resolve(arg, |raw| {
-                    Ok(self
-                        .buffer(raw, &format!("argument #{i} of `{kname}`"))?
-                        .ptr)
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let k: &HipKernel = payload(self, kernel, || format!("kernel `{kname}`"))?;
+        let values = resolve_args(kname, args, |raw, what| Ok(self.buffer(raw, what)?.ptr))?;
         if config.is_empty() {
             return Ok(());
         }

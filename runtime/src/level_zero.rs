@@ -24,15 +24,19 @@
 use std::ffi::{CString, c_char, c_void};
 use std::mem::{offset_of, size_of};
 use std::ptr;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use crate::backend::{
     Backend, BackendKind, DeviceId, DeviceInfo, FillPattern, KernelHandle, LaunchArg, LaunchConfig,
-    ModuleHandle, RawBuffer, check_copy, check_fill, check_same_device, check_spirv,
+    ModuleHandle, RawBuffer, check_copy, check_fill, check_spirv,
+};
+use crate::backend_common::{
+    LoadFailure, check_arg_count, lock, nul_in_kernel_name, open_library, payload, resolve_args,
+    take_ordinal,
 };
 use crate::dylib::{self, dyn_api};
 use crate::error::{Result, RuntimeError};
-use crate::marshal::{ArgValue, ze_arguments};
+use crate::marshal::ze_arguments;
 
 const KIND: BackendKind = BackendKind::LevelZero;
 
@@ -432,32 +436,6 @@ struct Ze {
     path: String,
 }
 
-/// Why Level Zero is unusable; kept so that later calls report it without calling again.
-#[derive(Clone)]
-enum LoadFailure {
-    /// No loader, or not a Level Zero loader.
-    NotFound(String),
-    /// The loader loaded but `zeInit` failed.
-    NoDevice(String),
-}
-
-impl LoadFailure {
-    fn to_error(&self) -> RuntimeError {
-        match self {
-            LoadFailure::NotFound(detail) => RuntimeError::DriverNotFound {
-                backend: KIND,
-                detail: detail.clone(),
-                hint: HINT,
-            },
-            LoadFailure::NoDevice(detail) => RuntimeError::NoDevice {
-                backend: KIND,
-                detail: detail.clone(),
-                hint: NO_DEVICE_HINT,
-            },
-        }
-    }
-}
-
 /// The `ze_result_t` name of a code (ze_api.h 1.8), or `""` for one this table lacks.
 fn result_name(code: u32) -> &'static str {
     match code {
@@ -526,29 +504,14 @@ fn check(call: &'static str, code: u32) -> Result<()> {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The guarded handles hold no Rust invariants that a panic could break.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// Loads the loader, resolves every symbol and runs `zeInit(ZE_INIT_FLAG_GPU_ONLY)`.
 fn load() -> std::result::Result<Ze, LoadFailure> {
-    let candidates = dylib::candidates(ZE_LIB_ENV, || {
-        vec!["libze_loader.so.1".to_owned(), "libze_loader.so".to_owned()]
-    });
-    let opened = dylib::open_first(&candidates).map_err(|failures| {
-        LoadFailure::NotFound(if std::env::var_os(ZE_LIB_ENV).is_some() {
-            format!(
-                "could not load the Level Zero loader named by {ZE_LIB_ENV} ({})",
-                failures.join("; ")
-            )
-        } else {
-            format!(
-                "could not load the Level Zero loader (searched {})",
-                candidates.join(", ")
-            )
-        })
-    })?;
+    let opened = open_library(
+        ZE_LIB_ENV,
+        || vec!["libze_loader.so.1".to_owned(), "libze_loader.so".to_owned()],
+        "the Level Zero loader",
+        "the Level Zero loader",
+    )?;
     let path = opened.path;
     // SAFETY: the declarations above match ze_api.h (C enums are 32-bit ints there, and
     // flags are u32 typedefs).
@@ -577,7 +540,7 @@ fn api() -> Result<&'static Ze> {
     static API: OnceLock<std::result::Result<Ze, LoadFailure>> = OnceLock::new();
     API.get_or_init(load)
         .as_ref()
-        .map_err(LoadFailure::to_error)
+        .map_err(|failure| failure.to_error(KIND, HINT, NO_DEVICE_HINT))
 }
 
 /// Checks that the Level Zero loader loads, has every entry point this backend calls and
@@ -931,16 +894,7 @@ impl LevelZeroBackend {
     /// Opens device `ordinal` of [`LevelZeroBackend::enumerate`]'s list.
     pub fn open(ordinal: usize) -> Result<Self> {
         let ze = api()?;
-        let mut all = find_devices(ze)?;
-        let count = all.len();
-        if ordinal >= count {
-            return Err(RuntimeError::DeviceOrdinal {
-                backend: KIND,
-                ordinal,
-                count,
-            });
-        }
-        let found = all.swap_remove(ordinal);
+        let found = take_ordinal(KIND, find_devices(ze)?, ordinal)?;
         let f = &ze.fns;
         let mut shared = Shared {
             ze,
@@ -1042,13 +996,7 @@ impl LevelZeroBackend {
     }
 
     fn buffer<'a>(&self, raw: &'a RawBuffer, what: &str) -> Result<&'a ZeBuffer> {
-        check_same_device(self, || what.to_owned(), raw.device_id())?;
-        raw.downcast::<ZeBuffer>()
-            .ok_or_else(|| RuntimeError::WrongDevice {
-                what: what.to_owned(),
-                expected: self.info.label(),
-                found: "another backend".into(),
-            })
+        payload(self, raw, || what.to_owned())
     }
 
     fn fns(&self) -> &'static ZeFns {
@@ -1294,21 +1242,10 @@ impl Backend for LevelZeroBackend {
     }
 
     fn kernel(&self, module: &ModuleHandle, name: &str) -> Result<KernelHandle> {
-        check_same_device(self, || "module".into(), module.device_id())?;
-        let m = module
-            .downcast::<ZeModuleObj>()
-            .ok_or_else(|| RuntimeError::WrongDevice {
-                what: "module".into(),
-                expected: self.info.label(),
-                found: "another backend".into(),
-            })?;
+        let m: &ZeModuleObj = payload(self, module, || "module".into())?;
         let mh = m.handle as Handle;
         let Ok(cname) = CString::new(name) else {
-            return Err(RuntimeError::KernelNotFound {
-                name: name.escape_debug().to_string(),
-                detail: "the name contains a NUL byte".into(),
-                available: self.kernel_names(mh),
-            });
+            return Err(nul_in_kernel_name(name, self.kernel_names(mh)));
         };
         let f = self.fns();
         let desc = KernelDesc {
@@ -1358,35 +1295,9 @@ impl Backend for LevelZeroBackend {
         args: &[LaunchArg<'_>],
     ) -> Result<()> {
         let kname = kernel.name();
-        check_same_device(self, || format!("kernel `{kname}`"), kernel.device_id())?;
-        let k = kernel
-            .downcast::<ZeKernelObj>()
-            .ok_or_else(|| RuntimeError::WrongDevice {
-                what: format!("kernel `{kname}`"),
-                expected: self.info.label(),
-                found: "another backend".into(),
-            })?;
-        let local_arg = usize::from(config.shared_mem_bytes > 0);
-        let expected = k.num_args as usize;
-        if args.len() + local_arg != expected {
-            return Err(RuntimeError::ArgCount {
-                kernel: kname.to_owned(),
-                expected: expected.saturating_sub(local_arg),
-                found: args.len(),
-            });
-        }
-        // Resolve every buffer before touching the driver, so a bad argument launches nothing.
-        let values = args
-            .iter()
-            .enumerate()
-            .map(|(i, arg)| {
-                ArgValue::resolve(arg, |raw| {
-                    Ok(self
-                        .buffer(raw, &format!("argument #{i} of `{kname}`"))?
-                        .ptr)
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let k: &ZeKernelObj = payload(self, kernel, || format!("kernel `{kname}`"))?;
+        check_arg_count(kname, k.num_args, args.len(), config)?;
+        let values = resolve_args(kname, args, |raw, what| Ok(self.buffer(raw, what)?.ptr))?;
         if config.is_empty() {
             return Ok(());
         }

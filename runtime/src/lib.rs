@@ -40,6 +40,7 @@
 //! ```
 
 mod backend;
+mod backend_common;
 mod buffer;
 mod cache;
 mod cuda;

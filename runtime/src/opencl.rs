@@ -7,7 +7,7 @@
 //! path after Level Zero (`DeviceKind::Auto` tries Level Zero first), with the same SPIR-V.
 
 use std::ptr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use opencl3::command_queue::CommandQueue;
 use opencl3::context::Context;
@@ -27,7 +27,10 @@ use opencl3::types::{CL_BLOCKING, cl_device_id, cl_mem};
 
 use crate::backend::{
     Backend, BackendKind, DeviceId, DeviceInfo, FillPattern, KernelHandle, LaunchArg, LaunchConfig,
-    ModuleHandle, RawBuffer, check_copy, check_fill, check_same_device, check_spirv,
+    ModuleHandle, RawBuffer, check_copy, check_fill, check_spirv,
+};
+use crate::backend_common::{
+    arg_what, check_arg_count, lock, nul_in_kernel_name, payload, take_ordinal,
 };
 use crate::error::{Result, RuntimeError};
 
@@ -45,11 +48,6 @@ fn cl_err(call: &'static str, e: ClError) -> RuntimeError {
         call,
         detail: format!("{e} ({})", e.0),
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The guarded OpenCL objects hold no Rust invariants a panic could break.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// One usable device found during enumeration.
@@ -244,16 +242,7 @@ impl OpenClBackend {
 
     /// Opens device `ordinal` of [`OpenClBackend::enumerate`]'s list.
     pub fn open(ordinal: usize) -> Result<Self> {
-        let mut all = usable_devices()?;
-        let count = all.len();
-        if ordinal >= count {
-            return Err(RuntimeError::DeviceOrdinal {
-                backend: KIND,
-                ordinal,
-                count,
-            });
-        }
-        let found = all.swap_remove(ordinal);
+        let found = take_ordinal(KIND, usable_devices()?, ordinal)?;
         let dev = ClDevice::new(found.id);
         let context = Context::from_device(&dev).map_err(|e| cl_err("clCreateContext", e))?;
         // In-order queue without profiling: every command sees the previous one's results,
@@ -271,13 +260,7 @@ impl OpenClBackend {
     }
 
     fn buffer<'a>(&self, raw: &'a RawBuffer, what: &str) -> Result<&'a ClBuffer> {
-        check_same_device(self, || what.to_owned(), raw.device_id())?;
-        raw.downcast::<ClBuffer>()
-            .ok_or_else(|| RuntimeError::WrongDevice {
-                what: what.to_owned(),
-                expected: self.info.label(),
-                found: "another backend".into(),
-            })
+        payload(self, raw, || what.to_owned())
     }
 
     fn build_log(&self, program: &Program) -> String {
@@ -416,22 +399,11 @@ impl Backend for OpenClBackend {
     }
 
     fn kernel(&self, module: &ModuleHandle, name: &str) -> Result<KernelHandle> {
-        check_same_device(self, || "module".into(), module.device_id())?;
-        let program = module
-            .downcast::<ClProgram>()
-            .ok_or_else(|| RuntimeError::WrongDevice {
-                what: "module".into(),
-                expected: self.info.label(),
-                found: "another backend".into(),
-            })?;
+        let program: &ClProgram = payload(self, module, || "module".into())?;
         let available = || Some(program.0.kernel_names().replace(';', ", "));
         if name.contains('\0') {
             // opencl3 would panic building the C string.
-            return Err(RuntimeError::KernelNotFound {
-                name: name.escape_debug().to_string(),
-                detail: "the name contains a NUL byte".into(),
-                available: available(),
-            });
+            return Err(nul_in_kernel_name(name, available()));
         }
         let kernel =
             Kernel::create(&program.0, name).map_err(|e| RuntimeError::KernelNotFound {
@@ -460,23 +432,8 @@ impl Backend for OpenClBackend {
         args: &[LaunchArg<'_>],
     ) -> Result<()> {
         let kname = kernel.name();
-        check_same_device(self, || format!("kernel `{kname}`"), kernel.device_id())?;
-        let k = kernel
-            .downcast::<ClKernel>()
-            .ok_or_else(|| RuntimeError::WrongDevice {
-                what: format!("kernel `{kname}`"),
-                expected: self.info.label(),
-                found: "another backend".into(),
-            })?;
-        let local_arg = usize::from(config.shared_mem_bytes > 0);
-        let expected = k.num_args as usize;
-        if args.len() + local_arg != expected {
-            return Err(RuntimeError::ArgCount {
-                kernel: kname.to_owned(),
-                expected: expected.saturating_sub(local_arg),
-                found: args.len(),
-            });
-        }
+        let k: &ClKernel = payload(self, kernel, || format!("kernel `{kname}`"))?;
+        check_arg_count(kname, k.num_args, args.len(), config)?;
         let mut global = [0usize; 3];
         let mut local = [0usize; 3];
         for d in 0..3 {
@@ -499,8 +456,7 @@ impl Backend for OpenClBackend {
             // copies the bytes before clSetKernelArg returns.
             let set = match arg {
                 LaunchArg::Buffer(raw) => {
-                    let what = format!("argument #{i} of `{kname}`");
-                    let buf = self.buffer(raw, &what)?;
+                    let buf = self.buffer(raw, &arg_what(i, kname))?;
                     let mem: cl_mem = lock(&buf.0).get();
                     unsafe { guard.set_arg(index, &mem) }
                 }
@@ -515,7 +471,7 @@ impl Backend for OpenClBackend {
                 found: format!("{} (clSetKernelArg: {e})", arg.kind_name()),
             })?;
         }
-        if local_arg == 1 {
+        if config.shared_mem_bytes > 0 {
             // SAFETY: a __local pointer argument takes a size and no value.
             unsafe {
                 guard.set_arg_local_buffer(args.len() as u32, config.shared_mem_bytes as usize)
