@@ -9,16 +9,15 @@
 
 use std::sync::{Arc, Mutex};
 
-use linrec_runtime::op::{self, BackwardArgs, ForwardArgs};
+use linrec_runtime::op::{self, BackwardArgs, BackwardOutputs, ForwardArgs};
 use linrec_runtime::{
     Backend, BackendKind, DType, Device, DeviceBuffer, DeviceId, DeviceInfo, FillPattern,
     KernelHandle, LaunchArg, LaunchConfig, ModuleHandle, RawBuffer, Result, RuntimeError,
 };
 use linrec_spec::Role;
-use linrec_spec::launch::{
-    ElementType, KernelConfig, KernelInfo, KernelParam, Launch, SizeExpr, SizeSym,
-};
+use linrec_spec::launch::{KernelInfo, KernelParam, Launch, SizeExpr, SizeSym};
 
+use crate::common::{BINARY, Launched, all_nan, assert_names, qkvg, test_kernel};
 use crate::mock::MockBackend;
 
 /// The mock backend, recording allocations and, per launch, the grid and every argument: a
@@ -152,6 +151,12 @@ pub(crate) fn launches(log: &Arc<Mutex<Log>>) -> Vec<String> {
     log.lock().expect("lock").launches.clone()
 }
 
+impl Launched for Arc<Mutex<Log>> {
+    fn launched(&self) -> Vec<String> {
+        launches(self)
+    }
+}
+
 /// What the backward kernel of [`info`] is compiled with.
 #[derive(Clone, Copy)]
 struct Opts {
@@ -201,32 +206,18 @@ fn info(o: Opts) -> KernelInfo {
         KernelParam::ValueHeads,
         KernelParam::Scale,
     ]);
-    KernelInfo {
-        entry: "linrec_test_bwd".into(),
-        spec_name: "test".into(),
-        spec_hash: "00".into(),
-        direction: "backward".into(),
-        target: "spirv".into(),
-        config: KernelConfig {
-            dtype: ElementType::Bf16,
-            key_dim: 8,
-            value_dim: 40,
-            chunk: 16,
-            initial_state: o.h0,
-            final_state: o.ht,
-            varlen: o.varlen,
-        },
+    test_kernel(
+        "linrec_test_bwd",
+        "backward",
         params,
-        grid: [
+        [o.h0, o.ht, o.varlen],
+        [
             SizeExpr::Const(1),
             SizeExpr::product(SizeExpr::Sym(SizeSym::N), SizeExpr::Sym(SizeSym::H)),
             SizeExpr::Const(1),
         ],
-        block: [128, 1, 1],
-        shared_bytes: 0,
-        scratch: 100,
-        then: Vec::new(),
-    }
+        100,
+    )
 }
 
 struct Bufs {
@@ -268,13 +259,15 @@ fn gva(dev: &Device) -> Bufs {
     buffers(dev, 2, 20, 1, 2)
 }
 
+/// A recording device, its log, and [`gva`]'s buffers on it.
+fn gva_device() -> (Device, Arc<Mutex<Log>>, Bufs) {
+    let (dev, log) = device();
+    let b = gva(&dev);
+    (dev, log, b)
+}
+
 fn inputs(b: &Bufs) -> Vec<(Role, &DeviceBuffer)> {
-    vec![
-        (Role::Query, &b.q),
-        (Role::Key, &b.k),
-        (Role::Value, &b.v),
-        (Role::Gate, &b.g),
-    ]
+    qkvg(&b.q, &b.k, &b.v, &b.g)
 }
 
 fn args<'a>(b: &'a Bufs, ins: &'a [(Role, &'a DeviceBuffer)]) -> BackwardArgs<'a> {
@@ -289,36 +282,22 @@ fn args<'a>(b: &'a Bufs, ins: &'a [(Role, &'a DeviceBuffer)]) -> BackwardArgs<'a
     }
 }
 
-const BINARY: &[u8] = b"\x03\x02\x23\x07";
-
-/// Asserts that `err` is about argument `arg` and mentions `needle`, and nothing launched.
-fn assert_names(err: RuntimeError, arg: &str, needle: &str, log: &Arc<Mutex<Log>>) {
-    let msg = err.to_string();
-    assert!(msg.contains(&format!("`{arg}`")), "{msg}");
-    assert!(msg.contains(needle), "{msg}");
-    assert!(launches(log).is_empty(), "launched anyway");
+/// `op::backward` of the kernel [`info`]`(o)`.
+fn run(dev: &Device, o: Opts, a: &BackwardArgs<'_>) -> Result<BackwardOutputs> {
+    op::backward(dev, &info(o), BINARY, a)
 }
 
-fn all_nan(dev: &Device, buf: &DeviceBuffer) -> bool {
-    let bytes = dev.download_bytes(buf).expect("download");
-    match buf.dtype() {
-        DType::BF16 => bytes
-            .chunks(2)
-            .all(|c| u16::from_le_bytes([c[0], c[1]]) == 0x7FC0),
-        _ => dev
-            .download::<f32>(buf)
-            .expect("download")
-            .iter()
-            .all(|x| x.is_nan()),
-    }
+/// [`run`] with `b`'s arguments on the kernel of [`info`]`(ALL)`, which must refuse them.
+fn refused(dev: &Device, b: &Bufs, why: &str) -> RuntimeError {
+    let ins = inputs(b);
+    run(dev, ALL, &args(b, &ins)).expect_err(why)
 }
 
 #[test]
 fn a_good_launch_allocates_poisoned_grads_and_passes_the_abi_order() {
-    let (dev, log) = device();
-    let b = gva(&dev);
+    let (dev, log, b) = gva_device();
     let ins = inputs(&b);
-    let out = op::backward(&dev, &info(ALL), BINARY, &args(&b, &ins)).expect("launches");
+    let out = run(&dev, ALL, &args(&b, &ins)).expect("launches");
 
     let roles: Vec<Role> = out.grads.iter().map(|(r, _)| *r).collect();
     assert_eq!(roles, [Role::Query, Role::Key, Role::Value, Role::Gate]);
@@ -360,14 +339,13 @@ fn a_good_launch_allocates_poisoned_grads_and_passes_the_abi_order() {
 
 #[test]
 fn without_dht_zeros_are_passed() {
-    let (dev, log) = device();
-    let b = gva(&dev);
+    let (dev, log, b) = gva_device();
     let ins = inputs(&b);
     let a = BackwardArgs {
         dht: None,
         ..args(&b, &ins)
     };
-    op::backward(&dev, &info(ALL), BINARY, &a).expect("launches");
+    run(&dev, ALL, &a).expect("launches");
     let launched = launches(&log);
     assert!(
         launched[0]
@@ -378,8 +356,7 @@ fn without_dht_zeros_are_passed() {
 
 #[test]
 fn the_direction_is_checked_both_ways() {
-    let (dev, log) = device();
-    let b = gva(&dev);
+    let (dev, log, b) = gva_device();
     let ins = inputs(&b);
     let mut fwd = info(ALL);
     fwd.direction = "forward".into();
@@ -414,11 +391,10 @@ fn the_direction_is_checked_both_ways() {
 
 #[test]
 fn a_dht_for_a_kernel_without_one_is_refused() {
-    let (dev, log) = device();
-    let b = gva(&dev);
+    let (dev, log, b) = gva_device();
     let ins = inputs(&b);
     let no_ht = Opts { ht: false, ..ALL };
-    let err = op::backward(&dev, &info(no_ht), BINARY, &args(&b, &ins)).expect_err("dht");
+    let err = run(&dev, no_ht, &args(&b, &ins)).expect_err("dht");
     assert!(matches!(err, RuntimeError::ArgKind { .. }), "{err:?}");
     assert_names(err, "dht", "compiled without dht", &log);
 
@@ -426,7 +402,7 @@ fn a_dht_for_a_kernel_without_one_is_refused() {
         dht: None,
         ..args(&b, &ins)
     };
-    op::backward(&dev, &info(no_ht), BINARY, &a).expect("launches");
+    run(&dev, no_ht, &a).expect("launches");
     assert_eq!(
         launches(&log),
         ["linrec_test_bwd[1x2x1](640, 640, 6400, 320, 5120, 6400, \
@@ -438,24 +414,21 @@ fn a_dht_for_a_kernel_without_one_is_refused() {
 #[test]
 fn a_bad_do_is_named() {
     let (dev, log) = device();
-    let mut b = gva(&dev);
-    b.d_o = dev.alloc(DType::F32, &[2, 20, 2, 40]).expect("alloc");
-    let ins = inputs(&b);
-    let err = op::backward(&dev, &info(ALL), BINARY, &args(&b, &ins)).expect_err("f32 do");
+    // [`gva`]'s buffers with a `do` of this dtype and shape.
+    let with_do = |dtype, shape: &[usize]| {
+        let mut b = gva(&dev);
+        b.d_o = dev.alloc(dtype, shape).expect("alloc");
+        b
+    };
+    let err = refused(&dev, &with_do(DType::F32, &[2, 20, 2, 40]), "f32 do");
     assert!(matches!(err, RuntimeError::DType { .. }), "{err:?}");
     assert_names(err, "do", "expected dtype bf16, found f32", &log);
 
-    let mut b = gva(&dev);
-    b.d_o = dev.alloc(DType::BF16, &[2, 20, 2, 32]).expect("alloc");
-    let ins = inputs(&b);
-    let err = op::backward(&dev, &info(ALL), BINARY, &args(&b, &ins)).expect_err("V = 32");
+    let err = refused(&dev, &with_do(DType::BF16, &[2, 20, 2, 32]), "V = 32");
     assert!(matches!(err, RuntimeError::Shape { .. }), "{err:?}");
     assert_names(err, "do", "[B, T, HV, 40]", &log);
 
-    let mut b = gva(&dev);
-    b.d_o = dev.alloc(DType::BF16, &[2, 21, 2, 40]).expect("alloc");
-    let ins = inputs(&b);
-    let err = op::backward(&dev, &info(ALL), BINARY, &args(&b, &ins)).expect_err("T = 21");
+    let err = refused(&dev, &with_do(DType::BF16, &[2, 21, 2, 40]), "T = 21");
     assert_names(
         err,
         "do",
@@ -463,10 +436,7 @@ fn a_bad_do_is_named() {
         &log,
     );
 
-    let mut b = gva(&dev);
-    b.d_o = dev.alloc(DType::BF16, &[2, 20, 4, 40]).expect("alloc");
-    let ins = inputs(&b);
-    let err = op::backward(&dev, &info(ALL), BINARY, &args(&b, &ins)).expect_err("HV = 4");
+    let err = refused(&dev, &with_do(DType::BF16, &[2, 20, 4, 40]), "HV = 4");
     assert_names(
         err,
         "do",
@@ -477,11 +447,10 @@ fn a_bad_do_is_named() {
 
 #[test]
 fn a_bad_dht_is_named() {
-    let (dev, log) = device();
-    let mut b = gva(&dev);
+    let (dev, log, mut b) = gva_device();
     b.dht = dev.alloc(DType::F32, &[3, 2, 8, 40]).expect("alloc");
+    let err = refused(&dev, &b, "N = 3");
     let ins = inputs(&b);
-    let err = op::backward(&dev, &info(ALL), BINARY, &args(&b, &ins)).expect_err("N = 3");
     // h0 has N = 2, so the named dims disagree first.
     assert_names(
         err,
@@ -495,24 +464,22 @@ fn a_bad_dht_is_named() {
         initial_state: None,
         ..args(&b, &ins)
     };
-    let err = op::backward(&dev, &info(no_h0), BINARY, &a).expect_err("N = 3");
+    let err = run(&dev, no_h0, &a).expect_err("N = 3");
     assert_names(err, "dht", "[N, HV, K, V] = [2, 2, 8, 40]", &log);
 
     let mut b = gva(&dev);
     b.dht = dev.alloc(DType::BF16, &[2, 2, 8, 40]).expect("alloc");
-    let ins = inputs(&b);
-    let err = op::backward(&dev, &info(ALL), BINARY, &args(&b, &ins)).expect_err("bf16 dht");
+    let err = refused(&dev, &b, "bf16 dht");
     assert!(matches!(err, RuntimeError::DType { .. }), "{err:?}");
     assert_names(err, "dht", "expected dtype f32, found bf16", &log);
 }
 
 #[test]
 fn inputs_h0_and_scale_are_checked_as_in_the_forward() {
-    let (dev, log) = device();
-    let b = gva(&dev);
+    let (dev, log, b) = gva_device();
     let mut ins = inputs(&b);
     ins.pop();
-    let err = op::backward(&dev, &info(ALL), BINARY, &args(&b, &ins)).expect_err("no gate");
+    let err = run(&dev, ALL, &args(&b, &ins)).expect_err("no gate");
     assert_names(err, "g", "gate", &log);
 
     let ins = inputs(&b);
@@ -520,14 +487,14 @@ fn inputs_h0_and_scale_are_checked_as_in_the_forward() {
         initial_state: None,
         ..args(&b, &ins)
     };
-    let err = op::backward(&dev, &info(ALL), BINARY, &a).expect_err("no h0");
+    let err = run(&dev, ALL, &a).expect_err("no h0");
     assert_names(err, "h0", "compiled to read h0", &log);
 
     let a = BackwardArgs {
         scale: -1.0,
         ..args(&b, &ins)
     };
-    let err = op::backward(&dev, &info(ALL), BINARY, &a).expect_err("scale");
+    let err = run(&dev, ALL, &a).expect_err("scale");
     assert_names(err, "scale", "positive, finite", &log);
 
     let mut nv = info(ALL);
@@ -543,7 +510,7 @@ fn without_gva_the_accumulators_are_one_element() {
     // H = HV = 2.
     let b = buffers(&dev, 2, 20, 2, 2);
     let ins = inputs(&b);
-    let out = op::backward(&dev, &info(ALL), BINARY, &args(&b, &ins)).expect("launches");
+    let out = run(&dev, ALL, &args(&b, &ins)).expect("launches");
     assert_eq!(out.grad(Role::Query).expect("dq").shape(), &[2, 20, 2, 8]);
     // Grid (1, N·H = 4, 1): scratch 4 × 100 floats.
     assert_eq!(
@@ -571,7 +538,7 @@ fn varlen_sizes_the_states_by_sequence() {
         cu_seqlens: Some(&cu),
         ..args(&b, &ins)
     };
-    let out = op::backward(&dev, &info(varlen), BINARY, &a).expect("launches");
+    let out = run(&dev, varlen, &a).expect("launches");
     assert_eq!(out.sequences, 2);
     // Chunk states: ⌊20 / 16⌋ + 2 = 3 slots of [2, 8, 40] bf16 (the kernel dtype).
     assert_eq!(
@@ -587,14 +554,13 @@ fn varlen_sizes_the_states_by_sequence() {
         cu_seqlens: None,
         ..a
     };
-    let err = op::backward(&dev, &info(varlen), BINARY, &no_cu).expect_err("no cu_seqlens");
+    let err = run(&dev, varlen, &no_cu).expect_err("no cu_seqlens");
     assert!(err.to_string().contains("`cu_seqlens`"), "{err}");
 }
 
 #[test]
 fn a_workspace_relaunches_without_allocating() {
-    let (dev, log) = device();
-    let b = gva(&dev);
+    let (dev, log, b) = gva_device();
     let ins = inputs(&b);
     let ws = op::backward_workspace(&dev, &info(ALL), BINARY, &args(&b, &ins)).expect("launches");
     assert_eq!(ws.outputs.grads.len(), 4);
@@ -637,8 +603,7 @@ fn a_workspace_relaunches_without_allocating() {
 
 #[test]
 fn a_then_launch_shares_the_chunk_states_grads_and_scratch() {
-    let (dev, log) = device();
-    let b = gva(&dev);
+    let (dev, log, b) = gva_device();
     let ins = inputs(&b);
     // A second kernel of the same binary reading the states the first recomputed and writing
     // dq through its accumulator: grid (⌈T / C⌉ + N, H, 1) = (4, 1, 1), 500 scratch floats per
@@ -684,8 +649,7 @@ fn a_then_launch_shares_the_chunk_states_grads_and_scratch() {
     }
 
     // A parameter the runtime does not know, in the second launch: nothing launches.
-    let (dev, log) = device();
-    let b = gva(&dev);
+    let (dev, log, b) = gva_device();
     let ins = inputs(&b);
     split.then[0].params.push(KernelParam::FinalState);
     let err = op::backward(&dev, &split, BINARY, &args(&b, &ins)).expect_err("ht in a backward");
@@ -719,14 +683,13 @@ fn allocations(log: &Arc<Mutex<Log>>) -> usize {
 
 #[test]
 fn given_chunk_states_are_passed_with_the_flag_set_and_not_allocated() {
-    let (dev, log) = device();
-    let b = gva(&dev);
+    let (dev, log, b) = gva_device();
     let ins = inputs(&b);
     let states = gva_states(&dev);
 
     // Not given: the runtime allocates them (poisoned) and the kernel recomputes (flag 0).
     let before = allocations(&log);
-    op::backward(&dev, &info(ALL), BINARY, &args(&b, &ins)).expect("launches");
+    run(&dev, ALL, &args(&b, &ins)).expect("launches");
     let recompute = allocations(&log) - before;
 
     let a = BackwardArgs {
@@ -734,7 +697,7 @@ fn given_chunk_states_are_passed_with_the_flag_set_and_not_allocated() {
         ..args(&b, &ins)
     };
     let before = allocations(&log);
-    op::backward(&dev, &info(ALL), BINARY, &a).expect("launches");
+    run(&dev, ALL, &a).expect("launches");
     // One buffer fewer: the chunk states are the caller's.
     assert_eq!(allocations(&log) - before, recompute - 1);
 
@@ -760,15 +723,14 @@ fn given_chunk_states_are_passed_with_the_flag_set_and_not_allocated() {
 
 #[test]
 fn chunk_states_of_the_wrong_dtype_shape_device_or_layout_are_refused() {
-    let (dev, log) = device();
-    let b = gva(&dev);
+    let (dev, log, b) = gva_device();
     let ins = inputs(&b);
     let run = |states: &DeviceBuffer| {
         let a = BackwardArgs {
             chunk_states: Some(states),
             ..args(&b, &ins)
         };
-        op::backward(&dev, &info(ALL), BINARY, &a).expect_err("refused")
+        run(&dev, ALL, &a).expect_err("refused")
     };
 
     // f32, the dtype the kernels carry, is not the kernel's (bf16).
@@ -831,7 +793,7 @@ fn varlen_chunk_states_have_a_slot_per_chunk_and_sequence() {
         chunk_states: Some(&states),
         ..args(&b, &ins)
     };
-    op::backward(&dev, &info(varlen), BINARY, &a).expect("launches");
+    run(&dev, varlen, &a).expect("launches");
     assert_eq!(log.lock().expect("lock").ints, [[1, 20, 1, 2]]);
 
     let four = gva_states(&dev);
@@ -839,15 +801,14 @@ fn varlen_chunk_states_have_a_slot_per_chunk_and_sequence() {
         chunk_states: Some(&four),
         ..a
     };
-    let err = op::backward(&dev, &info(varlen), BINARY, &a).expect_err("4 slots");
+    let err = run(&dev, varlen, &a).expect_err("4 slots");
     assert!(err.to_string().contains("= [3, 2, 8, 40]"), "{err}");
     assert_eq!(launches(&log).len(), 1);
 }
 
 #[test]
 fn a_workspace_takes_given_chunk_states_either_way() {
-    let (dev, log) = device();
-    let b = gva(&dev);
+    let (dev, log, b) = gva_device();
     let ins = inputs(&b);
     let states = gva_states(&dev);
     let given = BackwardArgs {
@@ -898,8 +859,7 @@ fn a_workspace_takes_given_chunk_states_either_way() {
 /// as they are.
 #[test]
 fn a_split_forwards_chunk_states_fit_the_backward() {
-    let (dev, log) = device();
-    let b = gva(&dev);
+    let (dev, log, b) = gva_device();
     let ins = inputs(&b);
     // A forward of the same config writing the chunk states.
     let mut fwd = info(ALL);
@@ -938,7 +898,7 @@ fn a_split_forwards_chunk_states_fit_the_backward() {
         chunk_states: Some(states),
         ..args(&b, &ins)
     };
-    op::backward(&dev, &info(ALL), BINARY, &a).expect("backward");
+    run(&dev, ALL, &a).expect("backward");
     let log = log.lock().expect("lock");
     assert_eq!(log.buffers[1][STATES_ARG], log.buffers[0][7]);
     assert_eq!(log.ints[1][0], 1);

@@ -2,19 +2,14 @@
 //! buffer layout rules, on the in-memory mock backend: every failure names the argument and
 //! nothing reaches the backend.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use linrec_runtime::{
     DType, Device, DeviceKind, Dim, KernelArg, KernelHandle, KernelSignature, LaunchConfig, Layout,
     RuntimeError, ScalarType, contiguous_strides, poison_pattern,
 };
 
-use crate::mock::MockBackend;
-
-fn mock_device() -> (Device, Arc<Mutex<Vec<String>>>) {
-    let (backend, launches) = MockBackend::new();
-    (Device::from_backend(Box::new(backend)), launches)
-}
+use crate::common::mock_device;
 
 /// The signature of a chunked forward kernel: q, k, v [B, T, H, D], g [B, T, H], o like v.
 fn fwd_sig() -> KernelSignature {

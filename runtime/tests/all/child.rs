@@ -58,6 +58,29 @@ pub fn probe_in_child(kind: &str, env: &[(&str, &str)]) -> ChildResult {
     }
 }
 
+/// Opens `kind` in a child process whose library override `var` is `lib`, and asserts that the
+/// child found no driver and named `lib`.
+pub fn refused_override(kind: &str, var: &str, lib: &str) -> ChildResult {
+    let r = probe_in_child(kind, &[(var, lib)]);
+    assert_eq!(r.outcome, "DriverNotFound", "{r:?}");
+    assert!(r.message.contains(lib), "names the library: {r:?}");
+    r
+}
+
+/// Asserts that a library override `var` pointing at the missing file `path` leaves `kind`
+/// without a driver, with a message naming the override and the path, and dlopen's reason.
+pub fn assert_missing_override(kind: &str, var: &str, path: &str) {
+    let r = refused_override(kind, var, path);
+    assert!(
+        r.message.contains(var) && r.message.contains(path),
+        "names the override and the path: {r:?}"
+    );
+    assert!(
+        r.message.contains("No such file"),
+        "carries dlopen's reason: {r:?}"
+    );
+}
+
 /// The child's side: opens the backend named by `LINREC_TEST_CHILD_PROBE` (`hip`,
 /// `level_zero`, ...) and prints the outcome. With a `+checks` suffix it then runs the shared
 /// kernel checks on the device (`kernels.rs`; against the mock drivers) and drops it, so a

@@ -52,30 +52,15 @@ fn cuda_reports_a_missing_driver() {
 }
 
 /// On a machine with an NVIDIA GPU: the shared kernel checks on the PTX fixture. Skips where
-/// libcuda is missing (CI has no GPU, so this never fails there for lack of one).
-macro_rules! on_cuda {
-    ($($name:ident),* $(,)?) => {$(
-        #[test]
-        fn $name() {
-            let dev = match Device::new(DeviceKind::Cuda) {
-                Ok(dev) => dev,
-                Err(e @ (RuntimeError::DriverNotFound { .. } | RuntimeError::NoDevice { .. })) => {
-                    // The expected case off GPU machines (cuda_reports_a_missing_driver
-                    // checks it), so the note stays in the captured output.
-                    eprintln!("note: skipping cuda {}: {e}", stringify!($name));
-                    return;
-                }
-                Err(e) => panic!("opening the CUDA device failed: {e}"),
-            };
-            crate::kernels::$name(&dev);
-        }
-    )*};
-}
-
+/// libcuda is missing (CI has no GPU, so this never fails there for lack of one; the note stays
+/// in the captured output, cuda_reports_a_missing_driver checks that case).
 mod on_gpu {
-    use linrec_runtime::{Device, DeviceKind, RuntimeError};
+    use linrec_runtime::DeviceKind;
 
-    on_cuda!(
+    use crate::common::{gpu_device, kernel_checks};
+
+    kernel_checks!(
+        |test| gpu_device(DeviceKind::Cuda, "cuda", "CUDA", test);
         device_info,
         axpy_is_exact_and_leaves_the_tail_alone,
         block_sum_reduces_each_work_group,

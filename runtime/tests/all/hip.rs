@@ -6,7 +6,8 @@ use linrec_runtime::{
     BackendKind, Device, DeviceKind, HIP_LIB_ENV, HipBackend, RuntimeError, probe_hip_driver,
 };
 
-use crate::child::probe_in_child;
+use crate::child::{assert_missing_override, refused_override};
+use crate::common::gpu_device;
 
 /// The two ways a machine without an AMD GPU fails, each with an actionable message.
 fn assert_unavailable(err: &RuntimeError) {
@@ -60,23 +61,13 @@ fn hip_reports_a_missing_or_unusable_runtime() {
 #[test]
 fn hip_lib_override_to_a_missing_file() {
     let path = "/nonexistent/linrec-test/libamdhip64.so";
-    let r = probe_in_child("hip", &[(HIP_LIB_ENV, path)]);
-    assert_eq!(r.outcome, "DriverNotFound", "{r:?}");
-    assert!(
-        r.message.contains(HIP_LIB_ENV) && r.message.contains(path),
-        "names the override and the path: {r:?}"
-    );
-    assert!(
-        r.message.contains("No such file"),
-        "carries dlopen's reason: {r:?}"
-    );
+    assert_missing_override("hip", HIP_LIB_ENV, path);
 }
 
 #[test]
 fn hip_lib_override_to_a_library_that_is_not_hip() {
     // libm: loads everywhere, exports none of HIP's symbols.
-    let r = probe_in_child("hip", &[(HIP_LIB_ENV, "libm.so.6")]);
-    assert_eq!(r.outcome, "DriverNotFound", "{r:?}");
+    let r = refused_override("hip", HIP_LIB_ENV, "libm.so.6");
     assert!(
         r.message.contains("libm.so.6 lacks hipInit")
             && r.message.contains("hipModuleLaunchKernel"),
@@ -88,20 +79,13 @@ fn hip_lib_override_to_a_library_that_is_not_hip() {
 #[test]
 fn hip_lib_override_to_a_file_that_is_not_a_library() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
-    let r = probe_in_child("hip", &[(HIP_LIB_ENV, path)]);
-    assert_eq!(r.outcome, "DriverNotFound", "{r:?}");
-    assert!(r.message.contains(path), "{r:?}");
+    refused_override("hip", HIP_LIB_ENV, path);
 }
 
 #[test]
 fn hip_device_info_where_a_gpu_is_present() {
-    let dev = match Device::new(DeviceKind::Hip) {
-        Ok(dev) => dev,
-        Err(e @ (RuntimeError::DriverNotFound { .. } | RuntimeError::NoDevice { .. })) => {
-            eprintln!("note: skipping hip device_info: {e}");
-            return;
-        }
-        Err(e) => panic!("opening the HIP device failed: {e}"),
+    let Some(dev) = gpu_device(DeviceKind::Hip, "hip", "HIP", "device_info") else {
+        return;
     };
     crate::kernels::device_info(&dev);
     assert_eq!(dev.info().vendor, "AMD");

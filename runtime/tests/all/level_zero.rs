@@ -8,7 +8,7 @@ use linrec_runtime::{
     probe_level_zero_driver,
 };
 
-use crate::child::probe_in_child;
+use crate::child::{assert_missing_override, refused_override};
 
 fn assert_unavailable(err: &RuntimeError) {
     let msg = err.to_string();
@@ -72,19 +72,12 @@ fn level_zero_reports_a_missing_or_unusable_loader() {
 #[test]
 fn ze_lib_override_to_a_missing_file() {
     let path = "/nonexistent/linrec-test/libze_loader.so.1";
-    let r = probe_in_child("level_zero", &[(ZE_LIB_ENV, path)]);
-    assert_eq!(r.outcome, "DriverNotFound", "{r:?}");
-    assert!(
-        r.message.contains(ZE_LIB_ENV) && r.message.contains(path),
-        "names the override and the path: {r:?}"
-    );
-    assert!(r.message.contains("No such file"), "{r:?}");
+    assert_missing_override("level_zero", ZE_LIB_ENV, path);
 }
 
 #[test]
 fn ze_lib_override_to_a_library_that_is_not_level_zero() {
-    let r = probe_in_child("l0", &[(ZE_LIB_ENV, "libm.so.6")]);
-    assert_eq!(r.outcome, "DriverNotFound", "{r:?}");
+    let r = refused_override("l0", ZE_LIB_ENV, "libm.so.6");
     assert!(
         r.message.contains("libm.so.6 lacks zeInit") && r.message.contains("zeModuleCreate"),
         "names the missing symbols: {r:?}"
@@ -93,27 +86,13 @@ fn ze_lib_override_to_a_library_that_is_not_level_zero() {
 
 /// On a machine with an Intel GPU: the shared kernel checks on the SPIR-V fixture. Skips
 /// where there is none (CI has none).
-macro_rules! on_level_zero {
-    ($($name:ident),* $(,)?) => {$(
-        #[test]
-        fn $name() {
-            let dev = match Device::new(DeviceKind::LevelZero) {
-                Ok(dev) => dev,
-                Err(e @ (RuntimeError::DriverNotFound { .. } | RuntimeError::NoDevice { .. })) => {
-                    eprintln!("note: skipping level_zero {}: {e}", stringify!($name));
-                    return;
-                }
-                Err(e) => panic!("opening the Level Zero device failed: {e}"),
-            };
-            crate::kernels::$name(&dev);
-        }
-    )*};
-}
-
 mod on_gpu {
-    use linrec_runtime::{Device, DeviceKind, RuntimeError};
+    use linrec_runtime::DeviceKind;
 
-    on_level_zero!(
+    use crate::common::{gpu_device, kernel_checks};
+
+    kernel_checks!(
+        |test| gpu_device(DeviceKind::LevelZero, "level_zero", "Level Zero", test);
         device_info,
         axpy_is_exact_and_leaves_the_tail_alone,
         block_sum_reduces_each_work_group,

@@ -14,7 +14,7 @@ use std::process::Command;
 
 use linrec_runtime::{HIP_LIB_ENV, ZE_LIB_ENV};
 
-use crate::child::probe_in_child;
+use crate::child::{ChildResult, probe_in_child};
 use crate::common::ci_mode;
 
 /// Compiles tests/mock_drivers/`source` into a shared library, or `None` (with a note) when
@@ -51,15 +51,23 @@ fn build_mock(source: &str) -> Option<(PathBuf, PathBuf)> {
     }
 }
 
-#[test]
-fn hip_backend_runs_the_shared_checks_on_a_mock_runtime() {
-    let Some((lib, dir)) = build_mock("mock_hip.c") else {
-        return;
-    };
+/// Builds the stand-in driver `source`, runs `kind`'s shared checks on it in a child process
+/// whose library override `var` points at it, and asserts that they passed; `None` where
+/// there is no C compiler (outside CI).
+fn checks_on_mock(source: &str, kind: &str, var: &str) -> Option<ChildResult> {
+    let (lib, dir) = build_mock(source)?;
     let lib_str = lib.to_str().expect("a UTF-8 temporary path");
-    let r = probe_in_child("hip+checks", &[(HIP_LIB_ENV, lib_str)]);
+    let r = probe_in_child(kind, &[(var, lib_str)]);
     let _ = std::fs::remove_dir_all(dir);
     assert_eq!(r.outcome, "Ok", "{r:?}");
+    Some(r)
+}
+
+#[test]
+fn hip_backend_runs_the_shared_checks_on_a_mock_runtime() {
+    let Some(r) = checks_on_mock("mock_hip.c", "hip+checks", HIP_LIB_ENV) else {
+        return;
+    };
     assert!(
         r.message.contains("hip:0 (AMD / linrec mock HIP device)"),
         "{r:?}"
@@ -73,13 +81,9 @@ fn hip_backend_runs_the_shared_checks_on_a_mock_runtime() {
 
 #[test]
 fn level_zero_backend_runs_the_shared_checks_on_a_mock_loader() {
-    let Some((lib, dir)) = build_mock("mock_ze.c") else {
+    let Some(r) = checks_on_mock("mock_ze.c", "level_zero+checks", ZE_LIB_ENV) else {
         return;
     };
-    let lib_str = lib.to_str().expect("a UTF-8 temporary path");
-    let r = probe_in_child("level_zero+checks", &[(ZE_LIB_ENV, lib_str)]);
-    let _ = std::fs::remove_dir_all(dir);
-    assert_eq!(r.outcome, "Ok", "{r:?}");
     assert!(
         r.message
             .contains("level_zero:0 (Intel / linrec mock Level Zero GPU)"),

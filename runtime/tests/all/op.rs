@@ -11,17 +11,10 @@ use std::sync::{Arc, Mutex};
 use linrec_runtime::op::{self, ForwardArgs};
 use linrec_runtime::{DType, Device, DeviceBuffer, RuntimeError};
 use linrec_spec::Role;
-use linrec_spec::launch::{
-    ElementType, KernelConfig, KernelInfo, KernelParam, Launch, SizeExpr, SizeSym,
-};
+use linrec_spec::launch::{KernelInfo, KernelParam, Launch, SizeExpr, SizeSym};
 
 use crate::backward::{device as recording_device, launches as recorded};
-use crate::mock::MockBackend;
-
-fn mock_device() -> (Device, Arc<Mutex<Vec<String>>>) {
-    let (backend, launches) = MockBackend::new();
-    (Device::from_backend(Box::new(backend)), launches)
-}
+use crate::common::{BINARY, all_nan, assert_names, mock_device, qkvg, test_kernel};
 
 /// The launch metadata of a retention-like kernel (RetNet decay rates computed by the runtime)
 /// with a scalar gate too, h0 and the final state; K = 8, V = 40 (two V blocks of 32).
@@ -46,32 +39,18 @@ fn info(varlen: bool) -> KernelInfo {
         KernelParam::ValueHeads,
         KernelParam::Scale,
     ]);
-    KernelInfo {
-        entry: "linrec_test_fwd".into(),
-        spec_name: "test".into(),
-        spec_hash: "00".into(),
-        direction: "forward".into(),
-        target: "spirv".into(),
-        config: KernelConfig {
-            dtype: ElementType::Bf16,
-            key_dim: 8,
-            value_dim: 40,
-            chunk: 16,
-            initial_state: true,
-            final_state: true,
-            varlen,
-        },
+    test_kernel(
+        "linrec_test_fwd",
+        "forward",
         params,
-        grid: [
+        [true, true, varlen],
+        [
             SizeExpr::ceil_div(SizeExpr::Sym(SizeSym::V), SizeExpr::Const(32)),
             SizeExpr::product(SizeExpr::Sym(SizeSym::N), SizeExpr::Sym(SizeSym::Hv)),
             SizeExpr::Const(1),
         ],
-        block: [128, 1, 1],
-        shared_bytes: 0,
-        scratch: 1000,
-        then: Vec::new(),
-    }
+        1000,
+    )
 }
 
 struct Bufs {
@@ -94,12 +73,7 @@ fn buffers(dev: &Device) -> Bufs {
 }
 
 fn inputs(b: &Bufs) -> Vec<(Role, &DeviceBuffer)> {
-    vec![
-        (Role::Query, &b.q),
-        (Role::Key, &b.k),
-        (Role::Value, &b.v),
-        (Role::Gate, &b.g),
-    ]
+    qkvg(&b.q, &b.k, &b.v, &b.g)
 }
 
 fn run(
@@ -111,7 +85,7 @@ fn run(
     op::forward(
         dev,
         info,
-        b"\x03\x02\x23\x07",
+        BINARY,
         &ForwardArgs {
             inputs,
             initial_state: h0,
@@ -119,6 +93,19 @@ fn run(
             scale: 0.5,
         },
     )
+}
+
+/// A mock device and [`buffers`] on it, changed by `change`, which the kernel of `info(false)`
+/// must refuse: the error, and the device's launch log.
+fn refused_after(
+    change: impl FnOnce(&Device, &mut Bufs),
+    why: &str,
+) -> (RuntimeError, Arc<Mutex<Vec<String>>>) {
+    let (dev, launches) = mock_device();
+    let mut b = buffers(&dev);
+    change(&dev, &mut b);
+    let err = run(&dev, &info(false), &inputs(&b), Some(&b.h0)).expect_err(why);
+    (err, launches)
 }
 
 #[test]
@@ -131,18 +118,10 @@ fn a_good_launch_allocates_poisoned_outputs_and_passes_the_abi_order() {
     assert_eq!(out.sequences, 2);
     let ht = out.final_state.as_ref().expect("final state");
     assert_eq!(ht.shape(), &[2, 2, 8, 40]);
+    assert_eq!(ht.dtype(), DType::F32);
     // NaN until the kernel writes them (the mock does not).
-    let o = dev.download_bytes(&out.o).expect("download");
-    assert!(
-        o.chunks(2)
-            .all(|c| u16::from_le_bytes([c[0], c[1]]) == 0x7FC0)
-    );
-    assert!(
-        dev.download::<f32>(ht)
-            .expect("download")
-            .iter()
-            .all(|x| x.is_nan())
-    );
+    assert!(all_nan(&dev, &out.o));
+    assert!(all_nan(&dev, ht));
     assert_eq!(
         launches.lock().expect("lock").as_slice(),
         [
@@ -154,40 +133,32 @@ fn a_good_launch_allocates_poisoned_outputs_and_passes_the_abi_order() {
     assert_eq!(dev.module_cache().len(), 1);
 }
 
-/// Asserts that `err` is about argument `arg` and mentions `needle`, and nothing launched.
-fn assert_names(err: RuntimeError, arg: &str, needle: &str, launches: &Arc<Mutex<Vec<String>>>) {
-    let msg = err.to_string();
-    assert!(msg.contains(&format!("`{arg}`")), "{msg}");
-    assert!(msg.contains(needle), "{msg}");
-    assert!(launches.lock().expect("lock").is_empty(), "launched anyway");
-}
-
 #[test]
 fn a_wrong_dtype_names_the_argument() {
-    let (dev, launches) = mock_device();
-    let mut b = buffers(&dev);
-    b.q = dev.alloc(DType::F32, &[2, 5, 1, 8]).expect("alloc");
-    let err = run(&dev, &info(false), &inputs(&b), Some(&b.h0)).expect_err("f32 q");
+    let (err, launches) = refused_after(
+        |dev, b| b.q = dev.alloc(DType::F32, &[2, 5, 1, 8]).expect("alloc"),
+        "f32 q",
+    );
     assert!(matches!(err, RuntimeError::DType { .. }), "{err:?}");
     assert_names(err, "q", "expected dtype bf16, found f32", &launches);
 }
 
 #[test]
 fn a_wrong_head_dim_names_the_argument() {
-    let (dev, launches) = mock_device();
-    let mut b = buffers(&dev);
-    b.v = dev.alloc(DType::BF16, &[2, 5, 2, 64]).expect("alloc");
-    let err = run(&dev, &info(false), &inputs(&b), Some(&b.h0)).expect_err("V = 64");
+    let (err, launches) = refused_after(
+        |dev, b| b.v = dev.alloc(DType::BF16, &[2, 5, 2, 64]).expect("alloc"),
+        "V = 64",
+    );
     assert!(matches!(err, RuntimeError::Shape { .. }), "{err:?}");
     assert_names(err, "v", "[B, T, HV, 40]", &launches);
 }
 
 #[test]
 fn inconsistent_sizes_name_both_arguments() {
-    let (dev, launches) = mock_device();
-    let mut b = buffers(&dev);
-    b.k = dev.alloc(DType::BF16, &[2, 6, 1, 8]).expect("alloc");
-    let err = run(&dev, &info(false), &inputs(&b), Some(&b.h0)).expect_err("T differs");
+    let (err, launches) = refused_after(
+        |dev, b| b.k = dev.alloc(DType::BF16, &[2, 6, 1, 8]).expect("alloc"),
+        "T differs",
+    );
     assert_names(
         err,
         "k",
@@ -228,33 +199,20 @@ fn varlen_needs_one_packed_row_and_offsets() {
     let (dev, launches) = mock_device();
     let b = buffers(&dev);
     let cu = dev.upload(&[0i32, 2, 5], &[3]).expect("upload");
-    let err = op::forward(
-        &dev,
-        &info(true),
-        b"\x03\x02\x23\x07",
-        &ForwardArgs {
-            inputs: &inputs(&b),
-            initial_state: Some(&b.h0),
-            cu_seqlens: Some(&cu),
-            scale: 0.5,
-        },
-    )
-    .expect_err("B = 2 with cu_seqlens");
+    let ins = inputs(&b);
+    let a = ForwardArgs {
+        cu_seqlens: Some(&cu),
+        ..forward_args(&b, &ins)
+    };
+    let err = op::forward(&dev, &info(true), BINARY, &a).expect_err("B = 2 with cu_seqlens");
     assert_names(err, "q", "B = 1", &launches);
 
     let cu64 = dev.upload(&[0i64, 2, 5], &[3]).expect("upload");
-    let err = op::forward(
-        &dev,
-        &info(true),
-        b"",
-        &ForwardArgs {
-            inputs: &inputs(&b),
-            initial_state: Some(&b.h0),
-            cu_seqlens: Some(&cu64),
-            scale: 0.5,
-        },
-    )
-    .expect_err("i64 offsets");
+    let a = ForwardArgs {
+        cu_seqlens: Some(&cu64),
+        ..forward_args(&b, &ins)
+    };
+    let err = op::forward(&dev, &info(true), b"", &a).expect_err("i64 offsets");
     assert_names(
         err,
         "cu_seqlens",
@@ -273,32 +231,26 @@ fn a_kernel_for_another_format_or_a_bad_scale_is_refused() {
     assert!(matches!(err, RuntimeError::InvalidModule { .. }), "{err:?}");
     assert!(err.to_string().contains("sm_90"), "{err}");
 
-    let err = op::forward(
-        &dev,
-        &info(false),
-        b"",
-        &ForwardArgs {
-            inputs: &inputs(&b),
-            initial_state: Some(&b.h0),
-            cu_seqlens: None,
-            scale: f32::NAN,
-        },
-    )
-    .expect_err("NaN scale");
+    let ins = inputs(&b);
+    let a = ForwardArgs {
+        scale: f32::NAN,
+        ..forward_args(&b, &ins)
+    };
+    let err = op::forward(&dev, &info(false), b"", &a).expect_err("NaN scale");
     assert_names(err, "scale", "positive, finite", &launches);
 }
 
 #[test]
 fn a_strided_view_names_the_argument() {
-    let (dev, launches) = mock_device();
-    let mut b = buffers(&dev);
     // v `[B, T, HV, V]` as a view of a heads-first `[B, HV, T, V]` allocation (a transpose in
     // another framework): the right shape, but the kernels index row-major.
-    let base = dev.alloc(DType::BF16, &[2, 2, 5, 40]).expect("alloc");
-    b.v = base
-        .with_strides(&[2, 5, 2, 40], &[400, 40, 200, 1])
-        .expect("a view inside the allocation");
-    let err = run(&dev, &info(false), &inputs(&b), Some(&b.h0)).expect_err("strided v");
+    let strided_v = |dev: &Device, b: &mut Bufs| {
+        let base = dev.alloc(DType::BF16, &[2, 2, 5, 40]).expect("alloc");
+        b.v = base
+            .with_strides(&[2, 5, 2, 40], &[400, 40, 200, 1])
+            .expect("a view inside the allocation");
+    };
+    let (err, launches) = refused_after(strided_v, "strided v");
     assert!(matches!(err, RuntimeError::Strides { .. }), "{err:?}");
     assert_names(
         err,
@@ -310,11 +262,11 @@ fn a_strided_view_names_the_argument() {
 
 #[test]
 fn a_buffer_of_another_device_names_the_argument() {
-    let (dev, launches) = mock_device();
     let (other, other_launches) = mock_device();
-    let mut b = buffers(&dev);
-    b.g = other.alloc(DType::F32, &[2, 5, 2]).expect("alloc");
-    let err = run(&dev, &info(false), &inputs(&b), Some(&b.h0)).expect_err("g elsewhere");
+    let (err, launches) = refused_after(
+        |_, b| b.g = other.alloc(DType::F32, &[2, 5, 2]).expect("alloc"),
+        "g elsewhere",
+    );
     assert!(
         matches!(&err, RuntimeError::WrongDevice { what, .. } if what == "argument `g`"),
         "{err:?}"
@@ -394,8 +346,6 @@ fn forward_args<'a>(b: &'a Bufs, ins: &'a [(Role, &'a DeviceBuffer)]) -> Forward
     }
 }
 
-const BINARY: &[u8] = b"\x03\x02\x23\x07";
-
 #[test]
 fn a_then_launch_runs_after_the_first_with_the_same_buffers() {
     let (dev, log) = recording_device();
@@ -411,12 +361,7 @@ fn a_then_launch_runs_after_the_first_with_the_same_buffers() {
         (states.dtype(), states.shape()),
         (DType::BF16, &[2, 2, 8, 40][..])
     );
-    let bytes = dev.download_bytes(states).expect("download");
-    assert!(
-        bytes
-            .chunks(2)
-            .all(|c| u16::from_le_bytes([c[0], c[1]]) == 0x7FC0)
-    );
+    assert!(all_nan(&dev, states));
     // Scratch: the larger launch's, the output kernel's 2·3·2 workgroups × 50 floats (600 >
     // the states kernel's 4 × 100), in both launches: 2400 bytes.
     assert_eq!(

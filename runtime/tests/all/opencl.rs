@@ -1,21 +1,10 @@
 //! The shared kernel checks (`kernels.rs`) on an OpenCL device that takes SPIR-V: Intel's
 //! CPU runtime in CI. Without one they skip with a note, or fail under `CI=true`.
 
-use crate::common::opencl_device;
-use crate::kernels;
+use crate::common::{kernel_checks, opencl_device};
 
-macro_rules! on_opencl {
-    ($($name:ident),* $(,)?) => {$(
-        #[test]
-        fn $name() {
-            if let Some(dev) = opencl_device(stringify!($name)) {
-                kernels::$name(&dev);
-            }
-        }
-    )*};
-}
-
-on_opencl!(
+kernel_checks!(
+    opencl_device;
     device_info,
     axpy_is_exact_and_leaves_the_tail_alone,
     block_sum_reduces_each_work_group,
