@@ -13,10 +13,14 @@
 #   (fla's criterion, < 0.005); then `linrec run --backward --artifacts DIR/art-bwd` over the
 #   backward matrix: random dO and dht, every gradient (dq, dk, dv, dg, dh0) checked against
 #   the reference's exact backward (< 0.005, 0.02 for dg). Ends with `N passed, N failed`.
+#
+# Knob: TARGETS (prepare only), default "sm_80 sm_90"; `TARGETS=sm_90` halves the artifacts
+# for a Hopper-only call (scripts/gpu-session.sh does that).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-}
 dir=${2:-.device}
+read -r -a TARGETS <<<"${TARGETS:-sm_80 sm_90}"
 
 VARIANTS=(linear_attn retention simple_gla)
 # shape dtype extra-flags   (B,T,H,K,V or B,T,H,HV,K,V)
@@ -48,10 +52,10 @@ case "$mode" in
     cp target/nojit/release/linrec "$dir/linrec"
     # The compiler itself need not be optimised; its own target dir keeps it apart from others.
     cargo run --locked --quiet --bin linrec --target-dir target/gpucheck -- compile "${VARIANTS[@]}" \
-      --target sm_80 sm_90 --dtype bf16,f16,f32 --head-dims 64,60:100,128 --out "$dir/art"
+      --target "${TARGETS[@]}" --dtype bf16,f16,f32 --head-dims 64,60:100,128 --out "$dir/art"
     rm -rf "$dir/art-bwd"
     if ! cargo run --locked --quiet --bin linrec --target-dir target/gpucheck -- compile "${VARIANTS[@]}" \
-      --target sm_80 sm_90 --dtype bf16,f16,f32 --head-dims 64,60:100,128 --direction both \
+      --target "${TARGETS[@]}" --dtype bf16,f16,f32 --head-dims 64,60:100,128 --direction both \
       --out "$dir/art-bwd"; then
       echo "warning: the backward kernels did not compile: \`run\` checks the forward only" >&2
       rm -rf "$dir/art-bwd"
