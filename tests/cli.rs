@@ -16,12 +16,43 @@ fn test_cache() -> std::path::PathBuf {
 
 fn stdout(args: &[&str]) -> String {
     let out = linrec().args(args).output().expect("linrec runs");
+    assert_success(&out, &format!("linrec {args:?}"));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Asserts that `out` succeeded; `case` names the command, its stdout and stderr follow in a
+/// failure message.
+fn assert_success(out: &std::process::Output, case: &str) {
     assert!(
         out.status.success(),
-        "linrec {args:?} failed: {}",
+        "{case} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Asserts that `out` is a usage or input error: exit code 2 and every needle in its stderr.
+/// `case` names the command in a failure message.
+fn assert_exit_2(out: &std::process::Output, case: &str, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{case}: {err}");
+    for needle in needles {
+        assert!(
+            err.contains(needle),
+            "{case}: `{needle}` missing from {err}"
+        );
+    }
+}
+
+/// Runs `linrec args` and asserts a usage error ([`assert_exit_2`]).
+fn fails_with(args: &[&str], needles: &[&str]) {
+    let out = linrec().args(args).output().expect("linrec runs");
+    assert_exit_2(&out, &format!("linrec {args:?}"), needles);
+}
+
+/// [`fails_with`] for a command line without spaces in its arguments, split on whitespace.
+fn fails_with_line(line: &str, needles: &[&str]) {
+    fails_with(&line.split_whitespace().collect::<Vec<_>>(), needles);
 }
 
 const BUILTINS: [&str; 9] = [
@@ -89,14 +120,11 @@ fn show_alias_resolves() {
 
 #[test]
 fn unknown_variant_lists_known_ones_and_exits_2() {
-    for args in [&["show", "gdn"][..], &["run", "gdn"][..]] {
-        let out = linrec().args(args).output().expect("linrec runs");
-        assert_eq!(out.status.code(), Some(2));
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("unknown variant `gdn`"), "{err}");
-        for name in BUILTINS {
-            assert!(err.contains(name), "{err}");
-        }
+    let needles: Vec<&str> = std::iter::once("unknown variant `gdn`")
+        .chain(BUILTINS)
+        .collect();
+    for line in ["show gdn", "run gdn"] {
+        fails_with_line(line, &needles);
     }
 }
 
@@ -128,14 +156,10 @@ fn run_rejects_bad_shapes_with_exit_2() {
         ("1,8,0,4,4", "H = 0"),
         ("1,8,4", "give B,T,H,K,V"),
         ("a,b,c,d,e", "give B,T,H,K,V"),
+        // The kernels' head-dim limit of 256, as for `--inputs` files.
+        ("1,8,1,8,512", "head dim V = 512"),
     ] {
-        let out = linrec()
-            .args(["run", "--shape", shape])
-            .output()
-            .expect("linrec runs");
-        assert_eq!(out.status.code(), Some(2), "{shape}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(needle), "{shape}: {err}");
+        fails_with(&["run", "--shape", shape], &[needle]);
     }
 }
 
@@ -157,11 +181,10 @@ fn without_jit_run_asks_for_artifacts() {
         .env_remove("LINREC_ARTIFACTS")
         .output()
         .expect("linrec runs");
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("without the `jit` feature") && err.contains("--artifacts"),
-        "{err}"
+    assert_exit_2(
+        &out,
+        "run on opencl without --artifacts",
+        &["without the `jit` feature", "--artifacts"],
     );
 }
 
@@ -440,11 +463,7 @@ fn compile_writes_a_manifest_that_run_loads() {
         ])
         .output()
         .expect("linrec runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out, "compile all");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("gla") && err.contains("skipped: spec `gla`: not yet supported"),
@@ -477,8 +496,8 @@ fn compile_writes_a_manifest_that_run_loads() {
             "{out}"
         );
         // A config the folder does not hold names what is missing and how to build it.
-        let out = linrec()
-            .args([
+        fails_with(
+            &[
                 "run",
                 "retention",
                 "--device",
@@ -487,15 +506,11 @@ fn compile_writes_a_manifest_that_run_loads() {
                 d,
                 "--shape",
                 "1,20,1,32,32",
-            ])
-            .output()
-            .expect("linrec runs");
-        assert_eq!(out.status.code(), Some(2));
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            err.contains("has no forward kernel of `retention`")
-                && err.contains("linrec compile retention"),
-            "{err}"
+            ],
+            &[
+                "has no forward kernel of `retention`",
+                "linrec compile retention",
+            ],
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -527,11 +542,7 @@ fn compile_backward_kernels_that_run_backward_loads() {
             ])
             .output()
             .expect("linrec runs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_success(&out, &format!("compile --direction {direction}"));
     }
     let manifest: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(both.join("manifest.json")).expect("manifest written"),
@@ -570,68 +581,44 @@ fn compile_backward_kernels_that_run_backward_loads() {
             .expect("linrec runs")
     };
     let out = run(&both);
+    assert_success(&out, "run --backward on the artifacts");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
     assert!(text.contains("PASS     simple_gla backward"), "{text}");
     assert_eq!(text.matches("(from artifacts: ").count(), 2, "{text}");
-    let out = run(&fwd_only);
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("backward kernel of `simple_gla`")
-            && err.contains("linrec compile simple_gla"),
-        "{err}"
+    assert_exit_2(
+        &run(&fwd_only),
+        "run --backward on forward-only artifacts",
+        &[
+            "backward kernel of `simple_gla`",
+            "linrec compile simple_gla",
+        ],
     );
 }
 
 #[cfg(feature = "jit")]
 #[test]
 fn bad_kernel_arguments_exit_2_naming_the_argument() {
-    for (args, needle) in [
-        (&["emit", "simple_gla", "--target", "sm_75"][..], "sm_75"),
+    for (line, needle) in [
+        ("emit simple_gla --target sm_75", "sm_75"),
+        ("emit simple_gla --target sm_90 --dtype fp8", "--dtype"),
+        ("emit simple_gla --target sm_90 --chunk 48", "--chunk 48"),
         (
-            &["emit", "simple_gla", "--target", "sm_90", "--dtype", "fp8"][..],
-            "--dtype",
-        ),
-        (
-            &["emit", "simple_gla", "--target", "sm_90", "--chunk", "48"][..],
-            "--chunk 48",
-        ),
-        (
-            &[
-                "emit",
-                "simple_gla",
-                "--target",
-                "sm_90",
-                "--head-dims",
-                "300",
-            ][..],
+            "emit simple_gla --target sm_90 --head-dims 300",
             "--head-dims",
         ),
         (
-            &["emit", "gla", "--target", "sm_90"][..],
+            "emit gla --target sm_90",
             "not yet supported: the diagonal decay",
         ),
         (
-            &[
-                "run",
-                "simple_gla",
-                "--device",
-                "opencl",
-                "--varlen",
-                "--shape",
-                "2,8,1,4,4",
-            ][..],
+            "run simple_gla --device opencl --varlen --shape 2,8,1,4,4",
             "B = 1",
         ),
     ] {
-        let out = linrec().args(args).output().expect("linrec runs");
-        let err = String::from_utf8_lossy(&out.stderr);
-        if args.contains(&"--varlen") && !opencl_ready() {
+        if line.contains("--varlen") && !opencl_ready() {
             continue;
         }
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
-        assert!(err.contains(needle), "{args:?}: {err}");
+        fails_with_line(line, &[needle]);
     }
 }
 
@@ -778,14 +765,21 @@ fn without(mut tensors: Vec<St>, name: &str) -> Vec<St> {
     tensors
 }
 
-/// The f64 reference on the file's values.
-fn reference_of(tensors: &[St], cu: Option<Vec<i64>>) -> reference::Outputs {
-    let get = |name: &str| {
-        tensors
-            .iter()
-            .find(|t| t.name == name)
-            .map(|t| Tensor::from_vec(&t.shape, t.values.clone()).expect("values match the shape"))
-    };
+/// The file's tensor `name` as a reference tensor, if the file has it.
+fn tensor_of(tensors: &[St], name: &str) -> Option<Tensor> {
+    tensors
+        .iter()
+        .find(|t| t.name == name)
+        .map(|t| Tensor::from_vec(&t.shape, t.values.clone()).expect("values match the shape"))
+}
+
+/// What the f64 reference of simple_gla takes for the file's tensors: the spec, the inputs
+/// (q, k, v, g, h0) and options with the offsets `cu` and the final state.
+fn reference_setup(
+    tensors: &[St],
+    cu: Option<Vec<i64>>,
+) -> (linrec::spec::Spec, Inputs, RunOptions) {
+    let get = |name: &str| tensor_of(tensors, name);
     let inputs = Inputs {
         q: get("q").expect("q"),
         k: get("k").expect("k"),
@@ -804,6 +798,12 @@ fn reference_of(tensors: &[St], cu: Option<Vec<i64>>) -> reference::Outputs {
         output_final_state: true,
         ..Default::default()
     };
+    (spec, inputs, opts)
+}
+
+/// The f64 reference on the file's values.
+fn reference_of(tensors: &[St], cu: Option<Vec<i64>>) -> reference::Outputs {
+    let (spec, inputs, opts) = reference_setup(tensors, cu);
     reference::forward(&spec, &inputs, &opts).expect("the reference runs")
 }
 
@@ -838,33 +838,10 @@ fn assert_outputs_match(path: &std::path::Path, o_dtype: Dtype, want: &reference
 
 /// The reference's gradients of simple_gla on the file's tensors (`do`, `dht` from the file).
 fn reference_grads_of(tensors: &[St], cu: Option<Vec<i64>>) -> reference::Gradients {
-    let get = |name: &str| {
-        tensors
-            .iter()
-            .find(|t| t.name == name)
-            .map(|t| Tensor::from_vec(&t.shape, t.values.clone()).expect("values match the shape"))
-    };
-    let inputs = Inputs {
-        q: get("q").expect("q"),
-        k: get("k").expect("k"),
-        v: get("v").expect("v"),
-        g: get("g"),
-        beta: None,
-        u: None,
-        decay_rate: None,
-        h0: get("h0"),
-    };
-    let spec = linrec::catalogue::lookup("simple_gla")
-        .expect("built-in")
-        .spec();
-    let opts = RunOptions {
-        cu_seqlens: cu,
-        output_final_state: true,
-        ..Default::default()
-    };
-    let d_o = get("do").expect("do in the file");
-    reference::backward(&spec, &inputs, &opts, &d_o, get("dht").as_ref())
-        .expect("the reference runs")
+    let (spec, inputs, opts) = reference_setup(tensors, cu);
+    let d_o = tensor_of(tensors, "do").expect("do in the file");
+    let dht = tensor_of(tensors, "dht");
+    reference::backward(&spec, &inputs, &opts, &d_o, dht.as_ref()).expect("the reference runs")
 }
 
 /// The gradients of an `--outputs` file (dq, dk, dv in `qkv`, dg, dh0 f32) against the
@@ -902,22 +879,45 @@ fn path_str(p: &std::path::Path) -> &str {
     p.to_str().expect("a UTF-8 temp path")
 }
 
+/// `linrec run VARIANT --device DEVICE EXTRA.. --inputs INPUT --outputs OUTPUT`, which must
+/// succeed; its stdout.
+fn run_files(
+    variant: &str,
+    device: &str,
+    extra: &[&str],
+    input: &std::path::Path,
+    output: &std::path::Path,
+) -> String {
+    let mut args = vec!["run", variant, "--device", device];
+    args.extend_from_slice(extra);
+    args.extend(["--inputs", path_str(input), "--outputs", path_str(output)]);
+    stdout(&args)
+}
+
+/// [`simple_gla_file`] with `do` (in `dtype`) and `dht` (f32), the backward's inputs.
+fn with_do_and_dht(dtype: Dtype) -> Vec<St> {
+    with(
+        with(
+            simple_gla_file(dtype),
+            St {
+                name: "do",
+                ..st("v", dtype, &[1, 12, 2, 8], 6)
+            },
+        ),
+        St {
+            name: "dht",
+            ..st("h0", Dtype::F32, &[1, 2, 8, 8], 7)
+        },
+    )
+}
+
 #[test]
 fn safetensors_inputs_on_the_reference_write_o_and_ht() {
     let tensors = simple_gla_file(Dtype::BF16);
     let dir = TestDir::new("ref-good");
     let input = write_st(&dir, "in", &tensors);
     let output = dir.path("out.safetensors");
-    let out = stdout(&[
-        "run",
-        "simple_gla",
-        "--device",
-        "reference",
-        "--inputs",
-        path_str(&input),
-        "--outputs",
-        path_str(&output),
-    ]);
+    let out = run_files("simple_gla", "reference", &[], &input, &output);
     assert!(
         out.contains("shape    B=1 T=12 H=1 HV=2 K=8 V=8") && out.contains("q bf16 [1, 12, 1, 8]"),
         "{out}"
@@ -943,16 +943,7 @@ fn safetensors_inputs_run_on_opencl_and_outputs_match_the_reference() {
     let dir = TestDir::new("ocl");
     let input = write_st(&dir, "varlen", &tensors);
     let output = dir.path("varlen-out.safetensors");
-    let out = stdout(&[
-        "run",
-        "simple_gla",
-        "--device",
-        "opencl",
-        "--inputs",
-        path_str(&input),
-        "--outputs",
-        path_str(&output),
-    ]);
+    let out = run_files("simple_gla", "opencl", &[], &input, &output);
     assert!(out.contains("PASS"), "{out}");
     assert_outputs_match(&output, Dtype::BF16, &reference_of(&tensors, Some(cu)));
 
@@ -1000,273 +991,170 @@ fn safetensors_inputs_run_on_opencl_and_outputs_match_the_reference() {
     assert_outputs_match(&output, Dtype::F16, &reference_of(&rounded, None));
 }
 
-/// Runs simple_gla on `tensors` (plus `extra` arguments) and asserts a bad-input error: exit
-/// code 2, every needle in the message, and no device opened (so nothing launched).
-fn rejects(file: &str, tensors: &[St], extra: &[&str], needles: &[&str]) {
+/// Runs simple_gla on `tensors` and asserts a bad-input error ([`assert_exit_2`]: exit code 2,
+/// every needle in the message) and no device opened (so nothing launched). `file` names the
+/// case and its temp folder.
+fn rejects(file: &str, tensors: &[St], needles: &[&str]) {
     let dir = TestDir::new(file);
     let input = write_st(&dir, "in", tensors);
     let out = linrec()
         .args(["run", "simple_gla", "--inputs", path_str(&input)])
-        .args(extra)
         .output()
         .expect("linrec runs");
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert_eq!(out.status.code(), Some(2), "{file}: {stdout}\n{stderr}");
-    for needle in needles {
-        assert!(
-            stderr.contains(needle),
-            "{file}: `{needle}` missing from {stderr}"
-        );
-    }
+    assert_exit_2(&out, file, needles);
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         !stdout.contains("device ") && !stdout.contains("kernel "),
         "{file}: got as far as a device: {stdout}"
     );
 }
 
+/// A bad `--inputs` file is refused before any device opens, naming the tensor and what was
+/// expected: a missing or unexpected tensor, a wrong shape, rank or dtype, a head dim over the
+/// kernels' limit, value heads not a multiple of the heads, bad offsets, and h0 for the wrong
+/// number of sequences.
 #[test]
-fn safetensors_missing_tensor_lists_what_the_file_has() {
-    rejects(
-        "missing",
-        &without(simple_gla_file(Dtype::BF16), "g"),
-        &[],
-        &[
-            "tensor `g` (gate, [B, T, HV]) is missing",
-            "the file has: h0, k, q, v",
-            "simple_gla reads q, k, v, g and optionally h0, cu_seqlens, do, dht",
-        ],
-    );
-}
-
-#[test]
-fn safetensors_unexpected_tensor_is_refused() {
-    rejects(
-        "extra",
-        &with(
-            without(simple_gla_file(Dtype::BF16), "h0"),
-            St {
-                name: "h_0",
-                ..st("h0", Dtype::F32, &[1, 2, 8, 8], 5)
-            },
+fn safetensors_bad_inputs_are_refused_naming_the_tensor() {
+    let bf16 = || simple_gla_file(Dtype::BF16);
+    let f32 = || simple_gla_file(Dtype::F32);
+    let cases: Vec<(&str, Vec<St>, &[&str])> = vec![
+        (
+            "missing",
+            without(bf16(), "g"),
+            &[
+                "tensor `g` (gate, [B, T, HV]) is missing",
+                "the file has: h0, k, q, v",
+                "simple_gla reads q, k, v, g and optionally h0, cu_seqlens, do, dht",
+            ],
         ),
-        &[],
-        &["unexpected tensor `h_0`", "optionally h0"],
-    );
-}
-
-#[test]
-fn safetensors_wrong_shape_names_the_tensor() {
-    rejects(
-        "shape",
-        &with(
-            simple_gla_file(Dtype::BF16),
-            st("k", Dtype::BF16, &[1, 13, 1, 8], 2),
-        ),
-        &[],
-        &[
-            "tensor `k` has shape [1, 13, 1, 8], expected [B, T, H, K]: T = 13 here but T = 12 from `q` [1, 12, 1, 8]",
-        ],
-    );
-}
-
-#[test]
-fn safetensors_wrong_rank_names_the_tensor() {
-    rejects(
-        "rank",
-        &with(
-            simple_gla_file(Dtype::BF16),
-            st("g", Dtype::F32, &[1, 12, 2, 8], 4),
-        ),
-        &[],
-        &["tensor `g` has shape [1, 12, 2, 8] (rank 4), expected [B, T, HV] (rank 3)"],
-    );
-}
-
-#[test]
-fn safetensors_mismatched_qkv_dtypes_name_the_tensors() {
-    rejects(
-        "mixed",
-        &with(
-            simple_gla_file(Dtype::BF16),
-            st("v", Dtype::F16, &[1, 12, 2, 8], 3),
-        ),
-        &[],
-        &["tensors `q` bf16, `k` bf16 and `v` f16 must share one dtype"],
-    );
-}
-
-#[test]
-fn safetensors_unsupported_dtypes_name_the_tensor() {
-    rejects(
-        "f64-q",
-        &with(
+        (
+            "extra",
             with(
-                simple_gla_file(Dtype::F32),
-                st("q", Dtype::F64, &[1, 12, 1, 8], 1),
+                without(bf16(), "h0"),
+                St {
+                    name: "h_0",
+                    ..st("h0", Dtype::F32, &[1, 2, 8, 8], 5)
+                },
             ),
-            st("k", Dtype::F64, &[1, 12, 1, 8], 2),
+            &["unexpected tensor `h_0`", "optionally h0"],
         ),
-        &[],
-        &["tensor `q` has dtype f64", "must be bf16, f16 or f32"],
-    );
-    rejects(
-        "int-gate",
-        &with(
-            simple_gla_file(Dtype::F32),
-            St {
-                dtype: Dtype::I32,
-                ..st("g", Dtype::F32, &[1, 12, 2], 4)
-            },
+        (
+            "shape",
+            with(bf16(), st("k", Dtype::BF16, &[1, 13, 1, 8], 2)),
+            &[
+                "tensor `k` has shape [1, 13, 1, 8], expected [B, T, H, K]: T = 13 here but T = 12 from `q` [1, 12, 1, 8]",
+            ],
         ),
-        &[],
-        &["tensor `g` has dtype i32: expected a float type"],
-    );
-    rejects(
-        "float-offsets",
-        &with(simple_gla_file(Dtype::F32), {
-            let mut cu = offsets(Dtype::I32, &[0, 12]);
-            cu.dtype = Dtype::F32;
-            cu
-        }),
-        &[],
-        &["tensor `cu_seqlens` has dtype f32: expected i32 or i64"],
-    );
-}
-
-#[test]
-fn safetensors_head_dim_over_256_is_refused() {
-    rejects(
-        "k300",
-        &[
-            st("q", Dtype::BF16, &[1, 2, 1, 300], 1),
-            st("k", Dtype::BF16, &[1, 2, 1, 300], 2),
-            st("v", Dtype::BF16, &[1, 2, 1, 8], 3),
-            st("g", Dtype::F32, &[1, 2, 1], 4),
-        ],
-        &[],
-        &["head dim K = 300 from `q` [1, 2, 1, 300] is over the kernels' limit of 256"],
-    );
-    // The same limit for random inputs.
-    let out = linrec()
-        .args(["run", "--shape", "1,8,1,8,512"])
-        .output()
-        .expect("linrec runs");
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("head dim V = 512"), "{err}");
-}
-
-#[test]
-fn safetensors_value_heads_not_a_multiple_of_heads_is_refused() {
-    rejects(
-        "gva",
-        &[
-            st("q", Dtype::BF16, &[1, 4, 2, 8], 1),
-            st("k", Dtype::BF16, &[1, 4, 2, 8], 2),
-            st("v", Dtype::BF16, &[1, 4, 3, 8], 3),
-            st("g", Dtype::F32, &[1, 4, 3], 4),
-        ],
-        &[],
-        &[
-            "value heads HV = 3 from `v` [1, 4, 3, 8] are not a multiple of query/key heads H = 2 from `q` [1, 4, 2, 8]",
-        ],
-    );
-}
-
-#[test]
-fn safetensors_cu_seqlens_not_starting_at_zero_is_refused() {
-    rejects(
-        "cu-start",
-        &with(simple_gla_file(Dtype::BF16), offsets(Dtype::I32, &[1, 12])),
-        &[],
-        &["tensor `cu_seqlens`", "the first offset is not 0"],
-    );
-}
-
-#[test]
-fn safetensors_cu_seqlens_decreasing_is_refused() {
-    rejects(
-        "cu-decreasing",
-        &with(
-            simple_gla_file(Dtype::BF16),
-            offsets(Dtype::I64, &[0, 7, 5, 12]),
+        (
+            "rank",
+            with(bf16(), st("g", Dtype::F32, &[1, 12, 2, 8], 4)),
+            &["tensor `g` has shape [1, 12, 2, 8] (rank 4), expected [B, T, HV] (rank 3)"],
         ),
-        &[],
-        &[
-            "tensor `cu_seqlens`",
-            "[0, 7, 5, 12]",
-            "the offsets decrease",
-        ],
-    );
-}
-
-#[test]
-fn safetensors_cu_seqlens_not_ending_at_t_is_refused() {
-    rejects(
-        "cu-end",
-        &with(
-            simple_gla_file(Dtype::BF16),
-            offsets(Dtype::I32, &[0, 5, 11]),
+        (
+            "mixed",
+            with(bf16(), st("v", Dtype::F16, &[1, 12, 2, 8], 3)),
+            &["tensors `q` bf16, `k` bf16 and `v` f16 must share one dtype"],
         ),
-        &[],
-        &["tensor `cu_seqlens`", "the last offset is not T", "T = 12"],
-    );
-}
-
-#[test]
-fn safetensors_cu_seqlens_with_batch_over_one_is_refused() {
-    let tensors = vec![
-        st("q", Dtype::BF16, &[2, 6, 1, 8], 1),
-        st("k", Dtype::BF16, &[2, 6, 1, 8], 2),
-        st("v", Dtype::BF16, &[2, 6, 1, 8], 3),
-        st("g", Dtype::F32, &[2, 6, 1], 4),
-        offsets(Dtype::I32, &[0, 3, 6]),
+        (
+            "f64-q",
+            with(
+                with(f32(), st("q", Dtype::F64, &[1, 12, 1, 8], 1)),
+                st("k", Dtype::F64, &[1, 12, 1, 8], 2),
+            ),
+            &["tensor `q` has dtype f64", "must be bf16, f16 or f32"],
+        ),
+        (
+            "int-gate",
+            with(
+                f32(),
+                St {
+                    dtype: Dtype::I32,
+                    ..st("g", Dtype::F32, &[1, 12, 2], 4)
+                },
+            ),
+            &["tensor `g` has dtype i32: expected a float type"],
+        ),
+        (
+            "float-offsets",
+            with(f32(), {
+                let mut cu = offsets(Dtype::I32, &[0, 12]);
+                cu.dtype = Dtype::F32;
+                cu
+            }),
+            &["tensor `cu_seqlens` has dtype f32: expected i32 or i64"],
+        ),
+        (
+            "k300",
+            vec![
+                st("q", Dtype::BF16, &[1, 2, 1, 300], 1),
+                st("k", Dtype::BF16, &[1, 2, 1, 300], 2),
+                st("v", Dtype::BF16, &[1, 2, 1, 8], 3),
+                st("g", Dtype::F32, &[1, 2, 1], 4),
+            ],
+            &["head dim K = 300 from `q` [1, 2, 1, 300] is over the kernels' limit of 256"],
+        ),
+        (
+            "gva",
+            vec![
+                st("q", Dtype::BF16, &[1, 4, 2, 8], 1),
+                st("k", Dtype::BF16, &[1, 4, 2, 8], 2),
+                st("v", Dtype::BF16, &[1, 4, 3, 8], 3),
+                st("g", Dtype::F32, &[1, 4, 3], 4),
+            ],
+            &[
+                "value heads HV = 3 from `v` [1, 4, 3, 8] are not a multiple of query/key heads H = 2 from `q` [1, 4, 2, 8]",
+            ],
+        ),
+        (
+            "cu-start",
+            with(bf16(), offsets(Dtype::I32, &[1, 12])),
+            &["tensor `cu_seqlens`", "the first offset is not 0"],
+        ),
+        (
+            "cu-decreasing",
+            with(bf16(), offsets(Dtype::I64, &[0, 7, 5, 12])),
+            &[
+                "tensor `cu_seqlens`",
+                "[0, 7, 5, 12]",
+                "the offsets decrease",
+            ],
+        ),
+        (
+            "cu-end",
+            with(bf16(), offsets(Dtype::I32, &[0, 5, 11])),
+            &["tensor `cu_seqlens`", "the last offset is not T", "T = 12"],
+        ),
+        (
+            "cu-batch",
+            vec![
+                st("q", Dtype::BF16, &[2, 6, 1, 8], 1),
+                st("k", Dtype::BF16, &[2, 6, 1, 8], 2),
+                st("v", Dtype::BF16, &[2, 6, 1, 8], 3),
+                st("g", Dtype::F32, &[2, 6, 1], 4),
+                offsets(Dtype::I32, &[0, 3, 6]),
+            ],
+            &[
+                "tensor `cu_seqlens`",
+                "needs B = 1, but B = 2 from `q` [2, 6, 1, 8]",
+            ],
+        ),
+        // Three sequences by cu_seqlens, h0 for one.
+        (
+            "h0-n",
+            with(bf16(), offsets(Dtype::I32, &[0, 4, 8, 12])),
+            &[
+                "tensor `h0` has shape [1, 2, 8, 8], expected [N, HV, K, V]: N = 1 here but N = 3 from `cu_seqlens` (4 offsets: N + 1)",
+            ],
+        ),
     ];
-    rejects(
-        "cu-batch",
-        &tensors,
-        &[],
-        &[
-            "tensor `cu_seqlens`",
-            "needs B = 1, but B = 2 from `q` [2, 6, 1, 8]",
-        ],
-    );
-}
-
-#[test]
-fn safetensors_h0_for_the_wrong_number_of_sequences_is_named() {
-    // Three sequences by cu_seqlens, h0 for one.
-    rejects(
-        "h0-n",
-        &with(
-            simple_gla_file(Dtype::BF16),
-            offsets(Dtype::I32, &[0, 4, 8, 12]),
-        ),
-        &[],
-        &[
-            "tensor `h0` has shape [1, 2, 8, 8], expected [N, HV, K, V]: N = 1 here but N = 3 from `cu_seqlens` (4 offsets: N + 1)",
-        ],
-    );
+    for (file, tensors, needles) in &cases {
+        rejects(file, tensors, needles);
+    }
 }
 
 #[test]
 fn safetensors_do_and_dht_are_checked_then_ignored() {
-    let tensors = with(
-        with(
-            simple_gla_file(Dtype::BF16),
-            St {
-                name: "do",
-                ..st("v", Dtype::BF16, &[1, 12, 2, 8], 6)
-            },
-        ),
-        St {
-            name: "dht",
-            ..st("h0", Dtype::F32, &[1, 2, 8, 8], 7)
-        },
-    );
+    let tensors = with_do_and_dht(Dtype::BF16);
     let dir = TestDir::new("backward");
     let input = write_st(&dir, "in", &tensors);
     let out = linrec()
@@ -1280,7 +1168,7 @@ fn safetensors_do_and_dht_are_checked_then_ignored() {
         ])
         .output()
         .expect("linrec runs");
-    assert!(out.status.success());
+    assert_success(&out, "run --inputs with do and dht");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("note: do, dht checked but not used: they feed the backward"),
@@ -1288,17 +1176,7 @@ fn safetensors_do_and_dht_are_checked_then_ignored() {
     );
     // With --backward they feed it: the reference writes the gradients of the file's do, dht.
     let output = dir.path("grads.safetensors");
-    let out = stdout(&[
-        "run",
-        "simple_gla",
-        "--device",
-        "reference",
-        "--backward",
-        "--inputs",
-        path_str(&input),
-        "--outputs",
-        path_str(&output),
-    ]);
+    let out = run_files("simple_gla", "reference", &["--backward"], &input, &output);
     assert!(
         out.contains("outputs  ") && out.contains(": o, ht, dq, dk, dv, dg, dh0"),
         "{out}"
@@ -1313,7 +1191,6 @@ fn safetensors_do_and_dht_are_checked_then_ignored() {
                 ..st("v", Dtype::BF16, &[1, 12, 2, 9], 6)
             },
         ),
-        &[],
         &["tensor `do` has shape [1, 12, 2, 9], expected [B, T, HV, V]: V = 9 here but V = 8"],
     );
 }
@@ -1326,33 +1203,11 @@ fn safetensors_backward_on_opencl_writes_the_gradients() {
     if !opencl_ready() {
         return;
     }
-    let tensors = with(
-        with(
-            simple_gla_file(Dtype::F32),
-            St {
-                name: "do",
-                ..st("v", Dtype::F32, &[1, 12, 2, 8], 6)
-            },
-        ),
-        St {
-            name: "dht",
-            ..st("h0", Dtype::F32, &[1, 2, 8, 8], 7)
-        },
-    );
+    let tensors = with_do_and_dht(Dtype::F32);
     let dir = TestDir::new("ocl-backward");
     let input = write_st(&dir, "in", &tensors);
     let output = dir.path("out.safetensors");
-    let out = stdout(&[
-        "run",
-        "simple_gla",
-        "--device",
-        "opencl",
-        "--backward",
-        "--inputs",
-        path_str(&input),
-        "--outputs",
-        path_str(&output),
-    ]);
+    let out = run_files("simple_gla", "opencl", &["--backward"], &input, &output);
     assert!(out.contains("PASS     simple_gla backward"), "{out}");
     assert!(out.contains(": o, ht, dq, dk, dv, dg, dh0"), "{out}");
     assert_grads_match(&output, Dtype::F32, &tensors, 0.005);
@@ -1395,17 +1250,7 @@ fn safetensors_bad_files_and_arguments_exit_2() {
             "--no-check skips the reference",
         ),
     ] {
-        let out = linrec()
-            .args(["run", "simple_gla"])
-            .args(&args)
-            .output()
-            .expect("linrec runs");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
-        assert!(
-            err.contains(needle),
-            "{args:?}: `{needle}` missing from {err}"
-        );
+        fails_with(&[&["run", "simple_gla"][..], &args[..]].concat(), &[needle]);
     }
 }
 
@@ -1433,14 +1278,10 @@ fn artifacts_for_another_target_name_both_targets() {
         ])
         .output()
         .expect("linrec runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out, "compile for sm_90");
     let input = write_st(&tmp, "in", &simple_gla_file(Dtype::BF16));
-    let out = linrec()
-        .args([
+    fails_with(
+        &[
             "run",
             "simple_gla",
             "--device",
@@ -1449,15 +1290,11 @@ fn artifacts_for_another_target_name_both_targets() {
             d,
             "--inputs",
             path_str(&input),
-        ])
-        .output()
-        .expect("linrec runs");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(
-        err.contains("has no forward kernel of `simple_gla` for target spirv")
-            && err.contains("(it has: forward sm_90"),
-        "{err}"
+        ],
+        &[
+            "has no forward kernel of `simple_gla` for target spirv",
+            "(it has: forward sm_90",
+        ],
     );
 }
 
@@ -1478,16 +1315,7 @@ fn safetensors_inputs_use_the_spec_names() {
     ];
     let input = write_st(&dir, "in", &tensors);
     let output = dir.path("out.safetensors");
-    let out = stdout(&[
-        "run",
-        "rwkv6",
-        "--device",
-        "reference",
-        "--inputs",
-        path_str(&input),
-        "--outputs",
-        path_str(&output),
-    ]);
+    let out = run_files("rwkv6", "reference", &[], &input, &output);
     assert!(out.contains("shape    B=1 T=6 H=1 HV=1 K=4 V=3"), "{out}");
     let bytes = std::fs::read(&output).expect("--outputs written");
     let file = SafeTensors::deserialize(&bytes).expect("a safetensors file");
@@ -1498,16 +1326,12 @@ fn safetensors_inputs_use_the_spec_names() {
     let mut renamed = tensors.to_vec();
     renamed[0].name = "q";
     let input = write_st(&dir, "renamed", &renamed);
-    let run = linrec()
-        .args(["run", "rwkv6", "--inputs", path_str(&input)])
-        .output()
-        .expect("linrec runs");
-    assert_eq!(run.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&run.stderr);
-    assert!(
-        err.contains("tensor `r` (query, [B, T, H, K]) is missing")
-            && err.contains("rwkv6 reads r, k, v, w, u"),
-        "{err}"
+    fails_with(
+        &["run", "rwkv6", "--inputs", path_str(&input)],
+        &[
+            "tensor `r` (query, [B, T, H, K]) is missing",
+            "rwkv6 reads r, k, v, w, u",
+        ],
     );
 }
 
@@ -1599,11 +1423,7 @@ fn bench_backward_on_opencl_times_forward_and_backward() {
             ])
             .output()
             .expect("linrec runs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_success(&out, &format!("compile --direction {direction} ({form})"));
     }
     let json = tmp.path("bench.json");
     let bench = |dir: &std::path::Path, extra: &[&str]| {
@@ -1629,12 +1449,8 @@ fn bench_backward_on_opencl_times_forward_and_backward() {
     };
     for extra in [&["--json", path_str(&json)][..], &["--state"][..]] {
         let out = bench(&both, extra);
+        assert_success(&out, &format!("bench --backward {extra:?}"));
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{extra:?}: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
         let header = text
             .lines()
             .find(|l| l.starts_with("variant"))
@@ -1679,11 +1495,7 @@ fn bench_backward_on_opencl_times_forward_and_backward() {
         &split,
         &["--json", path_str(&json), "--label", "linrec-split"],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out, "bench --backward on split kernels");
     let doc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).expect("json written"))
             .expect("well-formed JSON");
@@ -1694,8 +1506,8 @@ fn bench_backward_on_opencl_times_forward_and_backward() {
 
     // A spent --budget-s skips the rest, in the table and the JSON, and still succeeds.
     let out = bench(&both, &["--json", path_str(&json), "--budget-s", "0.001"]);
+    assert_success(&out, "bench --budget-s 0.001");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
     assert!(text.contains("skipped: time budget"), "{text}");
     let doc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).expect("json written"))
@@ -1710,16 +1522,14 @@ fn bench_backward_on_opencl_times_forward_and_backward() {
     );
     assert!(r.get("ms").is_none(), "{r}");
 
-    let out = bench(&fwd_only, &[]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("backward kernel of `simple_gla`")
-            && err.contains(
-                "linrec compile simple_gla --target spirv --dtype f32 --head-dims 16:16 \
-                 --chunk 64 --direction both --out DIR"
-            ),
-        "{err}"
+    assert_exit_2(
+        &bench(&fwd_only, &[]),
+        "bench --backward on forward-only artifacts",
+        &[
+            "backward kernel of `simple_gla`",
+            "linrec compile simple_gla --target spirv --dtype f32 --head-dims 16:16 \
+             --chunk 64 --direction both --out DIR",
+        ],
     );
 }
 
@@ -1728,12 +1538,10 @@ fn bench_backward_on_opencl_times_forward_and_backward() {
 #[cfg(feature = "jit")]
 #[test]
 fn bench_label_names_the_kernel_set() {
-    let out = linrec()
-        .args(["bench", "--label", "a b", "--device", "opencl"])
-        .output()
-        .expect("linrec runs");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--label"));
+    fails_with(
+        &["bench", "--label", "a b", "--device", "opencl"],
+        &["--label"],
+    );
     if !opencl_ready() {
         return;
     }
@@ -1769,12 +1577,7 @@ fn bench_label_names_the_kernel_set() {
 /// `linrec bench` keeps DESIGN §9's protocol: fewer than 100 timed runs is a usage error.
 #[test]
 fn bench_refuses_fewer_than_100_iters() {
-    let out = linrec()
-        .args(["bench", "--iters", "10", "--device", "opencl"])
-        .output()
-        .expect("linrec runs");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 100"));
+    fails_with_line("bench --iters 10 --device opencl", &["at least 100"]);
 }
 
 /// `linrec run --backward --save-chunk-states`: with split forward kernels
@@ -1803,12 +1606,8 @@ fn run_backward_with_saved_chunk_states_on_opencl() {
     };
     // simple_gla at the default shape 2,100,2,16,16, bf16, chunk 64: ⌊2·100 / 64⌋ + 2 = 5 slots.
     let out = run("split", &["simple_gla"]);
+    assert_success(&out, "simple_gla with saved chunk states");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert!(
         text.contains("states   saved by the forward for the backward: bf16 [5, 2, 16, 16]"),
         "{text}"
@@ -1838,12 +1637,8 @@ fn run_backward_with_saved_chunk_states_on_opencl() {
             "16",
         ],
     );
+    assert_success(&out, "linear_attn with saved chunk states");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert!(
         text.contains("states   saved by the forward for the backward: f32 [7, 2, 8, 16]"),
         "{text}"
@@ -1852,12 +1647,13 @@ fn run_backward_with_saved_chunk_states_on_opencl() {
 
     // Fused forward kernels write no chunk states: the library's error, before any launch.
     let out = run("fused", &["simple_gla", "--shape", "1,8,1,4,4"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(
-        err.contains("simple_gla: option `save_chunk_states`")
-            && err.contains("LINREC_FORWARD=split"),
-        "{err}"
+    assert_exit_2(
+        &out,
+        "fused forward with --save-chunk-states",
+        &[
+            "simple_gla: option `save_chunk_states`",
+            "LINREC_FORWARD=split",
+        ],
     );
     assert!(!String::from_utf8_lossy(&out.stdout).contains("time "));
 }
@@ -1865,20 +1661,8 @@ fn run_backward_with_saved_chunk_states_on_opencl() {
 /// `--save-chunk-states` is about the backward: without `--backward` it is a usage error.
 #[test]
 fn run_save_chunk_states_requires_backward() {
-    let out = linrec()
-        .args([
-            "run",
-            "simple_gla",
-            "--save-chunk-states",
-            "--device",
-            "reference",
-        ])
-        .output()
-        .expect("linrec runs");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("--backward"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    fails_with_line(
+        "run simple_gla --save-chunk-states --device reference",
+        &["--backward"],
     );
 }
