@@ -275,6 +275,19 @@ fn compare_backward(
     seed: u64,
 ) -> Vec<(&'static str, f64)> {
     let p = plan::backward(s).expect("supported");
+    compare_backward_plan(s, &p, dims, cu, h0, chunk, seed)
+}
+
+/// [`compare_backward`] for a given backward plan of `s`.
+fn compare_backward_plan(
+    s: &Spec,
+    p: &plan::Plan,
+    dims: Dims,
+    cu: Option<Vec<i64>>,
+    h0: bool,
+    chunk: usize,
+    seed: u64,
+) -> Vec<(&'static str, f64)> {
     let mut inputs = reference::random_inputs(s, &dims, seed);
     let n = cu.as_ref().map_or(dims.batch, |c| c.len() - 1);
     let mut rng = Rng::new(seed + 1);
@@ -290,7 +303,7 @@ fn compare_backward(
     };
     let want = reference::backward(s, &inputs, &opts, &d_o, dht.as_ref()).expect("reference");
     let got =
-        plan::eval::backward(&p, s, &inputs, &opts, &d_o, dht.as_ref(), chunk).expect("plan runs");
+        plan::eval::backward(p, s, &inputs, &opts, &d_o, dht.as_ref(), chunk).expect("plan runs");
     let pair = |name, a: Option<&Tensor>, b: Option<&Tensor>| match (a, b) {
         (Some(a), Some(b)) => (name, a.rel_error(b)),
         (None, None) => (name, 0.0),
@@ -311,6 +324,30 @@ fn compare_backward(
         ),
         pair("dh0", got.dh0.as_ref(), want.dh0.as_ref()),
     ]
+}
+
+/// The backward kernels run fused plans: fused, every derived backward still gives the
+/// reference's exact gradients (and did fuse).
+#[test]
+fn fused_backward_plans_compute_the_same_gradients() {
+    let mut seed = 900;
+    for s in supported_specs() {
+        let unfused = plan::backward(&s).expect("supported");
+        let p = plan::fuse(&unfused, &plan::FuseOptions { matmul_sums: true });
+        assert!(
+            p.nodes.len() < unfused.nodes.len(),
+            "{}: nothing fused",
+            s.name
+        );
+        for chunk in [16, 64] {
+            for (dims, cu, h0) in shape_matrix() {
+                seed += 1;
+                for (name, r) in compare_backward_plan(&s, &p, dims, cu.clone(), h0, chunk, seed) {
+                    assert!(r < 1e-9, "{} {name} chunk {chunk} {dims:?}: {r:e}", s.name);
+                }
+            }
+        }
+    }
 }
 
 /// The forward tests' shapes: odd T, GVA, varlen with empty sequences, T = 0; h0 + dht on all
