@@ -441,6 +441,41 @@ fn emit_prints_every_stage() {
             "{stage}: `{needle}` missing from:\n{out}"
         );
     }
+    // The backward kernel's stages: the derived plan, the fused two-phase schedule, its PTX.
+    for (stage, needle) in [
+        ("plan", "plan simple_gla backward"),
+        ("schedule", "phase 2, per chunk in reverse"),
+        ("asm", ".visible .entry linrec_simple_gla_bwd"),
+    ] {
+        let args = [
+            "emit",
+            "simple_gla",
+            "--target",
+            "sm_90",
+            "--head-dims",
+            "64",
+            "--direction",
+            "backward",
+            "--stage",
+            stage,
+        ];
+        let out = stdout(&args);
+        assert!(
+            out.contains(needle),
+            "backward {stage}: `{needle}` missing from:\n{out}"
+        );
+    }
+    fails_with(
+        &[
+            "emit",
+            "simple_gla",
+            "--target",
+            "sm_90",
+            "--direction",
+            "both",
+        ],
+        &["--direction", "forward", "backward"],
+    );
 }
 
 #[cfg(feature = "jit")]

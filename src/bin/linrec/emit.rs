@@ -1,4 +1,5 @@
-//! `linrec emit <variant> --target T --stage plan|schedule|mlir|lowered|asm`.
+//! `linrec emit <variant> --target T --stage plan|schedule|mlir|lowered|asm
+//! [--direction forward|backward]`.
 
 use clap::{Args, ValueEnum};
 use linrec::catalogue;
@@ -21,6 +22,15 @@ pub enum Stage {
     Asm,
 }
 
+/// Which kernel `linrec emit` prints.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum EmitDirection {
+    /// The forward kernel (o and the final state).
+    Forward,
+    /// The backward kernel (the gradients; its plan stage is the derived backward plan).
+    Backward,
+}
+
 #[derive(Args)]
 pub struct EmitArgs {
     /// A built-in name or alias (see `linrec list`).
@@ -40,6 +50,9 @@ pub struct EmitArgs {
     /// Chunk length: 16, 32 or 64.
     #[arg(long, default_value_t = 64)]
     chunk: usize,
+    /// The forward or the backward kernel.
+    #[arg(long, value_enum, default_value = "forward")]
+    direction: EmitDirection,
 }
 
 /// Parses `K:V` or `D`.
@@ -78,7 +91,11 @@ pub fn run(args: &EmitArgs) -> Result<(), Failure> {
         final_state: true,
         varlen: false,
     };
-    let artifact = linrec_compiler::compile(&spec, target, &config).map_err(Failure::usage)?;
+    let artifact = match args.direction {
+        EmitDirection::Forward => linrec_compiler::compile(&spec, target, &config),
+        EmitDirection::Backward => linrec_compiler::compile_backward(&spec, target, &config),
+    }
+    .map_err(Failure::usage)?;
     let text = match args.stage {
         Stage::Plan => Some(artifact.plan_text),
         Stage::Schedule => Some(artifact.schedule_text),
