@@ -751,20 +751,36 @@ impl<'c> Kernel<'_, 'c> {
             return Ok(()); // its node stored it
         }
         let tile = self.tile(self.s.output)?;
-        let o = env.arg(&KernelParam::Output)?;
         let scratch = self.tile_mem(env)?;
         self.strided(blk, env, tile.len(), |blk, e| {
             let (r, c) = self.row_col(blk, e, tile.cols)?;
-            let row_ok = b.cmpi(blk, Cmp::Ult, r, len)?;
-            let col_ok = b.cmpi(blk, Cmp::Ult, c, env.vvalid)?;
-            let ok = b.bin(blk, "arith.andi", row_ok, col_ok)?;
-            b.if_(blk, ok, |blk| {
-                let at = self.addr(blk, env, tile, e)?;
-                let x = b.load(blk, scratch, at)?;
-                let row = b.addi(blk, start, r)?;
-                let idx = self.value_index(blk, env, row, c)?;
-                self.t.store_f32(b, blk, x, o, idx, self.dtype())
-            })
+            let at = self.addr(blk, env, tile, e)?;
+            let x = b.load(blk, scratch, at)?;
+            self.store_o(blk, env, (start, len), r, c, x)
+        })
+    }
+
+    /// Element `(r, c)` of the chunk's output (rows from `start`, `len` valid) to `o`, for the
+    /// valid rows and the block's valid columns.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn store_o(
+        &self,
+        blk: &Block<'c>,
+        env: &Env<'c, '_>,
+        (start, len): (Value<'c, '_>, Value<'c, '_>),
+        r: Value<'c, '_>,
+        c: Value<'c, '_>,
+        v: Value<'c, '_>,
+    ) -> R<()> {
+        let b = &self.b;
+        let o = env.arg(&KernelParam::Output)?;
+        let row_ok = b.cmpi(blk, Cmp::Ult, r, len)?;
+        let col_ok = b.cmpi(blk, Cmp::Ult, c, env.vvalid)?;
+        let ok = b.bin(blk, "arith.andi", row_ok, col_ok)?;
+        b.if_(blk, ok, |blk| {
+            let row = b.addi(blk, start, r)?;
+            let idx = self.value_index(blk, env, row, c)?;
+            self.t.store_f32(b, blk, v, o, idx, self.dtype())
         })
     }
 

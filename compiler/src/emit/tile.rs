@@ -20,7 +20,7 @@ use super::builder::{Cmp, R};
 use super::kernel::{Env, Kernel};
 use super::mfma;
 use super::mma::{self, Fragment, Init, Matmul, MmaType, SmemTile};
-use crate::plan::{Dim, Expr, MatmulTerm, Op, Param, Shape, Sink, ValueId};
+use crate::plan::{Expr, MatmulTerm, Op, Param, Shape, Sink, ValueId};
 use crate::schedule::{MatmulPath, OperandTile, Placement, Tile};
 
 /// The value of a matmul result element: `f(block, row, col, acc)`.
@@ -135,18 +135,9 @@ impl<'c> Kernel<'_, 'c> {
         }
 
         match &node.op {
+            // Round a copy of S for the matmuls that read h.
             Op::StateIn => match dest.operand {
-                // Round a copy of S for the matmuls that read h.
-                Some(operand) => {
-                    let state = self.s.state;
-                    let to = Dest {
-                        f32: None,
-                        operand: Some(operand),
-                    };
-                    self.elementwise(blk, env, to, |blk, _, _, e| {
-                        self.load_scratch(blk, env, state, e)
-                    })
-                }
+                Some(operand) => self.round_into(blk, env, self.s.state, operand),
                 None => Ok(()),
             },
             Op::Load(role) => {
@@ -164,15 +155,7 @@ impl<'c> Kernel<'_, 'c> {
             ),
             // `dh'` lives in the carried tile; a matmul that reads it gets a rounded copy.
             Op::GradIn(_) => match (dest.f32, dest.operand) {
-                (Some(carried), Some(operand)) => {
-                    let to = Dest {
-                        f32: None,
-                        operand: Some(operand),
-                    };
-                    self.elementwise(blk, env, to, |blk, _, _, e| {
-                        self.load_scratch(blk, env, carried, e)
-                    })
-                }
+                (Some(carried), Some(operand)) => self.round_into(blk, env, carried, operand),
                 _ => Ok(()),
             },
             Op::ValidRows => self.elementwise(blk, env, dest, |blk, r, _, _| {
@@ -322,7 +305,9 @@ impl<'c> Kernel<'_, 'c> {
                 )
             }
             Op::Fused(f) => {
-                let (rows, cols) = self.shape_extent(&node.shape);
+                let (rows, cols) = self.s.extent(&node.shape).ok_or_else(|| {
+                    EmitError::Schedule(format!("%{i} is fused but has no tile shape"))
+                })?;
                 let uniforms: &[Option<Value<'c, 'a>>] = uniforms;
                 let shape = &node.shape;
                 // The output sink with no tile goes straight to `o`.
@@ -382,6 +367,18 @@ impl<'c> Kernel<'_, 'c> {
                 "%{i} ({other}) cannot produce a tile"
             ))),
         }
+    }
+
+    /// Copies the f32 tile `from` into the 16-bit operand tile `to`, rounded (a tile that
+    /// lives elsewhere, S or `dh'`, read by matmuls).
+    fn round_into(&self, blk: &Block<'c>, env: &Env<'c, '_>, from: Tile, to: OperandTile) -> R<()> {
+        let to = Dest {
+            f32: None,
+            operand: Some(to),
+        };
+        self.elementwise(blk, env, to, |blk, _, _, e| {
+            self.load_scratch(blk, env, from, e)
+        })
     }
 
     /// A cooperative loop over the elements of `dest`: `f(block, row, col, element)` gives
@@ -719,44 +716,6 @@ impl<'c> Kernel<'_, 'c> {
             MatmulPath::Portable => Err(EmitError::Schedule(
                 "an operand matmul on the portable path".into(),
             )),
-        }
-    }
-
-    /// Element `(r, c)` of the chunk's output (rows from `start`, `len` valid) to `o`, for the
-    /// valid rows and the block's valid columns.
-    #[allow(clippy::too_many_arguments)]
-    fn store_o(
-        &self,
-        blk: &Block<'c>,
-        env: &Env<'c, '_>,
-        (start, len): (Value<'c, '_>, Value<'c, '_>),
-        r: Value<'c, '_>,
-        c: Value<'c, '_>,
-        v: Value<'c, '_>,
-    ) -> R<()> {
-        let b = &self.b;
-        let o = env.arg(&KernelParam::Output)?;
-        let row_ok = b.cmpi(blk, Cmp::Ult, r, len)?;
-        let col_ok = b.cmpi(blk, Cmp::Ult, c, env.vvalid)?;
-        let ok = b.bin(blk, "arith.andi", row_ok, col_ok)?;
-        b.if_(blk, ok, |blk| {
-            let row = b.addi(blk, start, r)?;
-            let idx = self.value_index(blk, env, row, c)?;
-            self.t.store_f32(b, blk, v, o, idx, self.dtype())
-        })
-    }
-
-    /// `(rows, cols)` of a value of `shape` in this kernel (a vector is one column).
-    fn shape_extent(&self, shape: &Shape) -> (usize, usize) {
-        let of = |d: &Dim| match d {
-            Dim::C => self.s.config.chunk,
-            Dim::K => self.s.config.key_dim,
-            Dim::V => self.s.block_v,
-        };
-        match shape.0.as_slice() {
-            [] => (1, 1),
-            [r] => (of(r), 1),
-            [r, c, ..] => (of(r), of(c)),
         }
     }
 

@@ -29,49 +29,35 @@ pub(crate) fn is_operand_load(op: &Op) -> bool {
 /// (`operands`) or f32 tiles.
 pub(super) fn reads(plan: &Plan, node: usize, operands: bool) -> Vec<(ValueId, Copy)> {
     let op = &plan.nodes[node].op;
-    if let Op::Fused(f) = op {
-        // Its matmuls read operand tiles, its expression what any elementwise node reads.
-        let leaf = |v: ValueId| {
-            let copy = if operands && is_operand_load(&plan.node(v).op) {
-                Copy::Operand
-            } else {
-                Copy::F32
-            };
-            (v, copy)
+    // A matmul operand is read from its operand tile; any other read from the f32 tile,
+    // except q, k, v, which have only operand tiles.
+    let read = |v: ValueId, by_matmul: bool| {
+        let copy = if operands && (by_matmul || is_operand_load(&plan.node(v).op)) {
+            Copy::Operand
+        } else {
+            Copy::F32
         };
+        (v, copy)
+    };
+    if let Op::Fused(f) = op {
+        // Its matmuls' operands, then its expression's values.
         let mut out: Vec<(ValueId, Copy)> = Vec::new();
-        for m in &f.matmuls {
-            for v in [m.a, m.b] {
-                let read = if operands {
-                    (v, Copy::Operand)
-                } else {
-                    leaf(v)
-                };
-                if !out.contains(&read) {
-                    out.push(read);
-                }
-            }
-        }
-        for v in f.expr.values() {
-            let read = leaf(v);
-            if !out.contains(&read) {
-                out.push(read);
+        let matmul_reads = f
+            .matmuls
+            .iter()
+            .flat_map(|m| [m.a, m.b])
+            .map(|v| read(v, true));
+        for r in matmul_reads.chain(f.expr.values().into_iter().map(|v| read(v, false))) {
+            if !out.contains(&r) {
+                out.push(r);
             }
         }
         return out;
     }
+    let by_matmul = matches!(op, Op::Matmul { .. });
     super::tile_operands(op)
         .into_iter()
-        .map(|v| {
-            let copy = if !operands {
-                Copy::F32
-            } else if matches!(op, Op::Matmul { .. }) || is_operand_load(&plan.node(v).op) {
-                Copy::Operand
-            } else {
-                Copy::F32
-            };
-            (v, copy)
-        })
+        .map(|v| read(v, by_matmul))
         .collect()
 }
 

@@ -873,6 +873,12 @@ fn entry_name(spec: &str, direction: &str) -> String {
 }
 
 impl Schedule {
+    /// `(rows, cols)` of a value of `shape` in this kernel (a vector is one column; the value
+    /// dim is the block's); `None` for a scalar.
+    pub fn extent(&self, shape: &crate::plan::Shape) -> Option<(usize, usize)> {
+        TileDims::new(&self.config, self.block_v).extent(&shape.0)
+    }
+
     /// f32 elements of the tiles (in scratch, or in shared memory with
     /// [`Schedule::tiles_shared`]): the operand arena's emulated copy excluded.
     pub fn scratch_tiles(&self) -> u64 {

@@ -93,6 +93,29 @@ fn compare(s: &Spec, dims: Dims, cu: Option<Vec<i64>>, h0: bool, chunk: usize, s
     )
 }
 
+/// Random inputs of `s` (seeded), h0 when asked (from `Rng::new(seed + 1)`, which is returned
+/// for the caller's further draws) and run options with `cu`.
+fn random_case(
+    s: &Spec,
+    dims: Dims,
+    cu: Option<Vec<i64>>,
+    h0: bool,
+    seed: u64,
+) -> (reference::Inputs, RunOptions, Rng) {
+    let mut inputs = reference::random_inputs(s, &dims, seed);
+    let n = cu.as_ref().map_or(dims.batch, |c| c.len() - 1);
+    let mut rng = Rng::new(seed + 1);
+    if h0 {
+        inputs.h0 = Some(Tensor::from_fn(&dims.state_shape(n), || rng.normal()));
+    }
+    let opts = RunOptions {
+        cu_seqlens: cu,
+        output_final_state: true,
+        ..Default::default()
+    };
+    (inputs, opts, rng)
+}
+
 /// [`compare`] for a given plan of `s`.
 fn compare_plan(
     s: &Spec,
@@ -103,17 +126,7 @@ fn compare_plan(
     chunk: usize,
     seed: u64,
 ) -> f64 {
-    let mut inputs = reference::random_inputs(s, &dims, seed);
-    let n = cu.as_ref().map_or(dims.batch, |c| c.len() - 1);
-    if h0 {
-        let mut rng = Rng::new(seed + 1);
-        inputs.h0 = Some(Tensor::from_fn(&dims.state_shape(n), || rng.normal()));
-    }
-    let opts = RunOptions {
-        cu_seqlens: cu,
-        output_final_state: true,
-        ..Default::default()
-    };
+    let (inputs, opts, _) = random_case(s, dims, cu, h0, seed);
     let want = reference::forward(s, &inputs, &opts).expect("reference runs");
     let got = plan::eval::forward(p, s, &inputs, &opts, chunk).expect("plan runs");
     let ro = got.o.rel_error(&want.o);
@@ -288,19 +301,10 @@ fn compare_backward_plan(
     chunk: usize,
     seed: u64,
 ) -> Vec<(&'static str, f64)> {
-    let mut inputs = reference::random_inputs(s, &dims, seed);
     let n = cu.as_ref().map_or(dims.batch, |c| c.len() - 1);
-    let mut rng = Rng::new(seed + 1);
-    let dht = h0.then(|| {
-        inputs.h0 = Some(Tensor::from_fn(&dims.state_shape(n), || rng.normal()));
-        Tensor::from_fn(&dims.state_shape(n), || rng.normal())
-    });
+    let (inputs, opts, mut rng) = random_case(s, dims, cu, h0, seed);
+    let dht = h0.then(|| Tensor::from_fn(&dims.state_shape(n), || rng.normal()));
     let d_o = Tensor::from_fn(&dims.output_shape(), || rng.normal());
-    let opts = RunOptions {
-        cu_seqlens: cu,
-        output_final_state: true,
-        ..Default::default()
-    };
     let want = reference::backward(s, &inputs, &opts, &d_o, dht.as_ref()).expect("reference");
     let got =
         plan::eval::backward(p, s, &inputs, &opts, &d_o, dht.as_ref(), chunk).expect("plan runs");
