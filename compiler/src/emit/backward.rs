@@ -13,6 +13,7 @@ use melior::{
 
 use super::EmitError;
 use super::builder::{Builder, Cmp, R};
+use super::copy::Carried;
 use super::kernel::{Env, Kernel, Phase};
 use super::target::TargetOps;
 use crate::plan::Sink;
@@ -106,12 +107,13 @@ impl<'c> Kernel<'_, 'c> {
         start: Value<'c, '_>,
         len: Value<'c, '_>,
         i: Value<'c, '_>,
+        carried: &Carried<'c, 'a>,
     ) -> R<()> {
         let b = &self.b;
         let bs = self.layout()?;
         let scratch = self.tile_mem(env)?;
         self.load_chunk_state(blk, env, i)?;
-        self.nodes(blk, env, start, len)?;
+        self.nodes(blk, env, start, len, carried)?;
         for (sink, v) in &bs.sinks {
             match sink {
                 Sink::Grad(role) => self.store_grad(blk, env, start, len, *role, *v)?,

@@ -26,6 +26,10 @@ pub(super) type R<T> = Result<T, EmitError>;
 #[derive(Clone, Copy, Debug)]
 #[repr(i64)]
 pub(super) enum Cmp {
+    /// `==`.
+    Eq = 0,
+    /// `<` on signed integers.
+    Slt = 2,
     /// `<` on unsigned integers.
     Ult = 6,
     /// `<=` on unsigned integers.
@@ -99,6 +103,23 @@ impl<'c> Builder<'c> {
             detail: format!("no result: {e}"),
         })?;
         Ok(result.into())
+    }
+
+    /// Builds `op`, appends it to `block` and returns all its results.
+    pub fn push_n<'a>(
+        &self,
+        block: &'a Block<'c>,
+        op: OperationBuilder<'c>,
+    ) -> R<Vec<Value<'c, 'a>>> {
+        let built = op.build().map_err(|e| EmitError::Build {
+            op: "operation".into(),
+            detail: e.to_string(),
+        })?;
+        let op = block.append_operation(built);
+        Ok((0..op.result_count())
+            .filter_map(|i| op.result(i).ok())
+            .map(Into::into)
+            .collect())
     }
 
     /// Builds `op` (which has no results) and appends it to `block`.
@@ -335,6 +356,27 @@ impl<'c> Builder<'c> {
         self.push0(b, self.op("memref.store").add_operands(&[value, mem, idx]))
     }
 
+    /// `vector.store` of `value` at element `idx`, declared `align`-byte aligned.
+    pub fn vector_store(
+        &self,
+        b: &Block<'c>,
+        value: Value<'c, '_>,
+        mem: Value<'c, '_>,
+        idx: Value<'c, '_>,
+        align: i64,
+    ) -> R<()> {
+        self.push0(
+            b,
+            self.op("vector.store")
+                .add_attributes(&[self.named("alignment", self.align_attr(align))])
+                .add_operands(&[value, mem, idx]),
+        )
+    }
+
+    fn align_attr(&self, align: i64) -> Attribute<'c> {
+        IntegerAttribute::new(self.int(64), align).into()
+    }
+
     // ---- gpu -----------------------------------------------------------------------------
 
     /// `gpu.thread_id` / `gpu.block_id` along `dim` (`x`, `y`, `z`).
@@ -425,6 +467,34 @@ impl<'c> Builder<'c> {
             self.op("scf.if")
                 .add_operands(&[cond])
                 .add_regions([region, Region::new()]),
+        )
+    }
+
+    /// `scf.if cond -> (types) { then } else { otherwise }`: each closure ends its block with
+    /// [`Builder::yield_`] of values of `types`. Returns the results.
+    pub fn if_values<'a>(
+        &self,
+        b: &'a Block<'c>,
+        cond: Value<'c, '_>,
+        types: &[Type<'c>],
+        then: impl FnOnce(&Block<'c>) -> R<()>,
+        otherwise: impl FnOnce(&Block<'c>) -> R<()>,
+    ) -> R<Vec<Value<'c, 'a>>> {
+        let regions = [Region::new(), Region::new()];
+        for (region, body) in regions.iter().zip([
+            Box::new(then) as Box<dyn FnOnce(&Block<'c>) -> R<()>>,
+            Box::new(otherwise),
+        ]) {
+            let blk = Block::new(&[]);
+            body(&blk)?;
+            region.append_block(blk);
+        }
+        self.push_n(
+            b,
+            self.op("scf.if")
+                .add_operands(&[cond])
+                .add_results(types)
+                .add_regions(regions),
         )
     }
 }

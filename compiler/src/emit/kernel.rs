@@ -14,6 +14,7 @@ use melior::ir::{
 
 use super::EmitError;
 use super::builder::{Builder, Cmp, R};
+use super::copy::Carried;
 use super::target::{DYNAMIC, TargetOps};
 use crate::lower::Vendor;
 use crate::plan::Direction;
@@ -470,7 +471,7 @@ impl<'c> Kernel<'_, 'c> {
 
     /// The index of element `(r, c)` of an operand tile in [`Kernel::operand_mem`] (when
     /// emulated, the operand arena follows the f32 tiles in the workgroup's scratch).
-    fn operand_index<'a>(
+    pub(super) fn operand_index<'a>(
         &self,
         blk: &'a Block<'c>,
         env: &Env<'c, '_>,
@@ -680,48 +681,118 @@ impl<'c> Kernel<'_, 'c> {
     }
 
     /// The sequential loop over this sequence's chunks (in reverse for [`Phase::Grads`]).
+    /// The token rows that can be (`copy.rs`) are loaded one iteration ahead: a prologue loads
+    /// the first chunk's, each iteration issues the next one's (the last chunk reloads itself)
+    /// and carries them to the next iteration as `scf.for` iteration values.
     pub(super) fn chunk_loop(&self, blk: &Block<'c>, env: &Env<'c, '_>, phase: Phase) -> R<()> {
         let b = &self.b;
-        let c = self.s.config.chunk as i64;
         let chunks = self.sequence_chunks(blk, env)?;
         let zero = b.ci(blk, 0)?;
         let one = b.ci(blk, 1)?;
+        let copies = self.prefetched();
+        let counts: Vec<usize> = copies.iter().map(|c| self.vectors_per_thread(c)).collect();
+        let types = match copies.is_empty() {
+            true => Vec::new(),
+            false => vec![self.row_vector()?; counts.iter().sum()],
+        };
+        let mut init = Vec::new();
+        if !copies.is_empty() {
+            let aligned = self.rows_aligned(blk, env, &copies)?;
+            let nonempty = b.cmpi(blk, Cmp::Slt, zero, chunks)?;
+            init = b.if_values(
+                blk,
+                nonempty,
+                &types,
+                |blk| {
+                    let (_, start, len) = self.iteration_rows(blk, env, chunks, phase, zero)?;
+                    let mut v = Vec::new();
+                    for copy in &copies {
+                        v.extend(self.issue_rows(blk, env, (start, len), copy, aligned)?);
+                    }
+                    b.yield_(blk, &v)
+                },
+                |blk| {
+                    let zeros = self.zero_vector(blk, self.row_vector()?)?;
+                    b.yield_(blk, &vec![zeros; types.len()])
+                },
+            )?;
+        }
         // Built by hand rather than with `Builder::for_`: the body stores entry-block values
         // (the scale) next to its own, which needs the body's lifetime to be a plain local one.
-        let body = Block::new(&[(b.index(), b.loc)]);
+        let mut args = vec![(b.index(), b.loc)];
+        args.extend(types.iter().map(|&t| (t, b.loc)));
+        let body = Block::new(&args);
         {
-            let i = body.argument(0).map_err(|e| EmitError::Build {
-                op: "scf.for argument".into(),
-                detail: e.to_string(),
-            })?;
-            let i: Value = i.into();
-            // Chunk `chunks − 1 − i` in reverse.
-            let i = if phase == Phase::Grads {
-                let one = b.ci(&body, 1)?;
-                let last = b.subi(&body, chunks, one)?;
-                b.subi(&body, last, i)?
-            } else {
-                i
+            let arg = |k: usize| -> R<Value> {
+                body.argument(k)
+                    .map(Into::into)
+                    .map_err(|e| EmitError::Build {
+                        op: "scf.for argument".into(),
+                        detail: e.to_string(),
+                    })
             };
-            let start = b.mad(&body, env.bos, i, c)?;
-            let rest = b.subi(&body, env.eos, start)?;
-            let cc = b.ci(&body, c)?;
-            let len = b.bin(&body, "arith.minsi", rest, cc)?;
-            match phase {
-                Phase::Forward => self.chunk_body(&body, env, start, len)?,
-                Phase::States => self.states_chunk(&body, env, start, len, i)?,
-                Phase::Grads => self.grads_chunk(&body, env, start, len, i)?,
+            let it = arg(0)?;
+            let (i, start, len) = self.iteration_rows(&body, env, chunks, phase, it)?;
+            let carried_now: Vec<Value> = (1..args.len()).map(arg).collect::<R<_>>()?;
+            let mut next = Vec::new();
+            if !copies.is_empty() {
+                let aligned = self.rows_aligned(&body, env, &copies)?;
+                let one = b.ci(&body, 1)?;
+                let after = b.addi(&body, it, one)?;
+                let last = b.subi(&body, chunks, one)?;
+                let after = b.bin(&body, "arith.minsi", after, last)?;
+                let (_, nstart, nlen) = self.iteration_rows(&body, env, chunks, phase, after)?;
+                for copy in &copies {
+                    next.extend(self.issue_rows(&body, env, (nstart, nlen), copy, aligned)?);
+                }
             }
-            b.yield_(&body, &[])?;
+            let carried = Carried::new(&copies, &counts, &carried_now);
+            match phase {
+                Phase::Forward => self.chunk_body(&body, env, start, len, &carried)?,
+                Phase::States => self.states_chunk(&body, env, start, len, i, &carried)?,
+                Phase::Grads => self.grads_chunk(&body, env, start, len, i, &carried)?,
+            }
+            b.yield_(&body, &next)?;
         }
         let region = Region::new();
         region.append_block(body);
-        b.push0(
+        let mut operands = vec![zero, chunks, one];
+        operands.extend(init);
+        b.push_n(
             blk,
             b.op("scf.for")
-                .add_operands(&[zero, chunks, one])
+                .add_operands(&operands)
+                .add_results(&types)
                 .add_regions([region]),
-        )
+        )?;
+        Ok(())
+    }
+
+    /// The chunk of iteration `it` of [`Self::chunk_loop`] (in reverse for [`Phase::Grads`])
+    /// and its rows `(chunk, start, len)`.
+    fn iteration_rows<'a>(
+        &self,
+        blk: &'a Block<'c>,
+        env: &Env<'c, '_>,
+        chunks: Value<'c, '_>,
+        phase: Phase,
+        it: Value<'c, '_>,
+    ) -> R<(Value<'c, 'a>, Value<'c, 'a>, Value<'c, 'a>)> {
+        let b = &self.b;
+        let c = self.s.config.chunk as i64;
+        let i = if phase == Phase::Grads {
+            let one = b.ci(blk, 1)?;
+            let last = b.subi(blk, chunks, one)?;
+            b.subi(blk, last, it)?
+        } else {
+            // `it + 0`: a value of this block's lifetime (folded by canonicalize).
+            b.addi(blk, it, b.ci(blk, 0)?)?
+        };
+        let start = b.mad(blk, env.bos, i, c)?;
+        let rest = b.subi(blk, env.eos, start)?;
+        let cc = b.ci(blk, c)?;
+        let len = b.bin(blk, "arith.minsi", rest, cc)?;
+        Ok((i, start, len))
     }
 
     /// One chunk: every plan node, then o and the next state.
@@ -731,8 +802,9 @@ impl<'c> Kernel<'_, 'c> {
         env: &Env<'c, 'a>,
         start: Value<'c, '_>,
         len: Value<'c, '_>,
+        carried: &Carried<'c, 'a>,
     ) -> R<()> {
-        self.nodes(blk, env, start, len)?;
+        self.nodes(blk, env, start, len, carried)?;
         self.store_output(blk, env, start, len)?;
         self.copy_state(blk, env)?;
         self.t.barrier(&self.b, blk)

@@ -9,9 +9,11 @@
 
 mod backward;
 mod builder;
+mod copy;
 mod kernel;
 pub mod mfma;
 pub mod mma;
+mod scan;
 mod states;
 mod target;
 mod tile;

@@ -9,6 +9,7 @@ use linrec_spec::launch::KernelParam;
 use melior::ir::{Block, Value};
 
 use super::builder::{Cmp, R};
+use super::copy::Carried;
 use super::kernel::{Env, Kernel};
 use crate::schedule::Tile;
 
@@ -93,9 +94,10 @@ impl<'c> Kernel<'_, 'c> {
         start: Value<'c, '_>,
         len: Value<'c, '_>,
         i: Value<'c, '_>,
+        carried: &Carried<'c, 'a>,
     ) -> R<()> {
         self.store_chunk_state(blk, env, i)?;
-        self.nodes(blk, env, start, len)?;
+        self.nodes(blk, env, start, len, carried)?;
         self.copy_state(blk, env)?;
         self.t.barrier(&self.b, blk)
     }
@@ -107,13 +109,14 @@ impl<'c> Kernel<'_, 'c> {
         env: &Env<'c, 'a>,
         start: Value<'c, '_>,
         len: Value<'c, '_>,
+        carried: &Carried<'c, 'a>,
     ) -> R<()> {
         let mut uniforms = vec![None; self.s.plan.nodes.len()];
         for i in 0..self.s.plan.nodes.len() {
             if self.s.barrier_before[i] {
                 self.t.barrier(&self.b, blk)?;
             }
-            self.node(blk, env, start, len, i, &mut uniforms)?;
+            self.node(blk, env, start, len, i, &mut uniforms, carried)?;
         }
         if self.s.barrier_before_sinks {
             self.t.barrier(&self.b, blk)?;
@@ -154,7 +157,7 @@ impl<'c> Kernel<'_, 'c> {
             let cc = b.ci(blk, c)?;
             let len = b.bin(blk, "arith.minsi", rest, cc)?;
             self.load_chunk_state(blk, env, i)?;
-            self.nodes(blk, env, start, len)?;
+            self.nodes(blk, env, start, len, &Carried::default())?;
             self.store_output(blk, env, start, len)
         })
     }

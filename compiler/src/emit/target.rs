@@ -197,6 +197,69 @@ impl TargetOps {
         b.cast(blk, "arith.index_castui", tid, b.index())
     }
 
+    /// NVIDIA: the 16 bytes at byte address `addr` (an `index`, 16-byte aligned) as
+    /// `vector<4xi32>`, by `ld.global.nc.v4.b32` in an asm statement. Opaque on purpose: a
+    /// `vector.load` here and element loads of the same bytes in the misaligned branch are the
+    /// same value to LLVM, which then keeps only the element loads for both branches.
+    pub fn global_load_16<'c, 'a>(
+        &self,
+        b: &Builder<'c>,
+        blk: &'a Block<'c>,
+        addr: Value<'c, '_>,
+    ) -> R<Value<'c, 'a>> {
+        if self.target.vendor() != Vendor::Nvidia {
+            return Err(super::EmitError::Schedule(
+                "a 16-byte global load asm off NVIDIA".into(),
+            ));
+        }
+        let addr = b.cast(blk, "arith.index_cast", addr, b.int(64))?;
+        let i32 = b.int(32);
+        let st = Type::parse(b.ctx, "!llvm.struct<(i32, i32, i32, i32)>").ok_or_else(|| {
+            super::EmitError::Build {
+                op: "llvm.struct type".into(),
+                detail: "did not parse".into(),
+            }
+        })?;
+        let words = b.push(
+            blk,
+            b.op("llvm.inline_asm")
+                .add_attributes(&[
+                    b.named(
+                        "asm_string",
+                        StringAttribute::new(b.ctx, "ld.global.nc.v4.b32 {$0, $1, $2, $3}, [$4];")
+                            .into(),
+                    ),
+                    b.named(
+                        "constraints",
+                        StringAttribute::new(b.ctx, "=r,=r,=r,=r,l").into(),
+                    ),
+                ])
+                .add_operands(&[addr])
+                .add_results(&[st]),
+        )?;
+        let mut parts = Vec::with_capacity(4);
+        for i in 0..4 {
+            parts.push(
+                b.push(
+                    blk,
+                    b.op("llvm.extractvalue")
+                        .add_attributes(&[b.named(
+                            "position",
+                            melior::ir::attribute::DenseI64ArrayAttribute::new(b.ctx, &[i]).into(),
+                        )])
+                        .add_operands(&[words])
+                        .add_results(&[i32]),
+                )?,
+            );
+        }
+        b.push(
+            blk,
+            b.op("vector.from_elements")
+                .add_operands(&parts)
+                .add_results(&[Type::vector(&[4], i32)]),
+        )
+    }
+
     /// `2^x`; `2^−∞ = 0` on every target.
     pub fn exp2<'c, 'a>(
         &self,

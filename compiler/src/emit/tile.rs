@@ -17,6 +17,7 @@ use melior::ir::{Block, Value};
 
 use super::EmitError;
 use super::builder::{Cmp, R};
+use super::copy::Carried;
 use super::kernel::{Env, Kernel};
 use super::mfma;
 use super::mma::{self, Fragment, Init, Matmul, MmaType, SmemTile};
@@ -26,6 +27,9 @@ use crate::schedule::{MatmulPath, OperandTile, Placement, Tile};
 /// The value of a matmul result element: `f(block, row, col, acc)`.
 type AccValue<'f, 'c> = dyn for<'x> Fn(&'x Block<'c>, Value<'c, 'x>, Value<'c, 'x>, Value<'c, 'x>) -> R<Value<'c, 'x>>
     + 'f;
+
+/// Elements per thread and trip of an [`Kernel::elementwise`] loop (where it unrolls).
+const ELEMENTWISE_UNROLL: u64 = 4;
 
 /// Stores one element's final value: `f(block, row, col, value)`.
 type Store<'f, 'c> =
@@ -86,6 +90,7 @@ enum Operand<'c, 'a> {
 
 impl<'c> Kernel<'_, 'c> {
     /// Emits plan node `i` into the chunk body `blk`. Scalar results go to `uniforms[i]`.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn node<'a>(
         &self,
         blk: &'a Block<'c>,
@@ -94,9 +99,18 @@ impl<'c> Kernel<'_, 'c> {
         len: Value<'c, '_>,
         i: usize,
         uniforms: &mut [Option<Value<'c, 'a>>],
+        carried: &Carried<'c, 'a>,
     ) -> R<()> {
         let b = &self.b;
         let node = &self.s.plan.nodes[i];
+        // Token rows: stored from the vectors loaded one chunk ahead, else copied 16 bytes
+        // at a time where the layout allows (`copy.rs`), else the element loop below.
+        if let Some((copy, vectors)) = carried.of(i) {
+            return self.store_rows(blk, env, len, copy, vectors);
+        }
+        if let Some(copy) = self.row_copy(i) {
+            return self.copy_rows(blk, env, (start, len), &copy);
+        }
         let dest = Dest {
             f32: self.s.values[i].tile(),
             operand: self.s.operands.get(i).copied().flatten(),
@@ -164,6 +178,27 @@ impl<'c> Kernel<'_, 'c> {
                 let zero = b.cf32(blk, 0.0)?;
                 b.select(blk, ok, one, zero)
             }),
+            Op::CumSum(x) | Op::ReverseCumSum(x) if self.shuffled_sums() => {
+                let reverse = matches!(node.op, Op::ReverseCumSum(_));
+                self.warp_cumsum(blk, env, self.tile(*x)?, reverse, &|blk, i, v| {
+                    let zero = b.ci(blk, 0)?;
+                    self.store_dest(blk, env, dest, i, zero, i, v)
+                })?;
+                self.zero_dest_padding(blk, env, dest)
+            }
+            Op::RowSum(x) | Op::ColSum(x)
+                if self
+                    .extent_of(*x)
+                    .ok()
+                    .and_then(|(rows, cols)| match node.op {
+                        Op::RowSum(_) => self.lanes_per_row(rows, cols),
+                        _ => self.lanes_per_row(cols, rows),
+                    })
+                    .is_some() =>
+            {
+                let by_row = matches!(node.op, Op::RowSum(_));
+                self.shuffled_row_sum(blk, env, self.src(*x)?, self.extent_of(*x)?, by_row, dest)
+            }
             Op::ReverseCumSum(x) => {
                 let src = self.tile(*x)?;
                 self.elementwise(blk, env, dest, |blk, r, _, _| {
@@ -383,26 +418,74 @@ impl<'c> Kernel<'_, 'c> {
 
     /// A cooperative loop over the elements of `dest`: `f(block, row, col, element)` gives
     /// the f32 to store; then the operand tile's padding is zeroed.
+    ///
+    /// Off AMD (on NVIDIA, with the f32 tiles on chip), each trip of the loop takes
+    /// [`ELEMENTWISE_UNROLL`] of a thread's elements
+    /// (still `block_threads` apart, so a warp's accesses stay adjacent) and computes all
+    /// their values before it stores any: the stores may alias the loads as far as LLVM and
+    /// ptxas know, so only this order lets the loads of the trip overlap. A remainder loop
+    /// takes what is left.
     fn elementwise(
         &self,
         blk: &Block<'c>,
         env: &Env<'c, '_>,
         dest: Dest,
-        f: impl for<'x> FnOnce(
+        f: impl for<'x> Fn(
             &'x Block<'c>,
             Value<'c, 'x>,
             Value<'c, 'x>,
             Value<'c, 'x>,
         ) -> R<Value<'c, 'x>>,
     ) -> R<()> {
+        let b = &self.b;
         let (rows, cols) = dest
             .extent()
             .ok_or_else(|| EmitError::Schedule("a tile loop without a tile".into()))?;
-        self.strided(blk, env, (rows * cols) as u64, |blk, e| {
-            let (r, c) = self.row_col(blk, e, cols)?;
-            let v = f(blk, r, c, e)?;
-            self.store_dest(blk, env, dest, r, c, e, v)
-        })?;
+        let len = (rows * cols) as u64;
+        let threads = u64::from(self.s.block_threads);
+        // Not on AMD, nor over NVIDIA f32 tiles in global scratch: there LLVM hoists every
+        // element's 64-bit address out of the chunk loop (see `strided`) and the unrolled
+        // loops spill (D = 256 backward: 148 bytes). SPIR-V unrolls too, so that the CPU
+        // tests run this loop's index math.
+        let unroll = match self.s.target.vendor() {
+            crate::lower::Vendor::Amd => 1,
+            crate::lower::Vendor::Nvidia if !self.s.tiles_shared => 1,
+            _ => ELEMENTWISE_UNROLL,
+        };
+        let round = threads * unroll;
+        let full = if unroll > 1 { len / round * round } else { 0 };
+        if full > 0 {
+            let zero = b.ci(blk, 0)?;
+            let end = b.ci(blk, full as i64)?;
+            let step = b.ci(blk, round as i64)?;
+            b.for_(blk, zero, end, step, |blk, base| {
+                let tid = self.thread_index(blk, env)?;
+                let first = b.addi(blk, tid, base)?;
+                let mut values = Vec::with_capacity(unroll as usize);
+                for k in 0..unroll {
+                    let off = b.ci(blk, (k * threads) as i64)?;
+                    let e = b.addi(blk, first, off)?;
+                    let (r, c) = self.row_col(blk, e, cols)?;
+                    values.push((r, c, e, f(blk, r, c, e)?));
+                }
+                for (r, c, e, v) in values {
+                    self.store_dest(blk, env, dest, r, c, e, v)?;
+                }
+                Ok(())
+            })?;
+        }
+        if full < len {
+            let tid = self.thread_index(blk, env)?;
+            let skip = b.ci(blk, full as i64)?;
+            let lb = b.addi(blk, tid, skip)?;
+            let ub = b.ci(blk, len as i64)?;
+            let step = b.ci(blk, threads as i64)?;
+            b.for_(blk, lb, ub, step, |blk, e| {
+                let (r, c) = self.row_col(blk, e, cols)?;
+                let v = f(blk, r, c, e)?;
+                self.store_dest(blk, env, dest, r, c, e, v)
+            })?;
+        }
         self.zero_dest_padding(blk, env, dest)
     }
 
@@ -936,6 +1019,46 @@ impl<'c> Kernel<'_, 'c> {
             let zero = b.cf32(blk, 0.0)?;
             b.select(blk, ok, x, zero)
         })
+    }
+
+    /// A row sum (`by_row`) or column sum of `src` (`rows × cols`) with
+    /// [`Kernel::lanes_per_row`] lanes per result: each sums every `P`-th element, the
+    /// butterfly combines them, the group's first lane stores.
+    fn shuffled_row_sum(
+        &self,
+        blk: &Block<'c>,
+        env: &Env<'c, '_>,
+        src: Src,
+        (rows, cols): (usize, usize),
+        by_row: bool,
+        dest: Dest,
+    ) -> R<()> {
+        let b = &self.b;
+        let (out, len) = if by_row { (rows, cols) } else { (cols, rows) };
+        let p = self
+            .lanes_per_row(out, len)
+            .ok_or_else(|| EmitError::Schedule("a shuffled sum without lanes".into()))?;
+        self.strided(blk, env, (out * p) as u64, |blk, e| {
+            let (r, part) = self.row_col(blk, e, p)?;
+            let end = b.ci(blk, len as i64)?;
+            let step = b.ci(blk, p as i64)?;
+            let init = b.cf32(blk, 0.0)?;
+            let acc = b.for_acc(blk, part, end, step, init, |blk, j, acc| {
+                let (row, col) = if by_row { (r, j) } else { (j, r) };
+                let e = b.mad(blk, col, row, cols as i64)?;
+                let x = self.read(blk, env, src, row, col, e)?;
+                let next = b.addf(blk, acc, x)?;
+                b.yield_(blk, &[next])
+            })?;
+            let sum = self.lane_group_sum(blk, acc, p)?;
+            let zero = b.ci(blk, 0)?;
+            let first = b.cmpi(blk, Cmp::Eq, part, zero)?;
+            b.if_(blk, first, |blk| {
+                let zero = b.ci(blk, 0)?;
+                self.store_dest(blk, env, dest, r, zero, r, sum)
+            })
+        })?;
+        self.zero_dest_padding(blk, env, dest)
     }
 
     /// `(rows, cols)` of a matrix value's tile.

@@ -173,6 +173,29 @@ fn ptx_sm_90() {
     }
 }
 
+/// The sm_90 forwards read token rows 16 bytes at a time (an opaque `ld.global.nc.v4`, each
+/// with its element-by-element fallback for a misaligned buffer: eight 2-byte loads per
+/// vector), the loop's rows one chunk ahead (the prologue's and the loop's: twice each), and
+/// the gated variants' cumulative gate sum as a 5-step warp scan.
+#[test]
+fn sm_90_rows_load_ahead_and_gates_scan_in_a_warp() {
+    for variant in VARIANTS {
+        let a = &compiled(variant, Target::Sm90).artifact;
+        let ptx = a.asm.as_deref().expect("PTX");
+        let count = |needle: &str| ptx.matches(needle).count();
+        let vectors = count("ld.global.nc.v4.b32");
+        // K = V = 64, 256 threads: q, k, v are 2 vectors a thread each, loaded twice.
+        assert_eq!(vectors, 2 * 3 * 2, "{variant}: 16-byte row loads");
+        assert_eq!(
+            count("ld.global.b16"),
+            8 * vectors,
+            "{variant}: fallback loads"
+        );
+        let scans = if variant == "linear_attn" { 0 } else { 5 };
+        assert_eq!(count("shfl.sync.up"), scans, "{variant}: warp scan steps");
+    }
+}
+
 /// The AMDGCN assembly for gfx942.
 #[test]
 fn amdgcn_gfx942() {
