@@ -121,11 +121,16 @@ impl<'c> Kernel<'_, 'c> {
                     let from = self.tile(*v)?;
                     let to = bs.dstate;
                     if from != to {
-                        self.strided(blk, env, to.len(), |blk, e| {
-                            let x = self.load_tile(blk, env, from, e)?;
-                            let at = self.addr(blk, env, to, e)?;
-                            b.store(blk, x, scratch, at)
-                        })?;
+                        self.strided_map(
+                            blk,
+                            env,
+                            to.len(),
+                            |blk, e| self.load_tile(blk, env, from, e),
+                            |blk, e, x| {
+                                let at = self.addr(blk, env, to, e)?;
+                                b.store(blk, x, scratch, at)
+                            },
+                        )?;
                     }
                 }
                 other => {
@@ -168,40 +173,50 @@ impl<'c> Kernel<'_, 'c> {
                 let later = b.cmpi(blk, Cmp::Ult, zero, g)?;
                 let more = b.cmpi(blk, Cmp::Ult, g, last_g)?;
                 let last = b.cmpi(blk, Cmp::Ule, last_g, g)?;
-                self.strided(blk, env, tile.len(), |blk, e| {
+                self.strided_map(
+                    blk,
+                    env,
+                    tile.len(),
+                    |blk, e| self.load_tile(blk, env, tile, e),
+                    |blk, e, x| {
+                        let (r, c) = self.row_col(blk, e, tile.cols)?;
+                        let ok = b.cmpi(blk, Cmp::Ult, r, len)?;
+                        b.if_(blk, ok, |blk| {
+                            let row = b.addi(blk, start, r)?;
+                            let head = b.muli(blk, row, env.heads)?;
+                            let head = b.addi(blk, head, env.h)?;
+                            let idx = b.mad(blk, c, head, kd)?;
+                            // The running sum: 0 for the first value head, which reads element 0
+                            // instead (with HV = H the accumulator has only that one).
+                            let zero_idx = b.ci(blk, 0)?;
+                            let at = b.select(blk, later, idx, zero_idx)?;
+                            let prev = b.load(blk, acc, at)?;
+                            let zero = b.cf32(blk, 0.0)?;
+                            let prev = b.select(blk, later, prev, zero)?;
+                            let sum = b.addf(blk, prev, x)?;
+                            b.if_(blk, last, |blk| {
+                                self.t.store_f32(b, blk, sum, out, idx, dtype)
+                            })?;
+                            b.if_(blk, more, |blk| b.store(blk, sum, acc, idx))
+                        })
+                    },
+                )
+            }
+            Role::Value => self.strided_map(
+                blk,
+                env,
+                tile.len(),
+                |blk, e| self.load_tile(blk, env, tile, e),
+                |blk, e, x| {
                     let (r, c) = self.row_col(blk, e, tile.cols)?;
                     let ok = b.cmpi(blk, Cmp::Ult, r, len)?;
                     b.if_(blk, ok, |blk| {
-                        let x = self.load_tile(blk, env, tile, e)?;
                         let row = b.addi(blk, start, r)?;
-                        let head = b.muli(blk, row, env.heads)?;
-                        let head = b.addi(blk, head, env.h)?;
-                        let idx = b.mad(blk, c, head, kd)?;
-                        // The running sum: 0 for the first value head, which reads element 0
-                        // instead (with HV = H the accumulator has only that one).
-                        let zero_idx = b.ci(blk, 0)?;
-                        let at = b.select(blk, later, idx, zero_idx)?;
-                        let prev = b.load(blk, acc, at)?;
-                        let zero = b.cf32(blk, 0.0)?;
-                        let prev = b.select(blk, later, prev, zero)?;
-                        let sum = b.addf(blk, prev, x)?;
-                        b.if_(blk, last, |blk| {
-                            self.t.store_f32(b, blk, sum, out, idx, dtype)
-                        })?;
-                        b.if_(blk, more, |blk| b.store(blk, sum, acc, idx))
+                        let idx = self.value_index(blk, env, row, c)?;
+                        self.t.store_f32(b, blk, x, out, idx, dtype)
                     })
-                })
-            }
-            Role::Value => self.strided(blk, env, tile.len(), |blk, e| {
-                let (r, c) = self.row_col(blk, e, tile.cols)?;
-                let ok = b.cmpi(blk, Cmp::Ult, r, len)?;
-                b.if_(blk, ok, |blk| {
-                    let x = self.load_tile(blk, env, tile, e)?;
-                    let row = b.addi(blk, start, r)?;
-                    let idx = self.value_index(blk, env, row, c)?;
-                    self.t.store_f32(b, blk, x, out, idx, dtype)
-                })
-            }),
+                },
+            ),
             _ => self.strided(blk, env, tile.len(), |blk, r| {
                 let ok = b.cmpi(blk, Cmp::Ult, r, len)?;
                 b.if_(blk, ok, |blk| {

@@ -83,6 +83,11 @@ impl<'c> Kernel<'_, 'c> {
     /// The copies a chunk loop loads one chunk ahead: every [`Self::row_copy`] of the plan if
     /// their vectors fit in [`PREFETCH_REGISTERS`], else none.
     pub(super) fn prefetched(&self) -> Vec<RowCopy> {
+        // With the f32 tiles in scratch (the D = 128 backward) the registers go to the
+        // unrolled scratch loops (`strided_map`) instead: both together spill.
+        if !self.s.tiles_shared {
+            return Vec::new();
+        }
         let copies: Vec<_> = (0..self.s.plan.nodes.len())
             .filter_map(|i| self.row_copy(i))
             .collect();

@@ -582,6 +582,76 @@ impl<'c> Kernel<'_, 'c> {
         b.mad(blk, col, row, self.s.config.value_dim as i64)
     }
 
+    /// Elements per thread and trip of [`Self::strided_map`]. 4; 8 on NVIDIA tensor-core
+    /// kernels whose f32 tiles are in global scratch (the D = 128 backward: each element
+    /// waits on L2, and at 8 ptxas happened to allocate without the 8–40 spilled bytes it
+    /// gave at 2 or 4); 1 where unrolling does not pay or spills: AMD (LLVM hoists every
+    /// element's address out of the chunk loop, see [`Self::strided`]) and NVIDIA without
+    /// tensor cores (the portable D = 256 backward's scratch loops spill). SPIR-V unrolls,
+    /// so that the CPU tests run the unrolled index math.
+    pub fn map_unroll(&self) -> u64 {
+        match self.s.target.vendor() {
+            Vendor::Amd => 1,
+            Vendor::Nvidia if !self.s.tiles_shared && !self.s.matmul.operands_on_chip() => 1,
+            Vendor::Nvidia if !self.s.tiles_shared => 8,
+            _ => 4,
+        }
+    }
+
+    /// A loop over the `len` elements of a tile (each thread every `block_threads`-th one)
+    /// that computes `value(block, e)` and then stores it with `store(block, e, value)`.
+    ///
+    /// Each trip takes [`Self::map_unroll`] of a thread's elements (still `block_threads`
+    /// apart, so a warp's accesses stay adjacent) and computes all their values before it
+    /// stores any: the stores may alias the loads as far as LLVM and ptxas know, so only
+    /// this order lets the trip's loads overlap (one memory latency per trip instead of one
+    /// per element). A remainder loop takes what is left.
+    pub fn strided_map(
+        &self,
+        blk: &Block<'c>,
+        env: &Env<'c, '_>,
+        len: u64,
+        value: impl for<'x> Fn(&'x Block<'c>, Value<'c, 'x>) -> R<Value<'c, 'x>>,
+        store: impl for<'x> Fn(&'x Block<'c>, Value<'c, 'x>, Value<'c, 'x>) -> R<()>,
+    ) -> R<()> {
+        let b = &self.b;
+        let threads = u64::from(self.s.block_threads);
+        let unroll = self.map_unroll();
+        let round = threads * unroll;
+        let full = if unroll > 1 { len / round * round } else { 0 };
+        if full > 0 {
+            let zero = b.ci(blk, 0)?;
+            let end = b.ci(blk, full as i64)?;
+            let step = b.ci(blk, round as i64)?;
+            b.for_(blk, zero, end, step, |blk, base| {
+                let tid = self.thread_index(blk, env)?;
+                let first = b.addi(blk, tid, base)?;
+                let mut values = Vec::with_capacity(unroll as usize);
+                for k in 0..unroll {
+                    let off = b.ci(blk, (k * threads) as i64)?;
+                    let e = b.addi(blk, first, off)?;
+                    values.push((e, value(blk, e)?));
+                }
+                for (e, v) in values {
+                    store(blk, e, v)?;
+                }
+                Ok(())
+            })?;
+        }
+        if full < len {
+            let tid = self.thread_index(blk, env)?;
+            let skip = b.ci(blk, full as i64)?;
+            let lb = b.addi(blk, tid, skip)?;
+            let ub = b.ci(blk, len as i64)?;
+            let step = b.ci(blk, threads as i64)?;
+            b.for_(blk, lb, ub, step, |blk, e| {
+                let v = value(blk, e)?;
+                store(blk, e, v)
+            })?;
+        }
+        Ok(())
+    }
+
     /// A loop over the `len` elements of a tile, each thread taking every `block_threads`-th
     /// one: `body(block, e)`.
     pub fn strided<'a>(
@@ -880,12 +950,19 @@ impl<'c> Kernel<'_, 'c> {
             return Ok(());
         }
         let scratch = self.tile_mem(env)?;
-        self.strided(blk, env, state.len(), |blk, e| {
-            let from = self.addr(blk, env, next, e)?;
-            let x = b.load(blk, scratch, from)?;
-            let to = self.addr(blk, env, state, e)?;
-            b.store(blk, x, scratch, to)
-        })
+        self.strided_map(
+            blk,
+            env,
+            state.len(),
+            |blk, e| {
+                let from = self.addr(blk, env, next, e)?;
+                b.load(blk, scratch, from)
+            },
+            |blk, e, x| {
+                let to = self.addr(blk, env, state, e)?;
+                b.store(blk, x, scratch, to)
+            },
+        )
     }
 
     /// `ht ← S` for the valid columns.

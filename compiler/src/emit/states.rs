@@ -47,15 +47,20 @@ impl<'c> Kernel<'_, 'c> {
         let b = &self.b;
         let state = self.s.state;
         let states = env.arg(&KernelParam::ChunkStates)?;
-        self.strided(blk, env, state.len(), |blk, e| {
-            let (k, c) = self.row_col(blk, e, state.cols)?;
-            let ok = b.cmpi(blk, Cmp::Ult, c, env.vvalid)?;
-            b.if_(blk, ok, |blk| {
-                let x = self.load_tile(blk, env, state, e)?;
-                let idx = self.chunk_state_index(blk, env, i, k, c)?;
-                self.t.store_f32(b, blk, x, states, idx, self.dtype())
-            })
-        })
+        self.strided_map(
+            blk,
+            env,
+            state.len(),
+            |blk, e| self.load_tile(blk, env, state, e),
+            |blk, e, x| {
+                let (k, c) = self.row_col(blk, e, state.cols)?;
+                let ok = b.cmpi(blk, Cmp::Ult, c, env.vvalid)?;
+                b.if_(blk, ok, |blk| {
+                    let idx = self.chunk_state_index(blk, env, i, k, c)?;
+                    self.t.store_f32(b, blk, x, states, idx, self.dtype())
+                })
+            },
+        )
     }
 
     /// `S ← chunk_states[i]`, columns past the block's valid ones as 0, then a barrier.
@@ -69,19 +74,26 @@ impl<'c> Kernel<'_, 'c> {
         let state = self.s.state;
         let states = env.arg(&KernelParam::ChunkStates)?;
         let scratch = self.tile_mem(env)?;
-        self.strided(blk, env, state.len(), |blk, e| {
-            let (k, c) = self.row_col(blk, e, state.cols)?;
-            let one = b.ci(blk, 1)?;
-            let last = b.subi(blk, env.vvalid, one)?;
-            let cc = b.bin(blk, "arith.minui", c, last)?;
-            let idx = self.chunk_state_index(blk, env, i, k, cc)?;
-            let x = self.t.load_f32(b, blk, states, idx, self.dtype())?;
-            let ok = b.cmpi(blk, Cmp::Ult, c, env.vvalid)?;
-            let zero = b.cf32(blk, 0.0)?;
-            let x = b.select(blk, ok, x, zero)?;
-            let at = self.addr(blk, env, state, e)?;
-            b.store(blk, x, scratch, at)
-        })?;
+        self.strided_map(
+            blk,
+            env,
+            state.len(),
+            |blk, e| {
+                let (k, c) = self.row_col(blk, e, state.cols)?;
+                let one = b.ci(blk, 1)?;
+                let last = b.subi(blk, env.vvalid, one)?;
+                let cc = b.bin(blk, "arith.minui", c, last)?;
+                let idx = self.chunk_state_index(blk, env, i, k, cc)?;
+                let x = self.t.load_f32(b, blk, states, idx, self.dtype())?;
+                let ok = b.cmpi(blk, Cmp::Ult, c, env.vvalid)?;
+                let zero = b.cf32(blk, 0.0)?;
+                b.select(blk, ok, x, zero)
+            },
+            |blk, e, x| {
+                let at = self.addr(blk, env, state, e)?;
+                b.store(blk, x, scratch, at)
+            },
+        )?;
         self.t.barrier(b, blk)
     }
 

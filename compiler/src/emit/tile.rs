@@ -28,9 +28,6 @@ use crate::schedule::{MatmulPath, OperandTile, Placement, Tile};
 type AccValue<'f, 'c> = dyn for<'x> Fn(&'x Block<'c>, Value<'c, 'x>, Value<'c, 'x>, Value<'c, 'x>) -> R<Value<'c, 'x>>
     + 'f;
 
-/// Elements per thread and trip of an [`Kernel::elementwise`] loop (where it unrolls).
-const ELEMENTWISE_UNROLL: u64 = 4;
-
 /// Stores one element's final value: `f(block, row, col, value)`.
 type Store<'f, 'c> =
     dyn for<'x> Fn(&'x Block<'c>, Value<'c, 'x>, Value<'c, 'x>, Value<'c, 'x>) -> R<()> + 'f;
@@ -416,15 +413,9 @@ impl<'c> Kernel<'_, 'c> {
         })
     }
 
-    /// A cooperative loop over the elements of `dest`: `f(block, row, col, element)` gives
-    /// the f32 to store; then the operand tile's padding is zeroed.
-    ///
-    /// Off AMD (on NVIDIA, with the f32 tiles on chip), each trip of the loop takes
-    /// [`ELEMENTWISE_UNROLL`] of a thread's elements
-    /// (still `block_threads` apart, so a warp's accesses stay adjacent) and computes all
-    /// their values before it stores any: the stores may alias the loads as far as LLVM and
-    /// ptxas know, so only this order lets the loads of the trip overlap. A remainder loop
-    /// takes what is left.
+    /// A cooperative loop over the elements of `dest` ([`Kernel::strided_map`]):
+    /// `f(block, row, col, element)` gives the f32 to store; then the operand tile's padding
+    /// is zeroed.
     fn elementwise(
         &self,
         blk: &Block<'c>,
@@ -437,55 +428,22 @@ impl<'c> Kernel<'_, 'c> {
             Value<'c, 'x>,
         ) -> R<Value<'c, 'x>>,
     ) -> R<()> {
-        let b = &self.b;
         let (rows, cols) = dest
             .extent()
             .ok_or_else(|| EmitError::Schedule("a tile loop without a tile".into()))?;
-        let len = (rows * cols) as u64;
-        let threads = u64::from(self.s.block_threads);
-        // Not on AMD, nor over NVIDIA f32 tiles in global scratch: there LLVM hoists every
-        // element's 64-bit address out of the chunk loop (see `strided`) and the unrolled
-        // loops spill (D = 256 backward: 148 bytes). SPIR-V unrolls too, so that the CPU
-        // tests run this loop's index math.
-        let unroll = match self.s.target.vendor() {
-            crate::lower::Vendor::Amd => 1,
-            crate::lower::Vendor::Nvidia if !self.s.tiles_shared => 1,
-            _ => ELEMENTWISE_UNROLL,
-        };
-        let round = threads * unroll;
-        let full = if unroll > 1 { len / round * round } else { 0 };
-        if full > 0 {
-            let zero = b.ci(blk, 0)?;
-            let end = b.ci(blk, full as i64)?;
-            let step = b.ci(blk, round as i64)?;
-            b.for_(blk, zero, end, step, |blk, base| {
-                let tid = self.thread_index(blk, env)?;
-                let first = b.addi(blk, tid, base)?;
-                let mut values = Vec::with_capacity(unroll as usize);
-                for k in 0..unroll {
-                    let off = b.ci(blk, (k * threads) as i64)?;
-                    let e = b.addi(blk, first, off)?;
-                    let (r, c) = self.row_col(blk, e, cols)?;
-                    values.push((r, c, e, f(blk, r, c, e)?));
-                }
-                for (r, c, e, v) in values {
-                    self.store_dest(blk, env, dest, r, c, e, v)?;
-                }
-                Ok(())
-            })?;
-        }
-        if full < len {
-            let tid = self.thread_index(blk, env)?;
-            let skip = b.ci(blk, full as i64)?;
-            let lb = b.addi(blk, tid, skip)?;
-            let ub = b.ci(blk, len as i64)?;
-            let step = b.ci(blk, threads as i64)?;
-            b.for_(blk, lb, ub, step, |blk, e| {
+        self.strided_map(
+            blk,
+            env,
+            (rows * cols) as u64,
+            |blk, e| {
                 let (r, c) = self.row_col(blk, e, cols)?;
-                let v = f(blk, r, c, e)?;
+                f(blk, r, c, e)
+            },
+            |blk, e, v| {
+                let (r, c) = self.row_col(blk, e, cols)?;
                 self.store_dest(blk, env, dest, r, c, e, v)
-            })?;
-        }
+            },
+        )?;
         self.zero_dest_padding(blk, env, dest)
     }
 
