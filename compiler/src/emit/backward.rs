@@ -173,50 +173,30 @@ impl<'c> Kernel<'_, 'c> {
                 let later = b.cmpi(blk, Cmp::Ult, zero, g)?;
                 let more = b.cmpi(blk, Cmp::Ult, g, last_g)?;
                 let last = b.cmpi(blk, Cmp::Ule, last_g, g)?;
-                self.strided_map(
-                    blk,
-                    env,
-                    tile.len(),
-                    |blk, e| self.load_tile(blk, env, tile, e),
-                    |blk, e, x| {
-                        let (r, c) = self.row_col(blk, e, tile.cols)?;
-                        let ok = b.cmpi(blk, Cmp::Ult, r, len)?;
-                        b.if_(blk, ok, |blk| {
-                            let row = b.addi(blk, start, r)?;
-                            let head = b.muli(blk, row, env.heads)?;
-                            let head = b.addi(blk, head, env.h)?;
-                            let idx = b.mad(blk, c, head, kd)?;
-                            // The running sum: 0 for the first value head, which reads element 0
-                            // instead (with HV = H the accumulator has only that one).
-                            let zero_idx = b.ci(blk, 0)?;
-                            let at = b.select(blk, later, idx, zero_idx)?;
-                            let prev = b.load(blk, acc, at)?;
-                            let zero = b.cf32(blk, 0.0)?;
-                            let prev = b.select(blk, later, prev, zero)?;
-                            let sum = b.addf(blk, prev, x)?;
-                            b.if_(blk, last, |blk| {
-                                self.t.store_f32(b, blk, sum, out, idx, dtype)
-                            })?;
-                            b.if_(blk, more, |blk| b.store(blk, sum, acc, idx))
-                        })
-                    },
-                )
+                self.valid_rows_of(blk, env, tile, len, |blk, r, c, x| {
+                    let row = b.addi(blk, start, r)?;
+                    let head = b.muli(blk, row, env.heads)?;
+                    let head = b.addi(blk, head, env.h)?;
+                    let idx = b.mad(blk, c, head, kd)?;
+                    // The running sum: 0 for the first value head, which reads element 0
+                    // instead (with HV = H the accumulator has only that one).
+                    let zero_idx = b.ci(blk, 0)?;
+                    let at = b.select(blk, later, idx, zero_idx)?;
+                    let prev = b.load(blk, acc, at)?;
+                    let zero = b.cf32(blk, 0.0)?;
+                    let prev = b.select(blk, later, prev, zero)?;
+                    let sum = b.addf(blk, prev, x)?;
+                    b.if_(blk, last, |blk| {
+                        self.t.store_f32(b, blk, sum, out, idx, dtype)
+                    })?;
+                    b.if_(blk, more, |blk| b.store(blk, sum, acc, idx))
+                })
             }
-            Role::Value => self.strided_map(
-                blk,
-                env,
-                tile.len(),
-                |blk, e| self.load_tile(blk, env, tile, e),
-                |blk, e, x| {
-                    let (r, c) = self.row_col(blk, e, tile.cols)?;
-                    let ok = b.cmpi(blk, Cmp::Ult, r, len)?;
-                    b.if_(blk, ok, |blk| {
-                        let row = b.addi(blk, start, r)?;
-                        let idx = self.value_index(blk, env, row, c)?;
-                        self.t.store_f32(b, blk, x, out, idx, dtype)
-                    })
-                },
-            ),
+            Role::Value => self.valid_rows_of(blk, env, tile, len, |blk, r, c, x| {
+                let row = b.addi(blk, start, r)?;
+                let idx = self.value_index(blk, env, row, c)?;
+                self.t.store_f32(b, blk, x, out, idx, dtype)
+            }),
             _ => self.strided(blk, env, tile.len(), |blk, r| {
                 let ok = b.cmpi(blk, Cmp::Ult, r, len)?;
                 b.if_(blk, ok, |blk| {
@@ -228,6 +208,30 @@ impl<'c> Kernel<'_, 'c> {
                 })
             }),
         }
+    }
+
+    /// `store(block, row, col, x)` for each element `x` of `tile` in the chunk's `len` valid
+    /// rows (the tile's elements read in unrolled trips, [`Kernel::strided_map`]).
+    fn valid_rows_of(
+        &self,
+        blk: &Block<'c>,
+        env: &Env<'c, '_>,
+        tile: crate::schedule::Tile,
+        len: Value<'c, '_>,
+        store: impl for<'x> Fn(&'x Block<'c>, Value<'c, 'x>, Value<'c, 'x>, Value<'c, 'x>) -> R<()>,
+    ) -> R<()> {
+        let b = &self.b;
+        self.strided_map(
+            blk,
+            env,
+            tile.len(),
+            |blk, e| self.load_tile(blk, env, tile, e),
+            |blk, e, x| {
+                let (r, c) = self.row_col(blk, e, tile.cols)?;
+                let ok = b.cmpi(blk, Cmp::Ult, r, len)?;
+                b.if_(blk, ok, |blk| store(blk, r, c, x))
+            },
+        )
     }
 
     /// `dh ← dht` (or 0) for this (sequence, value head).

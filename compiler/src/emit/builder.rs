@@ -356,6 +356,16 @@ impl<'c> Builder<'c> {
         self.push0(b, self.op("memref.store").add_operands(&[value, mem, idx]))
     }
 
+    /// The address of a memref's first element, as an `index`.
+    pub fn base_address<'a>(&self, b: &'a Block<'c>, mem: Value<'c, '_>) -> R<Value<'c, 'a>> {
+        self.push(
+            b,
+            self.op("memref.extract_aligned_pointer_as_index")
+                .add_operands(&[mem])
+                .add_results(&[self.index()]),
+        )
+    }
+
     /// `vector.store` of `value` at element `idx`, declared `align`-byte aligned.
     pub fn vector_store(
         &self,

@@ -120,13 +120,7 @@ impl<'c> Kernel<'_, 'c> {
         let b = &self.b;
         let mut all = None;
         for copy in copies {
-            let mem = env.arg(&copy.param)?;
-            let ptr = b.push(
-                blk,
-                b.op("memref.extract_aligned_pointer_as_index")
-                    .add_operands(&[mem])
-                    .add_results(&[b.index()]),
-            )?;
+            let ptr = b.base_address(blk, env.arg(&copy.param)?)?;
             let fifteen = b.ci(blk, 15)?;
             let low = b.bin(blk, "arith.andi", ptr, fifteen)?;
             let zero = b.ci(blk, 0)?;
@@ -186,12 +180,7 @@ impl<'c> Kernel<'_, 'c> {
             aligned,
             &types,
             |blk| {
-                let base = b.push(
-                    blk,
-                    b.op("memref.extract_aligned_pointer_as_index")
-                        .add_operands(&[mem])
-                        .add_results(&[b.index()]),
-                )?;
+                let base = b.base_address(blk, mem)?;
                 let mut v = Vec::with_capacity(n);
                 for &idx in &indices {
                     let addr = b.mad(blk, base, idx, 2)?;
