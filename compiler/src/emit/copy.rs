@@ -13,9 +13,11 @@
 //! When: NVIDIA tensor-core kernels (operands in shared memory), 16-bit dtypes, rows whose
 //! width, start column and operand-tile pitch are multiples of 8 elements (K, or V and the
 //! value block) — known at compile time. A buffer whose base is not 16-byte aligned is read
-//! element by element into the same vectors (one uniform branch per tile). Prefetching keeps
-//! at most [`PREFETCH_REGISTERS`] registers per thread in flight; past that, the tiles are
-//! loaded in place.
+//! element by element into the same vectors (one uniform branch per tile; the aligned loads
+//! are an asm statement so that LLVM cannot merge the two branches, see
+//! `TargetOps::global_load_16`). Prefetching keeps at most [`PREFETCH_REGISTERS`] registers
+//! per thread in flight, and none in kernels whose f32 tiles are in global scratch (their
+//! registers go to the unrolled scratch loops); otherwise the tiles are loaded in place.
 
 use linrec_spec::Role;
 use linrec_spec::launch::{ElementType, KernelParam};
