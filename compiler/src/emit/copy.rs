@@ -314,14 +314,20 @@ pub(super) struct Carried<'c, 'a> {
 
 impl<'c, 'a> Carried<'c, 'a> {
     /// Splits `vectors` (the loop's iteration values, in the order of `copies`) per copy.
-    pub fn new(copies: &[RowCopy], counts: &[usize], vectors: &[Value<'c, 'a>]) -> Self {
+    pub fn new(copies: &[RowCopy], counts: &[usize], vectors: &[Value<'c, 'a>]) -> R<Self> {
         let mut parts = Vec::with_capacity(copies.len());
         let mut at = 0;
         for (copy, &n) in copies.iter().zip(counts) {
-            parts.push((copy.clone(), vectors[at..at + n].to_vec()));
+            let part = vectors.get(at..at + n).ok_or_else(|| {
+                super::EmitError::Schedule(format!(
+                    "the chunk loop carries {} vectors, the copies need more",
+                    vectors.len()
+                ))
+            })?;
+            parts.push((copy.clone(), part.to_vec()));
             at += n;
         }
-        Carried { parts }
+        Ok(Carried { parts })
     }
 
     /// The copy of `node` and its vectors, if `node` is prefetched.

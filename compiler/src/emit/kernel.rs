@@ -816,7 +816,7 @@ impl<'c> Kernel<'_, 'c> {
                     next.extend(self.issue_rows(&body, env, (nstart, nlen), copy, aligned)?);
                 }
             }
-            let carried = Carried::new(&copies, &counts, &carried_now);
+            let carried = Carried::new(&copies, &counts, &carried_now)?;
             match phase {
                 Phase::Forward => self.chunk_body(&body, env, start, len, &carried)?,
                 Phase::States => self.states_chunk(&body, env, start, len, i, &carried)?,
