@@ -11,7 +11,9 @@ For each shape (B, T, H, D), K = V = D, bf16, layout [B, T, H, D]:
   sdpa_causal  torch.nn.functional.scaled_dot_product_attention(is_causal=True) ([B,H,T,D])
 no initial state, no final state (fla's defaults), fwd under no_grad and fwd+bwd (a random do).
 Each call sits between two CUDA events, calls enqueued back to back, median of --iters (>= 100)
-after --warmup. A call that raises (fla refuses simple_gla's backward on Triton 3.6 + Hopper,
+after --warmup. Every forward is timed first, then fwd+bwd at --bwd-shapes: fla's first backward
+at a shape costs minutes of Triton autotuning, which a time budget should not spend before the
+other shapes' forwards. A call that raises (fla refuses simple_gla's backward on Triton 3.6 + Hopper,
 its issue #640) is recorded with the error text instead of a time.
 """
 
@@ -98,10 +100,8 @@ def main():
     }
     print(f"device {meta['device']}  torch {meta['torch']}  triton {meta['triton']}  fla {meta['fla']}",
           flush=True)
-    rows = []
-
-    def emit(row):
-        rows.append(row)
+    # Prints the row as it stands and rewrites the JSON with every row so far.
+    def emit(row, rows):
         fmt = lambda x: f"{x:.3f}" if isinstance(x, float) else "-"
         print(f"{row['impl']:<12} {row['variant']:<12} {str(tuple(row['shape'])):<22} "
               f"fwd {fmt(row.get('fwd_ms'))} ms  fwd+bwd {fmt(row.get('fwdbwd_ms'))} ms"
@@ -110,52 +110,61 @@ def main():
             with open(args.json, "w") as f:
                 json.dump({**meta, "results": rows}, f, indent=1)
 
-    for (B, T, H, D) in parse_shapes(args.shapes):
-        torch.manual_seed(0)
-        q = torch.randn(B, T, H, D, device=dev, dtype=torch.bfloat16)
-        k = torch.randn(B, T, H, D, device=dev, dtype=torch.bfloat16)
-        v = torch.randn(B, T, H, D, device=dev, dtype=torch.bfloat16)
-        g = F.logsigmoid(torch.randn(B, T, H, device=dev, dtype=torch.float32))
-        do = torch.randn(B, T, H, D, device=dev, dtype=torch.bfloat16)
-        cases = [
-            ("fla", "linear_attn", lambda q, k, v, g: chunk_linear_attn(q, k, v, normalize=False)[0]),
-            ("fla", "retention", lambda q, k, v, g: chunk_retention(q, k, v)[0]),
-            ("fla", "simple_gla", lambda q, k, v, g: chunk_simple_gla(q, k, v, g)[0]),
-            ("torch", "sdpa_causal", lambda q, k, v, g: F.scaled_dot_product_attention(
-                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
-            ).transpose(1, 2)),
-        ]
-        for impl, variant, fn in cases:
-            row = {"impl": impl, "variant": variant, "shape": [B, T, H, D]}
-            if time.time() - t0 > args.budget_s:
-                row["note"] = "skipped: time budget"
-                emit(row)
-                continue
-            try:
-                with torch.no_grad():
-                    m, p10, p90 = time_cuda(lambda: fn(q, k, v, g), args.warmup, args.iters)
-                row.update(fwd_ms=m, fwd_p10_ms=p10, fwd_p90_ms=p90)
-            except Exception as e:  # noqa: BLE001 — recorded, part of the comparison
-                row["fwd_error"] = f"{type(e).__name__}: {e}"[:300]
-            want_bwd = not args.no_bwd and (bwd_shapes is None or (B, T, H, D) in bwd_shapes)
-            if want_bwd and time.time() - t0 <= args.budget_s:
-                qg, kg, vg = (x.detach().clone().requires_grad_(True) for x in (q, k, v))
-                gg = g.detach().clone().requires_grad_(True)
+    shapes = parse_shapes(args.shapes)
+    want_bwd = lambda shape: not args.no_bwd and (bwd_shapes is None or shape in bwd_shapes)
+    # Two passes: every forward first, then fwd+bwd where asked. fla's first backward at a
+    # shape costs minutes of Triton autotuning; done first, it ate a whole budget before any
+    # other shape's forward was timed.
+    by_key = {}
+    for kind, pass_shapes in (("fwd", shapes), ("fwdbwd", [s for s in shapes if want_bwd(s)])):
+        for (B, T, H, D) in pass_shapes:
+            torch.manual_seed(0)
+            q = torch.randn(B, T, H, D, device=dev, dtype=torch.bfloat16)
+            k = torch.randn(B, T, H, D, device=dev, dtype=torch.bfloat16)
+            v = torch.randn(B, T, H, D, device=dev, dtype=torch.bfloat16)
+            g = F.logsigmoid(torch.randn(B, T, H, device=dev, dtype=torch.float32))
+            do = torch.randn(B, T, H, D, device=dev, dtype=torch.bfloat16)
+            cases = [
+                ("fla", "linear_attn", lambda q, k, v, g: chunk_linear_attn(q, k, v, normalize=False)[0]),
+                ("fla", "retention", lambda q, k, v, g: chunk_retention(q, k, v)[0]),
+                ("fla", "simple_gla", lambda q, k, v, g: chunk_simple_gla(q, k, v, g)[0]),
+                ("torch", "sdpa_causal", lambda q, k, v, g: F.scaled_dot_product_attention(
+                    q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
+                ).transpose(1, 2)),
+            ]
+            for impl, variant, fn in cases:
+                key = (impl, variant, (B, T, H, D))
+                row = by_key.setdefault(key, {"impl": impl, "variant": variant, "shape": [B, T, H, D]})
+                if time.time() - t0 > args.budget_s:
+                    row["note"] = "skipped: time budget"
+                    emit(row, list(by_key.values()))
+                    continue
+                if kind == "fwd":
+                    try:
+                        with torch.no_grad():
+                            m, p10, p90 = time_cuda(lambda: fn(q, k, v, g), args.warmup, args.iters)
+                        row.update(fwd_ms=m, fwd_p10_ms=p10, fwd_p90_ms=p90)
+                    except Exception as e:  # noqa: BLE001 — recorded, part of the comparison
+                        row["fwd_error"] = f"{type(e).__name__}: {e}"[:300]
+                else:
+                    row.pop("note", None)
+                    qg, kg, vg = (x.detach().clone().requires_grad_(True) for x in (q, k, v))
+                    gg = g.detach().clone().requires_grad_(True)
 
-                def fwdbwd():
-                    o = fn(qg, kg, vg, gg)
-                    o.backward(do)
+                    def fwdbwd():
+                        o = fn(qg, kg, vg, gg)
+                        o.backward(do)
 
-                try:
-                    m, p10, p90 = time_cuda(fwdbwd, args.warmup, args.iters)
-                    row.update(fwdbwd_ms=m, fwdbwd_p10_ms=p10, fwdbwd_p90_ms=p90)
-                except Exception as e:  # noqa: BLE001
-                    row["bwd_error"] = f"{type(e).__name__}: {e}"[:300]
-                    row["note"] = "fwd+bwd refused: " + row["bwd_error"][:120]
-                del qg, kg, vg, gg
-            emit(row)
-        del q, k, v, g, do
-        torch.cuda.empty_cache()
+                    try:
+                        m, p10, p90 = time_cuda(fwdbwd, args.warmup, args.iters)
+                        row.update(fwdbwd_ms=m, fwdbwd_p10_ms=p10, fwdbwd_p90_ms=p90)
+                    except Exception as e:  # noqa: BLE001
+                        row["bwd_error"] = f"{type(e).__name__}: {e}"[:300]
+                        row["note"] = "fwd+bwd refused: " + row["bwd_error"][:120]
+                    del qg, kg, vg, gg
+                emit(row, list(by_key.values()))
+            del q, k, v, g, do
+            torch.cuda.empty_cache()
     print(f"done in {time.time() - t0:.0f} s", flush=True)
     return 0
 

@@ -18,7 +18,8 @@
 #   after `art`), then scripts/bench-fla.py (unless FLA=0), then scripts/bench-merge.py; JSON,
 #   logs and the table go to $OUT (else DIR/out). Each step prints its duration.
 #   fla's Triton autotuning on a fresh machine is slow (minutes for the first shape's fwd+bwd),
-#   so fla's fwd+bwd runs only at FLA_BWD_SHAPES and anything past FLA_BUDGET_S seconds is
+#   so fla's forwards run first at every shape, its fwd+bwd after them and only at
+#   FLA_BWD_SHAPES, and anything past FLA_BUDGET_S seconds is
 #   recorded as skipped; likewise each linrec set stops starting measurements after
 #   LINREC_BUDGET_S seconds (and skips one whose launches would not fit), writing its JSON after
 #   every row. Keep the device call's timeout above ~60 s + the linrec budgets + the fla budget.
