@@ -766,8 +766,12 @@ impl<'c> Kernel<'_, 'c> {
             false => vec![self.row_vector()?; counts.iter().sum()],
         };
         let mut init = Vec::new();
-        if !copies.is_empty() {
-            let aligned = self.rows_aligned(blk, env, &copies)?;
+        // One alignment check for the prologue and every iteration (the loop body reads it).
+        let aligned = match copies.is_empty() {
+            true => None,
+            false => Some(self.rows_aligned(blk, env, &copies)?),
+        };
+        if let Some(aligned) = aligned {
             let nonempty = b.cmpi(blk, Cmp::Slt, zero, chunks)?;
             init = b.if_values(
                 blk,
@@ -805,8 +809,7 @@ impl<'c> Kernel<'_, 'c> {
             let (i, start, len) = self.iteration_rows(&body, env, chunks, phase, it)?;
             let carried_now: Vec<Value> = (1..args.len()).map(arg).collect::<R<_>>()?;
             let mut next = Vec::new();
-            if !copies.is_empty() {
-                let aligned = self.rows_aligned(&body, env, &copies)?;
+            if let Some(aligned) = aligned {
                 let one = b.ci(&body, 1)?;
                 let after = b.addi(&body, it, one)?;
                 let last = b.subi(&body, chunks, one)?;

@@ -183,19 +183,6 @@ impl<'c> Kernel<'_, 'c> {
                 })?;
                 self.zero_dest_padding(blk, env, dest)
             }
-            Op::RowSum(x) | Op::ColSum(x)
-                if self
-                    .extent_of(*x)
-                    .ok()
-                    .and_then(|(rows, cols)| match node.op {
-                        Op::RowSum(_) => self.lanes_per_row(rows, cols),
-                        _ => self.lanes_per_row(cols, rows),
-                    })
-                    .is_some() =>
-            {
-                let by_row = matches!(node.op, Op::RowSum(_));
-                self.shuffled_row_sum(blk, env, self.src(*x)?, self.extent_of(*x)?, by_row, dest)
-            }
             Op::ReverseCumSum(x) => {
                 let src = self.tile(*x)?;
                 self.elementwise(blk, env, dest, |blk, r, _, _| {
@@ -213,6 +200,10 @@ impl<'c> Kernel<'_, 'c> {
                 let src = self.src(*x)?;
                 let (rows, cols) = self.extent_of(*x)?;
                 let by_row = matches!(node.op, Op::RowSum(_));
+                let (out, len) = if by_row { (rows, cols) } else { (cols, rows) };
+                if let Some(lanes) = self.lanes_per_row(out, len) {
+                    return self.shuffled_row_sum(blk, env, src, (rows, cols), by_row, lanes, dest);
+                }
                 self.elementwise(blk, env, dest, |blk, r, _, _| {
                     let zero = b.ci(blk, 0)?;
                     let one = b.ci(blk, 1)?;
@@ -979,9 +970,10 @@ impl<'c> Kernel<'_, 'c> {
         })
     }
 
-    /// A row sum (`by_row`) or column sum of `src` (`rows × cols`) with
-    /// [`Kernel::lanes_per_row`] lanes per result: each sums every `P`-th element, the
-    /// butterfly combines them, the group's first lane stores.
+    /// A row sum (`by_row`) or column sum of `src` (`rows × cols`) with `p` lanes per result
+    /// ([`Kernel::lanes_per_row`]): each sums every `p`-th element, the butterfly combines
+    /// them, the group's first lane stores.
+    #[allow(clippy::too_many_arguments)]
     fn shuffled_row_sum(
         &self,
         blk: &Block<'c>,
@@ -989,13 +981,11 @@ impl<'c> Kernel<'_, 'c> {
         src: Src,
         (rows, cols): (usize, usize),
         by_row: bool,
+        p: usize,
         dest: Dest,
     ) -> R<()> {
         let b = &self.b;
         let (out, len) = if by_row { (rows, cols) } else { (cols, rows) };
-        let p = self
-            .lanes_per_row(out, len)
-            .ok_or_else(|| EmitError::Schedule("a shuffled sum without lanes".into()))?;
         self.strided(blk, env, (out * p) as u64, |blk, e| {
             let (r, part) = self.row_col(blk, e, p)?;
             let end = b.ci(blk, len as i64)?;
