@@ -441,7 +441,7 @@ fn emit_prints_every_stage() {
             "{stage}: `{needle}` missing from:\n{out}"
         );
     }
-    // The backward kernel's stages: the derived plan, the fused two-phase schedule, its PTX.
+    // The backward's stages: the derived plan, the two-kernel schedule, its PTX.
     for (stage, needle) in [
         ("plan", "plan simple_gla backward"),
         ("schedule", "phase 2, per chunk in reverse"),

@@ -213,8 +213,8 @@ pub enum KernelParam {
     ValueHeads,
     /// f32 scalar output scale.
     Scale,
-    // Backward kernels (`direction = "backward"`): the workgroup grid is `(1, N·H, 1)`, each
-    // workgroup owning one (sequence, q/k head) and the value heads of its GVA group in turn.
+    // Backward kernels (`direction = "backward"`): a workgroup owns one (sequence, q/k head)
+    // and walks the value heads of its GVA group in turn.
     /// `dO [B, T, HV, V]` in the input dtype.
     GradOutput,
     /// `dht [N, HV, K, V]` f32, the gradient of the final state ([`KernelConfig::final_state`]
@@ -228,13 +228,17 @@ pub enum KernelParam {
     /// The state entering every chunk, `[⌊B·T / C⌋ + N, HV, K, V]` in the config's dtype
     /// (bf16 and f16 states are rounded copies; the kernels carry f32): chunk `i` of sequence
     /// `n` (rows from `bos`) is slot `⌊bos / C⌋ + n + i`. Written by a forward's states kernel
-    /// (read by its output kernel) and by the backward kernel when it recomputes the states
-    /// (read in its reverse sweep).
+    /// (read by its output kernel) and by the backward's first kernel when it recomputes
+    /// the states (read by its gradient kernel).
     ChunkStates,
     /// i32 scalar, backward kernels: nonzero when [`KernelParam::ChunkStates`] already holds
     /// the forward's chunk states (a split forward wrote them and the caller kept them), so the
     /// kernel skips recomputing them; 0 to recompute.
     ChunkStatesGiven,
+    /// The gradient of the state leaving every chunk (`dh`), backward kernels: laid out as
+    /// [`KernelParam::ChunkStates`] (same slots and dtype). The backward's first kernel writes
+    /// it in its reverse sweep, the chunk-parallel gradient kernel reads it.
+    ChunkStateGrads,
     /// f32 `[B, T, H, K]`: the running sum of the q or k gradient over the value heads of a
     /// GVA group (read and written only when HV > H; any 1-element buffer otherwise).
     GradAccumulator(Role),

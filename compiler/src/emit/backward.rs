@@ -1,8 +1,10 @@
-//! The backward kernel's frame (layout in [`crate::schedule::backward`]): per value head of the
-//! workgroup's GVA group, phase 1 recomputes the state entering every chunk into
-//! `chunk_states`, phase 2 sweeps the chunks in reverse with the backward plan, carrying `dh`,
-//! and stores each chunk's rows of every gradient. The plan's nodes are emitted by the same
-//! [`Kernel::node`] as the forward's, each phase with its own [`crate::schedule::Schedule`].
+//! The backward's two kernels (layout in [`crate::schedule::backward`]), each walking the
+//! value heads of its workgroup's GVA group: `…_bwd_dh` recomputes the state entering every
+//! chunk into `chunk_states` (unless given), then sweeps the chunks in reverse carrying `dh`
+//! and storing it per chunk into `chunk_dh`; `…_bwd` takes its group of chunks one at a
+//! time, reads each one's state and `dh` back and stores the chunk's rows of every gradient.
+//! The plans' nodes are emitted by the same [`Kernel::node`] as the forward's, each phase
+//! with its own [`crate::schedule::Schedule`].
 
 use linrec_spec::Role;
 use linrec_spec::launch::{ElementType, KernelParam};
@@ -16,10 +18,10 @@ use super::builder::{Builder, Cmp, R};
 use super::copy::Carried;
 use super::kernel::{Env, Kernel, Phase};
 use super::target::TargetOps;
-use crate::plan::Sink;
+use crate::plan::{Op, Sink};
 use crate::schedule::BackwardSchedule;
 
-/// Builds the backward `gpu.func` of `bs` into the `gpu.module` body `module`.
+/// Builds the backward's two `gpu.func`s of `bs` into the `gpu.module` body `module`.
 pub(super) fn build<'c>(ctx: &'c Context, bs: &BackwardSchedule, module: &Block<'c>) -> R<()> {
     let kernel = |s| Kernel {
         b: Builder::new(ctx),
@@ -28,13 +30,22 @@ pub(super) fn build<'c>(ctx: &'c Context, bs: &BackwardSchedule, module: &Block<
         bwd: Some(bs),
     };
     let states = kernel(&bs.states);
+    let dstates = kernel(&bs.dstates);
     let grads = kernel(&bs.grads);
     if bs.grads.matmul == crate::schedule::MatmulPath::TensorCore {
         grads.declare_smem(module)?;
     }
+    dstates.func(module, None, |entry, args, _| {
+        let env = dstates.prologue(entry, args, None)?;
+        dstates.group_loop(entry, &env, |body, env| {
+            dstates.dh_sweep(body, env, &states)
+        })
+    })?;
     grads.func(module, None, |entry, args, _| {
         let env = grads.prologue(entry, args, None)?;
-        grads.group_loop(entry, &env, &states)
+        grads.group_loop(entry, &env, |body, env| {
+            grads.chunk_loop(body, env, Phase::Grads)
+        })
     })
 }
 
@@ -44,8 +55,13 @@ impl<'c> Kernel<'_, 'c> {
             .ok_or_else(|| EmitError::Schedule("a backward step in a forward kernel".into()))
     }
 
-    /// `for g in 0..HV/H`: both phases for value head `h · group + g`.
-    fn group_loop(&self, blk: &Block<'c>, env: &Env<'c, '_>, states: &Kernel<'_, 'c>) -> R<()> {
+    /// `for g in 0..HV/H`: `per_head` for value head `h · group + g`.
+    fn group_loop(
+        &self,
+        blk: &Block<'c>,
+        env: &Env<'c, '_>,
+        per_head: impl for<'x> Fn(&'x Block<'c>, &Env<'c, 'x>) -> R<()>,
+    ) -> R<()> {
         let b = &self.b;
         let zero = b.ci(blk, 0)?;
         let one = b.ci(blk, 1)?;
@@ -70,22 +86,7 @@ impl<'c> Kernel<'_, 'c> {
                 decay,
                 ..env.clone()
             };
-            // Phase 1 unless the caller passed the forward's chunk states.
-            let given = b.to_index(&body, env.arg(&KernelParam::ChunkStatesGiven)?)?;
-            let recompute = b.cmpi(&body, Cmp::Ule, given, zero)?;
-            b.if_(&body, recompute, |blk| {
-                states.init_state(blk, &env)?;
-                self.t.barrier(b, blk)?;
-                states.chunk_loop(blk, &env, Phase::States)?;
-                self.t.barrier(b, blk)
-            })?;
-            self.init_dstate(&body, &env)?;
-            self.t.barrier(b, &body)?;
-            self.chunk_loop(&body, &env, Phase::Grads)?;
-            if self.s.config.initial_state {
-                self.store_dh0(&body, &env)?;
-            }
-            self.t.barrier(b, &body)?;
+            per_head(&body, &env)?;
             b.yield_(&body, &[])?;
         }
         let region = Region::new();
@@ -98,9 +99,30 @@ impl<'c> Kernel<'_, 'c> {
         )
     }
 
-    /// Phase 2, one chunk: `S ← chunk_states[i]`, the backward plan, the chunk's gradient
-    /// rows, `dh ← the state gradient`.
-    pub(super) fn grads_chunk<'a>(
+    /// Kernel 1 for one value head: the chunk states (unless the caller passed the forward's),
+    /// then `dh` from the last chunk to the first, then `dh0`.
+    fn dh_sweep(&self, blk: &Block<'c>, env: &Env<'c, '_>, states: &Kernel<'_, 'c>) -> R<()> {
+        let b = &self.b;
+        let zero = b.ci(blk, 0)?;
+        let given = b.to_index(blk, env.arg(&KernelParam::ChunkStatesGiven)?)?;
+        let recompute = b.cmpi(blk, Cmp::Ule, given, zero)?;
+        b.if_(blk, recompute, |blk| {
+            states.init_state(blk, env)?;
+            self.t.barrier(b, blk)?;
+            states.chunk_loop(blk, env, Phase::States)?;
+            self.t.barrier(b, blk)
+        })?;
+        self.init_dstate(blk, env)?;
+        self.t.barrier(b, blk)?;
+        self.chunk_loop(blk, env, Phase::DStates)?;
+        if self.s.config.initial_state {
+            self.store_dh0(blk, env)?;
+        }
+        self.t.barrier(b, blk)
+    }
+
+    /// Kernel 1, one chunk in reverse: `chunk_dh[i] ← dh`, dh's plan, `dh ← its sink`.
+    pub(super) fn dstates_chunk<'a>(
         &self,
         blk: &'a Block<'c>,
         env: &Env<'c, 'a>,
@@ -110,37 +132,59 @@ impl<'c> Kernel<'_, 'c> {
         carried: &Carried<'c, 'a>,
     ) -> R<()> {
         let b = &self.b;
+        let dstate = self.layout()?.dstate;
+        self.store_chunk_tile(blk, env, i, &KernelParam::ChunkStateGrads, dstate)?;
+        self.nodes(blk, env, start, len, carried)?;
+        let from = self.tile(self.s.state_out)?;
+        if from != dstate {
+            let scratch = self.tile_mem(env)?;
+            self.strided_map(
+                blk,
+                env,
+                dstate.len(),
+                |blk, e| self.load_tile(blk, env, from, e),
+                |blk, e, x| {
+                    let at = self.addr(blk, env, dstate, e)?;
+                    b.store(blk, x, scratch, at)
+                },
+            )?;
+        }
+        self.t.barrier(b, blk)
+    }
+
+    /// Kernel 2, one chunk: `S ← chunk_states[i]` and `dh ← chunk_dh[i]` (those the plan
+    /// reads), the plan, the chunk's gradient rows.
+    pub(super) fn grads_chunk<'a>(
+        &self,
+        blk: &'a Block<'c>,
+        env: &Env<'c, 'a>,
+        start: Value<'c, '_>,
+        len: Value<'c, '_>,
+        i: Value<'c, '_>,
+        carried: &Carried<'c, 'a>,
+    ) -> R<()> {
         let bs = self.layout()?;
-        let scratch = self.tile_mem(env)?;
-        self.load_chunk_state(blk, env, i)?;
+        let reads = |op: Op| self.s.plan.nodes.iter().any(|n| n.op == op);
+        if reads(Op::StateIn) {
+            self.load_chunk_tile(blk, env, i, &KernelParam::ChunkStates, self.s.state)?;
+        }
+        if reads(Op::GradIn(Sink::StateOut)) {
+            let dstate = bs.grads_dstate;
+            self.load_chunk_tile(blk, env, i, &KernelParam::ChunkStateGrads, dstate)?;
+        }
+        self.t.barrier(&self.b, blk)?;
         self.nodes(blk, env, start, len, carried)?;
         for (sink, v) in &bs.sinks {
             match sink {
                 Sink::Grad(role) => self.store_grad(blk, env, start, len, *role, *v)?,
-                Sink::StateGrad => {
-                    let from = self.tile(*v)?;
-                    let to = bs.dstate;
-                    if from != to {
-                        self.strided_map(
-                            blk,
-                            env,
-                            to.len(),
-                            |blk, e| self.load_tile(blk, env, from, e),
-                            |blk, e, x| {
-                                let at = self.addr(blk, env, to, e)?;
-                                b.store(blk, x, scratch, at)
-                            },
-                        )?;
-                    }
-                }
                 other => {
                     return Err(EmitError::Schedule(format!(
-                        "the backward kernel cannot store a {other:?} sink"
+                        "the gradient kernel cannot store a {other:?} sink"
                     )));
                 }
             }
         }
-        self.t.barrier(b, blk)
+        self.t.barrier(&self.b, blk)
     }
 
     /// The chunk's valid rows of the gradient of `role` from tile `v`: dq, dk at the q/k head
@@ -234,7 +278,7 @@ impl<'c> Kernel<'_, 'c> {
         )
     }
 
-    /// `dh ← dht` (or 0) for this (sequence, value head).
+    /// `dh ← dht` (or 0) for this (sequence, value head, value block).
     fn init_dstate(&self, blk: &Block<'c>, env: &Env<'c, '_>) -> R<()> {
         let b = &self.b;
         let dstate = self.layout()?.dstate;
@@ -246,10 +290,17 @@ impl<'c> Kernel<'_, 'c> {
         let scratch = self.tile_mem(env)?;
         self.strided(blk, env, dstate.len(), |blk, e| {
             let x = match dht {
+                // Columns past the block's valid ones read a valid one and become 0.
                 Some(dht) => {
                     let (k, c) = self.row_col(blk, e, dstate.cols)?;
-                    let idx = self.state_index(blk, env, k, c)?;
-                    b.load(blk, dht, idx)?
+                    let one = b.ci(blk, 1)?;
+                    let last = b.subi(blk, env.vvalid, one)?;
+                    let cc = b.bin(blk, "arith.minui", c, last)?;
+                    let idx = self.state_index(blk, env, k, cc)?;
+                    let x = b.load(blk, dht, idx)?;
+                    let ok = b.cmpi(blk, Cmp::Ult, c, env.vvalid)?;
+                    let zero = b.cf32(blk, 0.0)?;
+                    b.select(blk, ok, x, zero)?
                 }
                 None => b.cf32(blk, 0.0)?,
             };
@@ -258,7 +309,7 @@ impl<'c> Kernel<'_, 'c> {
         })
     }
 
-    /// `dh0 ← dh` for this (sequence, value head).
+    /// `dh0 ← dh` for this (sequence, value head, value block).
     fn store_dh0(&self, blk: &Block<'c>, env: &Env<'c, '_>) -> R<()> {
         let b = &self.b;
         let dstate = self.layout()?.dstate;
@@ -266,8 +317,11 @@ impl<'c> Kernel<'_, 'c> {
         self.strided(blk, env, dstate.len(), |blk, e| {
             let x = self.load_tile(blk, env, dstate, e)?;
             let (k, c) = self.row_col(blk, e, dstate.cols)?;
-            let idx = self.state_index(blk, env, k, c)?;
-            b.store(blk, x, dh0, idx)
+            let ok = b.cmpi(blk, Cmp::Ult, c, env.vvalid)?;
+            b.if_(blk, ok, |blk| {
+                let idx = self.state_index(blk, env, k, c)?;
+                b.store(blk, x, dh0, idx)
+            })
         })
     }
 }

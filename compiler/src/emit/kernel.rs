@@ -97,7 +97,11 @@ pub(super) enum Phase {
     Forward,
     /// Backward phase 1: the state entering each chunk to `chunk_states`, then the next state.
     States,
-    /// Backward phase 2, chunks in reverse: the gradients and `dh`.
+    /// Backward kernel 1, phase 2, chunks in reverse: `dh` leaving each chunk to
+    /// `chunk_dh`, then the `dh` entering it.
+    DStates,
+    /// Backward kernel 2: the workgroup's chunks (of [`crate::schedule::GRAD_CHUNKS_PER_WORKGROUP`]),
+    /// each on its own: the gradients.
     Grads,
 }
 
@@ -298,17 +302,25 @@ impl<'c> Kernel<'_, 'c> {
         // The value blocks; a split forward's output kernel numbers (chunk, value block) along
         // x, so x = chunk · blocks + block.
         let blocks = s.config.value_dim.div_ceil(s.block_v) as i64;
-        let (vb, chunk, gx) = if s.part == Part::Output {
-            let nb = b.ci(blk, blocks)?;
-            let c = s.config.chunk as i64;
-            let round = b.ci(blk, c - 1)?;
+        // A backward's gradient kernel numbers groups of chunks along x and owns all of V.
+        let ceil_t = |per: i64| -> R<Value<'c, 'a>> {
+            let round = b.ci(blk, per - 1)?;
             let up = b.addi(blk, seq_len, round)?;
-            let cc = b.ci(blk, c)?;
-            let chunks = b.divui(blk, up, cc)?;
-            let gx = b.muli(blk, chunks, nb)?;
-            (b.remui(blk, bx, nb)?, Some(b.divui(blk, bx, nb)?), gx)
-        } else {
-            (bx, None, b.ci(blk, blocks)?)
+            let cc = b.ci(blk, per)?;
+            b.divui(blk, up, cc)
+        };
+        let (vb, chunk, gx) = match s.part {
+            Part::Output => {
+                let nb = b.ci(blk, blocks)?;
+                let chunks = ceil_t(s.config.chunk as i64)?;
+                let gx = b.muli(blk, chunks, nb)?;
+                (b.remui(blk, bx, nb)?, Some(b.divui(blk, bx, nb)?), gx)
+            }
+            Part::Grads => {
+                let per = (s.config.chunk * crate::schedule::GRAD_CHUNKS_PER_WORKGROUP) as i64;
+                (b.ci(blk, 0)?, Some(bx), ceil_t(per)?)
+            }
+            _ => (bx, None, b.ci(blk, blocks)?),
         };
         let v0 = b.muli(blk, vb, bv_c)?;
         let vdim = b.ci(blk, s.config.value_dim as i64)?;
@@ -750,7 +762,8 @@ impl<'c> Kernel<'_, 'c> {
         b.bin(blk, "arith.divsi", up, cc)
     }
 
-    /// The sequential loop over this sequence's chunks (in reverse for [`Phase::Grads`]).
+    /// The sequential loop over this sequence's chunks (in reverse for [`Phase::DStates`];
+    /// the workgroup's group of them for [`Phase::Grads`]).
     /// The token rows that can be (`copy.rs`) are loaded one iteration ahead: a prologue loads
     /// the first chunk's, each iteration issues the next one's (the last chunk reloads itself)
     /// and carries them to the next iteration as `scf.for` iteration values.
@@ -759,6 +772,22 @@ impl<'c> Kernel<'_, 'c> {
         let chunks = self.sequence_chunks(blk, env)?;
         let zero = b.ci(blk, 0)?;
         let one = b.ci(blk, 1)?;
+        // (first chunk, chunks) of this loop; iteration `it` runs chunk `first + it` (or
+        // `chunks − 1 − it` in reverse).
+        let (first, chunks) = match phase {
+            Phase::Grads => {
+                let per = crate::schedule::GRAD_CHUNKS_PER_WORKGROUP as i64;
+                let group = env.chunk.ok_or_else(|| {
+                    EmitError::Schedule("a gradient kernel without a chunk group".into())
+                })?;
+                let first = b.mad(blk, zero, group, per)?;
+                let rest = b.subi(blk, chunks, first)?;
+                let per = b.ci(blk, per)?;
+                let count = b.bin(blk, "arith.minsi", rest, per)?;
+                (first, b.bin(blk, "arith.maxsi", count, zero)?)
+            }
+            _ => (zero, chunks),
+        };
         let copies = self.prefetched();
         let counts: Vec<usize> = copies.iter().map(|c| self.vectors_per_thread(c)).collect();
         let types = match copies.is_empty() {
@@ -778,7 +807,8 @@ impl<'c> Kernel<'_, 'c> {
                 nonempty,
                 &types,
                 |blk| {
-                    let (_, start, len) = self.iteration_rows(blk, env, chunks, phase, zero)?;
+                    let (_, start, len) =
+                        self.iteration_rows(blk, env, (first, chunks), phase, zero)?;
                     let mut v = Vec::new();
                     for copy in &copies {
                         v.extend(self.issue_rows(blk, env, (start, len), copy, aligned)?);
@@ -806,7 +836,7 @@ impl<'c> Kernel<'_, 'c> {
                     })
             };
             let it = arg(0)?;
-            let (i, start, len) = self.iteration_rows(&body, env, chunks, phase, it)?;
+            let (i, start, len) = self.iteration_rows(&body, env, (first, chunks), phase, it)?;
             let carried_now: Vec<Value> = (1..args.len()).map(arg).collect::<R<_>>()?;
             let mut next = Vec::new();
             if let Some(aligned) = aligned {
@@ -814,7 +844,8 @@ impl<'c> Kernel<'_, 'c> {
                 let after = b.addi(&body, it, one)?;
                 let last = b.subi(&body, chunks, one)?;
                 let after = b.bin(&body, "arith.minsi", after, last)?;
-                let (_, nstart, nlen) = self.iteration_rows(&body, env, chunks, phase, after)?;
+                let (_, nstart, nlen) =
+                    self.iteration_rows(&body, env, (first, chunks), phase, after)?;
                 for copy in &copies {
                     next.extend(self.issue_rows(&body, env, (nstart, nlen), copy, aligned)?);
                 }
@@ -823,6 +854,7 @@ impl<'c> Kernel<'_, 'c> {
             match phase {
                 Phase::Forward => self.chunk_body(&body, env, start, len, &carried)?,
                 Phase::States => self.states_chunk(&body, env, start, len, i, &carried)?,
+                Phase::DStates => self.dstates_chunk(&body, env, start, len, i, &carried)?,
                 Phase::Grads => self.grads_chunk(&body, env, start, len, i, &carried)?,
             }
             b.yield_(&body, &next)?;
@@ -841,25 +873,25 @@ impl<'c> Kernel<'_, 'c> {
         Ok(())
     }
 
-    /// The chunk of iteration `it` of [`Self::chunk_loop`] (in reverse for [`Phase::Grads`])
-    /// and its rows `(chunk, start, len)`.
+    /// The chunk of iteration `it` of [`Self::chunk_loop`] over `(first, chunks)` (in reverse
+    /// for [`Phase::DStates`]) and its rows `(chunk, start, len)`.
     fn iteration_rows<'a>(
         &self,
         blk: &'a Block<'c>,
         env: &Env<'c, '_>,
-        chunks: Value<'c, '_>,
+        (first, chunks): (Value<'c, '_>, Value<'c, '_>),
         phase: Phase,
         it: Value<'c, '_>,
     ) -> R<(Value<'c, 'a>, Value<'c, 'a>, Value<'c, 'a>)> {
         let b = &self.b;
         let c = self.s.config.chunk as i64;
-        let i = if phase == Phase::Grads {
+        let i = if phase == Phase::DStates {
             let one = b.ci(blk, 1)?;
             let last = b.subi(blk, chunks, one)?;
             b.subi(blk, last, it)?
         } else {
-            // `it + 0`: a value of this block's lifetime (folded by canonicalize).
-            b.addi(blk, it, b.ci(blk, 0)?)?
+            // A value of this block's lifetime even when `first` is 0 (folded by canonicalize).
+            b.addi(blk, first, it)?
         };
         let start = b.mad(blk, env.bos, i, c)?;
         let rest = b.subi(blk, env.eos, start)?;

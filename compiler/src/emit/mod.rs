@@ -5,7 +5,8 @@
 //!
 //! Files: `builder.rs` (the ops, over melior), `target.rs` (every vendor difference),
 //! `kernel.rs` (the kernel's frame and chunk loop), `tile.rs` (one plan node's loop),
-//! `backward.rs` (the backward kernel's two phases and its gradient stores).
+//! `backward.rs` (the backward's two kernels and their gradient stores), `states.rs` (chunk
+//! states and dh per chunk), `copy.rs` (16-byte row copies), `scan.rs` (warp scans).
 
 mod backward;
 mod builder;

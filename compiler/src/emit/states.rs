@@ -1,7 +1,8 @@
 //! The chunk states (`KernelParam::ChunkStates`, `[slots, HV, K, V]` in the kernel dtype):
 //! the sequential kernels store the state entering every chunk there (a split forward's states
 //! kernel, the backward's first phase), and the kernels that work on one chunk at a time read
-//! it back (a split forward's output kernel, the backward's reverse sweep). Chunk `i` of
+//! it back (a split forward's output kernel, the backward's gradient kernel). The backward's
+//! `dh` per chunk (`KernelParam::ChunkStateGrads`) has the same layout. Chunk `i` of
 //! sequence `n` is slot `⌊bos / C⌋ + n + i`; a workgroup touches its value head and its block
 //! of value columns.
 
@@ -36,24 +37,36 @@ impl<'c> Kernel<'_, 'c> {
         b.mad(blk, col, row, cfg.value_dim as i64)
     }
 
-    /// `chunk_states[i] ← S` for the block's valid columns. Each thread copies the elements
-    /// it later overwrites when the next state is copied into `S`, so no barrier is needed.
+    /// `chunk_states[i] ← S` for the block's valid columns (see [`Self::store_chunk_tile`]).
     pub(super) fn store_chunk_state(
         &self,
         blk: &Block<'c>,
         env: &Env<'c, '_>,
         i: Value<'c, '_>,
     ) -> R<()> {
+        self.store_chunk_tile(blk, env, i, &KernelParam::ChunkStates, self.s.state)
+    }
+
+    /// `param[i] ← tile` (a `[K × BV]` tile; `param` laid out as the chunk states) for the
+    /// block's valid columns. Each thread copies the elements it later overwrites when the
+    /// next value is copied into `tile`, so no barrier is needed.
+    pub(super) fn store_chunk_tile(
+        &self,
+        blk: &Block<'c>,
+        env: &Env<'c, '_>,
+        i: Value<'c, '_>,
+        param: &KernelParam,
+        tile: Tile,
+    ) -> R<()> {
         let b = &self.b;
-        let state = self.s.state;
-        let states = env.arg(&KernelParam::ChunkStates)?;
+        let states = env.arg(param)?;
         self.strided_map(
             blk,
             env,
-            state.len(),
-            |blk, e| self.load_tile(blk, env, state, e),
+            tile.len(),
+            |blk, e| self.load_tile(blk, env, tile, e),
             |blk, e, x| {
-                let (k, c) = self.row_col(blk, e, state.cols)?;
+                let (k, c) = self.row_col(blk, e, tile.cols)?;
                 let ok = b.cmpi(blk, Cmp::Ult, c, env.vvalid)?;
                 b.if_(blk, ok, |blk| {
                     let idx = self.chunk_state_index(blk, env, i, k, c)?;
@@ -70,16 +83,29 @@ impl<'c> Kernel<'_, 'c> {
         env: &Env<'c, '_>,
         i: Value<'c, '_>,
     ) -> R<()> {
+        self.load_chunk_tile(blk, env, i, &KernelParam::ChunkStates, self.s.state)?;
+        self.t.barrier(&self.b, blk)
+    }
+
+    /// `tile ← param[i]` (as [`Self::store_chunk_tile`]), columns past the block's valid ones
+    /// as 0; no barrier.
+    pub(super) fn load_chunk_tile(
+        &self,
+        blk: &Block<'c>,
+        env: &Env<'c, '_>,
+        i: Value<'c, '_>,
+        param: &KernelParam,
+        tile: Tile,
+    ) -> R<()> {
         let b = &self.b;
-        let state = self.s.state;
-        let states = env.arg(&KernelParam::ChunkStates)?;
+        let states = env.arg(param)?;
         let scratch = self.tile_mem(env)?;
         self.strided_map(
             blk,
             env,
-            state.len(),
+            tile.len(),
             |blk, e| {
-                let (k, c) = self.row_col(blk, e, state.cols)?;
+                let (k, c) = self.row_col(blk, e, tile.cols)?;
                 let one = b.ci(blk, 1)?;
                 let last = b.subi(blk, env.vvalid, one)?;
                 let cc = b.bin(blk, "arith.minui", c, last)?;
@@ -90,11 +116,10 @@ impl<'c> Kernel<'_, 'c> {
                 b.select(blk, ok, x, zero)
             },
             |blk, e, x| {
-                let at = self.addr(blk, env, state, e)?;
+                let at = self.addr(blk, env, tile, e)?;
                 b.store(blk, x, scratch, at)
             },
-        )?;
-        self.t.barrier(b, blk)
+        )
     }
 
     /// One chunk of a sequential states kernel: `chunk_states[i] ← S`, the plan, `S ← the

@@ -1032,7 +1032,7 @@ impl<'c> Kernel<'_, 'c> {
         let b = &self.b;
         let reduce = self
             .bwd
-            .map(|bs| bs.reduce)
+            .map(|bs| bs.reduce[usize::from(self.s.part == crate::schedule::Part::Grads)])
             .ok_or_else(|| EmitError::Schedule("a sum outside a backward kernel".into()))?;
         let (rows, cols) = self.extent_of(x)?;
         let ub = b.ci(blk, (rows * cols) as i64)?;

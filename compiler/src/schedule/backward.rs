@@ -1,79 +1,93 @@
-//! The backward kernel: one kernel per (spec, config, target) that computes every input
-//! gradient of a chunkwise forward (DESIGN §5). It runs the backward plan of
-//! [`crate::plan::backward`], whose chunk needs the state entering the chunk, so it has two
-//! phases:
+//! The backward: two kernels per (spec, config, target) that compute every input gradient
+//! of a chunkwise forward (DESIGN §5), fla's structure (`chunk_bwd_dh`, then the
+//! chunk-parallel `chunk_bwd_dqkwg` / `chunk_bwd_dv`) derived from the backward plan of
+//! [`crate::plan::backward`]:
 //!
-//! 1. **States.** The forward plan kept to its state ([`Plan::keep_sinks`]) walks the chunks
-//!    forwards from `h0` (or 0), storing the state entering every chunk in
-//!    [`KernelParam::ChunkStates`] — fla's `chunk_fwd_h` recomputation, in the same kernel.
-//!    Skipped when [`KernelParam::ChunkStatesGiven`] says the caller passes the states a split
-//!    forward wrote (saving them instead of recomputing).
-//! 2. **Gradients.** The backward plan walks the chunks in reverse, reading the chunk's state
-//!    from there into the state tile and carrying `dh` in a second `[K × V]` tile (from `dht`,
-//!    or 0; `dh0` is what is left at the end). Each chunk stores its rows of every gradient.
+//! 1. **`…_bwd_dh`**, grid `(⌈V / BV⌉, N · H, 1)`, per value block and value head of the
+//!    workgroup's GVA group, two sequential phases:
+//!    - **states:** the forward plan kept to its state ([`Plan::keep_sinks`]) walks the chunks
+//!      forwards from `h0` (or 0), storing the state entering every chunk in
+//!      [`KernelParam::ChunkStates`] (fla's `chunk_fwd_h` recomputation). Skipped when
+//!      [`KernelParam::ChunkStatesGiven`] says the caller passes the states a split forward
+//!      wrote (saving them instead of recomputing);
+//!    - **dh:** the backward plan kept to the state gradient walks the chunks in reverse from
+//!      `dht` (or 0), storing the gradient of the state leaving every chunk in
+//!      [`KernelParam::ChunkStateGrads`]; `dh0` is what is left at the end.
 //!
-//! **Grid** `(1, N · H, 1)`: a workgroup owns one (sequence, q/k head) and all V columns —
-//! the backward reduces over V (`dq = dO·hᵀ + …`), so V blocks would need a reduction across
-//! workgroups — and walks the value heads of its GVA group one after the other (both phases
-//! per value head). `dq` and `dk` sum over the group: with HV > H the running sum stays in f32
-//! in [`KernelParam::GradAccumulator`] and the last value head of the group writes the total
-//! in the input dtype; with HV = H they are written directly.
+//!    Both phases are per value block (BV = 64 on tensor cores, [`MAX_BLOCK_V`] portable)
+//!    when dh's plan never reduces over V — a state column evolves with its value column in
+//!    the additive and delta families — else the block is all of V.
+//! 2. **`…_bwd`**, grid `(⌈T / (C · P)⌉, N · H, 1)` with P = [`GRAD_CHUNKS_PER_WORKGROUP`]:
+//!    every chunk independently — its state and dh read back into their tiles, the backward
+//!    plan kept to the input gradients, the chunk's rows of every gradient stored. A
+//!    workgroup owns all V columns (the plan reduces over V: `dq = dO·hᵀ + …`) and walks the
+//!    value heads of its GVA group: `dq` and `dk` sum over the group, with HV > H the running
+//!    sum in f32 in [`KernelParam::GradAccumulator`] and the last value head of the group
+//!    writing the total in the input dtype; with HV = H they are written directly. P chunks a
+//!    workgroup bound the scratch (f32 tiles a workgroup) while leaving ~⌈T / (C · P)⌉ · N · H
+//!    workgroups for the GPU (the one-kernel backward had N · H, 16 at (1, 32768, 16, 128)).
 //!
-//! **Memory** is the portable schedule's (f32 tiles in global scratch placed by liveness,
-//! barriers by hazard) for both phases over the same scratch: the phases never overlap in time.
-//! A `sum` over a tile reduces through [`BLOCK_THREADS`] slots at the end of scratch.
+//! **Memory**: f32 tiles placed by liveness, barriers by hazard, as the forward's; both phases
+//! of kernel 1 over one layout. A `sum` over a tile reduces through one slot a thread after
+//! the kernel's tiles. On tensor cores a kernel's tiles go to shared memory after its operands
+//! when they fit (kernel 1 with value blocks of 64), else to global scratch.
 //!
-//! Not yet: matmuls on tensor/matrix cores (every backward kernel runs the portable matmuls),
-//! and the gradient of a constant decay rate read from an input (dropped, see
-//! [`BackwardSchedule::dropped`]).
+//! Not yet: AMD matrix cores, and the gradient of a constant decay rate read from an input
+//! (dropped, see [`BackwardSchedule::dropped`]).
 
 use linrec_spec::launch::{KernelConfig, KernelParam, SizeExpr, SizeSym};
 use linrec_spec::{Role, Spec};
 
 use super::{
-    BLOCK_THREADS, MatmulChoice, MatmulPath, Schedule, ScheduleError, Tile, TileDims, alloc,
-    barriers, check_config, check_plan, decay_param, entry_name, input_params, shared_memory_limit,
+    BLOCK_THREADS, MAX_BLOCK_V, MatmulChoice, MatmulPath, Schedule, ScheduleError, Tile, TileDims,
+    alloc, barriers, check_config, check_plan, decay_param, entry_name, input_params,
+    shared_memory_limit,
 };
 use crate::lower::{Target, Vendor};
 use crate::plan::{Direction, Op, Plan, Sink, ValueId};
 
-/// A backward kernel laid out for one target: what [`crate::emit::backward`] builds.
+/// Chunks a workgroup of the backward's gradient kernel walks (see the module docs).
+pub const GRAD_CHUNKS_PER_WORKGROUP: usize = 8;
+
+/// A backward laid out for one target: what [`crate::emit::backward`] builds, two kernels.
 ///
 /// [`BLOCK_THREADS`] threads per workgroup on the portable path, eight warps
 /// ([`super::TENSOR_CORE_THREADS`]) on tensor cores.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BackwardSchedule {
-    /// Phase 1: the forward plan kept to the state (`output` and `state_out` are both its
-    /// state sink). Its frame (entry, params, grid, scratch) is the kernel's.
+    /// Kernel 1, phase 1: the forward plan kept to the state (`output` and `state_out` are
+    /// both its state sink). Its frame (entry, params, grid, scratch) is kernel 1's.
     pub states: Schedule,
-    /// Phase 2: the backward plan (`output` and `state_out` are both its `dh` sink).
+    /// Kernel 1, phase 2: the backward plan kept to `dh` (`output` and `state_out` are both
+    /// its `dh` sink).
+    pub dstates: Schedule,
+    /// Kernel 2: the backward plan kept to the input gradients.
     pub grads: Schedule,
-    /// `dh`, carried across chunks in phase 2 (where `grad_in state_out` lives).
+    /// `dh` in kernel 1, carried across chunks (where `grad_in state_out` lives).
     pub dstate: Tile,
-    /// [`BLOCK_THREADS`] slots through which a `sum` reduces.
-    pub reduce: Tile,
-    /// The phase-2 sinks the kernel stores: gradients by role and `dh`.
+    /// `dh` in kernel 2, read from [`KernelParam::ChunkStateGrads`] per chunk.
+    pub grads_dstate: Tile,
+    /// The slots (one a thread) through which a `sum` reduces, in kernel 1 and kernel 2.
+    pub reduce: [Tile; 2],
+    /// Kernel 2's sinks: the gradients by role.
     pub sinks: Vec<(Sink, ValueId)>,
     /// Gradients the plan derives but the kernel does not write (a decay-rate input's).
     pub dropped: Vec<Role>,
 }
 
 impl BackwardSchedule {
-    /// The launch metadata of the kernel.
+    /// The launch metadata: kernel 1, then kernel 2.
     pub fn kernel_info(&self) -> linrec_spec::launch::KernelInfo {
-        self.grads.kernel_info()
-    }
-
-    /// The kernel's entry point.
-    pub fn entry(&self) -> &str {
-        &self.grads.entry
+        let mut info = self.states.kernel_info();
+        info.then.push(self.grads.launch());
+        info
     }
 }
 
-/// Lays out the backward kernel of `spec` (forward plan `fwd`, backward plan `bwd`) for
+/// Lays out the backward kernels of `spec` (forward plan `fwd`, backward plan `bwd`) for
 /// `target` and `config`. The config is the forward's: `initial_state` reads `h0` and writes
-/// `dh0`, `final_state` reads `dht`. `choice` is accepted for symmetry with the forward; every
-/// backward kernel uses the portable matmuls for now (the schedule text says so).
+/// `dh0`, `final_state` reads `dht`. `choice` picks tensor cores (or their emulation) as for
+/// the forward; AMD backward kernels use the portable matmuls (the schedule text says so).
 pub fn backward(
     fwd: &Plan,
     bwd: &Plan,
@@ -123,17 +137,8 @@ pub fn backward(
         })
         .collect();
     // The dropped gradients' nodes go too.
-    let bwd = &super::order::by_level(&crate::plan::fuse(
-        &bwd.keep_sinks(|s| s != Sink::Grad(Role::DecayRate)),
-        &fusing,
-    ));
-    let sinks: Vec<(Sink, ValueId)> = bwd.sinks.clone();
-    let state_grad = sinks
-        .iter()
-        .find(|(s, _)| *s == Sink::StateGrad)
-        .map(|(_, v)| *v)
-        .ok_or_else(|| err_in(bwd)(0, "the backward plan has no state_grad sink".into()))?;
-    for (sink, v) in &sinks {
+    let bwd = &bwd.keep_sinks(|s| s != Sink::Grad(Role::DecayRate));
+    for (sink, v) in &bwd.sinks {
         let shape = &bwd.node(*v).shape.0;
         let ok = match sink {
             Sink::Grad(Role::Query | Role::Key) => {
@@ -154,11 +159,26 @@ pub fn backward(
         }
     }
 
-    // One workgroup owns all of V. Tensor cores (NVIDIA, 16-bit inputs; or that layout
-    // emulated) when both phases' operand tiles fit in shared memory: the phases never run at
-    // once, so they share the arena and it is the larger of the two.
-    let dims = TileDims::new(config, config.value_dim);
-    let sink_values: Vec<ValueId> = sinks.iter().map(|(_, v)| *v).collect();
+    // Kernel 1 walks the chunks per value block when dh's plan keeps the V columns apart
+    // (the additive and delta families: a state column evolves with its value column);
+    // kernel 2 owns all of V, whose sums (dq = dO·hᵀ + …) it reduces in place.
+    let dh_plan = super::order::by_level(&crate::plan::fuse(
+        &bwd.keep_sinks(|s| s == Sink::StateGrad),
+        &fusing,
+    ));
+    let grads_plan = super::order::by_level(&crate::plan::fuse(
+        &bwd.keep_sinks(|s| matches!(s, Sink::Grad(_))),
+        &fusing,
+    ));
+    let dh_sink = dh_plan
+        .sinks
+        .first()
+        .map(|(_, v)| *v)
+        .ok_or_else(|| err_in(bwd)(0, "the backward plan has no state_grad sink".into()))?;
+    let grad_sinks: Vec<(Sink, ValueId)> = grads_plan.sinks.clone();
+    let grad_values: Vec<ValueId> = grad_sinks.iter().map(|(_, v)| *v).collect();
+    let separable = check_plan(&dh_plan, &err_in(&dh_plan), false).is_ok();
+
     let sixteen_bit = config.dtype != linrec_spec::launch::ElementType::F32;
     let wanted = match choice {
         MatmulChoice::Auto if sixteen_bit && target.vendor() == Vendor::Nvidia => {
@@ -167,88 +187,110 @@ pub fn backward(
         MatmulChoice::Emulated if sixteen_bit => MatmulPath::Emulated,
         _ => MatmulPath::Portable,
     };
-    let layouts = |operands: bool, by_level: bool| {
+    let block_v = |path: MatmulPath| match (separable, path) {
+        (false, _) => config.value_dim,
+        (true, MatmulPath::Portable) => MAX_BLOCK_V,
+        (true, _) => super::STATES_BLOCK_V,
+    };
+    // (states, dh, grads) laid out for `path`; `by_level` keeps tiles to their readers' level
+    // end (fewer barriers).
+    let layouts = |path: MatmulPath, by_level: bool| {
+        let operands = path != MatmulPath::Portable;
         let placing = alloc::Placing {
             by_level,
             ..Default::default()
         };
-        (
+        let blocked = TileDims::new(config, block_v(path));
+        let whole = TileDims::new(config, config.value_dim);
+        let place = |plan: &Plan, dims: &TileDims, sinks: &[ValueId], carried: bool| {
             alloc::place(
-                &states_plan,
-                &dims,
-                &[state_out],
+                plan,
+                dims,
+                sinks,
                 operands,
                 alloc::Reuse::Never,
-                false,
+                carried,
                 placing,
-            ),
-            alloc::place(
-                bwd,
-                &dims,
-                &sink_values,
-                operands,
-                alloc::Reuse::Never,
-                true,
-                placing,
-            ),
-        )
+            )
+        };
+        [
+            place(&states_plan, &blocked, &[state_out], false),
+            place(&dh_plan, &blocked, &[dh_sink], true),
+            place(&grads_plan, &whole, &grad_values, true),
+        ]
+    };
+    // Each kernel's operand arena: kernel 1's phases never run at once, so they share theirs.
+    let arenas = |l: &[alloc::Layout; 3]| {
+        [
+            2 * l[0].operand_arena.max(l[1].operand_arena),
+            2 * l[2].operand_arena,
+        ]
     };
     let mut fallback = None;
-    let (matmul, l1, l2) = if wanted == MatmulPath::Portable {
-        let (l1, l2) = layouts(false, true);
-        (MatmulPath::Portable, l1, l2)
+    let (matmul, l) = if wanted == MatmulPath::Portable {
+        (MatmulPath::Portable, layouts(wanted, true))
     } else {
-        // Tiles kept to their readers' level end (fewer barriers) if the operands still fit.
         let limit = shared_memory_limit(target);
-        let arena =
-            |l: &(alloc::Layout, alloc::Layout)| 2 * l.0.operand_arena.max(l.1.operand_arena);
-        let leveled = layouts(true, true);
-        let (l1, l2) = if arena(&leveled) <= limit {
+        let fits = |l: &[alloc::Layout; 3]| arenas(l).iter().all(|b| *b <= limit);
+        let leveled = layouts(wanted, true);
+        let l = if fits(&leveled) {
             leveled
         } else {
-            layouts(true, false)
+            layouts(wanted, false)
         };
-        let bytes = 2 * l1.operand_arena.max(l2.operand_arena);
-        if bytes <= limit {
-            (wanted, l1, l2)
+        if fits(&l) {
+            (wanted, l)
         } else {
+            let bytes = arenas(&l).into_iter().max().unwrap_or(0);
             fallback = Some(format!(
                 "portable matmuls: the 16-bit operand tiles need {bytes} bytes of shared memory; {target} allows {limit} bytes per workgroup"
             ));
-            let (l1, l2) = layouts(false, true);
-            (MatmulPath::Portable, l1, l2)
+            (MatmulPath::Portable, layouts(MatmulPath::Portable, true))
         }
     };
-    let arena = l1.operand_arena.max(l2.operand_arena);
-    let dstate = Tile {
-        offset: l2.state.offset + l2.state.len(),
-        ..l2.state
+    let [l1, l2, l3] = l;
+    let arena = [l1.operand_arena.max(l2.operand_arena), l3.operand_arena];
+    let carried = |state: Tile| Tile {
+        offset: state.offset + state.len(),
+        ..state
     };
+    let (dstate, grads_dstate) = (carried(l2.state), carried(l3.state));
     // Eight warps on tensor cores (as the forward): each warp's share of a K × V product is
     // then small enough for the registers (four warps spilled at K = V = 128).
     let block_threads = match matmul {
         MatmulPath::TensorCore | MatmulPath::Emulated => super::TENSOR_CORE_THREADS,
         _ => BLOCK_THREADS,
     };
-    let reduce = Tile {
-        offset: l1.scratch.max(l2.scratch),
+    // Each kernel's sum slots follow its phases' tiles.
+    let slots = |offset: u64| Tile {
+        offset,
         rows: block_threads as usize,
         cols: 1,
     };
-    // Emulated: the operand arena follows the f32 tiles in scratch.
-    let (operand_base, scratch, shared_bytes) = match matmul {
-        MatmulPath::TensorCore => (
-            0,
-            reduce.offset + reduce.len(),
-            u32::try_from(2 * arena)
-                .map_err(|_| err_in(bwd)(0, format!("{} bytes of shared memory", 2 * arena)))?,
-        ),
-        MatmulPath::Emulated => {
-            let base = reduce.offset + reduce.len();
-            (base, base + arena, 0)
-        }
-        _ => (0, reduce.offset + reduce.len(), 0),
+    let reduce = [slots(l1.scratch.max(l2.scratch)), slots(l3.scratch)];
+    // (operand base, scratch, shared bytes, tiles on chip) of a kernel with this operand arena
+    // and sum slots. Tensor cores: the f32 tiles join the operands in shared memory when they
+    // fit (kernel 1 at BV 64: ~100 KB); emulated: the operand arena follows the f32 tiles in
+    // scratch.
+    let frame = |arena: u64, reduce: Tile| -> Result<(u64, u64, u32, bool), ScheduleError> {
+        let tiles_end = reduce.offset + reduce.len();
+        let bytes = |b: u64| {
+            u32::try_from(b).map_err(|_| err_in(bwd)(0, format!("{b} bytes of shared memory")))
+        };
+        Ok(match matmul {
+            MatmulPath::TensorCore => {
+                let on_chip = super::tiles_offset(2 * arena) + 4 * tiles_end;
+                if on_chip <= shared_memory_limit(target) {
+                    (0, 0, bytes(on_chip)?, true)
+                } else {
+                    (0, tiles_end, bytes(2 * arena)?, false)
+                }
+            }
+            MatmulPath::Emulated => (tiles_end, tiles_end + arena, 0, false),
+            _ => (0, tiles_end, 0, false),
+        })
     };
+    let frames = [frame(arena[0], reduce[0])?, frame(arena[1], reduce[1])?];
 
     let decay = decay_param(spec);
     let reads_decay = |p: &Plan| p.nodes.iter().any(|n| n.op == Op::ConstantGate);
@@ -259,33 +301,60 @@ pub fn backward(
         ));
     }
 
-    let mut params = input_params(spec, config);
-    params.push(KernelParam::GradOutput);
+    // Kernel 1: the states (unless given) and dh; kernel 2: the input gradients.
+    let common = input_params(spec, config);
+    let mut dh_params = common.clone();
+    dh_params.push(KernelParam::GradOutput);
     if config.final_state {
-        params.push(KernelParam::GradFinalState);
-    }
-    for (sink, _) in &sinks {
-        if let Sink::Grad(role) = sink {
-            params.push(KernelParam::Grad(*role));
-        }
+        dh_params.push(KernelParam::GradFinalState);
     }
     if config.initial_state {
-        params.push(KernelParam::GradInitialState);
+        dh_params.push(KernelParam::GradInitialState);
     }
-    params.extend([
+    dh_params.extend([
         KernelParam::ChunkStates,
         KernelParam::ChunkStatesGiven,
+        KernelParam::ChunkStateGrads,
+    ]);
+    let mut grad_params = common;
+    grad_params.push(KernelParam::GradOutput);
+    for (sink, _) in &grad_sinks {
+        if let Sink::Grad(role) = sink {
+            grad_params.push(KernelParam::Grad(*role));
+        }
+    }
+    grad_params.extend([
+        KernelParam::ChunkStates,
+        KernelParam::ChunkStateGrads,
         KernelParam::GradAccumulator(Role::Query),
         KernelParam::GradAccumulator(Role::Key),
+    ]);
+    let scalars = [
         KernelParam::Scratch,
         KernelParam::SeqLen,
         KernelParam::Heads,
         KernelParam::ValueHeads,
         KernelParam::Scale,
-    ]);
-    let grid = [
+    ];
+    dh_params.extend(scalars.clone());
+    grad_params.extend(scalars);
+
+    let dh_block_v = block_v(matmul);
+    let pairs = SizeExpr::product(SizeExpr::Sym(SizeSym::N), SizeExpr::Sym(SizeSym::H));
+    let dh_grid = [
+        SizeExpr::ceil_div(
+            SizeExpr::Sym(SizeSym::V),
+            SizeExpr::Const(dh_block_v as u64),
+        ),
+        pairs.clone(),
         SizeExpr::Const(1),
-        SizeExpr::product(SizeExpr::Sym(SizeSym::N), SizeExpr::Sym(SizeSym::H)),
+    ];
+    let grads_grid = [
+        SizeExpr::ceil_div(
+            SizeExpr::Sym(SizeSym::T),
+            SizeExpr::Const((config.chunk * GRAD_CHUNKS_PER_WORKGROUP) as u64),
+        ),
+        pairs,
         SizeExpr::Const(1),
     ];
     if fallback.is_none() && wanted == MatmulPath::Portable && sixteen_bit {
@@ -300,7 +369,21 @@ pub fn backward(
         }
     }
 
-    let phase = |plan: &Plan, layout: alloc::Layout, carried: Tile, sinks: &[ValueId], out| {
+    struct Frame<'p> {
+        entry: String,
+        part: super::Part,
+        block_v: usize,
+        grid: &'p [SizeExpr; 3],
+        params: &'p [KernelParam],
+        arena: u64,
+        frame: (u64, u64, u32, bool),
+    }
+    let phase = |plan: &Plan,
+                 layout: alloc::Layout,
+                 carried: Tile,
+                 sinks: &[ValueId],
+                 out,
+                 k: &Frame<'_>| {
         let (barrier_before, barrier_before_sinks) = barriers(
             plan,
             &layout.values,
@@ -309,19 +392,20 @@ pub fn backward(
             (layout.state, carried),
             sinks,
         );
+        let (operand_base, scratch, shared_bytes, tiles_shared) = k.frame;
         Schedule {
             spec_name: spec.name.clone(),
             spec_hash: spec.hash().hex(),
             target,
             config: *config,
-            entry: entry_name(&spec.name, "bwd"),
+            entry: k.entry.clone(),
             direction: Direction::Backward,
-            part: super::Part::Fused,
+            part: k.part,
             plan: plan.clone(),
             block_threads,
-            block_v: config.value_dim,
-            grid: grid.clone(),
-            params: params.clone(),
+            block_v: k.block_v,
+            grid: k.grid.clone(),
+            params: k.params.to_vec(),
             values: layout.values,
             barrier_before,
             barrier_before_sinks,
@@ -332,24 +416,53 @@ pub fn backward(
             scratch,
             matmul,
             operands: layout.operands,
-            operand_arena: arena,
+            operand_arena: k.arena,
             operand_base,
             shared_bytes,
-            tiles_shared: false,
+            tiles_shared,
             fallback: fallback.clone(),
             max_registers: (matmul == MatmulPath::TensorCore)
                 .then_some(super::TENSOR_CORE_REGISTERS),
         }
     };
-    let state_tile = l1.state;
-    let states = phase(&states_plan, l1, state_tile, &[state_out], state_out);
-    let grads = phase(bwd, l2, dstate, &sink_values, state_grad);
+    let dh_frame = Frame {
+        entry: entry_name(&spec.name, "bwd_dh"),
+        part: super::Part::Fused,
+        block_v: dh_block_v,
+        grid: &dh_grid,
+        params: &dh_params,
+        arena: arena[0],
+        frame: frames[0],
+    };
+    let grads_frame = Frame {
+        entry: entry_name(&spec.name, "bwd"),
+        part: super::Part::Grads,
+        block_v: config.value_dim,
+        grid: &grads_grid,
+        params: &grad_params,
+        arena: arena[1],
+        frame: frames[1],
+    };
+    let s1 = l1.state;
+    let states = phase(&states_plan, l1, s1, &[state_out], state_out, &dh_frame);
+    let dstates = phase(&dh_plan, l2, dstate, &[dh_sink], dh_sink, &dh_frame);
+    let last = grad_values.first().copied().unwrap_or(ValueId(0));
+    let grads = phase(
+        &grads_plan,
+        l3,
+        grads_dstate,
+        &grad_values,
+        last,
+        &grads_frame,
+    );
     Ok(BackwardSchedule {
         states,
+        dstates,
         grads,
         dstate,
+        grads_dstate,
         reduce,
-        sinks,
+        sinks: grad_sinks,
         dropped,
     })
 }

@@ -102,7 +102,7 @@ mod backward;
 mod order;
 mod print;
 
-pub use backward::{BackwardSchedule, backward};
+pub use backward::{BackwardSchedule, GRAD_CHUNKS_PER_WORKGROUP, backward};
 
 use linrec_spec::launch::{ElementType, KernelConfig, KernelInfo, KernelParam, SizeExpr, SizeSym};
 use linrec_spec::{ConstantRate, Decay, Role, Spec};
@@ -126,6 +126,12 @@ pub const MAX_BLOCK_V: usize = 32;
 /// The blocks of value columns tried on the tensor-core path, widest first: a wider block
 /// shares the `QKᵀ` work of a chunk among more columns.
 pub const TENSOR_CORE_BLOCK_V: [usize; 2] = [64, 32];
+
+/// The block of value columns of the sequential state kernels on the tensor-core path (a split
+/// forward's states kernel, the backward's dh kernel): they exist for long sequences with few
+/// (sequence, head) pairs, where narrower blocks give the GPU more workgroups (each chunk's
+/// state update is per value column; only the key rows are loaded once per block).
+pub const STATES_BLOCK_V: usize = 64;
 
 /// The blocks of value columns tried on AMD matrix cores, widest first: the operand tiles
 /// must fit 64 KiB of LDS ([`LDS_LIMIT_BYTES`]), so narrower blocks than on NVIDIA.
@@ -158,11 +164,12 @@ pub struct Schedule {
     pub config: KernelConfig,
     /// The kernel's entry-point symbol.
     pub entry: String,
-    /// The kernel's direction. A backward kernel runs two phases, each a `Schedule` of its
-    /// own plan over the same frame ([`BackwardSchedule`]); its workgroups own one
+    /// The kernel's direction. A backward is two kernels, three `Schedule`s (the first
+    /// kernel's two phases share its frame; [`BackwardSchedule`]); their workgroups own one
     /// (sequence, q/k head) each and walk the value heads of its GVA group.
     pub direction: Direction,
-    /// Which kernel of a forward it is ([`Part::Fused`] for backward kernels).
+    /// Which kernel of a forward it is; [`Part::Fused`] for the backward's first kernel,
+    /// [`Part::Grads`] for its second.
     pub part: Part,
     /// The per-chunk program.
     pub plan: Plan,
@@ -462,6 +469,9 @@ pub enum Part {
     /// A split forward's second kernel: one workgroup per (chunk, value block) along x, o
     /// from the chunk's rows and its state read from [`KernelParam::ChunkStates`].
     Output,
+    /// A backward's gradient kernel: one workgroup per (group of chunks, sequence and q/k
+    /// head) along (x, y), each chunk's state and dh read back (see [`backward`]).
+    Grads,
 }
 
 /// A forward as two kernels of one binary: [`Part::States`] then [`Part::Output`] (see
@@ -478,15 +488,7 @@ impl SplitForward {
     /// The launch metadata: the states kernel, then the output kernel.
     pub fn kernel_info(&self) -> KernelInfo {
         let mut info = self.states.kernel_info();
-        let o = self.output.kernel_info();
-        info.then.push(linrec_spec::launch::Launch {
-            entry: o.entry,
-            params: o.params,
-            grid: o.grid,
-            block: o.block,
-            shared_bytes: o.shared_bytes,
-            scratch: o.scratch,
-        });
+        info.then.push(self.output.launch());
         info
     }
 }
@@ -530,7 +532,7 @@ fn forward_kernel(
             .unwrap_or_default(),
         why,
     };
-    if plan.direction != Direction::Forward {
+    if plan.direction != Direction::Forward || part == Part::Grads {
         return Err(err(0, "the portable schedule runs forward plans".into()));
     }
     check_plan(plan, &err, false)?;
@@ -570,7 +572,7 @@ fn forward_kernel(
             .ok_or_else(|| err(0, format!("the plan has no {which:?} sink")))
     };
     let (output, state_out) = match part {
-        Part::Fused => (sink(Sink::Output)?, sink(Sink::StateOut)?),
+        Part::Fused | Part::Grads => (sink(Sink::Output)?, sink(Sink::StateOut)?),
         Part::States => {
             let s = sink(Sink::StateOut)?;
             (s, s)
@@ -600,7 +602,7 @@ fn forward_kernel(
     }
 
     let sinks: Vec<ValueId> = match part {
-        Part::Fused => vec![output, state_out],
+        Part::Fused | Part::Grads => vec![output, state_out],
         Part::States => vec![state_out],
         Part::Output => vec![output],
     };
@@ -629,7 +631,11 @@ fn forward_kernel(
             ),
             _ => (
                 shared_memory_limit(target),
-                &TENSOR_CORE_BLOCK_V,
+                if part == Part::States {
+                    std::slice::from_ref(&STATES_BLOCK_V)
+                } else {
+                    &TENSOR_CORE_BLOCK_V
+                },
                 alloc::Reuse::Never,
                 "shared memory",
             ),
@@ -911,6 +917,18 @@ impl Schedule {
         }
     }
 
+    /// This kernel as a later launch of a sequence ([`KernelInfo::then`]).
+    pub fn launch(&self) -> linrec_spec::launch::Launch {
+        linrec_spec::launch::Launch {
+            entry: self.entry.clone(),
+            params: self.params.clone(),
+            grid: self.grid.clone(),
+            block: [self.block_threads, 1, 1],
+            shared_bytes: self.shared_bytes,
+            scratch: self.scratch,
+        }
+    }
+
     /// The element type of a buffer parameter as the kernel reads or writes it (`None` for
     /// scalars). q, k, v and o use the config's dtype; gates, β, states, decay rates and
     /// scratch are f32; `cu_seqlens` is i32 (see [`BufferType`]).
@@ -935,7 +953,8 @@ pub fn buffer_type(dtype: ElementType, param: &KernelParam) -> Option<BufferType
         | KernelParam::Grad(Role::Query | Role::Key | Role::Value)
         | KernelParam::Output
         | KernelParam::GradOutput
-        | KernelParam::ChunkStates => BufferType::Float(dtype),
+        | KernelParam::ChunkStates
+        | KernelParam::ChunkStateGrads => BufferType::Float(dtype),
         KernelParam::Input(_)
         | KernelParam::Grad(_)
         | KernelParam::DecayRates

@@ -65,6 +65,7 @@ pub(crate) fn param_name(p: &KernelParam) -> String {
         KernelParam::Grad(role) => format!("d_{role}"),
         KernelParam::GradInitialState => "dh0".into(),
         KernelParam::ChunkStates => "chunk_states".into(),
+        KernelParam::ChunkStateGrads => "chunk_dh".into(),
         KernelParam::ChunkStatesGiven => "chunk_states_given".into(),
         KernelParam::GradAccumulator(role) => format!("d_{role}_sum"),
     }
@@ -78,6 +79,7 @@ impl fmt::Display for Schedule {
             Part::Fused => "one kernel",
             Part::States => "the states kernel of a split forward",
             Part::Output => "the chunk-parallel output kernel of a split forward",
+            Part::Grads => "the gradient kernel of a backward",
         };
         writeln!(
             f,
@@ -123,6 +125,7 @@ impl fmt::Display for Schedule {
                 f,
                 "  the workgroup's chunk (x / value blocks): S <- chunk_states[chunk], barrier, then"
             )?,
+            Part::Grads => writeln!(f, "  per chunk of the workgroup's:")?,
         }
         self.write_nodes(f)?;
         let direct = self.values[self.output.0] == Placement::Output;
@@ -137,6 +140,7 @@ impl fmt::Display for Schedule {
             (Part::States, _) => writeln!(f, "    {next}")?,
             (Part::Output, false) => return writeln!(f, "    store o <- %{}", self.output.0),
             (Part::Output, true) => return writeln!(f, "    (o stored by %{})", self.output.0),
+            (Part::Grads, _) => {}
         }
         writeln!(f, "    barrier")
     }
@@ -180,6 +184,19 @@ impl Schedule {
             )?,
         }
         Ok(())
+    }
+
+    /// Where a backward kernel's f32 tiles live, in words.
+    fn tiles_text(&self) -> String {
+        if self.tiles_shared {
+            format!(
+                "tiles    {} f32 in shared memory after the operands, @ byte {};",
+                self.scratch_tiles(),
+                super::tiles_offset(self.operand_arena * 2)
+            )
+        } else {
+            format!("scratch  {} f32 per workgroup;", self.scratch)
+        }
     }
 
     /// How the matmuls run, in words.
@@ -239,40 +256,15 @@ impl Schedule {
 
 impl fmt::Display for BackwardSchedule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let g = &self.grads;
-        let c = &g.config;
+        let (d, g) = (&self.dstates, &self.grads);
         writeln!(
             f,
-            "schedule {} backward for {} ({}: one kernel, two phases per value head)",
+            "schedule {} backward for {} ({}: two kernels)",
             g.spec_name,
             g.target,
             g.path_name()
         )?;
-        write_config(f, c, (" h0 (→ dh0)", " dht"))?;
-        writeln!(
-            f,
-            "  kernel   @{} grid ({}, {}, {}) block ({}, 1, 1): a workgroup per (sequence, q/k head), the value heads of its group in turn",
-            g.entry,
-            size(&g.grid[0]),
-            size(&g.grid[1]),
-            size(&g.grid[2]),
-            g.block_threads,
-        )?;
-        writeln!(f, "  params   {}", g.params_text())?;
-        writeln!(
-            f,
-            "  scratch  {} f32 per workgroup; state S [{} x {}] @ {}; dh [{} x {}] @ {}; sum slots [{}] @ {}",
-            g.scratch,
-            g.state.rows,
-            g.state.cols,
-            g.state.offset,
-            self.dstate.rows,
-            self.dstate.cols,
-            self.dstate.offset,
-            self.reduce.rows,
-            self.reduce.offset
-        )?;
-        g.write_matmuls(f)?;
+        write_config(f, &g.config, (" h0 (→ dh0)", " dht"))?;
         if let Some(why) = &g.fallback {
             writeln!(f, "  note     {why}")?;
         }
@@ -285,16 +277,78 @@ impl fmt::Display for BackwardSchedule {
                 "  dropped  the gradient of the {role} input (not computed by device kernels)"
             )?;
         }
+        let kernel = |f: &mut fmt::Formatter<'_>, s: &super::Schedule, what: &str| {
+            writeln!(
+                f,
+                "  kernel   @{} grid ({}, {}, {}) block ({}, 1, 1): {what}",
+                s.entry,
+                size(&s.grid[0]),
+                size(&s.grid[1]),
+                size(&s.grid[2]),
+                s.block_threads,
+            )?;
+            writeln!(f, "  params   {}", s.params_text())?;
+            s.write_matmuls(f)
+        };
+        kernel(
+            f,
+            d,
+            &format!(
+                "a workgroup per (block of {} value columns, sequence, q/k head), the value heads of its group in turn",
+                d.block_v
+            ),
+        )?;
         writeln!(
             f,
-            "  phase 1, per chunk forwards: chunk_states[chunk] <- S, then"
+            "  {} state S [{} x {}] @ {}; dh [{} x {}] @ {}; sum slots [{}] @ {}",
+            d.tiles_text(),
+            d.state.rows,
+            d.state.cols,
+            d.state.offset,
+            self.dstate.rows,
+            self.dstate.cols,
+            self.dstate.offset,
+            self.reduce[0].rows,
+            self.reduce[0].offset,
+        )?;
+        writeln!(
+            f,
+            "  phase 1 (unless given), per chunk forwards: chunk_states[chunk] <- S, then"
         )?;
         self.states.write_nodes(f)?;
         writeln!(f, "    S <- %{}", self.states.state_out.0)?;
         writeln!(f, "    barrier")?;
         writeln!(
             f,
-            "  phase 2, per chunk in reverse: S <- chunk_states[chunk], barrier, then"
+            "  phase 2, per chunk in reverse: chunk_dh[chunk] <- dh, then"
+        )?;
+        d.write_nodes(f)?;
+        writeln!(f, "    dh <- %{}", d.state_out.0)?;
+        writeln!(f, "    barrier")?;
+        kernel(
+            f,
+            g,
+            &format!(
+                "a workgroup per ({} chunks, sequence, q/k head), the value heads of its group in turn",
+                crate::schedule::GRAD_CHUNKS_PER_WORKGROUP
+            ),
+        )?;
+        writeln!(
+            f,
+            "  {} state S [{} x {}] @ {}; dh [{} x {}] @ {}; sum slots [{}] @ {}",
+            g.tiles_text(),
+            g.state.rows,
+            g.state.cols,
+            g.state.offset,
+            self.grads_dstate.rows,
+            self.grads_dstate.cols,
+            self.grads_dstate.offset,
+            self.reduce[1].rows,
+            self.reduce[1].offset,
+        )?;
+        writeln!(
+            f,
+            "  per chunk: S <- chunk_states[chunk], dh <- chunk_dh[chunk], barrier, then"
         )?;
         g.write_nodes(f)?;
         let stores: Vec<String> = self
@@ -302,7 +356,6 @@ impl fmt::Display for BackwardSchedule {
             .iter()
             .map(|(sink, v)| match sink {
                 Sink::Grad(role) => format!("d_{role} <- %{}", v.0),
-                Sink::StateGrad => format!("dh <- %{}", v.0),
                 other => format!("{other:?} <- %{}", v.0),
             })
             .collect();

@@ -46,26 +46,24 @@ fn backward_mlir_snapshot_of_simple_gla() {
 fn backward_kernel_info_records_the_launch() {
     let info = backward_schedule(&specs::simple_gla(), Target::Sm90).kernel_info();
     assert_eq!(info.direction, "backward");
-    assert_eq!(info.entry, "linrec_simple_gla_bwd");
+    let pairs = SizeExpr::product(SizeExpr::Sym(SizeSym::N), SizeExpr::Sym(SizeSym::H));
+    // Kernel 1: the states and dh per (value block of 64, sequence, q/k head).
+    assert_eq!(info.entry, "linrec_simple_gla_bwd_dh");
     assert_eq!(
         info.grid,
         [
-            SizeExpr::Const(1),
-            SizeExpr::product(SizeExpr::Sym(SizeSym::N), SizeExpr::Sym(SizeSym::H)),
+            SizeExpr::ceil_div(SizeExpr::Sym(SizeSym::V), SizeExpr::Const(64)),
+            pairs.clone(),
             SizeExpr::Const(1),
         ]
     );
     for p in [
         KernelParam::GradOutput,
         KernelParam::GradFinalState,
-        KernelParam::Grad(Role::Query),
-        KernelParam::Grad(Role::Key),
-        KernelParam::Grad(Role::Value),
-        KernelParam::Grad(Role::Gate),
         KernelParam::GradInitialState,
         KernelParam::ChunkStates,
-        KernelParam::GradAccumulator(Role::Query),
-        KernelParam::GradAccumulator(Role::Key),
+        KernelParam::ChunkStatesGiven,
+        KernelParam::ChunkStateGrads,
     ] {
         assert!(
             info.params.contains(&p),
@@ -73,7 +71,40 @@ fn backward_kernel_info_records_the_launch() {
             info.params
         );
     }
-    assert!(info.scratch > 0);
+    assert!(!info.params.contains(&KernelParam::Grad(Role::Query)));
+    // Kernel 2: the gradients per (8 chunks, sequence, q/k head).
+    let [grads] = info.then.as_slice() else {
+        panic!("one more launch expected: {:?}", info.then);
+    };
+    assert_eq!(grads.entry, "linrec_simple_gla_bwd");
+    assert_eq!(
+        grads.grid,
+        [
+            SizeExpr::ceil_div(SizeExpr::Sym(SizeSym::T), SizeExpr::Const(8 * 64)),
+            pairs,
+            SizeExpr::Const(1),
+        ]
+    );
+    for p in [
+        KernelParam::GradOutput,
+        KernelParam::Grad(Role::Query),
+        KernelParam::Grad(Role::Key),
+        KernelParam::Grad(Role::Value),
+        KernelParam::Grad(Role::Gate),
+        KernelParam::ChunkStates,
+        KernelParam::ChunkStateGrads,
+        KernelParam::GradAccumulator(Role::Query),
+        KernelParam::GradAccumulator(Role::Key),
+    ] {
+        assert!(
+            grads.params.contains(&p),
+            "{p:?} missing from {:?}",
+            grads.params
+        );
+    }
+    // At K = V = 64 both kernels' f32 tiles fit in shared memory next to the operands.
+    assert_eq!((info.scratch, grads.scratch), (0, 0));
+    assert!(info.shared_bytes > 0 && grads.shared_bytes > info.shared_bytes);
     // A decay-rate input's gradient is derived but not written by the kernel.
     let rate = backward_schedule(&specs::rate(), Target::Spirv);
     assert_eq!(rate.dropped, vec![Role::DecayRate]);
@@ -168,7 +199,7 @@ fn run_backward(dev: &Device, c: &Case, seed: u64) -> Vec<(String, f64)> {
         assert!(
             artifact
                 .schedule_text
-                .contains("(tensor-core layout, emulated: one kernel"),
+                .contains("(tensor-core layout, emulated: two kernels"),
             "{c:?}: not laid out for tensor cores:\n{}",
             artifact.schedule_text
         );
@@ -367,6 +398,14 @@ fn backward_in_the_tensor_core_layout_matches_the_reference() {
     v.cu_seqlens = Some(vec![0, 37, 37, 90]);
     v.emulated = true;
     cases.push(v);
+    // dh's kernel in value blocks of 64 (the last one 36 columns wide) and the gradient
+    // kernel's groups of 8 chunks crossing sequences: 150 and 158 tokens in chunks of 16.
+    let mut w = case(sg(), ElementType::Bf16, Dims::new(1, 308, 1, 32, 100), 16);
+    w.cu_seqlens = Some(vec![0, 150, 150, 308]);
+    w.h0 = true;
+    w.dht = true;
+    w.emulated = true;
+    cases.push(w);
     check_backward(
         "backward_in_the_tensor_core_layout_matches_the_reference",
         &cases,

@@ -55,8 +55,8 @@ use linrec_spec::launch::{KernelInfo, KernelParam};
 use linrec_spec::{Dims, Role};
 
 use super::{
-    Checked, Common, Given, all_params, check_call, check_reuse, concrete, input_layout, launch,
-    launch_error, role_name, takes,
+    Checked, Common, Given, all_params, check_call, check_reuse, chunk_states_shape, concrete,
+    dtype, input_layout, launch, launch_error, role_name, takes,
 };
 use crate::backend::FillPattern;
 use crate::buffer::DeviceBuffer;
@@ -154,14 +154,17 @@ pub struct BackwardWorkspace {
     /// Scratch, decay rates and chunk states.
     common: Common,
     accumulators: Vec<(Role, DeviceBuffer)>,
+    /// `dh` per chunk ([`KernelParam::ChunkStateGrads`]), for kernels that take it: laid out
+    /// as the chunk states.
+    chunk_dh: Option<DeviceBuffer>,
     /// Zeros `[N, HV, K, V]`, passed as `dht` when the caller gives none.
     dht_zeros: Option<DeviceBuffer>,
 }
 
 /// Launches the backward kernel `info` (binary `binary`, for this device's module format) on
 /// `device`: checks `args` as [`super::forward`] does, plus `do`, `dht` and `chunk_states`;
-/// allocates the gradients, `dh0`, the chunk states (unless given), the gradient accumulators
-/// and the scratch (all NaN-poisoned) and, without `dht`, a zero one; fills the RetNet decay rates when the kernel
+/// allocates the gradients, `dh0`, the chunk states (unless given) and `dh` per chunk, the
+/// gradient accumulators and the scratch (all NaN-poisoned) and, without `dht`, a zero one; fills the RetNet decay rates when the kernel
 /// takes them; loads the module through the device's cache and enqueues `info`'s launch and
 /// then every [`KernelInfo::then`] one.
 pub fn backward(
@@ -252,6 +255,7 @@ fn backward_inner(
                 format!("d{}_acc", role_name(*role)),
                 find(&ws.accumulators, *role)?,
             )),
+            KernelParam::ChunkStateGrads => Some(("chunk_dh".into(), ws.chunk_dh.as_ref()?)),
             // The caller's dht is passed as a checked buffer; these are the zeros.
             KernelParam::GradFinalState if dht.is_none() => Some(("dht".into(), dht_zeros?)),
             _ => ws.common.buffer(p),
@@ -281,6 +285,7 @@ fn check_fits(info: &KernelInfo, ws: &BackwardWorkspace, dht_given: bool) -> Res
     let fits = roles(&ws.outputs.grads) == grads
         && roles(&ws.accumulators) == accumulators
         && ws.outputs.dh0.is_some() == takes(KernelParam::GradInitialState)
+        && ws.chunk_dh.is_some() == takes(KernelParam::ChunkStateGrads)
         && (dht_given || ws.dht_zeros.is_some() || !takes(KernelParam::GradFinalState));
     if fits {
         Ok(())
@@ -335,6 +340,12 @@ fn allocate(
     } else {
         None
     };
+    let chunk_dh = if takes(info, &KernelParam::ChunkStateGrads) {
+        let shape = chunk_states_shape(info, &dims, n)?;
+        Some(device.alloc_poisoned(dtype(info.config.dtype), &shape)?)
+    } else {
+        None
+    };
     let dht_zeros = if zeros && takes(info, &KernelParam::GradFinalState) {
         let z = device.alloc(DType::F32, &state)?;
         device.fill(&z, FillPattern::U32(0))?;
@@ -353,6 +364,7 @@ fn allocate(
         // caller gives the forward's).
         common: Common::new(device, info, checked, states_given)?,
         accumulators,
+        chunk_dh,
         dht_zeros,
     })
 }
