@@ -153,7 +153,8 @@ impl<'c> Kernel<'_, 'c> {
     }
 
     /// Kernel 2, one chunk: `S ← chunk_states[i]` and `dh ← chunk_dh[i]` (those the plan
-    /// reads), the plan, the chunk's gradient rows.
+    /// reads in f32; a matmul operand alone is copied by its node), the plan, the chunk's
+    /// gradient rows.
     pub(super) fn grads_chunk<'a>(
         &self,
         blk: &'a Block<'c>,
@@ -164,11 +165,10 @@ impl<'c> Kernel<'_, 'c> {
         carried: &Carried<'c, 'a>,
     ) -> R<()> {
         let bs = self.layout()?;
-        let reads = |op: Op| self.s.plan.nodes.iter().any(|n| n.op == op);
-        if reads(Op::StateIn) {
+        if self.reads_tile_of(&Op::StateIn) {
             self.load_chunk_tile(blk, env, i, &KernelParam::ChunkStates, self.s.state)?;
         }
-        if reads(Op::GradIn(Sink::StateOut)) {
+        if self.reads_tile_of(&Op::GradIn(Sink::StateOut)) {
             let dstate = bs.grads_dstate;
             self.load_chunk_tile(blk, env, i, &KernelParam::ChunkStateGrads, dstate)?;
         }

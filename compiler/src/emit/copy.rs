@@ -30,7 +30,7 @@ use crate::plan::{Op, Sink};
 use crate::schedule::OperandTile;
 
 /// Elements per access: 16 bytes of a 16-bit dtype.
-const LANES: usize = 8;
+pub(super) const LANES: usize = 8;
 
 /// Registers per thread that prefetched rows may hold across a chunk (4 per vector): room left
 /// under the 255-register cap for the matmul fragments of the D ≤ 128 kernels (~170 used).

@@ -10,9 +10,11 @@ use linrec_spec::launch::KernelParam;
 use melior::ir::{Block, Value};
 
 use super::builder::{Cmp, R};
-use super::copy::Carried;
+use super::copy::{Carried, LANES};
 use super::kernel::{Env, Kernel};
-use crate::schedule::Tile;
+use super::tile::Dest;
+use crate::lower::Vendor;
+use crate::schedule::{OperandTile, Placement, Tile};
 
 impl<'c> Kernel<'_, 'c> {
     /// Index of state element `(k, v0 + c)` of chunk `i` in `chunk_states`.
@@ -122,6 +124,131 @@ impl<'c> Kernel<'_, 'c> {
         )
     }
 
+    /// The operand tile `to` (`[K × BV]`) ← `param`'s entry for the chunk whose rows start at
+    /// `start` (the chunk states or dh, already in the dtype), columns past the block's valid
+    /// ones as 0; no barrier. On NVIDIA tensor cores with V a multiple of 8 each thread moves
+    /// 16 bytes at a time (a row of the block is contiguous in `param`; a misaligned buffer
+    /// takes the element loads of the same vectors), else one element at a time.
+    pub(super) fn copy_chunk_operand(
+        &self,
+        blk: &Block<'c>,
+        env: &Env<'c, '_>,
+        start: Value<'c, '_>,
+        param: &KernelParam,
+        to: OperandTile,
+    ) -> R<()> {
+        let b = &self.b;
+        let cfg = &self.s.config;
+        let mem = env.arg(param)?;
+        let chunk = b.ci(blk, cfg.chunk as i64)?;
+        let rows_before = b.subi(blk, start, env.bos)?;
+        let i = b.divui(blk, rows_before, chunk)?;
+        let vectors = self.s.target.vendor() == Vendor::Nvidia
+            && self.s.matmul.operands_on_chip()
+            && cfg.value_dim % LANES == 0
+            && to.cols % LANES == 0;
+        if !vectors {
+            let dest = Dest {
+                f32: None,
+                operand: Some(to),
+            };
+            return self.elementwise(blk, env, dest, |blk, k, c, _| {
+                let one = b.ci(blk, 1)?;
+                let last = b.subi(blk, env.vvalid, one)?;
+                let cc = b.bin(blk, "arith.minui", c, last)?;
+                let idx = self.chunk_state_index(blk, env, i, k, cc)?;
+                let x = self.t.load_f32(b, blk, mem, idx, self.dtype())?;
+                let ok = b.cmpi(blk, Cmp::Ult, c, env.vvalid)?;
+                let zero = b.cf32(blk, 0.0)?;
+                b.select(blk, ok, x, zero)
+            });
+        }
+        let ty = self.row_vector()?;
+        let per_row = to.cols / LANES;
+        let total = to.rows * per_row;
+        let threads = self.s.block_threads as usize;
+        let ptr = b.base_address(blk, mem)?;
+        let fifteen = b.ci(blk, 15)?;
+        let low = b.bin(blk, "arith.andi", ptr, fifteen)?;
+        let zero = b.ci(blk, 0)?;
+        let aligned = b.cmpi(blk, Cmp::Eq, low, zero)?;
+        let smem = self.operand_mem(env)?;
+        let zeros = self.zero_vector(blk, ty)?;
+        let tid = self.thread_index(blk, env)?;
+        // Every load before any store, as `copy.rs` does for token rows.
+        let mut slots = Vec::new();
+        for step in 0..total.div_ceil(threads) {
+            let first = b.ci(blk, (step * threads) as i64)?;
+            let e = b.addi(blk, tid, first)?;
+            let partial = (step + 1) * threads > total;
+            let last = b.ci(blk, total as i64 - 1)?;
+            let ec = if partial {
+                b.bin(blk, "arith.minui", e, last)?
+            } else {
+                e
+            };
+            let (k, c) = self.row_col(blk, ec, per_row)?;
+            let lanes = b.ci(blk, LANES as i64)?;
+            let c = b.muli(blk, c, lanes)?;
+            // Columns past the valid ones read the block's first (in bounds), stored as 0.
+            let col_ok = b.cmpi(blk, Cmp::Ult, c, env.vvalid)?;
+            let cc = b.select(blk, col_ok, c, zero)?;
+            let idx = self.chunk_state_index(blk, env, i, k, cc)?;
+            slots.push((e, partial, k, c, col_ok, idx));
+        }
+        let types = vec![ty; slots.len()];
+        let loaded = b.if_values(
+            blk,
+            aligned,
+            &types,
+            |blk| {
+                let base = b.base_address(blk, mem)?;
+                let mut v = Vec::with_capacity(slots.len());
+                for &(.., idx) in &slots {
+                    let addr = b.mad(blk, base, idx, 2)?;
+                    let words = self.t.global_load_16(b, blk, addr)?;
+                    v.push(b.cast(blk, "vector.bitcast", words, ty)?);
+                }
+                b.yield_(blk, &v)
+            },
+            |blk| {
+                let mut v = Vec::with_capacity(slots.len());
+                for &(.., idx) in &slots {
+                    let mut elems = Vec::with_capacity(LANES);
+                    for l in 0..LANES {
+                        let off = b.ci(blk, l as i64)?;
+                        let at = b.addi(blk, idx, off)?;
+                        elems.push(b.load(blk, mem, at)?);
+                    }
+                    v.push(
+                        b.push(
+                            blk,
+                            b.op("vector.from_elements")
+                                .add_operands(&elems)
+                                .add_results(&[ty]),
+                        )?,
+                    );
+                }
+                b.yield_(blk, &v)
+            },
+        )?;
+        for (&(e, partial, k, c, col_ok, _), &v) in slots.iter().zip(&loaded) {
+            let v = b.select(blk, col_ok, v, zeros)?;
+            let at = self.operand_index(blk, env, to, k, c)?;
+            if partial {
+                let total = b.ci(blk, total as i64)?;
+                let inside = b.cmpi(blk, Cmp::Ult, e, total)?;
+                b.if_(blk, inside, |blk| b.vector_store(blk, v, smem, at, 16))?;
+            } else {
+                b.vector_store(blk, v, smem, at, 16)?;
+            }
+        }
+        if to.is_padded() {
+            self.zero_padding(blk, env, to)?;
+        }
+        Ok(())
+    }
+
     /// One chunk of a sequential states kernel: `chunk_states[i] ← S`, the plan, `S ← the
     /// next state`.
     pub(super) fn states_chunk<'a>(
@@ -137,6 +264,17 @@ impl<'c> Kernel<'_, 'c> {
         self.nodes(blk, env, start, len, carried)?;
         self.copy_state(blk, env)?;
         self.t.barrier(&self.b, blk)
+    }
+
+    /// Whether a node of the plan computes `op` into an f32 tile (a value read per chunk
+    /// from memory may have its operand tile alone, `alloc::Placing::from_memory`).
+    pub(super) fn reads_tile_of(&self, op: &crate::plan::Op) -> bool {
+        self.s
+            .plan
+            .nodes
+            .iter()
+            .zip(&self.s.values)
+            .any(|(n, v)| n.op == *op && matches!(v, Placement::Tile(_)))
     }
 
     /// Every plan node with the schedule's barriers, then the sinks' barrier.
@@ -193,7 +331,9 @@ impl<'c> Kernel<'_, 'c> {
             let rest = b.subi(blk, env.eos, start)?;
             let cc = b.ci(blk, c)?;
             let len = b.bin(blk, "arith.minsi", rest, cc)?;
-            self.load_chunk_state(blk, env, i)?;
+            if self.reads_tile_of(&crate::plan::Op::StateIn) {
+                self.load_chunk_state(blk, env, i)?;
+            }
             self.nodes(blk, env, start, len, &Carried::default())?;
             self.store_output(blk, env, start, len)
         })

@@ -51,9 +51,9 @@ where
 /// Where a node's result goes: its f32 tile, its operand tile, or both (same element, the
 /// operand rounded to the dtype).
 #[derive(Clone, Copy, Debug)]
-struct Dest {
-    f32: Option<Tile>,
-    operand: Option<OperandTile>,
+pub(super) struct Dest {
+    pub f32: Option<Tile>,
+    pub operand: Option<OperandTile>,
 }
 
 impl Dest {
@@ -147,9 +147,15 @@ impl<'c> Kernel<'_, 'c> {
 
         match &node.op {
             // Round a copy of S for the matmuls that read h.
-            Op::StateIn => match dest.operand {
-                Some(operand) => self.round_into(blk, env, self.s.state, operand),
-                None => Ok(()),
+            // Read per chunk from memory into the operand tile alone (`alloc::Placing::
+            // from_memory`), else rounded from the state tile.
+            Op::StateIn => match (dest.f32, dest.operand) {
+                (None, Some(operand)) => {
+                    let param = KernelParam::ChunkStates;
+                    self.copy_chunk_operand(blk, env, start, &param, operand)
+                }
+                (_, Some(operand)) => self.round_into(blk, env, self.s.state, operand),
+                _ => Ok(()),
             },
             Op::Load(role) => {
                 self.load_rows(blk, env, start, len, dest, *role, KernelParam::Input(*role))
@@ -164,9 +170,14 @@ impl<'c> Kernel<'_, 'c> {
                 Role::Value,
                 KernelParam::GradOutput,
             ),
-            // `dh'` lives in the carried tile; a matmul that reads it gets a rounded copy.
+            // `dh'` lives in the carried tile; a matmul that reads it gets a rounded copy. The
+            // gradient kernel may read it from `chunk_dh` into the operand tile alone.
             Op::GradIn(_) => match (dest.f32, dest.operand) {
                 (Some(carried), Some(operand)) => self.round_into(blk, env, carried, operand),
+                (None, Some(operand)) => {
+                    let param = KernelParam::ChunkStateGrads;
+                    self.copy_chunk_operand(blk, env, start, &param, operand)
+                }
                 _ => Ok(()),
             },
             Op::ValidRows => self.elementwise(blk, env, dest, |blk, r, _, _| {
@@ -407,7 +418,7 @@ impl<'c> Kernel<'_, 'c> {
     /// A cooperative loop over the elements of `dest` ([`Kernel::strided_map`]):
     /// `f(block, row, col, element)` gives the f32 to store; then the operand tile's padding
     /// is zeroed.
-    fn elementwise(
+    pub(super) fn elementwise(
         &self,
         blk: &Block<'c>,
         env: &Env<'c, '_>,

@@ -71,6 +71,10 @@ pub(super) struct Placing {
     /// The plan is ordered by level ([`super::order::by_level`]): keep a tile until its last
     /// reader's level is over.
     pub by_level: bool,
+    /// The state and `dh'` are read from memory per chunk (the backward's gradient kernel):
+    /// when only matmuls read them they get their operand tiles alone, copied straight from
+    /// `chunk_states` / `chunk_dh` (already in the dtype), no f32 tile.
+    pub from_memory: bool,
 }
 
 /// Where everything of one kernel lives.
@@ -144,6 +148,7 @@ pub(super) fn place(
         state_in_place,
         direct_output,
         by_level,
+        from_memory,
     } = opts;
     // With `by_level`, a tile is free again only once its last reader's level is over.
     let level = if by_level {
@@ -232,6 +237,12 @@ pub(super) fn place(
         };
         tiles.push(operand);
 
+        let carried_in =
+            node.op == Op::StateIn || (carried_grad && node.op == Op::GradIn(Sink::StateOut));
+        if from_memory && carried_in && operand.is_some() && last_f32[i].is_none() {
+            values.push(Placement::Operand);
+            continue;
+        }
         if node.op == Op::StateIn
             || (state_in_place == Some(ValueId(i))
                 && writes_state_in_place(plan, i, operands, &last_f32))

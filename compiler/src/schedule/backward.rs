@@ -202,7 +202,11 @@ pub fn backward(
         };
         let blocked = TileDims::new(config, block_v(path));
         let whole = TileDims::new(config, config.value_dim);
-        let place = |plan: &Plan, dims: &TileDims, sinks: &[ValueId], carried: bool| {
+        let place = |plan: &Plan,
+                     dims: &TileDims,
+                     sinks: &[ValueId],
+                     carried: bool,
+                     how: alloc::Placing| {
             alloc::place(
                 plan,
                 dims,
@@ -210,13 +214,17 @@ pub fn backward(
                 operands,
                 alloc::Reuse::Never,
                 carried,
-                placing,
+                how,
             )
         };
+        let from_memory = alloc::Placing {
+            from_memory: true,
+            ..placing
+        };
         [
-            place(&states_plan, &blocked, &[state_out], false),
-            place(&dh_plan, &blocked, &[dh_sink], true),
-            place(&grads_plan, &whole, &grad_values, true),
+            place(&states_plan, &blocked, &[state_out], false, placing),
+            place(&dh_plan, &blocked, &[dh_sink], true, placing),
+            place(&grads_plan, &whole, &grad_values, true, from_memory),
         ]
     };
     // Each kernel's operand arena: kernel 1's phases never run at once, so they share theirs.

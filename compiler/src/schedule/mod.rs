@@ -616,6 +616,8 @@ fn forward_kernel(
         state_in_place: in_place,
         direct_output: direct,
         by_level: wanted.matrix_core().is_none(),
+        // The output kernel reads each chunk's state from `chunk_states`.
+        from_memory: part == Part::Output,
     };
     let mut fallback = None;
     let mut chosen = None;

@@ -123,7 +123,7 @@ impl fmt::Display for Schedule {
             Part::States => writeln!(f, "  per chunk: chunk_states[chunk] <- S, then")?,
             Part::Output => writeln!(
                 f,
-                "  the workgroup's chunk (x / value blocks): S <- chunk_states[chunk], barrier, then"
+                "  the workgroup's chunk (x / value blocks): chunk_states[chunk] read (into S when read elementwise, else by its node into its operand tile), barrier, then"
             )?,
             Part::Grads => writeln!(f, "  per chunk of the workgroup's:")?,
         }
@@ -348,7 +348,7 @@ impl fmt::Display for BackwardSchedule {
         )?;
         writeln!(
             f,
-            "  per chunk: S <- chunk_states[chunk], dh <- chunk_dh[chunk], barrier, then"
+            "  per chunk: chunk_states[chunk] and chunk_dh[chunk] read (into S and dh when read elementwise, else by their nodes into their operand tiles), barrier, then"
         )?;
         g.write_nodes(f)?;
         let stores: Vec<String> = self
