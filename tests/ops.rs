@@ -564,6 +564,7 @@ fn stand_in(spec: &Spec, config: KernelConfig, split: bool) -> Kernels {
         shared_bytes: 0,
         scratch: 0,
         then: Vec::new(),
+        narrower: Vec::new(),
     };
     kernels
         .insert(Kernel {

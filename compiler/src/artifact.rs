@@ -226,7 +226,16 @@ pub fn compile_with(
         }
         ForwardForm::Split => {
             let s = schedule::forward_split(&plan, spec, target, config, options.matmul)?;
-            let text = format!("{}\n{}", s.states, s.output);
+            let mut text = format!("{}\n", s.states);
+            for n in &s.narrower {
+                text.push_str(&format!(
+                    "narrower @{}: the states kernel with blocks of {} value columns, the runtime launches the widest kernel with at least {} workgroups (else the narrowest)\n",
+                    n.entry,
+                    n.block_v,
+                    linrec_spec::launch::ENOUGH_WORKGROUPS
+                ));
+            }
+            text.push_str(&format!("\n{}", s.output));
             (s.kernel_info(), text, emit::forward_split(&s)?)
         }
     };

@@ -274,6 +274,83 @@ pub struct KernelInfo {
     /// scratch buffer is shared (each launch needs `scratch × its workgroups` elements).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub then: Vec<Launch>,
+    /// This (first) launch again with narrower blocks of value columns, so more workgroups,
+    /// widest first: a sequential kernel (the backward's dh sweep, a split forward's states)
+    /// with few (sequence, head) pairs leaves most of a GPU idle. The runtime launches the
+    /// widest of this launch and these whose grid has at least [`ENOUGH_WORKGROUPS`]
+    /// workgroups, else the narrowest ([`KernelInfo::pick_first`]). Each has this launch's
+    /// parameters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub narrower: Vec<Launch>,
+}
+
+/// Workgroups that keep an H100/H200 (132 SMs) busy with one workgroup per SM: see
+/// [`KernelInfo::narrower`].
+pub const ENOUGH_WORKGROUPS: u64 = 128;
+
+impl KernelInfo {
+    /// Which first launch to make for a call of `dims` with `n` sequences: 0 for this one,
+    /// `k` for `narrower[k − 1]` (see [`KernelInfo::narrower`]); `None` when a grid does not
+    /// evaluate (overflow).
+    ///
+    /// ```
+    /// use linrec_spec::launch::{ElementType, KernelConfig, KernelInfo, Launch, SizeExpr, SizeSym};
+    /// let per_head = |bv: u64| [
+    ///     SizeExpr::ceil_div(SizeExpr::Sym(SizeSym::V), SizeExpr::Const(bv)),
+    ///     SizeExpr::product(SizeExpr::Sym(SizeSym::N), SizeExpr::Sym(SizeSym::H)),
+    ///     SizeExpr::Const(1),
+    /// ];
+    /// let launch = |bv: u64| Launch {
+    ///     entry: format!("k_v{bv}"),
+    ///     params: vec![],
+    ///     grid: per_head(bv),
+    ///     block: [256, 1, 1],
+    ///     shared_bytes: 0,
+    ///     scratch: 0,
+    /// };
+    /// let config = KernelConfig {
+    ///     dtype: ElementType::Bf16,
+    ///     key_dim: 128,
+    ///     value_dim: 128,
+    ///     chunk: 64,
+    ///     initial_state: false,
+    ///     final_state: false,
+    ///     varlen: false,
+    /// };
+    /// let info = KernelInfo {
+    ///     entry: "k".into(),
+    ///     spec_name: "s".into(),
+    ///     spec_hash: "0".into(),
+    ///     direction: "backward".into(),
+    ///     target: "sm_90".into(),
+    ///     config,
+    ///     params: vec![],
+    ///     grid: per_head(64),
+    ///     block: [256, 1, 1],
+    ///     shared_bytes: 0,
+    ///     scratch: 0,
+    ///     then: vec![],
+    ///     narrower: vec![launch(32), launch(16)],
+    /// };
+    /// let dims = |b, h| linrec_spec::Dims::new(b, 2048, h, 128, 128);
+    /// assert_eq!(info.pick_first(&dims(8, 16), 8), Some(0)); // 256 workgroups at BV 64
+    /// assert_eq!(info.pick_first(&dims(2, 16), 2), Some(1)); // 128 at BV 32
+    /// assert_eq!(info.pick_first(&dims(1, 16), 1), Some(2)); // 128 at BV 16
+    /// assert_eq!(info.pick_first(&dims(1, 4), 1), Some(2)); // too few anyway: the narrowest
+    /// ```
+    pub fn pick_first(&self, dims: &crate::Dims, n: usize) -> Option<usize> {
+        let workgroups = |grid: &[SizeExpr; 3]| -> Option<u64> {
+            grid.iter()
+                .try_fold(1u64, |acc, e| acc.checked_mul(e.eval(dims, n)?))
+        };
+        let grids = std::iter::once(&self.grid).chain(self.narrower.iter().map(|l| &l.grid));
+        for (k, grid) in grids.enumerate() {
+            if workgroups(grid)? >= ENOUGH_WORKGROUPS {
+                return Some(k);
+            }
+        }
+        Some(self.narrower.len())
+    }
 }
 
 /// One more kernel launch of a [`KernelInfo`]: a split forward is a states kernel (the one

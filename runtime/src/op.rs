@@ -149,15 +149,26 @@ struct Step<'a> {
     scratch: u64,
 }
 
-/// The launches of `info`, in order: its own, then every [`KernelInfo::then`] one.
-fn steps(info: &KernelInfo) -> Vec<Step<'_>> {
-    let main = Step {
-        entry: &info.entry,
-        params: &info.params,
-        grid: &info.grid,
-        block: info.block,
-        shared_bytes: info.shared_bytes,
-        scratch: info.scratch,
+/// The launches of `info`, in order: its own (or the `first`-th narrower one, see
+/// [`Checked::first`]), then every [`KernelInfo::then`] one.
+fn steps(info: &KernelInfo, first: usize) -> Vec<Step<'_>> {
+    let main = match first.checked_sub(1).and_then(|k| info.narrower.get(k)) {
+        Some(l) => Step {
+            entry: &l.entry,
+            params: &l.params,
+            grid: &l.grid,
+            block: l.block,
+            shared_bytes: l.shared_bytes,
+            scratch: l.scratch,
+        },
+        None => Step {
+            entry: &info.entry,
+            params: &info.params,
+            grid: &info.grid,
+            block: info.block,
+            shared_bytes: info.shared_bytes,
+            scratch: info.scratch,
+        },
     };
     std::iter::once(main)
         .chain(info.then.iter().map(|l| Step {
@@ -358,6 +369,9 @@ impl<'a> Given<'a> {
 struct Checked {
     dims: Dims,
     sequences: usize,
+    /// The first launch made: 0 for `info`'s own, `k` for `info.narrower[k − 1]`
+    /// ([`KernelInfo::pick_first`]).
+    first: usize,
     grids: Vec<[u32; 3]>,
     scratch_len: usize,
 }
@@ -480,9 +494,12 @@ fn check_call(
     }
 
     // Every launch's grid; one scratch buffer serves them all, one after the other.
+    let first = info
+        .pick_first(&dims, sequences)
+        .ok_or_else(|| launch_error(info, "a grid overflows".into()))?;
     let mut grids = Vec::with_capacity(1 + info.then.len());
     let mut scratch_len = 0usize;
-    for step in steps(info) {
+    for step in steps(info, first) {
         let mut grid = [0u32; 3];
         for (g, e) in grid.iter_mut().zip(step.grid) {
             let n = e
@@ -502,6 +519,7 @@ fn check_call(
     Ok(Checked {
         dims,
         sequences,
+        first,
         grids,
         scratch_len,
     })
@@ -647,7 +665,7 @@ fn launch<'b>(
         scalar(dims.value_heads, "HV")?,
     );
 
-    let steps = steps(info);
+    let steps = steps(info, checked.first);
     if steps.len() != checked.grids.len() {
         return Err(launch_error(
             info,

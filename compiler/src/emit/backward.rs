@@ -21,26 +21,36 @@ use super::target::TargetOps;
 use crate::plan::{Op, Sink};
 use crate::schedule::BackwardSchedule;
 
-/// Builds the backward's two `gpu.func`s of `bs` into the `gpu.module` body `module`.
+/// Builds the backward's `gpu.func`s of `bs` (kernel 1 and its narrower variants, kernel 2)
+/// into the `gpu.module` body `module`.
 pub(super) fn build<'c>(ctx: &'c Context, bs: &BackwardSchedule, module: &Block<'c>) -> R<()> {
-    let kernel = |s| Kernel {
-        b: Builder::new(ctx),
-        t: TargetOps::new(bs.grads.target),
-        s,
-        bwd: Some(bs),
-    };
-    let states = kernel(&bs.states);
-    let dstates = kernel(&bs.dstates);
-    let grads = kernel(&bs.grads);
+    fn kernel<'s, 'c>(
+        ctx: &'c Context,
+        s: &'s crate::schedule::Schedule,
+        bs: &'s BackwardSchedule,
+    ) -> Kernel<'s, 'c> {
+        Kernel {
+            b: Builder::new(ctx),
+            t: TargetOps::new(bs.grads.target),
+            s,
+            bwd: Some(bs),
+        }
+    }
+    let grads = kernel(ctx, &bs.grads, bs);
     if bs.grads.matmul == crate::schedule::MatmulPath::TensorCore {
         grads.declare_smem(module)?;
     }
-    dstates.func(module, None, |entry, args, _| {
-        let env = dstates.prologue(entry, args, None)?;
-        dstates.group_loop(entry, &env, |body, env| {
-            dstates.dh_sweep(body, env, &states)
-        })
-    })?;
+    // Kernel 1, then its narrower variants (each with its own layout).
+    for one in std::iter::once(bs).chain(&bs.narrower) {
+        let states = kernel(ctx, &one.states, one);
+        let dstates = kernel(ctx, &one.dstates, one);
+        dstates.func(module, None, |entry, args, _| {
+            let env = dstates.prologue(entry, args, None)?;
+            dstates.group_loop(entry, &env, |body, env| {
+                dstates.dh_sweep(body, env, &states)
+            })
+        })?;
+    }
     grads.func(module, None, |entry, args, _| {
         let env = grads.prologue(entry, args, None)?;
         grads.group_loop(entry, &env, |body, env| {

@@ -66,9 +66,13 @@ pub fn forward(schedule: &Schedule) -> Result<String, EmitError> {
     kernels(&[schedule])
 }
 
-/// Emits the two kernels of a split forward (states, then output) into one module.
+/// Emits the kernels of a split forward (states, its narrower variants, output) into one
+/// module.
 pub fn forward_split(split: &SplitForward) -> Result<String, EmitError> {
-    kernels(&[&split.states, &split.output])
+    let mut all = vec![&split.states];
+    all.extend(&split.narrower);
+    all.push(&split.output);
+    kernels(&all)
 }
 
 /// One module with a kernel per schedule (the dynamic shared memory declared once).

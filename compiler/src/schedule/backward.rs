@@ -61,6 +61,10 @@ pub struct BackwardSchedule {
     /// Kernel 1, phase 2: the backward plan kept to `dh` (`output` and `state_out` are both
     /// its `dh` sink).
     pub dstates: Schedule,
+    /// Kernel 1 again with the narrower value blocks of [`super::narrower_widths`], widest
+    /// first (`KernelInfo::narrower`), each a whole layout of its own whose kernel 2 is this
+    /// one's (only its kernel 1 is emitted).
+    pub narrower: Vec<BackwardSchedule>,
     /// Kernel 2: the backward plan kept to the input gradients.
     pub grads: Schedule,
     /// `dh` in kernel 1, carried across chunks (where `grad_in state_out` lives).
@@ -79,6 +83,7 @@ impl BackwardSchedule {
     /// The launch metadata: kernel 1, then kernel 2.
     pub fn kernel_info(&self) -> linrec_spec::launch::KernelInfo {
         let mut info = self.states.kernel_info();
+        info.narrower = self.narrower.iter().map(|n| n.states.launch()).collect();
         info.then.push(self.grads.launch());
         info
     }
@@ -95,6 +100,34 @@ pub fn backward(
     target: Target,
     config: &KernelConfig,
     choice: MatmulChoice,
+) -> Result<BackwardSchedule, ScheduleError> {
+    let mut first = blocked(fwd, bwd, spec, target, config, choice, None)?;
+    // Kernel 1 again with narrower value blocks where dh's plan allows blocks at all.
+    let dh_plan = bwd.keep_sinks(|s| s == Sink::StateGrad);
+    let no_err = |node: usize, why: String| ScheduleError::Plan {
+        plan: dh_plan.name.clone(),
+        node,
+        op: String::new(),
+        why,
+    };
+    if check_plan(&dh_plan, &no_err, false).is_ok() {
+        for w in super::narrower_widths(first.dstates.block_v) {
+            let v = blocked(fwd, bwd, spec, target, config, choice, Some(w))?;
+            first.narrower.push(v);
+        }
+    }
+    Ok(first)
+}
+
+/// [`backward`] with kernel 1's value blocks `dh_width` wide (`None`: the default).
+fn blocked(
+    fwd: &Plan,
+    bwd: &Plan,
+    spec: &Spec,
+    target: Target,
+    config: &KernelConfig,
+    choice: MatmulChoice,
+    dh_width: Option<usize>,
 ) -> Result<BackwardSchedule, ScheduleError> {
     check_config(config)?;
     let err_in = |plan: &Plan| {
@@ -187,10 +220,11 @@ pub fn backward(
         MatmulChoice::Emulated if sixteen_bit => MatmulPath::Emulated,
         _ => MatmulPath::Portable,
     };
-    let block_v = |path: MatmulPath| match (separable, path) {
-        (false, _) => config.value_dim,
-        (true, MatmulPath::Portable) => MAX_BLOCK_V,
-        (true, _) => super::STATES_BLOCK_V,
+    let block_v = |path: MatmulPath| match (separable, path, dh_width) {
+        (false, ..) => config.value_dim,
+        (true, _, Some(w)) => w,
+        (true, MatmulPath::Portable, None) => MAX_BLOCK_V,
+        (true, _, None) => super::STATES_BLOCK_V,
     };
     // (states, dh, grads) laid out for `path`; `by_level` keeps tiles to their readers' level
     // end (fewer barriers).
@@ -434,7 +468,13 @@ pub fn backward(
         }
     };
     let dh_frame = Frame {
-        entry: entry_name(&spec.name, "bwd_dh"),
+        entry: entry_name(
+            &spec.name,
+            &match dh_width {
+                Some(w) => format!("bwd_dh_v{w}"),
+                None => "bwd_dh".into(),
+            },
+        ),
         part: super::Part::Fused,
         block_v: dh_block_v,
         grid: &dh_grid,
@@ -466,6 +506,7 @@ pub fn backward(
     Ok(BackwardSchedule {
         states,
         dstates,
+        narrower: Vec::new(),
         grads,
         dstate,
         grads_dstate,

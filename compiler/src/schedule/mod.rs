@@ -133,6 +133,21 @@ pub const TENSOR_CORE_BLOCK_V: [usize; 2] = [64, 32];
 /// state update is per value column; only the key rows are loaded once per block).
 pub const STATES_BLOCK_V: usize = 64;
 
+/// The narrower value blocks a sequential state kernel is also compiled with, widest first
+/// (`KernelInfo::narrower`: the runtime picks the widest that gives enough workgroups).
+/// Measured on an H200 (docs/benchmarks.md): at (1, 32768, 16, 128) BV 16 took the split
+/// forward from 2.0 to 1.15 ms; at (8, 2048, 16, 128), with 256 workgroups at BV 64, it was
+/// slower (each block repeats the chunk's key loads and gate work).
+pub const NARROWER_BLOCK_V: [usize; 2] = [32, 16];
+
+/// The narrower widths of [`NARROWER_BLOCK_V`] below `block_v`.
+pub fn narrower_widths(block_v: usize) -> Vec<usize> {
+    NARROWER_BLOCK_V
+        .into_iter()
+        .filter(|&w| w < block_v)
+        .collect()
+}
+
 /// The blocks of value columns tried on AMD matrix cores, widest first: the operand tiles
 /// must fit 64 KiB of LDS ([`LDS_LIMIT_BYTES`]), so narrower blocks than on NVIDIA.
 pub const MATRIX_CORE_BLOCK_V: [usize; 3] = [64, 32, 16];
@@ -455,7 +470,7 @@ pub fn forward_with(
     config: &KernelConfig,
     choice: MatmulChoice,
 ) -> Result<Schedule, ScheduleError> {
-    forward_kernel(plan, spec, target, config, choice, Part::Fused)
+    forward_kernel(plan, spec, target, config, choice, Part::Fused, None)
 }
 
 /// Which kernel of a forward a [`Schedule`] is.
@@ -480,6 +495,9 @@ pub enum Part {
 pub struct SplitForward {
     /// The states kernel (launched first).
     pub states: Schedule,
+    /// The states kernel with the narrower value blocks of [`narrower_widths`], widest first
+    /// (`KernelInfo::narrower`).
+    pub narrower: Vec<Schedule>,
     /// The chunk-parallel output kernel.
     pub output: Schedule,
 }
@@ -488,6 +506,7 @@ impl SplitForward {
     /// The launch metadata: the states kernel, then the output kernel.
     pub fn kernel_info(&self) -> KernelInfo {
         let mut info = self.states.kernel_info();
+        info.narrower = self.narrower.iter().map(Schedule::launch).collect();
         info.then.push(self.output.launch());
         info
     }
@@ -507,9 +526,20 @@ pub fn forward_split(
 ) -> Result<SplitForward, ScheduleError> {
     let states = plan.keep_sinks(|s| s == Sink::StateOut);
     let output = plan.keep_sinks(|s| s == Sink::Output);
+    let first = forward_kernel(&states, spec, target, config, choice, Part::States, None)?;
+    // Narrower states kernels where the block is the tensor cores' (or their emulation's).
+    let widths = match first.matmul {
+        MatmulPath::TensorCore | MatmulPath::Emulated => narrower_widths(first.block_v),
+        _ => Vec::new(),
+    };
+    let narrower = widths
+        .into_iter()
+        .map(|w| forward_kernel(&states, spec, target, config, choice, Part::States, Some(w)))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(SplitForward {
-        states: forward_kernel(&states, spec, target, config, choice, Part::States)?,
-        output: forward_kernel(&output, spec, target, config, choice, Part::Output)?,
+        states: first,
+        narrower,
+        output: forward_kernel(&output, spec, target, config, choice, Part::Output, None)?,
     })
 }
 
@@ -520,6 +550,7 @@ fn forward_kernel(
     config: &KernelConfig,
     choice: MatmulChoice,
     part: Part,
+    states_block_v: Option<usize>,
 ) -> Result<Schedule, ScheduleError> {
     check_config(config)?;
     let err = |node: usize, why: String| ScheduleError::Plan {
@@ -634,7 +665,7 @@ fn forward_kernel(
             _ => (
                 shared_memory_limit(target),
                 if part == Part::States {
-                    std::slice::from_ref(&STATES_BLOCK_V)
+                    std::slice::from_ref(states_block_v.as_ref().unwrap_or(&STATES_BLOCK_V))
                 } else {
                     &TENSOR_CORE_BLOCK_V
                 },
@@ -801,9 +832,10 @@ fn forward_kernel(
         config: *config,
         entry: entry_name(
             &spec.name,
-            match part {
-                Part::States => "fwd_states",
-                _ => "fwd",
+            &match (part, states_block_v) {
+                (Part::States, Some(w)) => format!("fwd_states_v{w}"),
+                (Part::States, None) => "fwd_states".into(),
+                _ => "fwd".into(),
             },
         ),
         direction: Direction::Forward,
@@ -916,6 +948,7 @@ impl Schedule {
             shared_bytes: self.shared_bytes,
             scratch: self.scratch,
             then: Vec::new(),
+            narrower: Vec::new(),
         }
     }
 

@@ -325,6 +325,18 @@ impl fmt::Display for BackwardSchedule {
         d.write_nodes(f)?;
         writeln!(f, "    dh <- %{}", d.state_out.0)?;
         writeln!(f, "    barrier")?;
+        for n in &self.narrower {
+            writeln!(
+                f,
+                "  narrower @{} grid ({}, {}, {}): the same with blocks of {} value columns, the runtime launches the widest kernel with at least {} workgroups (else the narrowest)",
+                n.dstates.entry,
+                size(&n.dstates.grid[0]),
+                size(&n.dstates.grid[1]),
+                size(&n.dstates.grid[2]),
+                n.dstates.block_v,
+                linrec_spec::launch::ENOUGH_WORKGROUPS,
+            )?;
+        }
         kernel(
             f,
             g,

@@ -72,6 +72,22 @@ fn backward_kernel_info_records_the_launch() {
         );
     }
     assert!(!info.params.contains(&KernelParam::Grad(Role::Query)));
+    // ... and again with blocks of 32 and 16 columns, for grids with few workgroups.
+    let narrower: Vec<(String, SizeExpr)> = info
+        .narrower
+        .iter()
+        .map(|l| (l.entry.clone(), l.grid[0].clone()))
+        .collect();
+    let want: Vec<(String, SizeExpr)> = [32, 16]
+        .map(|w| {
+            (
+                format!("linrec_simple_gla_bwd_dh_v{w}"),
+                SizeExpr::ceil_div(SizeExpr::Sym(SizeSym::V), SizeExpr::Const(w)),
+            )
+        })
+        .to_vec();
+    assert_eq!(narrower, want);
+    assert!(info.narrower.iter().all(|l| l.params == info.params));
     // Kernel 2: the gradients per (8 chunks, sequence, q/k head).
     let [grads] = info.then.as_slice() else {
         panic!("one more launch expected: {:?}", info.then);

@@ -162,5 +162,6 @@ pub fn test_kernel(
         shared_bytes: 0,
         scratch,
         then: Vec::new(),
+        narrower: Vec::new(),
     }
 }

@@ -396,6 +396,61 @@ fn a_then_launch_runs_after_the_first_with_the_same_buffers() {
 }
 
 #[test]
+fn a_narrower_first_launch_is_picked_when_the_grid_is_small() {
+    // `split`'s states kernel has 1·N·HV = 4 workgroups; its narrower variants 10·4 and
+    // 40·4: the first with at least 128 (ENOUGH_WORKGROUPS) is launched, with its scratch.
+    let narrow = |entry: &str, x: u64, scratch: u64| {
+        let mut l = split(0, 0).then.remove(0);
+        l.entry = entry.into();
+        l.params = split(0, 0).params;
+        l.grid = [
+            SizeExpr::Const(x),
+            SizeExpr::product(SizeExpr::Sym(SizeSym::N), SizeExpr::Sym(SizeSym::Hv)),
+            SizeExpr::Const(1),
+        ];
+        l.scratch = scratch;
+        l
+    };
+    let launched = |info: &KernelInfo| {
+        let (dev, log) = recording_device();
+        let b = buffers(&dev);
+        let ins = inputs(&b);
+        op::forward(&dev, info, BINARY, &forward_args(&b, &ins)).expect("launches");
+        recorded(&log)
+            .iter()
+            .map(|l| l.split('(').next().unwrap_or_default().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let mut info = split(100, 50);
+    info.narrower = vec![narrow("v32", 10, 1), narrow("v16", 40, 30)];
+    assert_eq!(
+        launched(&info),
+        ["v16[40x4x1]", "linrec_test_output[2x3x2]"]
+    );
+    // None reaches 128: the narrowest.
+    info.narrower = vec![narrow("v32", 2, 1), narrow("v16", 4, 1)];
+    assert_eq!(launched(&info), ["v16[4x4x1]", "linrec_test_output[2x3x2]"]);
+    // The first launch has enough: it stays.
+    info.grid[0] = SizeExpr::Const(32);
+    assert_eq!(
+        launched(&info),
+        ["linrec_test_states[32x4x1]", "linrec_test_output[2x3x2]"]
+    );
+    // The scratch is the picked launch's: 160 workgroups × 30 floats.
+    let (dev, log) = recording_device();
+    let b = buffers(&dev);
+    let ins = inputs(&b);
+    let mut info = split(100, 0);
+    info.narrower = vec![narrow("v16", 40, 30)];
+    op::forward(&dev, &info, BINARY, &forward_args(&b, &ins)).expect("launches");
+    assert!(
+        recorded(&log)[0].contains("19200=nan"),
+        "{:?}",
+        recorded(&log)
+    );
+}
+
+#[test]
 fn the_scratch_is_sized_by_the_larger_launch() {
     let (dev, log) = recording_device();
     let b = buffers(&dev);

@@ -117,6 +117,7 @@ fn info_for(key: &KernelKey) -> KernelInfo {
         shared_bytes: 0,
         scratch: 0,
         then: Vec::new(),
+        narrower: Vec::new(),
     }
 }
 
