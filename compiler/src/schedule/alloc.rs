@@ -25,14 +25,25 @@ pub(crate) fn is_operand_load(op: &Op) -> bool {
     matches!(op, Op::Load(Role::Query | Role::Key | Role::Value))
 }
 
+/// Whether a value of `op` lives in its operand tile alone: q, k, v; with `from_memory` (see
+/// [`Placing::from_memory`]) the state and `dh'` too.
+fn operand_only(op: &Op, from_memory: bool) -> bool {
+    is_operand_load(op) || (from_memory && matches!(op, Op::StateIn | Op::GradIn(Sink::StateOut)))
+}
+
 /// The tiles node `node` reads and which copy of each, when matmuls read operand tiles
-/// (`operands`) or f32 tiles.
-pub(super) fn reads(plan: &Plan, node: usize, operands: bool) -> Vec<(ValueId, Copy)> {
+/// (`operands`) or f32 tiles; `from_memory` as [`Placing::from_memory`].
+pub(super) fn reads(
+    plan: &Plan,
+    node: usize,
+    operands: bool,
+    from_memory: bool,
+) -> Vec<(ValueId, Copy)> {
     let op = &plan.nodes[node].op;
     // A matmul operand is read from its operand tile; any other read from the f32 tile,
-    // except q, k, v, which have only operand tiles.
+    // except the values that have only operand tiles.
     let read = |v: ValueId, by_matmul: bool| {
-        let copy = if operands && (by_matmul || is_operand_load(&plan.node(v).op)) {
+        let copy = if operands && (by_matmul || operand_only(&plan.node(v).op, from_memory)) {
             Copy::Operand
         } else {
             Copy::F32
@@ -71,9 +82,10 @@ pub(super) struct Placing {
     /// The plan is ordered by level ([`super::order::by_level`]): keep a tile until its last
     /// reader's level is over.
     pub by_level: bool,
-    /// The state and `dh'` are read from memory per chunk (the backward's gradient kernel):
-    /// when only matmuls read them they get their operand tiles alone, copied straight from
-    /// `chunk_states` / `chunk_dh` (already in the dtype), no f32 tile.
+    /// The state and `dh'` are read from memory per chunk (the backward's gradient kernel, a
+    /// split forward's output kernel): with operand tiles they live in those alone, copied
+    /// straight from `chunk_states` / `chunk_dh` (already in the dtype, so an elementwise
+    /// reader widening the operand tile reads exactly the stored value), no f32 tile.
     pub from_memory: bool,
 }
 
@@ -117,7 +129,7 @@ fn in_place_source(
     ) {
         return None;
     }
-    reads(plan, i, operands)
+    reads(plan, i, operands, false)
         .into_iter()
         .filter(|(v, copy)| *copy == Copy::Operand && last_op[v.0] == Some(i))
         .filter(|(v, _)| plan.node(*v).shape == node.shape)
@@ -161,7 +173,7 @@ pub(super) fn place(
     let mut last_f32: Vec<Option<usize>> = vec![None; n];
     let mut last_op: Vec<Option<usize>> = vec![None; n];
     for i in 0..n {
-        for (v, copy) in reads(plan, i, operands) {
+        for (v, copy) in reads(plan, i, operands, from_memory) {
             match copy {
                 Copy::F32 => last_f32[v.0] = Some(i),
                 Copy::Operand => last_op[v.0] = Some(i),
@@ -214,7 +226,7 @@ pub(super) fn place(
         live.retain(|(_, _, last)| busy(*last));
         live_op.retain(|(_, _, last)| busy(*last));
 
-        let operand_load = operands && is_operand_load(&node.op);
+        let operand_load = operands && operand_only(&node.op, from_memory);
         let wants_operand = operands && (operand_load || last_op[i].is_some());
         let operand = if wants_operand {
             let shared = match reuse {
@@ -239,7 +251,7 @@ pub(super) fn place(
 
         let carried_in =
             node.op == Op::StateIn || (carried_grad && node.op == Op::GradIn(Sink::StateOut));
-        if from_memory && carried_in && operand.is_some() && last_f32[i].is_none() {
+        if from_memory && carried_in && operand.is_some() {
             values.push(Placement::Operand);
             continue;
         }
@@ -309,7 +321,7 @@ fn writes_state_in_place(
     if last_f32[s].is_some_and(|last| last > i) {
         return false;
     }
-    let reads_s = reads(plan, i, operands)
+    let reads_s = reads(plan, i, operands, false)
         .iter()
         .any(|(v, copy)| v.0 == s && *copy == Copy::F32);
     if !reads_s {

@@ -433,6 +433,7 @@ fn blocked(
             matmul,
             (layout.state, carried),
             sinks,
+            k.part == super::Part::Grads,
         );
         let (operand_base, scratch, shared_bytes, tiles_shared) = k.frame;
         Schedule {

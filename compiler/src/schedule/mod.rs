@@ -777,6 +777,7 @@ fn forward_kernel(
         matmul,
         (state, state),
         &sinks,
+        placing.from_memory,
     );
 
     let decay = decay_param(spec);
@@ -1281,6 +1282,7 @@ fn barriers(
     matmul: MatmulPath,
     (state, carried): (Tile, Tile),
     sinks: &[ValueId],
+    from_memory: bool,
 ) -> (Vec<bool>, bool) {
     // Spans written / read since the last barrier. The chunk loop starts after a barrier.
     let mut written: Vec<Span> = Vec::new();
@@ -1309,7 +1311,7 @@ fn barriers(
                 None => (vec![], vec![]),
             },
             _ => (
-                alloc::reads(plan, i, with_operands)
+                alloc::reads(plan, i, with_operands, from_memory)
                     .into_iter()
                     .filter_map(|(v, copy)| match copy {
                         alloc::Copy::F32 => values[v.0].tile().map(Span::of_tile),
