@@ -40,7 +40,7 @@
 //! # Ok(()) }
 //! ```
 
-use linrec_spec::launch::{ElementType, KernelInfo, KernelParam, SizeExpr};
+use linrec_spec::launch::{ElementType, KernelInfo, KernelParam, Launch, SizeExpr};
 use linrec_spec::reference::constant_log_decay;
 use linrec_spec::{ConstantRate, Dims, Role};
 
@@ -153,14 +153,7 @@ struct Step<'a> {
 /// [`Checked::first`]), then every [`KernelInfo::then`] one.
 fn steps(info: &KernelInfo, first: usize) -> Vec<Step<'_>> {
     let main = match first.checked_sub(1).and_then(|k| info.narrower.get(k)) {
-        Some(l) => Step {
-            entry: &l.entry,
-            params: &l.params,
-            grid: &l.grid,
-            block: l.block,
-            shared_bytes: l.shared_bytes,
-            scratch: l.scratch,
-        },
+        Some(l) => Step::of(l),
         None => Step {
             entry: &info.entry,
             params: &info.params,
@@ -171,15 +164,21 @@ fn steps(info: &KernelInfo, first: usize) -> Vec<Step<'_>> {
         },
     };
     std::iter::once(main)
-        .chain(info.then.iter().map(|l| Step {
+        .chain(info.then.iter().map(Step::of))
+        .collect()
+}
+
+impl<'a> Step<'a> {
+    fn of(l: &'a Launch) -> Self {
+        Step {
             entry: &l.entry,
             params: &l.params,
             grid: &l.grid,
             block: l.block,
             shared_bytes: l.shared_bytes,
             scratch: l.scratch,
-        }))
-        .collect()
+        }
+    }
 }
 
 /// The parameters of every launch of `info`, each once, in order of first appearance.

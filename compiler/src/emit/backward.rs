@@ -145,20 +145,7 @@ impl<'c> Kernel<'_, 'c> {
         let dstate = self.layout()?.dstate;
         self.store_chunk_tile(blk, env, i, &KernelParam::ChunkStateGrads, dstate)?;
         self.nodes(blk, env, start, len, carried)?;
-        let from = self.tile(self.s.state_out)?;
-        if from != dstate {
-            let scratch = self.tile_mem(env)?;
-            self.strided_map(
-                blk,
-                env,
-                dstate.len(),
-                |blk, e| self.load_tile(blk, env, from, e),
-                |blk, e, x| {
-                    let at = self.addr(blk, env, dstate, e)?;
-                    b.store(blk, x, scratch, at)
-                },
-            )?;
-        }
+        self.copy_tile(blk, env, self.tile(self.s.state_out)?, dstate)?;
         self.t.barrier(b, blk)
     }
 
@@ -300,17 +287,12 @@ impl<'c> Kernel<'_, 'c> {
         let scratch = self.tile_mem(env)?;
         self.strided(blk, env, dstate.len(), |blk, e| {
             let x = match dht {
-                // Columns past the block's valid ones read a valid one and become 0.
                 Some(dht) => {
                     let (k, c) = self.row_col(blk, e, dstate.cols)?;
-                    let one = b.ci(blk, 1)?;
-                    let last = b.subi(blk, env.vvalid, one)?;
-                    let cc = b.bin(blk, "arith.minui", c, last)?;
-                    let idx = self.state_index(blk, env, k, cc)?;
-                    let x = b.load(blk, dht, idx)?;
-                    let ok = b.cmpi(blk, Cmp::Ult, c, env.vvalid)?;
-                    let zero = b.cf32(blk, 0.0)?;
-                    b.select(blk, ok, x, zero)?
+                    self.masked_column(blk, env, c, |blk, c| {
+                        let idx = self.state_index(blk, env, k, c)?;
+                        b.load(blk, dht, idx)
+                    })?
                 }
                 None => b.cf32(blk, 0.0)?,
             };

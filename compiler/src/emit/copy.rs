@@ -147,7 +147,6 @@ impl<'c> Kernel<'_, 'c> {
         aligned: Value<'c, '_>,
     ) -> R<Vec<Value<'c, 'a>>> {
         let b = &self.b;
-        let ty = self.row_vector()?;
         let n = self.vectors_per_thread(copy);
         let mem = env.arg(&copy.param)?;
         let mut indices = Vec::with_capacity(n);
@@ -176,15 +175,30 @@ impl<'c> Kernel<'_, 'c> {
             };
             indices.push(idx);
         }
-        let types = vec![ty; n];
+        self.load_vectors(blk, mem, aligned, &indices)
+    }
+
+    /// One row vector (8 elements of the dtype) of `mem` from each element index of
+    /// `indices`: 16-byte loads when `aligned` (a uniform `i1`: the buffer starts 16-byte
+    /// aligned), else element loads of the same vectors.
+    pub(super) fn load_vectors<'a>(
+        &self,
+        blk: &'a Block<'c>,
+        mem: Value<'c, '_>,
+        aligned: Value<'c, '_>,
+        indices: &[Value<'c, '_>],
+    ) -> R<Vec<Value<'c, 'a>>> {
+        let b = &self.b;
+        let ty = self.row_vector()?;
+        let types = vec![ty; indices.len()];
         b.if_values(
             blk,
             aligned,
             &types,
             |blk| {
                 let base = b.base_address(blk, mem)?;
-                let mut v = Vec::with_capacity(n);
-                for &idx in &indices {
+                let mut v = Vec::with_capacity(indices.len());
+                for &idx in indices {
                     let addr = b.mad(blk, base, idx, 2)?;
                     let words = self.t.global_load_16(b, blk, addr)?;
                     v.push(b.cast(blk, "vector.bitcast", words, ty)?);
@@ -192,8 +206,8 @@ impl<'c> Kernel<'_, 'c> {
                 b.yield_(blk, &v)
             },
             |blk| {
-                let mut v = Vec::with_capacity(n);
-                for &idx in &indices {
+                let mut v = Vec::with_capacity(indices.len());
+                for &idx in indices {
                     let mut elems = Vec::with_capacity(LANES);
                     for l in 0..LANES {
                         let off = b.ci(blk, l as i64)?;

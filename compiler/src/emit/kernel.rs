@@ -729,14 +729,10 @@ impl<'c> Kernel<'_, 'c> {
             let value = match h0 {
                 Some(h0) => {
                     let (k, c) = self.row_col(blk, e, state.cols)?;
-                    let one = b.ci(blk, 1)?;
-                    let last = b.subi(blk, env.vvalid, one)?;
-                    let cc = b.bin(blk, "arith.minui", c, last)?;
-                    let idx = self.state_index(blk, env, k, cc)?;
-                    let x = b.load(blk, h0, idx)?;
-                    let ok = b.cmpi(blk, Cmp::Ult, c, env.vvalid)?;
-                    let zero = b.cf32(blk, 0.0)?;
-                    b.select(blk, ok, x, zero)?
+                    self.masked_column(blk, env, c, |blk, c| {
+                        let idx = self.state_index(blk, env, k, c)?;
+                        b.load(blk, h0, idx)
+                    })?
                 }
                 None => b.cf32(blk, 0.0)?,
             };
@@ -978,26 +974,51 @@ impl<'c> Kernel<'_, 'c> {
 
     /// `S ← next state tile`.
     pub(super) fn copy_state(&self, blk: &Block<'c>, env: &Env<'c, '_>) -> R<()> {
+        self.copy_tile(blk, env, self.tile(self.s.state_out)?, self.s.state)
+    }
+
+    /// `to ← from` (same-sized f32 tiles; nothing when they are the same tile), no barrier.
+    pub(super) fn copy_tile(
+        &self,
+        blk: &Block<'c>,
+        env: &Env<'c, '_>,
+        from: Tile,
+        to: Tile,
+    ) -> R<()> {
         let b = &self.b;
-        let next = self.tile(self.s.state_out)?;
-        let state = self.s.state;
-        if next == state {
+        if from == to {
             return Ok(());
         }
         let scratch = self.tile_mem(env)?;
         self.strided_map(
             blk,
             env,
-            state.len(),
-            |blk, e| {
-                let from = self.addr(blk, env, next, e)?;
-                b.load(blk, scratch, from)
-            },
+            to.len(),
+            |blk, e| self.load_tile(blk, env, from, e),
             |blk, e, x| {
-                let to = self.addr(blk, env, state, e)?;
-                b.store(blk, x, scratch, to)
+                let at = self.addr(blk, env, to, e)?;
+                b.store(blk, x, scratch, at)
             },
         )
+    }
+
+    /// `load(block, c')` with `c'` = column `c` clamped to the block's valid ones, and 0 for
+    /// a column past them (the state-shaped reads of h0, dht and the chunk states).
+    pub(super) fn masked_column<'a>(
+        &self,
+        blk: &'a Block<'c>,
+        env: &Env<'c, '_>,
+        c: Value<'c, '_>,
+        load: impl FnOnce(&'a Block<'c>, Value<'c, 'a>) -> R<Value<'c, 'a>>,
+    ) -> R<Value<'c, 'a>> {
+        let b = &self.b;
+        let one = b.ci(blk, 1)?;
+        let last = b.subi(blk, env.vvalid, one)?;
+        let cc = b.bin(blk, "arith.minui", c, last)?;
+        let x = load(blk, cc)?;
+        let ok = b.cmpi(blk, Cmp::Ult, c, env.vvalid)?;
+        let zero = b.cf32(blk, 0.0)?;
+        b.select(blk, ok, x, zero)
     }
 
     /// `ht ← S` for the valid columns.

@@ -108,14 +108,10 @@ impl<'c> Kernel<'_, 'c> {
             tile.len(),
             |blk, e| {
                 let (k, c) = self.row_col(blk, e, tile.cols)?;
-                let one = b.ci(blk, 1)?;
-                let last = b.subi(blk, env.vvalid, one)?;
-                let cc = b.bin(blk, "arith.minui", c, last)?;
-                let idx = self.chunk_state_index(blk, env, i, k, cc)?;
-                let x = self.t.load_f32(b, blk, states, idx, self.dtype())?;
-                let ok = b.cmpi(blk, Cmp::Ult, c, env.vvalid)?;
-                let zero = b.cf32(blk, 0.0)?;
-                b.select(blk, ok, x, zero)
+                self.masked_column(blk, env, c, |blk, c| {
+                    let idx = self.chunk_state_index(blk, env, i, k, c)?;
+                    self.t.load_f32(b, blk, states, idx, self.dtype())
+                })
             },
             |blk, e, x| {
                 let at = self.addr(blk, env, tile, e)?;
@@ -153,14 +149,10 @@ impl<'c> Kernel<'_, 'c> {
                 operand: Some(to),
             };
             return self.elementwise(blk, env, dest, |blk, k, c, _| {
-                let one = b.ci(blk, 1)?;
-                let last = b.subi(blk, env.vvalid, one)?;
-                let cc = b.bin(blk, "arith.minui", c, last)?;
-                let idx = self.chunk_state_index(blk, env, i, k, cc)?;
-                let x = self.t.load_f32(b, blk, mem, idx, self.dtype())?;
-                let ok = b.cmpi(blk, Cmp::Ult, c, env.vvalid)?;
-                let zero = b.cf32(blk, 0.0)?;
-                b.select(blk, ok, x, zero)
+                self.masked_column(blk, env, c, |blk, c| {
+                    let idx = self.chunk_state_index(blk, env, i, k, c)?;
+                    self.t.load_f32(b, blk, mem, idx, self.dtype())
+                })
             });
         }
         let ty = self.row_vector()?;
@@ -196,42 +188,8 @@ impl<'c> Kernel<'_, 'c> {
             let idx = self.chunk_state_index(blk, env, i, k, cc)?;
             slots.push((e, partial, k, c, col_ok, idx));
         }
-        let types = vec![ty; slots.len()];
-        let loaded = b.if_values(
-            blk,
-            aligned,
-            &types,
-            |blk| {
-                let base = b.base_address(blk, mem)?;
-                let mut v = Vec::with_capacity(slots.len());
-                for &(.., idx) in &slots {
-                    let addr = b.mad(blk, base, idx, 2)?;
-                    let words = self.t.global_load_16(b, blk, addr)?;
-                    v.push(b.cast(blk, "vector.bitcast", words, ty)?);
-                }
-                b.yield_(blk, &v)
-            },
-            |blk| {
-                let mut v = Vec::with_capacity(slots.len());
-                for &(.., idx) in &slots {
-                    let mut elems = Vec::with_capacity(LANES);
-                    for l in 0..LANES {
-                        let off = b.ci(blk, l as i64)?;
-                        let at = b.addi(blk, idx, off)?;
-                        elems.push(b.load(blk, mem, at)?);
-                    }
-                    v.push(
-                        b.push(
-                            blk,
-                            b.op("vector.from_elements")
-                                .add_operands(&elems)
-                                .add_results(&[ty]),
-                        )?,
-                    );
-                }
-                b.yield_(blk, &v)
-            },
-        )?;
+        let indices: Vec<Value> = slots.iter().map(|s| s.5).collect();
+        let loaded = self.load_vectors(blk, mem, aligned, &indices)?;
         for (&(e, partial, k, c, col_ok, _), &v) in slots.iter().zip(&loaded) {
             let v = b.select(blk, col_ok, v, zeros)?;
             let at = self.operand_index(blk, env, to, k, c)?;

@@ -13,8 +13,11 @@
 //!   `(⌊B·T / C⌋ + N) · HV · K · V` elements of the kernel's dtype, for the time of
 //!   recomputing them.
 //!
-//! Like a forward kernel it may be a launch sequence ([`KernelInfo::then`]); the buffers are
-//! shared as [`super`] describes.
+//! The kernels linrec compiles are a launch sequence ([`KernelInfo::then`]; the buffers are
+//! shared as [`super`] describes): the first sweeps the chunks for the states (unless given)
+//! and `dh`, which the runtime-allocated `chunk_dh` ([`KernelParam::ChunkStateGrads`]) carries
+//! to the second, chunk-parallel one. The first launch may be one of
+//! [`KernelInfo::narrower`] ([`KernelInfo::pick_first`]).
 //!
 //! ```no_run
 //! # fn main() -> linrec_runtime::Result<()> {
