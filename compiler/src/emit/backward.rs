@@ -173,6 +173,8 @@ impl<'c> Kernel<'_, 'c> {
         self.nodes(blk, env, start, len, carried)?;
         for (sink, v) in &bs.sinks {
             match sink {
+                // Stored by its node already.
+                _ if self.s.values[v.0] == crate::schedule::Placement::Output => {}
                 Sink::Grad(role) => self.store_grad(blk, env, start, len, *role, *v)?,
                 other => {
                     return Err(EmitError::Schedule(format!(
@@ -184,9 +186,8 @@ impl<'c> Kernel<'_, 'c> {
         self.t.barrier(&self.b, blk)
     }
 
-    /// The chunk's valid rows of the gradient of `role` from tile `v`: dq, dk at the q/k head
-    /// (summed over the group's value heads through the f32 accumulator when HV > H), dv at
-    /// the value head, dg and dβ (f32) at the value head.
+    /// The chunk's valid rows of the gradient of `role` from tile `v` ([`Self::store_grad_at`]
+    /// per element).
     fn store_grad(
         &self,
         blk: &Block<'c>,
@@ -196,72 +197,7 @@ impl<'c> Kernel<'_, 'c> {
         role: Role,
         v: crate::plan::ValueId,
     ) -> R<()> {
-        let b = &self.b;
         let tile = self.tile(v)?;
-        let out = env.arg(&KernelParam::Grad(role))?;
-        let dtype = self.dtype();
-        let kd = self.s.config.key_dim as i64;
-        match role {
-            Role::Query | Role::Key => {
-                let acc = env.arg(&KernelParam::GradAccumulator(role))?;
-                // g = 0 starts the sum, the last value head of the group writes it out.
-                let zero = b.ci(blk, 0)?;
-                let one = b.ci(blk, 1)?;
-                let g = env.g.ok_or_else(|| {
-                    EmitError::Schedule("a gradient store outside the group loop".into())
-                })?;
-                let last_g = b.subi(blk, env.group, one)?;
-                let later = b.cmpi(blk, Cmp::Ult, zero, g)?;
-                let more = b.cmpi(blk, Cmp::Ult, g, last_g)?;
-                let last = b.cmpi(blk, Cmp::Ule, last_g, g)?;
-                self.valid_rows_of(blk, env, tile, len, |blk, r, c, x| {
-                    let row = b.addi(blk, start, r)?;
-                    let head = b.muli(blk, row, env.heads)?;
-                    let head = b.addi(blk, head, env.h)?;
-                    let idx = b.mad(blk, c, head, kd)?;
-                    // The running sum: 0 for the first value head, which reads element 0
-                    // instead (with HV = H the accumulator has only that one).
-                    let zero_idx = b.ci(blk, 0)?;
-                    let at = b.select(blk, later, idx, zero_idx)?;
-                    let prev = b.load(blk, acc, at)?;
-                    let zero = b.cf32(blk, 0.0)?;
-                    let prev = b.select(blk, later, prev, zero)?;
-                    let sum = b.addf(blk, prev, x)?;
-                    b.if_(blk, last, |blk| {
-                        self.t.store_f32(b, blk, sum, out, idx, dtype)
-                    })?;
-                    b.if_(blk, more, |blk| b.store(blk, sum, acc, idx))
-                })
-            }
-            Role::Value => self.valid_rows_of(blk, env, tile, len, |blk, r, c, x| {
-                let row = b.addi(blk, start, r)?;
-                let idx = self.value_index(blk, env, row, c)?;
-                self.t.store_f32(b, blk, x, out, idx, dtype)
-            }),
-            _ => self.strided(blk, env, tile.len(), |blk, r| {
-                let ok = b.cmpi(blk, Cmp::Ult, r, len)?;
-                b.if_(blk, ok, |blk| {
-                    let x = self.load_tile(blk, env, tile, r)?;
-                    let row = b.addi(blk, start, r)?;
-                    let head = b.muli(blk, row, env.vheads)?;
-                    let idx = b.addi(blk, head, env.hv)?;
-                    self.t.store_f32(b, blk, x, out, idx, ElementType::F32)
-                })
-            }),
-        }
-    }
-
-    /// `store(block, row, col, x)` for each element `x` of `tile` in the chunk's `len` valid
-    /// rows (the tile's elements read in unrolled trips, [`Kernel::strided_map`]).
-    fn valid_rows_of(
-        &self,
-        blk: &Block<'c>,
-        env: &Env<'c, '_>,
-        tile: crate::schedule::Tile,
-        len: Value<'c, '_>,
-        store: impl for<'x> Fn(&'x Block<'c>, Value<'c, 'x>, Value<'c, 'x>, Value<'c, 'x>) -> R<()>,
-    ) -> R<()> {
-        let b = &self.b;
         self.strided_map(
             blk,
             env,
@@ -269,10 +205,130 @@ impl<'c> Kernel<'_, 'c> {
             |blk, e| self.load_tile(blk, env, tile, e),
             |blk, e, x| {
                 let (r, c) = self.row_col(blk, e, tile.cols)?;
-                let ok = b.cmpi(blk, Cmp::Ult, r, len)?;
-                b.if_(blk, ok, |blk| store(blk, r, c, x))
+                self.store_grad_at(blk, env, (start, len), role, (r, c), x)
             },
         )
+    }
+
+    /// Element `(r, c)` = `x` of the gradient of `role` in the chunk whose rows start at
+    /// `start` (`len` valid; columns past the gradient's skipped, as are rows past `len`): dq,
+    /// dk at the q/k head (summed over the group's value heads through the f32 accumulator
+    /// when HV > H), dv at the value head, dg and dβ (f32, column 0) at the value head.
+    pub(super) fn store_grad_at(
+        &self,
+        blk: &Block<'c>,
+        env: &Env<'c, '_>,
+        (start, len): (Value<'c, '_>, Value<'c, '_>),
+        role: Role,
+        (r, c): (Value<'c, '_>, Value<'c, '_>),
+        x: Value<'c, '_>,
+    ) -> R<()> {
+        let b = &self.b;
+        let out = env.arg(&KernelParam::Grad(role))?;
+        let dtype = self.dtype();
+        let kd = self.s.config.key_dim as i64;
+        let cols = match role {
+            Role::Query | Role::Key => b.ci(blk, kd)?,
+            Role::Value => env.vvalid,
+            _ => b.ci(blk, 1)?,
+        };
+        let row_ok = b.cmpi(blk, Cmp::Ult, r, len)?;
+        let col_ok = b.cmpi(blk, Cmp::Ult, c, cols)?;
+        let ok = b.bin(blk, "arith.andi", row_ok, col_ok)?;
+        b.if_(blk, ok, |blk| {
+            let row = b.addi(blk, start, r)?;
+            match role {
+                Role::Query | Role::Key => {
+                    let head = b.muli(blk, row, env.heads)?;
+                    let head = b.addi(blk, head, env.h)?;
+                    let idx = b.mad(blk, c, head, kd)?;
+                    // Without GVA (a uniform branch) the gradient is stored as it is.
+                    let one = b.ci(blk, 1)?;
+                    let single = b.cmpi(blk, Cmp::Ule, env.group, one)?;
+                    b.if_(blk, single, |blk| {
+                        self.t.store_f32(b, blk, x, out, idx, dtype)
+                    })?;
+                    let grouped = b.cmpi(blk, Cmp::Ult, one, env.group)?;
+                    b.if_(blk, grouped, |blk| {
+                        self.grad_group_sum(blk, env, role, idx, x)
+                    })
+                }
+                Role::Value => {
+                    let idx = self.value_index(blk, env, row, c)?;
+                    self.t.store_f32(b, blk, x, out, idx, dtype)
+                }
+                _ => {
+                    let head = b.muli(blk, row, env.vheads)?;
+                    let idx = b.addi(blk, head, env.hv)?;
+                    self.t.store_f32(b, blk, x, out, idx, ElementType::F32)
+                }
+            }
+        })
+    }
+
+    /// dq or dk element `idx` = `x` from value head `g` of a GVA group (HV > H): value head 0
+    /// starts the sum in the f32 accumulator, the next ones add to it, the last writes the
+    /// total in the input dtype.
+    fn grad_group_sum(
+        &self,
+        blk: &Block<'c>,
+        env: &Env<'c, '_>,
+        role: Role,
+        idx: Value<'c, '_>,
+        x: Value<'c, '_>,
+    ) -> R<()> {
+        let b = &self.b;
+        let out = env.arg(&KernelParam::Grad(role))?;
+        let dtype = self.dtype();
+        let acc = env.arg(&KernelParam::GradAccumulator(role))?;
+        let zero = b.ci(blk, 0)?;
+        let one = b.ci(blk, 1)?;
+        let g = env
+            .g
+            .ok_or_else(|| EmitError::Schedule("a gradient store outside the group loop".into()))?;
+        let last_g = b.subi(blk, env.group, one)?;
+        let later = b.cmpi(blk, Cmp::Ult, zero, g)?;
+        let more = b.cmpi(blk, Cmp::Ult, g, last_g)?;
+        let last = b.cmpi(blk, Cmp::Ule, last_g, g)?;
+        // The running sum: 0 for the first value head, which reads element 0 instead (in
+        // bounds).
+        let at = b.select(blk, later, idx, zero)?;
+        let prev = b.load(blk, acc, at)?;
+        let fzero = b.cf32(blk, 0.0)?;
+        let prev = b.select(blk, later, prev, fzero)?;
+        let sum = b.addf(blk, prev, x)?;
+        b.if_(blk, last, |blk| {
+            self.t.store_f32(b, blk, sum, out, idx, dtype)
+        })?;
+        b.if_(blk, more, |blk| b.store(blk, sum, acc, idx))
+    }
+
+    /// Element `(r, c)` = `x` of sink `v`, stored by its node (no tile,
+    /// [`crate::schedule::Placement::Output`]): a gradient in the gradient kernel, else `o`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn store_sink(
+        &self,
+        blk: &Block<'c>,
+        env: &Env<'c, '_>,
+        rows: (Value<'c, '_>, Value<'c, '_>),
+        v: crate::plan::ValueId,
+        r: Value<'c, '_>,
+        c: Value<'c, '_>,
+        x: Value<'c, '_>,
+    ) -> R<()> {
+        if self.s.part != crate::schedule::Part::Grads {
+            return self.store_o(blk, env, rows, r, c, x);
+        }
+        let role = self
+            .layout()?
+            .sinks
+            .iter()
+            .find_map(|(sink, s)| match sink {
+                Sink::Grad(role) if *s == v => Some(*role),
+                _ => None,
+            })
+            .ok_or_else(|| EmitError::Schedule(format!("%{} is not a gradient sink", v.0)))?;
+        self.store_grad_at(blk, env, rows, role, (r, c), x)
     }
 
     /// `dh ← dht` (or 0) for this (sequence, value head, value block).

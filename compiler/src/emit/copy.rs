@@ -85,9 +85,11 @@ impl<'c> Kernel<'_, 'c> {
     /// The copies a chunk loop loads one chunk ahead: every [`Self::row_copy`] of the plan if
     /// their vectors fit in [`PREFETCH_REGISTERS`], else none.
     pub(super) fn prefetched(&self) -> Vec<RowCopy> {
-        // With the f32 tiles in scratch (the D = 128 backward) the registers go to the
-        // unrolled scratch loops (`strided_map`) instead: both together spill.
-        if !self.s.tiles_shared {
+        // With the f32 tiles in scratch the registers go to the unrolled scratch loops
+        // (`strided_map`) instead: both together spill. The backward's gradient kernel needs
+        // its registers for the gradients it stores from the accumulators (simple_gla at
+        // K = V = 64 spilled 40 bytes with rows loaded ahead).
+        if !self.s.tiles_shared || self.s.part == crate::schedule::Part::Grads {
             return Vec::new();
         }
         let copies: Vec<_> = (0..self.s.plan.nodes.len())

@@ -344,10 +344,11 @@ impl<'c> Kernel<'_, 'c> {
                 })?;
                 let uniforms: &[Option<Value<'c, 'a>>] = uniforms;
                 let shape = &node.shape;
-                // The output sink with no tile goes straight to `o`.
+                // A sink with no tile goes straight to memory (`o`, or a gradient).
                 let to_o = self.s.values[i] == Placement::Output;
-                let store_o =
-                    store_fn(|blk, r, c, v| self.store_o(blk, env, (start, len), r, c, v));
+                let store_o = store_fn(|blk, r, c, v| {
+                    self.store_sink(blk, env, (start, len), ValueId(i), r, c, v)
+                });
                 if !f.matmuls.is_empty() && self.s.matmul.uses_operand_tiles() {
                     let value = acc_value(|blk, r, c, acc| {
                         let e = b.mad(blk, c, r, cols as i64)?;

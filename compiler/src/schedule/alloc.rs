@@ -87,6 +87,9 @@ pub(super) struct Placing {
     /// straight from `chunk_states` / `chunk_dh` (already in the dtype, so an elementwise
     /// reader widening the operand tile reads exactly the stored value), no f32 tile.
     pub from_memory: bool,
+    /// Every fused sink of the plan that no node reads gets [`Placement::Output`]: its node
+    /// stores it to memory (the backward's gradients from the matmul accumulators), no tile.
+    pub direct_sinks: bool,
 }
 
 /// Where everything of one kernel lives.
@@ -161,6 +164,7 @@ pub(super) fn place(
         direct_output,
         by_level,
         from_memory,
+        direct_sinks,
     } = opts;
     // With `by_level`, a tile is free again only once its last reader's level is over.
     let level = if by_level {
@@ -199,7 +203,10 @@ pub(super) fn place(
         offset: state.offset + state.len(),
         ..state
     };
-    let fixed_end = if carried_grad {
+    // Read from memory into operand tiles, the state and dh need no f32 tiles at all.
+    let fixed_end = if from_memory && operands {
+        0
+    } else if carried_grad {
         dstate.offset + dstate.len()
     } else {
         state.offset + state.len()
@@ -212,10 +219,9 @@ pub(super) fn place(
             tiles.push(None);
             continue;
         };
-        if direct_output == Some(ValueId(i))
-            && last_op[i].is_none()
-            && last_f32[i].is_none_or(|last| last == n)
-        {
+        let direct = direct_output == Some(ValueId(i))
+            || (direct_sinks && sinks.contains(&ValueId(i)) && matches!(node.op, Op::Fused(_)));
+        if direct && last_op[i].is_none() && last_f32[i].is_none_or(|last| last == n) {
             values.push(Placement::Output);
             tiles.push(None);
             continue;

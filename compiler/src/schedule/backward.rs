@@ -253,6 +253,7 @@ fn blocked(
         };
         let from_memory = alloc::Placing {
             from_memory: true,
+            direct_sinks: true,
             ..placing
         };
         [

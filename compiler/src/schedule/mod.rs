@@ -649,6 +649,7 @@ fn forward_kernel(
         by_level: wanted.matrix_core().is_none(),
         // The output kernel reads each chunk's state from `chunk_states`.
         from_memory: part == Part::Output,
+        direct_sinks: false,
     };
     let mut fallback = None;
     let mut chosen = None;
@@ -1274,7 +1275,8 @@ impl Span {
 /// writes a tile that overlaps one read or written since (tiles are reused by liveness).
 /// The sink phase reads the output and next-state tiles and overwrites `S`.
 /// `(state, carried)`: where `state_in` lives, and the tile the sink phase overwrites (the same
-/// in a forward; `dh`, where `grad_in state_out` lives, in a backward).
+/// in a forward; `dh`, where `grad_in state_out` lives, in a backward). With `from_memory`
+/// (`alloc::Placing::from_memory`) neither exists: the nodes copy them from memory.
 fn barriers(
     plan: &Plan,
     values: &[Placement],
@@ -1301,12 +1303,15 @@ fn barriers(
             // The state tile is not written by its node; it is just where S lives. With an
             // operand tile, the node rounds S into it.
             Op::StateIn => match operand {
+                // Copied from memory (`alloc::Placing::from_memory`): no tile read.
+                Some(o) if from_memory => (vec![], vec![o]),
                 Some(o) => (vec![Span::of_tile(state)], vec![o]),
                 None => (vec![], vec![]),
             },
             // Backward: `dh'` is the carried tile, written only by the sink phase; with an
             // operand tile, the node rounds it into that.
             Op::GradIn(Sink::StateOut) => match operand {
+                Some(o) if from_memory => (vec![], vec![o]),
                 Some(o) => (vec![Span::of_tile(carried)], vec![o]),
                 None => (vec![], vec![]),
             },
@@ -1341,6 +1346,13 @@ fn barriers(
         .iter()
         .filter_map(|v| values[v.0].tile().map(Span::of_tile))
         .collect();
-    let sinks_barrier = hazard(&reads, &[Span::of_tile(carried)], &written, &read);
+    // The sink phase writes the carried tile (S or dh), except in kernels that read them
+    // from memory per chunk.
+    let carried_write = if from_memory {
+        Vec::new()
+    } else {
+        vec![Span::of_tile(carried)]
+    };
+    let sinks_barrier = hazard(&reads, &carried_write, &written, &read);
     (before, sinks_barrier)
 }

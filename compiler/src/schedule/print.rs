@@ -5,7 +5,7 @@ use std::fmt;
 use linrec_spec::launch::{KernelParam, SizeExpr, SizeSym};
 
 use super::{BackwardSchedule, BufferType, MatmulPath, Part, Placement, Schedule};
-use crate::plan::Sink;
+use crate::plan::{Direction, Sink};
 
 fn size(e: &SizeExpr) -> String {
     match e {
@@ -234,7 +234,8 @@ impl Schedule {
                 Placement::Uniform => "uniform".to_string(),
                 Placement::Tile(t) => format!("[{} x {}] @ {}", t.rows, t.cols, t.offset),
                 Placement::Operand => String::new(),
-                Placement::Output => "→ o".to_string(),
+                Placement::Output if self.direction == Direction::Forward => "→ o".to_string(),
+                Placement::Output => "→ stored by its node".to_string(),
             };
             if let Some(Some(t)) = self.operands.get(i) {
                 if !place.is_empty() {
@@ -345,16 +346,29 @@ impl fmt::Display for BackwardSchedule {
                 crate::schedule::GRAD_CHUNKS_PER_WORKGROUP
             ),
         )?;
+        let in_tiles = g
+            .plan
+            .nodes
+            .iter()
+            .zip(&g.values)
+            .any(|(n, v)| n.op == crate::plan::Op::StateIn && matches!(v, Placement::Tile(_)));
+        let carried = if in_tiles {
+            format!(
+                "state S [{} x {}] @ {}; dh [{} x {}] @ {};",
+                g.state.rows,
+                g.state.cols,
+                g.state.offset,
+                self.grads_dstate.rows,
+                self.grads_dstate.cols,
+                self.grads_dstate.offset
+            )
+        } else {
+            "S and dh in their operand tiles only;".to_string()
+        };
         writeln!(
             f,
-            "  {} state S [{} x {}] @ {}; dh [{} x {}] @ {}; sum slots [{}] @ {}",
+            "  {} {carried} sum slots [{}] @ {}",
             g.tiles_text(),
-            g.state.rows,
-            g.state.cols,
-            g.state.offset,
-            self.grads_dstate.rows,
-            self.grads_dstate.cols,
-            self.grads_dstate.offset,
             self.reduce[1].rows,
             self.reduce[1].offset,
         )?;
