@@ -124,17 +124,27 @@ impl<'c> Kernel<'_, 'c> {
         let b = &self.b;
         let mut all = None;
         for copy in copies {
-            let ptr = b.base_address(blk, env.arg(&copy.param)?)?;
-            let fifteen = b.ci(blk, 15)?;
-            let low = b.bin(blk, "arith.andi", ptr, fifteen)?;
-            let zero = b.ci(blk, 0)?;
-            let ok = b.cmpi(blk, Cmp::Eq, low, zero)?;
+            let ok = self.aligned_16(blk, env.arg(&copy.param)?)?;
             all = Some(match all {
                 Some(prev) => b.bin(blk, "arith.andi", prev, ok)?,
                 None => ok,
             });
         }
         all.ok_or_else(|| super::EmitError::Schedule("an alignment check of no buffer".into()))
+    }
+
+    /// Whether buffer `mem` starts 16-byte aligned (a uniform `i1`).
+    pub(super) fn aligned_16<'a>(
+        &self,
+        blk: &'a Block<'c>,
+        mem: Value<'c, '_>,
+    ) -> R<Value<'c, 'a>> {
+        let b = &self.b;
+        let ptr = b.base_address(blk, mem)?;
+        let fifteen = b.ci(blk, 15)?;
+        let low = b.bin(blk, "arith.andi", ptr, fifteen)?;
+        let zero = b.ci(blk, 0)?;
+        b.cmpi(blk, Cmp::Eq, low, zero)
     }
 
     /// Issues this thread's loads of rows `start ..` of the chunk (`len` valid, at least 1)

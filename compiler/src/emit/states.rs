@@ -159,16 +159,13 @@ impl<'c> Kernel<'_, 'c> {
         let per_row = to.cols / LANES;
         let total = to.rows * per_row;
         let threads = self.s.block_threads as usize;
-        let ptr = b.base_address(blk, mem)?;
-        let fifteen = b.ci(blk, 15)?;
-        let low = b.bin(blk, "arith.andi", ptr, fifteen)?;
+        let aligned = self.aligned_16(blk, mem)?;
         let zero = b.ci(blk, 0)?;
-        let aligned = b.cmpi(blk, Cmp::Eq, low, zero)?;
         let smem = self.operand_mem(env)?;
         let zeros = self.zero_vector(blk, ty)?;
         let tid = self.thread_index(blk, env)?;
         // Every load before any store, as `copy.rs` does for token rows.
-        let mut slots = Vec::new();
+        let (mut slots, mut indices) = (Vec::new(), Vec::new());
         for step in 0..total.div_ceil(threads) {
             let first = b.ci(blk, (step * threads) as i64)?;
             let e = b.addi(blk, tid, first)?;
@@ -186,11 +183,11 @@ impl<'c> Kernel<'_, 'c> {
             let col_ok = b.cmpi(blk, Cmp::Ult, c, env.vvalid)?;
             let cc = b.select(blk, col_ok, c, zero)?;
             let idx = self.chunk_state_index(blk, env, i, k, cc)?;
-            slots.push((e, partial, k, c, col_ok, idx));
+            slots.push((e, partial, k, c, col_ok));
+            indices.push(idx);
         }
-        let indices: Vec<Value> = slots.iter().map(|s| s.5).collect();
         let loaded = self.load_vectors(blk, mem, aligned, &indices)?;
-        for (&(e, partial, k, c, col_ok, _), &v) in slots.iter().zip(&loaded) {
+        for (&(e, partial, k, c, col_ok), &v) in slots.iter().zip(&loaded) {
             let v = b.select(blk, col_ok, v, zeros)?;
             let at = self.operand_index(blk, env, to, k, c)?;
             if partial {
