@@ -162,10 +162,10 @@ impl<'c> Kernel<'_, 'c> {
         carried: &Carried<'c, 'a>,
     ) -> R<()> {
         let bs = self.layout()?;
-        if self.reads_tile_of(&Op::StateIn) {
+        if self.s.in_tile(&Op::StateIn) {
             self.load_chunk_tile(blk, env, i, &KernelParam::ChunkStates, self.s.state)?;
         }
-        if self.reads_tile_of(&Op::GradIn(Sink::StateOut)) {
+        if self.s.in_tile(&Op::GradIn(Sink::StateOut)) {
             let dstate = bs.grads_dstate;
             self.load_chunk_tile(blk, env, i, &KernelParam::ChunkStateGrads, dstate)?;
         }

@@ -776,9 +776,9 @@ impl<'c> Kernel<'_, 'c> {
                 let group = env.chunk.ok_or_else(|| {
                     EmitError::Schedule("a gradient kernel without a chunk group".into())
                 })?;
-                let first = b.mad(blk, zero, group, per)?;
-                let rest = b.subi(blk, chunks, first)?;
                 let per = b.ci(blk, per)?;
+                let first = b.muli(blk, group, per)?;
+                let rest = b.subi(blk, chunks, first)?;
                 let count = b.bin(blk, "arith.minsi", rest, per)?;
                 (first, b.bin(blk, "arith.maxsi", count, zero)?)
             }

@@ -14,7 +14,7 @@ use super::copy::{Carried, LANES};
 use super::kernel::{Env, Kernel};
 use super::tile::Dest;
 use crate::lower::Vendor;
-use crate::schedule::{OperandTile, Placement, Tile};
+use crate::schedule::{OperandTile, Tile};
 
 impl<'c> Kernel<'_, 'c> {
     /// Index of state element `(k, v0 + c)` of chunk `i` in `chunk_states`.
@@ -221,17 +221,6 @@ impl<'c> Kernel<'_, 'c> {
         self.t.barrier(&self.b, blk)
     }
 
-    /// Whether a node of the plan computes `op` into an f32 tile (a value read per chunk
-    /// from memory may have its operand tile alone, `alloc::Placing::from_memory`).
-    pub(super) fn reads_tile_of(&self, op: &crate::plan::Op) -> bool {
-        self.s
-            .plan
-            .nodes
-            .iter()
-            .zip(&self.s.values)
-            .any(|(n, v)| n.op == *op && matches!(v, Placement::Tile(_)))
-    }
-
     /// Every plan node with the schedule's barriers, then the sinks' barrier.
     pub(super) fn nodes<'a>(
         &self,
@@ -286,7 +275,7 @@ impl<'c> Kernel<'_, 'c> {
             let rest = b.subi(blk, env.eos, start)?;
             let cc = b.ci(blk, c)?;
             let len = b.bin(blk, "arith.minsi", rest, cc)?;
-            if self.reads_tile_of(&crate::plan::Op::StateIn) {
+            if self.s.in_tile(&crate::plan::Op::StateIn) {
                 self.load_chunk_state(blk, env, i)?;
             }
             self.nodes(blk, env, start, len, &Carried::default())?;

@@ -255,20 +255,15 @@ pub(super) fn place(
         };
         tiles.push(operand);
 
-        let carried_in =
-            node.op == Op::StateIn || (carried_grad && node.op == Op::GradIn(Sink::StateOut));
-        if from_memory && carried_in && operand.is_some() {
-            values.push(Placement::Operand);
-            continue;
-        }
-        if node.op == Op::StateIn
+        // (A state or dh read from memory is an operand load: its operand tile alone.)
+        if (node.op == Op::StateIn && !operand_load)
             || (state_in_place == Some(ValueId(i))
                 && writes_state_in_place(plan, i, operands, &last_f32))
         {
             values.push(Placement::Tile(state));
             continue;
         }
-        if carried_grad && node.op == Op::GradIn(Sink::StateOut) {
+        if carried_grad && node.op == Op::GradIn(Sink::StateOut) && !operand_load {
             values.push(Placement::Tile(dstate));
             continue;
         }

@@ -101,25 +101,19 @@ pub fn backward(
     config: &KernelConfig,
     choice: MatmulChoice,
 ) -> Result<BackwardSchedule, ScheduleError> {
-    let mut first = blocked(fwd, bwd, spec, target, config, choice, None)?;
+    let (mut first, separable) = blocked(fwd, bwd, spec, target, config, choice, None)?;
     // Kernel 1 again with narrower value blocks where dh's plan allows blocks at all.
-    let dh_plan = bwd.keep_sinks(|s| s == Sink::StateGrad);
-    let no_err = |node: usize, why: String| ScheduleError::Plan {
-        plan: dh_plan.name.clone(),
-        node,
-        op: String::new(),
-        why,
-    };
-    if check_plan(&dh_plan, &no_err, false).is_ok() {
+    if separable {
         for w in super::narrower_widths(first.dstates.block_v) {
-            let v = blocked(fwd, bwd, spec, target, config, choice, Some(w))?;
+            let (v, _) = blocked(fwd, bwd, spec, target, config, choice, Some(w))?;
             first.narrower.push(v);
         }
     }
     Ok(first)
 }
 
-/// [`backward`] with kernel 1's value blocks `dh_width` wide (`None`: the default).
+/// [`backward`] with kernel 1's value blocks `dh_width` wide (`None`: the default), and
+/// whether dh's plan allows value blocks at all (else kernel 1 owns all of V).
 fn blocked(
     fwd: &Plan,
     bwd: &Plan,
@@ -128,7 +122,7 @@ fn blocked(
     config: &KernelConfig,
     choice: MatmulChoice,
     dh_width: Option<usize>,
-) -> Result<BackwardSchedule, ScheduleError> {
+) -> Result<(BackwardSchedule, bool), ScheduleError> {
     check_config(config)?;
     let err_in = |plan: &Plan| {
         let plan = plan.clone();
@@ -505,7 +499,7 @@ fn blocked(
         last,
         &grads_frame,
     );
-    Ok(BackwardSchedule {
+    let schedule = BackwardSchedule {
         states,
         dstates,
         narrower: Vec::new(),
@@ -515,5 +509,6 @@ fn blocked(
         reduce,
         sinks: grad_sinks,
         dropped,
-    })
+    };
+    Ok((schedule, separable))
 }

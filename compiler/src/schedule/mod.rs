@@ -954,6 +954,16 @@ impl Schedule {
         }
     }
 
+    /// Whether a node computing `op` has an f32 tile (a state or dh read per chunk from
+    /// memory may have its operand tile alone, `alloc::Placing::from_memory`).
+    pub fn in_tile(&self, op: &Op) -> bool {
+        self.plan
+            .nodes
+            .iter()
+            .zip(&self.values)
+            .any(|(n, v)| n.op == *op && matches!(v, Placement::Tile(_)))
+    }
+
     /// This kernel as a later launch of a sequence ([`KernelInfo::then`]).
     pub fn launch(&self) -> linrec_spec::launch::Launch {
         linrec_spec::launch::Launch {

@@ -346,13 +346,7 @@ impl fmt::Display for BackwardSchedule {
                 crate::schedule::GRAD_CHUNKS_PER_WORKGROUP
             ),
         )?;
-        let in_tiles = g
-            .plan
-            .nodes
-            .iter()
-            .zip(&g.values)
-            .any(|(n, v)| n.op == crate::plan::Op::StateIn && matches!(v, Placement::Tile(_)));
-        let carried = if in_tiles {
+        let carried = if g.in_tile(&crate::plan::Op::StateIn) {
             format!(
                 "state S [{} x {}] @ {}; dh [{} x {}] @ {};",
                 g.state.rows,
