@@ -8,8 +8,10 @@
 #   builds linrec without `jit` ($BENCH_TARGET_DIR/nojit), compiles the bench's kernels
 #   (linear_attn, retention, simple_gla; sm_90; bf16; K=V in HEAD_DIMS, default 64,128,256;
 #   chunk 64; every call option; forward and backward: `--direction both`) once per set in SETS:
-#     art        the fused forward (LINREC_FORWARD unset) + backward
+#     art        the default forward (LINREC_FORWARD unset: the fused kernel, and the split-scan
+#                over T which the runtime takes for long sequences on few heads) + backward
 #     art-split  LINREC_FORWARD=split: the split forward + the same backward
+#     art-fused  LINREC_FORWARD=fused (art-scan: scan), for comparisons
 #   and downloads the pure-Python wheels fla-core 0.6.0 and einops. DIR (default .device/bench,
 #   git-ignored) is what the device call carries.
 # There (the GPU):    bash scripts/gpu-bench.sh run [DIR]
@@ -55,10 +57,14 @@ step() {
   return $rc
 }
 
-# The `LINREC_FORWARD` of a set: art-split → split, any other → unset (fused).
+# The `LINREC_FORWARD` of a set: art-split → split, art-fused → fused, art-scan → scan, any
+# other → unset (auto: the fused kernel, or the split-scan over T for long sequences on few
+# heads, picked at launch).
 forward_of() {
   case "$1" in
     *-split) echo split ;;
+    *-fused) echo fused ;;
+    *-scan) echo scan ;;
     *) echo "" ;;
   esac
 }

@@ -32,6 +32,9 @@ MATRIX=(
   "1,1000,4,128,128   f32"
   "4,2048,8,64,64     f16"
   "8,2048,16,128,128  bf16"
+  # These take the split-scan over T (long sequences on few heads: KernelInfo::takes_instead).
+  "1,4096,4,128,128   bf16"
+  "2,3000,2,64,64     f16"
 )
 # The backward's: the f64 reference backward costs a few forward passes on the host, so the
 # largest forward shape is left out.
@@ -42,6 +45,8 @@ BWD_MATRIX=(
   "1,500,2,128,128    bf16 --varlen"
   "1,1000,4,128,128   f32"
   "4,2048,8,64,64     f16"
+  # The split-scan's chunk states, read by the backward.
+  "1,3000,2,64,64     bf16 --save-chunk-states"
 )
 
 case "$mode" in

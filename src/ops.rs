@@ -42,8 +42,9 @@
 //! inputs. With [`ForwardOptions::save_chunk_states`] the forward keeps them in [`Saved`]
 //! instead (`(⌊B·T / C⌋ + N) · HV · K · V` elements of the dtype of `q`) and the backward
 //! reads them, skipping its recompute phase — memory for time. Only split forward kernels
-//! write them (`LINREC_FORWARD=split` when compiling or JIT-compiling); both ways give the
-//! same gradients up to rounding.
+//! write them (`LINREC_FORWARD=split` when compiling or JIT-compiling), and fused ones with
+//! a split-scan over T for the calls that take it; both ways give the same gradients up to
+//! rounding.
 //!
 //! Launches are enqueued, not waited for; downloads wait.
 //!
@@ -143,9 +144,11 @@ pub struct ForwardOptions<'a> {
     /// them. Only a *split* forward kernel writes them (kernels compiled with
     /// `LINREC_FORWARD=split`, by `linrec compile` or by the JIT, or a provider whose
     /// `JitCompiler` (feature `jit`) has
-    /// `CompileOptions::forward = ForwardForm::Split`); with a fused forward kernel (the
-    /// default) asking for them is an [`Error::Option`] naming `save_chunk_states`, before
-    /// anything is launched.
+    /// `CompileOptions::forward = ForwardForm::Split`) — and a fused one with a split-scan
+    /// over T (`KernelInfo::instead`) in the calls that take it (long sequences with few
+    /// heads; the others keep none and the backward recomputes them); with a fused forward
+    /// kernel that never writes them (the default) asking for them is an [`Error::Option`]
+    /// naming `save_chunk_states`, before anything is launched.
     pub save_chunk_states: bool,
 }
 
@@ -305,9 +308,11 @@ impl Saved {
     }
 
     /// The forward's chunk states, kept for the backward when
-    /// [`ForwardOptions::save_chunk_states`] asked for them (`None` otherwise: the backward
-    /// recomputes them): the state entering every chunk, `[⌊B·T / C⌋ + N, HV, K, V]` in the
-    /// dtype of `q`; chunk `i` of sequence `n` (rows from `bos`) is slot `⌊bos / C⌋ + n + i`.
+    /// [`ForwardOptions::save_chunk_states`] asked for them and the forward's launches wrote
+    /// them (`None` otherwise — a fused forward's call that did not take its split-scan writes
+    /// none: the backward recomputes them): the state entering every chunk,
+    /// `[⌊B·T / C⌋ + N, HV, K, V]` in the dtype of `q`; chunk `i` of sequence `n` (rows from
+    /// `bos`) is slot `⌊bos / C⌋ + n + i`.
     pub fn chunk_states(&self) -> Option<&DeviceBuffer> {
         self.chunk_states.as_ref()
     }
@@ -393,7 +398,9 @@ pub fn forward(
         config: call.config,
         dims: out.dims,
         sequences: out.sequences,
-        // Without the option they are dropped here (and freed once the launches are done).
+        // Without the option they are dropped here (and freed once the launches are done);
+        // with it, a fused forward's call that did not take its split-scan has none, and the
+        // backward recomputes them.
         chunk_states: if options.save_chunk_states {
             out.chunk_states
         } else {
@@ -408,16 +415,23 @@ pub fn forward(
     })
 }
 
-/// Whether a forward kernel writes chunk states (a [`KernelParam::ChunkStates`] parameter in
-/// any of its launches): a split forward does, a fused one does not.
+/// Whether a forward kernel writes chunk states in some call (a [`KernelParam::ChunkStates`]
+/// parameter in any of its launches, its [`KernelInfo::instead`] route's included): a split
+/// forward does in every call, a fused one with a split-scan route in the calls that take
+/// it ([`KernelInfo::takes_instead`]), a fused one without a route never.
 pub fn writes_chunk_states(info: &KernelInfo) -> bool {
     std::iter::once(&info.params)
         .chain(info.then.iter().map(|l| &l.params))
+        .chain(
+            info.instead
+                .iter()
+                .flat_map(|r| r.launches.iter().map(|l| &l.params)),
+        )
         .any(|params| params.contains(&KernelParam::ChunkStates))
 }
 
 /// [`ForwardOptions::save_chunk_states`] with the forward kernel `info` of `spec`: an
-/// [`Error::Option`] naming `save_chunk_states` when the kernel writes none
+/// [`Error::Option`] naming `save_chunk_states` when the kernel writes none in any call
 /// ([`writes_chunk_states`]), saying how to get split kernels. (`linrec run
 /// --save-chunk-states` reports the same.)
 #[doc(hidden)]

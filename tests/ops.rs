@@ -22,7 +22,9 @@ use linrec::runtime::{
     Backend, BackendKind, DType, Device, DeviceBuffer, DeviceId, DeviceInfo, FillPattern,
     KernelHandle, Kernels, LaunchArg, LaunchConfig, ModuleHandle, RawBuffer, RuntimeError,
 };
-use linrec::spec::launch::{ElementType, KernelConfig, KernelInfo, KernelParam, SizeExpr};
+use linrec::spec::launch::{
+    ElementType, KernelConfig, KernelInfo, KernelParam, Launch, Route, SizeExpr,
+};
 use linrec::spec::{Dims, Role, Spec};
 
 linrec::recurrence! {
@@ -565,6 +567,7 @@ fn stand_in(spec: &Spec, config: KernelConfig, split: bool) -> Kernels {
         scratch: 0,
         then: Vec::new(),
         narrower: Vec::new(),
+        instead: None,
     };
     kernels
         .insert(Kernel {
@@ -752,6 +755,70 @@ fn saving_chunk_states_needs_a_forward_kernel_that_writes_them() {
         let err = ops::backward(&dev, saved, &Grads::new(&d_o), &bopts).expect_err("no kernel");
         assert!(matches!(err, Error::Kernel(_)), "{err:?}");
     }
+}
+
+/// A fused forward kernel with a split-scan route (`KernelInfo::instead`) writes chunk states
+/// only in the calls that take it: saving them is no error, and `Saved` has them exactly
+/// there (the backward recomputes them otherwise).
+#[test]
+fn a_fused_forward_with_a_split_scan_saves_chunk_states_where_it_takes_it() {
+    let request =
+        linrec::runtime::KernelRequest::forward(SimpleGla::spec(), "spirv", config(false, false));
+    let mut info = stand_in(SimpleGla::spec(), config(false, false), false)
+        .get(&request)
+        .expect("the stand-in")
+        .kernel
+        .info
+        .clone();
+    assert!(!ops::writes_chunk_states(&info));
+    // The fused launch's parameters, plus the chunk states before the scalars.
+    let mut params = info.params.clone();
+    params.insert(params.len() - 4, KernelParam::ChunkStates);
+    info.instead = Some(Box::new(Route {
+        launches: vec![Launch {
+            entry: "stand_in_states".into(),
+            params,
+            grid: info.grid.clone(),
+            block: [1, 1, 1],
+            shared_bytes: 0,
+            scratch: 0,
+        }],
+    }));
+    assert!(ops::writes_chunk_states(&info));
+    let kernels = Kernels::builder()
+        .no_disk_cache()
+        .no_compiler()
+        .build()
+        .expect("no sources to read");
+    kernels
+        .insert(Kernel {
+            info,
+            binary: Vec::new(),
+        })
+        .expect("a forward kernel");
+    let dev = HostBackend::launching();
+    let opts = ForwardOptions::new()
+        .kernels(&kernels)
+        .save_chunk_states(true);
+
+    // B·T = 10 tokens, less than a segment (16 chunks of 64): the fused launch, no states.
+    let x = simple_gla_inputs(&dev, D, DType::F32);
+    let short = SimpleGla::forward(&dev, &x, &opts).expect("runs");
+    assert!(short.saved.chunk_states().is_none());
+
+    // B = 1, T = 1100 > 1024: the route's, ⌊1100 / 64⌋ + 1 = 18 slots of [HV, K, V].
+    let long = Dims {
+        batch: 1,
+        seq_len: 1100,
+        ..D
+    };
+    let x = simple_gla_inputs(&dev, long, DType::F32);
+    let kept = SimpleGla::forward(&dev, &x, &opts).expect("runs");
+    let states = kept.saved.chunk_states().expect("the route's");
+    assert_eq!(
+        (states.dtype(), states.shape()),
+        (DType::F32, &[18, 2, 8, 4][..])
+    );
 }
 
 /// The typed forward takes owned buffers and references alike (compile-time check).

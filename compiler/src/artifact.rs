@@ -21,7 +21,7 @@ use std::{
 };
 
 use linrec_spec::Spec;
-use linrec_spec::launch::{KernelConfig, KernelInfo};
+use linrec_spec::launch::{KernelConfig, KernelInfo, Route};
 
 use crate::emit::{self, EmitError};
 use crate::lower::{self, BinaryFormat, LowerError, LowerOptions, Target};
@@ -31,7 +31,8 @@ use crate::schedule::{self, MatmulChoice, MatrixCore, ScheduleError};
 /// The environment variable naming the stage-dump directory.
 pub const DUMP_DIR_ENV: &str = "LINREC_DUMP_DIR";
 
-/// The environment variable that picks the forward's form (`fused` or `split`).
+/// The environment variable that picks the forward's form: `auto` (the default), `fused`, `split`
+/// or `scan` ([`ForwardForm`]).
 pub const FORWARD_ENV: &str = "LINREC_FORWARD";
 
 /// The environment variable that turns tensor cores off (`0` or `off`).
@@ -108,19 +109,29 @@ pub struct CompileOptions {
     /// How matmuls run (see [`crate::schedule`]). Default: [`MatmulChoice::Auto`], tensor
     /// cores where the target has them.
     pub matmul: MatmulChoice,
-    /// How a forward is split into kernels. Default: [`ForwardForm::Fused`].
+    /// How a forward is split into kernels. Default: [`ForwardForm::Auto`].
     pub forward: ForwardForm,
 }
 
-/// How a forward runs ([`CompileOptions::forward`]; `LINREC_FORWARD=fused|split`).
+/// How a forward runs ([`CompileOptions::forward`]; `LINREC_FORWARD=auto|fused|split|scan`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum ForwardForm {
     /// One kernel: a workgroup walks its sequence's chunks, computing o and the state.
-    #[default]
     Fused,
     /// Two kernels of one binary ([`crate::schedule::forward_split`]): the chunk states
     /// sequentially, then o with a workgroup per chunk.
     Split,
+    /// The split-scan over T segments, always ([`crate::schedule::forward_scan`]): four
+    /// kernels of one binary. For tests and measurements; [`ForwardForm::Auto`] takes it where
+    /// it pays.
+    Scan,
+    /// The fused kernel, and in the same binary the split-scan as
+    /// [`linrec_spec::launch::KernelInfo::instead`], which the runtime takes for long
+    /// sequences on too few heads to fill the GPU
+    /// ([`linrec_spec::launch::KernelInfo::takes_instead`]). Plans without a state update
+    /// the split-scan can take compile as [`ForwardForm::Fused`]. The default.
+    #[default]
+    Auto,
 }
 
 impl Default for CompileOptions {
@@ -129,7 +140,7 @@ impl Default for CompileOptions {
             dump_dir: None,
             amd_assembly: true,
             matmul: MatmulChoice::Auto,
-            forward: ForwardForm::Fused,
+            forward: ForwardForm::Auto,
         }
     }
 }
@@ -149,8 +160,10 @@ impl CompileOptions {
             _ => MatmulChoice::Auto,
         };
         let forward = match std::env::var(FORWARD_ENV).as_deref().map(str::trim) {
+            Ok("fused") => ForwardForm::Fused,
             Ok("split") => ForwardForm::Split,
-            _ => ForwardForm::Fused,
+            Ok("scan") => ForwardForm::Scan,
+            _ => ForwardForm::Auto,
         };
         CompileOptions {
             dump_dir: std::env::var_os(DUMP_DIR_ENV)
@@ -238,6 +251,38 @@ pub fn compile_with(
             text.push_str(&format!("\n{}", s.output));
             (s.kernel_info(), text, emit::forward_split(&s)?)
         }
+        ForwardForm::Scan => {
+            let s = schedule::forward_scan(&plan, spec, target, config, options.matmul)?;
+            (
+                s.kernel_info(),
+                scan_text(&s),
+                emit::forward_scan(None, &s)?,
+            )
+        }
+        ForwardForm::Auto => {
+            let fused = schedule::forward_with(&plan, spec, target, config, options.matmul)?;
+            match plan::segment_plan(&plan) {
+                Some(_) => {
+                    let s = schedule::forward_scan(&plan, spec, target, config, options.matmul)?;
+                    let mut info = fused.kernel_info();
+                    info.instead = Some(Box::new(Route {
+                        launches: s.launches(),
+                    }));
+                    let text = format!(
+                        "{fused}\ninstead, for long sequences on few heads (KernelInfo::takes_instead: fewer than {} workgroups and more than {} chunks a sequence), the split-scan:\n\n{}",
+                        linrec_spec::launch::ENOUGH_WORKGROUPS,
+                        linrec_spec::launch::SEGMENT_CHUNKS,
+                        scan_text(&s)
+                    );
+                    (info, text, emit::forward_scan(Some(&fused), &s)?)
+                }
+                None => (
+                    fused.kernel_info(),
+                    fused.to_string(),
+                    emit::forward(&fused)?,
+                ),
+            }
+        }
     };
     let stages = Stages {
         info,
@@ -246,6 +291,11 @@ pub fn compile_with(
         mlir,
     };
     finish(stages, target, options, start)
+}
+
+/// The schedule text of a split-scan forward: its four kernels in launch order.
+fn scan_text(s: &schedule::ScanForward) -> String {
+    format!("{}\n{}\n{}\n{}", s.segments, s.combine, s.states, s.output)
 }
 
 /// Compiles the backward kernel of `spec` for `target` and `config` (the forward's config:

@@ -242,6 +242,17 @@ pub enum KernelParam {
     /// f32 `[B, T, H, K]`: the running sum of the q or k gradient over the value heads of a
     /// GVA group (read and written only when HV > H; any 1-element buffer otherwise).
     GradAccumulator(Role),
+    /// The split-scan over T segments of [`SEGMENT_CHUNKS`] chunks (a [`KernelInfo::instead`]
+    /// forward): f32 `[⌊B·T / (SEGMENT_CHUNKS·C)⌋ + N, HV, K, V]`, segment `z` of sequence `n`
+    /// (rows from `bos`) in slot `⌊bos / (SEGMENT_CHUNKS·C)⌋ + n + z`. The segment kernel
+    /// writes the state leaving each segment when it starts from zero; the combine kernel
+    /// replaces it with the true state entering the segment, which the states kernel starts
+    /// from.
+    SegmentStates,
+    /// f32 `[slots, HV]`, slots as [`KernelParam::SegmentStates`]: the factor by which the
+    /// state is scaled across each segment (the product of its chunks' decays), written by the
+    /// segment kernel, read by the combine kernel. Only plans whose state decays have it.
+    SegmentDecays,
 }
 
 /// Everything needed to launch one compiled kernel.
@@ -282,7 +293,27 @@ pub struct KernelInfo {
     /// parameters.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub narrower: Vec<Launch>,
+    /// Another launch sequence of the same binary computing the same outputs, which the
+    /// runtime makes instead of this launch, its `then` and `narrower` ones when
+    /// [`KernelInfo::takes_instead`] says so: a forward's split-scan over T segments (segment
+    /// states from zero in parallel, a combine over segments, the chunk states from the
+    /// segments' true states, then the chunk-parallel output), for long sequences that this
+    /// launch's grid cannot spread over the GPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instead: Option<Box<Route>>,
 }
+
+/// A launch sequence, in order (see [`KernelInfo::instead`]). Buffers with the same
+/// [`KernelParam`] are the same buffer in every launch, as with [`KernelInfo::then`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Route {
+    /// The launches, in order.
+    pub launches: Vec<Launch>,
+}
+
+/// Chunks per segment of the split-scan over T ([`KernelParam::SegmentStates`]): its
+/// sequential depth is two walks of this many chunks plus a combine step per segment.
+pub const SEGMENT_CHUNKS: usize = 16;
 
 /// Workgroups that keep an H100/H200 (132 SMs) busy with one workgroup per SM: see
 /// [`KernelInfo::narrower`].
@@ -331,6 +362,7 @@ impl KernelInfo {
     ///     scratch: 0,
     ///     then: vec![],
     ///     narrower: vec![launch(32), launch(16)],
+    ///     instead: None,
     /// };
     /// let dims = |b, h| linrec_spec::Dims::new(b, 2048, h, 128, 128);
     /// assert_eq!(info.pick_first(&dims(8, 16), 8), Some(0)); // 256 workgroups at BV 64
@@ -350,6 +382,48 @@ impl KernelInfo {
             }
         }
         Some(self.narrower.len())
+    }
+
+    /// Whether a call of `dims` with `n` sequences runs [`KernelInfo::instead`]: when there is
+    /// one, this launch's grid has fewer than [`ENOUGH_WORKGROUPS`] workgroups and the
+    /// sequences are longer than one segment ([`SEGMENT_CHUNKS`] chunks) on average, so that
+    /// splitting them over T gives the GPU more work. `None` when the grid does not evaluate.
+    ///
+    /// ```
+    /// use linrec_spec::launch::{ElementType, KernelConfig, KernelInfo, Route, SizeExpr, SizeSym};
+    /// let config = KernelConfig {
+    ///     dtype: ElementType::Bf16, key_dim: 128, value_dim: 128, chunk: 64,
+    ///     initial_state: false, final_state: false, varlen: false,
+    /// };
+    /// let per_head = [
+    ///     SizeExpr::ceil_div(SizeExpr::Sym(SizeSym::V), SizeExpr::Const(64)),
+    ///     SizeExpr::product(SizeExpr::Sym(SizeSym::N), SizeExpr::Sym(SizeSym::Hv)),
+    ///     SizeExpr::Const(1),
+    /// ];
+    /// let info = KernelInfo {
+    ///     entry: "k".into(), spec_name: "s".into(), spec_hash: "0".into(),
+    ///     direction: "forward".into(), target: "sm_90".into(), config, params: vec![],
+    ///     grid: per_head, block: [256, 1, 1], shared_bytes: 0, scratch: 0,
+    ///     then: vec![], narrower: vec![],
+    ///     instead: Some(Box::new(Route { launches: vec![] })),
+    /// };
+    /// let dims = |b, t| linrec_spec::Dims::new(b, t, 16, 128, 128);
+    /// assert_eq!(info.takes_instead(&dims(8, 2048), 8), Some(false)); // 256 workgroups
+    /// assert_eq!(info.takes_instead(&dims(1, 32768), 1), Some(true)); // 32, 512 chunks
+    /// assert_eq!(info.takes_instead(&dims(1, 1024), 1), Some(false)); // one segment
+    /// ```
+    pub fn takes_instead(&self, dims: &crate::Dims, n: usize) -> Option<bool> {
+        if self.instead.is_none() {
+            return Some(false);
+        }
+        let workgroups = self
+            .grid
+            .iter()
+            .try_fold(1u64, |acc, e| acc.checked_mul(e.eval(dims, n)?))?;
+        let tokens = (dims.batch as u64).checked_mul(dims.seq_len as u64)?;
+        let segment = (SEGMENT_CHUNKS * self.config.chunk) as u64;
+        let long = tokens > segment.checked_mul(n.max(1) as u64)?;
+        Some(workgroups < ENOUGH_WORKGROUPS && long)
     }
 }
 
@@ -372,7 +446,7 @@ pub struct Launch {
 }
 
 /// Version of the artifact manifest format.
-pub const MANIFEST_VERSION: u32 = 1;
+pub const MANIFEST_VERSION: u32 = 2;
 
 /// The `manifest.json` of an artifact folder written by `linrec compile`: every kernel's launch
 /// metadata and the file holding its binary.

@@ -2,25 +2,33 @@
 //! backward one, each described by its [`KernelInfo`] (the launch metadata the compiler
 //! writes) and its binary, without LLVM.
 //!
-//! A [`KernelInfo`] may be a launch sequence: its own entry point, then every
+//! A [`KernelInfo`] may be a launch sequence: its own entry point (or one of its
+//! [`KernelInfo::narrower`] variants, [`KernelInfo::pick_first`]), then every
 //! [`KernelInfo::then`] launch of the same binary, in order, on the device's one stream (a
-//! split forward is a states kernel then a chunk-parallel output kernel). The parameters of a
-//! call are the union over its launches: a buffer the runtime allocates is allocated once and
-//! passed to every launch that names it (the chunk states the first launch writes are the
-//! ones the second reads), and the scratch is one f32 buffer of the largest launch's
-//! `scratch × workgroups` elements, shared since the launches run one after the other. Each
-//! launch's grid is evaluated for the call; an empty one (T = 0) reaches the device, whose
-//! backends launch nothing for it ([`LaunchConfig::is_empty`]).
+//! split forward is a states kernel then a chunk-parallel output kernel). A call whose sizes
+//! [`KernelInfo::takes_instead`] picks makes the launches of [`KernelInfo::instead`] instead,
+//! in order (a forward's split-scan over T segments). The parameters of a call are the union
+//! over the launches it makes: a buffer the runtime allocates is allocated once and passed to
+//! every launch that names it (the chunk states the first launch writes are the ones the
+//! second reads; the split-scan's segment states and decays likewise), and the scratch is one
+//! f32 buffer of the largest launch's `scratch × workgroups` elements, shared since the
+//! launches run one after the other. Each launch's grid is evaluated for the call; an empty
+//! one (T = 0) reaches the device, whose backends launch nothing for it
+//! ([`LaunchConfig::is_empty`]). Both sequences must read and write the same caller's tensors
+//! (which ones a call takes does not depend on its sizes); only the runtime's own buffers
+//! differ.
 //!
 //! Before anything reaches the device, every buffer is checked against the kernel's
 //! parameters (dtype, shape, contiguity, device), and every launch's parameters against what
 //! the runtime knows; a mismatch is an error naming the argument, and no launch of the
 //! sequence is enqueued. What the runtime allocates — outputs, final state, gradients, `dh0`,
-//! chunk states, the backward's gradient accumulators, the kernels' scratch memory — is
-//! filled with NaN first, so an element a kernel forgets to write shows up in any comparison.
+//! chunk states, segment states and decays, the backward's gradient accumulators, the
+//! kernels' scratch memory — is filled with NaN first, so an element a kernel forgets to
+//! write shows up in any comparison.
 //!
-//! A backward recomputes the chunk states by default; given the ones a split forward wrote
-//! ([`ForwardOutputs::chunk_states`] → [`BackwardArgs::chunk_states`]) it reads them instead.
+//! A backward recomputes the chunk states by default; given the ones a forward wrote (a split
+//! forward, or a call that took a fused forward's split-scan: [`ForwardOutputs::chunk_states`]
+//! → [`BackwardArgs::chunk_states`]) it reads them instead.
 //!
 //! ```no_run
 //! # fn main() -> linrec_runtime::Result<()> {
@@ -40,7 +48,7 @@
 //! # Ok(()) }
 //! ```
 
-use linrec_spec::launch::{ElementType, KernelInfo, KernelParam, Launch, SizeExpr};
+use linrec_spec::launch::{ElementType, KernelInfo, KernelParam, Launch, SEGMENT_CHUNKS, SizeExpr};
 use linrec_spec::reference::constant_log_decay;
 use linrec_spec::{ConstantRate, Dims, Role};
 
@@ -81,11 +89,13 @@ pub struct ForwardOutputs {
     pub o: DeviceBuffer,
     /// The final state `[N, HV, K, V]` f32, for kernels compiled with one.
     pub final_state: Option<DeviceBuffer>,
-    /// The state entering every chunk, for kernels with a [`KernelParam::ChunkStates`]
-    /// parameter in any launch (a split forward's states kernel writes them, its output
-    /// kernel reads them): `[⌊B·T / C⌋ + N, HV, K, V]` in the kernel's dtype (bf16 and f16
-    /// are rounded copies of the f32 states the kernels carry), C = the config's chunk; chunk
-    /// `i` of sequence `n` (rows from `bos`) is slot `⌊bos / C⌋ + n + i`. The backward of the
+    /// The state entering every chunk, when a launch the call made has a
+    /// [`KernelParam::ChunkStates`] parameter (a split forward's states kernel writes them,
+    /// its output kernel reads them; so do the states and output kernels of a
+    /// [`KernelInfo::instead`] split-scan, when the call takes it; a fused forward's own
+    /// launch has none): `[⌊B·T / C⌋ + N, HV, K, V]` in the kernel's dtype (bf16 and f16 are
+    /// rounded copies of the f32 states the kernels carry), C = the config's chunk; chunk `i`
+    /// of sequence `n` (rows from `bos`) is slot `⌊bos / C⌋ + n + i`. The backward of the
     /// same call may read them instead of recomputing them ([`BackwardArgs::chunk_states`]).
     pub chunk_states: Option<DeviceBuffer>,
     /// The sizes of the call, read off the inputs.
@@ -138,8 +148,9 @@ pub fn module_key(info: &KernelInfo, binary: &[u8]) -> String {
     format!("linrec:{}:{}:{h:016x}", info.target, info.entry)
 }
 
-/// One launch of a kernel's sequence: the [`KernelInfo`] itself or one of its
-/// [`KernelInfo::then`] launches.
+/// One launch of a kernel's sequence: the [`KernelInfo`] itself, one of its
+/// [`KernelInfo::narrower`] or [`KernelInfo::then`] launches, or one of its
+/// [`KernelInfo::instead`] route's.
 struct Step<'a> {
     entry: &'a str,
     params: &'a [KernelParam],
@@ -149,9 +160,38 @@ struct Step<'a> {
     scratch: u64,
 }
 
-/// The launches of `info`, in order: its own (or the `first`-th narrower one, see
-/// [`Checked::first`]), then every [`KernelInfo::then`] one.
-fn steps(info: &KernelInfo, first: usize) -> Vec<Step<'_>> {
+/// Which launch sequence of a [`KernelInfo`] a call makes: decided from its sizes by
+/// [`check_call`] ([`Checked::launches`]), so the same call always makes the same one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Launches {
+    /// `info`'s own sequence: its first launch — 0 for its own, `k` for
+    /// `info.narrower[k − 1]` ([`KernelInfo::pick_first`]) — then every [`KernelInfo::then`]
+    /// one.
+    Own { first: usize },
+    /// The launches of [`KernelInfo::instead`], in order ([`KernelInfo::takes_instead`]).
+    Instead,
+}
+
+impl Launches {
+    /// `info`'s own sequence with its own first launch: what the caller's buffers are checked
+    /// against before the sizes (and so the sequence) are known. The route takes the same
+    /// ones ([`check_route`]), and the narrower launches the first one's parameters.
+    const OWN: Launches = Launches::Own { first: 0 };
+}
+
+/// The launches of `info` that `launches` makes, in order: its own (or the `first`-th narrower
+/// one) then every [`KernelInfo::then`] one, or the [`KernelInfo::instead`] route's.
+fn steps(info: &KernelInfo, launches: Launches) -> Vec<Step<'_>> {
+    let first = match launches {
+        Launches::Own { first } => first,
+        Launches::Instead => {
+            return info
+                .instead
+                .iter()
+                .flat_map(|route| route.launches.iter().map(Step::of))
+                .collect();
+        }
+    };
     let main = match first.checked_sub(1).and_then(|k| info.narrower.get(k)) {
         Some(l) => Step::of(l),
         None => Step {
@@ -181,13 +221,11 @@ impl<'a> Step<'a> {
     }
 }
 
-/// The parameters of every launch of `info`, each once, in order of first appearance.
-fn all_params(info: &KernelInfo) -> Vec<&KernelParam> {
+/// The parameters of every launch of `info` that `launches` makes, each once, in order of
+/// first appearance.
+fn all_params(info: &KernelInfo, launches: Launches) -> Vec<&KernelParam> {
     let mut all: Vec<&KernelParam> = Vec::new();
-    for p in std::iter::once(&info.params)
-        .chain(info.then.iter().map(|l| &l.params))
-        .flatten()
-    {
+    for p in steps(info, launches).into_iter().flat_map(|s| s.params) {
         if !all.contains(&p) {
             all.push(p);
         }
@@ -195,9 +233,65 @@ fn all_params(info: &KernelInfo) -> Vec<&KernelParam> {
     all
 }
 
-/// Whether some launch of `info` takes `p`.
-fn takes(info: &KernelInfo, p: &KernelParam) -> bool {
-    info.params.contains(p) || info.then.iter().any(|l| l.params.contains(p))
+/// Whether some launch of `info` that `launches` makes takes `p`.
+fn takes(info: &KernelInfo, launches: Launches, p: &KernelParam) -> bool {
+    steps(info, launches).iter().any(|s| s.params.contains(p))
+}
+
+/// Whether the caller gives or gets the buffer of `p` (an input, `h0`, `cu_seqlens`, `dO`,
+/// `dht`, `o`, `ht`, a gradient, `dh0`), as opposed to the runtime's own buffers and scalars.
+fn callers(p: &KernelParam) -> bool {
+    matches!(
+        p,
+        KernelParam::Input(_)
+            | KernelParam::InitialState
+            | KernelParam::CuSeqlens
+            | KernelParam::GradOutput
+            | KernelParam::GradFinalState
+            | KernelParam::Output
+            | KernelParam::FinalState
+            | KernelParam::Grad(_)
+            | KernelParam::GradInitialState
+    )
+}
+
+/// Errors unless `info`'s [`KernelInfo::instead`] route, if it has one, has launches and reads
+/// and writes the same caller's buffers as its own sequence: which tensors a call takes and
+/// returns must not depend on its sizes.
+fn check_route(info: &KernelInfo) -> Result<()> {
+    let Some(route) = &info.instead else {
+        return Ok(());
+    };
+    let recompile = "recompile the kernel with this version of linrec";
+    if route.launches.is_empty() {
+        return Err(launch_error(
+            info,
+            format!("its `instead` route has no launches: {recompile}"),
+        ));
+    }
+    let of = |launches| -> Vec<&KernelParam> {
+        all_params(info, launches)
+            .into_iter()
+            .filter(|p| callers(p))
+            .collect()
+    };
+    let (own, instead) = (of(Launches::OWN), of(Launches::Instead));
+    // The first parameter of `a` that `b` lacks.
+    let lacks = |a: &[&KernelParam], b: &[&KernelParam]| {
+        a.iter().find(|p| !b.contains(p)).map(|p| format!("{p:?}"))
+    };
+    let differs = match (lacks(&own, &instead), lacks(&instead, &own)) {
+        (Some(p), _) => format!("does not take {p}, which its own launches do"),
+        (None, Some(p)) => format!("takes {p}, which its own launches do not"),
+        (None, None) => return Ok(()),
+    };
+    Err(launch_error(
+        info,
+        format!(
+            "its `instead` route {differs}: both must read and write the same tensors; \
+             {recompile}"
+        ),
+    ))
 }
 
 /// The shape of the chunk states of a call: `⌊B·T / C⌋ + N` slots of `[HV, K, V]`
@@ -212,21 +306,47 @@ fn chunk_states_shape(info: &KernelInfo, dims: &Dims, n: usize) -> Result<Vec<us
     Ok(vec![slots, dims.value_heads, dims.key_dim, dims.value_dim])
 }
 
+/// The slots of the segment states and decays of a call: `⌊B·T / (SEGMENT_CHUNKS·C)⌋ + N`
+/// ([`KernelParam::SegmentStates`]).
+fn segment_slots(info: &KernelInfo, dims: &Dims, n: usize) -> Result<usize> {
+    SEGMENT_CHUNKS
+        .checked_mul(info.config.chunk)
+        .and_then(|segment| dims.batch.checked_mul(dims.seq_len)?.checked_div(segment))
+        .and_then(|s| s.checked_add(n))
+        .ok_or_else(|| launch_error(info, "the segment states' size overflows".into()))
+}
+
+/// The shape of the segment states of a call, `[slots, HV, K, V]` f32
+/// ([`KernelParam::SegmentStates`]).
+fn segment_states_shape(info: &KernelInfo, dims: &Dims, n: usize) -> Result<Vec<usize>> {
+    let slots = segment_slots(info, dims, n)?;
+    Ok(vec![slots, dims.value_heads, dims.key_dim, dims.value_dim])
+}
+
+/// The shape of the segment decays of a call, `[slots, HV]` f32
+/// ([`KernelParam::SegmentDecays`]).
+fn segment_decays_shape(info: &KernelInfo, dims: &Dims, n: usize) -> Result<Vec<usize>> {
+    Ok(vec![segment_slots(info, dims, n)?, dims.value_heads])
+}
+
 /// Errors unless `states` can stand for the chunk states a backward kernel of `info` would
-/// recompute for a call of `dims` with `n` sequences: the kernel takes them
+/// recompute for a call of `dims` with `n` sequences: the launches the call makes take them
 /// ([`KernelParam::ChunkStates`] and [`KernelParam::ChunkStatesGiven`]), and they are a
 /// contiguous buffer of this device in the kernel's dtype with exactly the shape the runtime
 /// would allocate ([`chunk_states_shape`]).
 fn check_chunk_states(
     device: &Device,
     info: &KernelInfo,
+    launches: Launches,
     states: &DeviceBuffer,
     dims: &Dims,
     n: usize,
 ) -> Result<()> {
     const ARG: &str = "chunk_states";
     let kname = info.entry.as_str();
-    if !takes(info, &KernelParam::ChunkStates) || !takes(info, &KernelParam::ChunkStatesGiven) {
+    if !takes(info, launches, &KernelParam::ChunkStates)
+        || !takes(info, launches, &KernelParam::ChunkStatesGiven)
+    {
         return Err(RuntimeError::ArgKind {
             arg: ARG.into(),
             expected: format!(
@@ -250,7 +370,7 @@ fn check_chunk_states(
             arg: ARG.into(),
             expected: format!(
                 "[⌊B·T / C⌋ + N, HV, K, V] = {want:?} (C = {}, N = {n} sequences): the chunk \
-                 states a split forward of the same call returns (`ForwardOutputs::chunk_states`)",
+                 states a forward of the same call returns (`ForwardOutputs::chunk_states`)",
                 info.config.chunk
             ),
             found: states.shape().to_vec(),
@@ -363,14 +483,14 @@ impl<'a> Given<'a> {
     }
 }
 
-/// A call that passed every check: its sizes, the grid of every launch (in [`steps`] order)
-/// and the shared scratch size.
+/// A call that passed every check: its sizes, the launches it makes, the grid of each (in
+/// [`steps`] order) and the shared scratch size.
 struct Checked {
     dims: Dims,
     sequences: usize,
-    /// The first launch made: 0 for `info`'s own, `k` for `info.narrower[k − 1]`
-    /// ([`KernelInfo::pick_first`]).
-    first: usize,
+    /// The launch sequence made: `info`'s own (with the first launch
+    /// [`KernelInfo::pick_first`] picks) or its route ([`KernelInfo::takes_instead`]).
+    launches: Launches,
     grids: Vec<[u32; 3]>,
     scratch_len: usize,
 }
@@ -387,8 +507,9 @@ fn step_error(entry: &str, detail: String) -> RuntimeError {
 }
 
 /// Everything checked before a launch allocates anything: the direction, the module format,
-/// the scale, which buffers are given, their dtypes, shapes, layouts and devices, the sizes
-/// they imply, every launch's grid and the scratch size (the largest launch's).
+/// the scale, the route against the kernel's own launches, which buffers are given, their
+/// dtypes, shapes, layouts and devices, the sizes they imply, which launches the call makes,
+/// their grids and the scratch size (the largest launch's).
 fn check_call(
     device: &Device,
     info: &KernelInfo,
@@ -430,11 +551,13 @@ fn check_call(
             found: given.scale.to_string(),
         });
     }
+    check_route(info)?;
 
     // Every given input must be a parameter (of some launch), and every input parameter must
-    // be given.
+    // be given. Either sequence takes the same ones (`check_route`).
+    let takes = |p: &KernelParam| takes(info, Launches::OWN, p);
     for (role, _) in given.inputs {
-        if !takes(info, &KernelParam::Input(*role)) {
+        if !takes(&KernelParam::Input(*role)) {
             return Err(RuntimeError::ArgKind {
                 arg: role_name(*role).into(),
                 expected: format!("no such input: kernel `{kname}` does not take a {role}"),
@@ -443,7 +566,7 @@ fn check_call(
         }
     }
     let optional = |given: Option<&DeviceBuffer>, param: KernelParam, name: &str, required| {
-        let wanted = takes(info, &param);
+        let wanted = takes(&param);
         match (wanted, given.is_some()) {
             (true, false) if required => Err(RuntimeError::ArgKind {
                 arg: name.into(),
@@ -467,7 +590,7 @@ fn check_call(
     // Check what the caller gave (shapes with named dims) and read the sizes off it.
     let mut given_sig = KernelSignature::new(kname);
     let mut buffers: Vec<KernelArg<'_>> = Vec::new();
-    for p in all_params(info) {
+    for p in all_params(info, Launches::OWN) {
         let Some((name, dt, shape)) = expected(info, p) else {
             continue;
         };
@@ -488,17 +611,25 @@ fn check_call(
     }
     let bindings = given_sig.check(&buffers)?;
     let (dims, sequences) = sizes(info, &bindings, given)?;
+
+    // Which launches: from the sizes alone, so a workspace fits the same call again.
+    let overflows = || launch_error(info, "a grid overflows".into());
+    let launches = if info.takes_instead(&dims, sequences).ok_or_else(overflows)? {
+        Launches::Instead
+    } else {
+        Launches::Own {
+            first: info.pick_first(&dims, sequences).ok_or_else(overflows)?,
+        }
+    };
     if let Some(states) = given.chunk_states {
-        check_chunk_states(device, info, states, &dims, sequences)?;
+        check_chunk_states(device, info, launches, states, &dims, sequences)?;
     }
 
     // Every launch's grid; one scratch buffer serves them all, one after the other.
-    let first = info
-        .pick_first(&dims, sequences)
-        .ok_or_else(|| launch_error(info, "a grid overflows".into()))?;
-    let mut grids = Vec::with_capacity(1 + info.then.len());
+    let steps = steps(info, launches);
+    let mut grids = Vec::with_capacity(steps.len());
     let mut scratch_len = 0usize;
-    for step in steps(info, first) {
+    for step in steps {
         let mut grid = [0u32; 3];
         for (g, e) in grid.iter_mut().zip(step.grid) {
             let n = e
@@ -518,7 +649,7 @@ fn check_call(
     Ok(Checked {
         dims,
         sequences,
-        first,
+        launches,
         grids,
         scratch_len,
     })
@@ -538,40 +669,61 @@ fn check_reuse(info: &KernelInfo, checked: &Checked, dims: &Dims, sequences: usi
     Ok(())
 }
 
-/// The runtime-made buffers either direction may have: the scratch, the RetNet decay rates
-/// and the chunk states.
+/// The runtime-made buffers either direction may have: the scratch, the RetNet decay rates,
+/// the chunk states and a split-scan's segment states and decays — each only when a launch
+/// the call makes ([`Checked::launches`]) takes it.
 #[derive(Debug, Clone)]
 struct Common {
     scratch: DeviceBuffer,
     decay_rates: Option<DeviceBuffer>,
-    /// For kernels with a [`KernelParam::ChunkStates`] parameter in any launch, unless the
+    /// For calls whose launches take a [`KernelParam::ChunkStates`] parameter, unless the
     /// caller gave the chunk states when these buffers were made (`states_given`).
     chunk_states: Option<DeviceBuffer>,
     /// The caller gave the chunk states when these buffers were made, so there are none of
     /// the runtime's: every launch into them needs the caller's.
     states_given: bool,
+    /// [`KernelParam::SegmentStates`] `[slots, HV, K, V]` f32, for calls whose launches take
+    /// it (a forward's [`KernelInfo::instead`] split-scan).
+    segment_states: Option<DeviceBuffer>,
+    /// [`KernelParam::SegmentDecays`] `[slots, HV]` f32, likewise.
+    segment_decays: Option<DeviceBuffer>,
 }
 
 impl Common {
-    /// Allocates the scratch and, unless the caller gives them (`states_given`), the chunk
-    /// states (NaN-poisoned), and uploads the decay rates.
+    /// Allocates the scratch, the segment states and decays and, unless the caller gives them
+    /// (`states_given`), the chunk states (NaN-poisoned), and uploads the decay rates: those
+    /// that the launches of the checked call take.
     fn new(
         device: &Device,
         info: &KernelInfo,
         checked: &Checked,
         states_given: bool,
     ) -> Result<Common> {
+        let takes = |p: KernelParam| takes(info, checked.launches, &p);
+        let (dims, n) = (&checked.dims, checked.sequences);
         let scratch = device.alloc_poisoned(DType::F32, &[checked.scratch_len])?;
-        let chunk_states = if takes(info, &KernelParam::ChunkStates) && !states_given {
-            let shape = chunk_states_shape(info, &checked.dims, checked.sequences)?;
+        let chunk_states = if takes(KernelParam::ChunkStates) && !states_given {
+            let shape = chunk_states_shape(info, dims, n)?;
             // In the kernel's dtype: bf16 and f16 kernels keep rounded copies.
             Some(device.alloc_poisoned(dtype(info.config.dtype), &shape)?)
         } else {
             None
         };
-        let decay_rates = if takes(info, &KernelParam::DecayRates) {
+        let segment_states = if takes(KernelParam::SegmentStates) {
+            let shape = segment_states_shape(info, dims, n)?;
+            Some(device.alloc_poisoned(DType::F32, &shape)?)
+        } else {
+            None
+        };
+        let segment_decays = if takes(KernelParam::SegmentDecays) {
+            let shape = segment_decays_shape(info, dims, n)?;
+            Some(device.alloc_poisoned(DType::F32, &shape)?)
+        } else {
+            None
+        };
+        let decay_rates = if takes(KernelParam::DecayRates) {
             // KernelParam::DecayRates is RetNet's schedule γ_h = 1 − 2^(−5−h), in log space.
-            let hv = checked.dims.value_heads;
+            let hv = dims.value_heads;
             let rates: Vec<f32> = (0..hv)
                 .map(|h| constant_log_decay(ConstantRate::Retnet, None, h) as f32)
                 .collect();
@@ -584,6 +736,8 @@ impl Common {
             decay_rates,
             chunk_states,
             states_given,
+            segment_states,
+            segment_decays,
         })
     }
 
@@ -596,10 +750,12 @@ impl Common {
                 "the workspace's scratch has another size".into(),
             ));
         }
-        let wants_states = takes(info, &KernelParam::ChunkStates);
+        let takes = |p: KernelParam| takes(info, checked.launches, &p);
+        let (dims, n) = (&checked.dims, checked.sequences);
+        let wants_states = takes(KernelParam::ChunkStates);
         let chunk_states_fit = match &self.chunk_states {
             Some(states) => {
-                let shape = chunk_states_shape(info, &checked.dims, checked.sequences)?;
+                let shape = chunk_states_shape(info, dims, n)?;
                 wants_states
                     && states.shape() == shape.as_slice()
                     && states.dtype() == dtype(info.config.dtype)
@@ -616,7 +772,23 @@ impl Common {
             }
             None => !wants_states || states_given,
         };
-        if self.decay_rates.is_some() != takes(info, &KernelParam::DecayRates) || !chunk_states_fit
+        // An f32 buffer of exactly `shape` where the launches take `p`, none where they do not.
+        let fits = |buf: &Option<DeviceBuffer>, p: KernelParam, shape: Vec<usize>| match buf {
+            Some(b) => takes(p) && b.dtype() == DType::F32 && b.shape() == shape.as_slice(),
+            None => !takes(p),
+        };
+        let segments_fit = fits(
+            &self.segment_states,
+            KernelParam::SegmentStates,
+            segment_states_shape(info, dims, n)?,
+        ) && fits(
+            &self.segment_decays,
+            KernelParam::SegmentDecays,
+            segment_decays_shape(info, dims, n)?,
+        );
+        if self.decay_rates.is_some() != takes(KernelParam::DecayRates)
+            || !chunk_states_fit
+            || !segments_fit
         {
             return Err(launch_error(
                 info,
@@ -627,21 +799,25 @@ impl Common {
     }
 
     fn buffer(&self, p: &KernelParam) -> Option<(String, &DeviceBuffer)> {
-        match p {
-            KernelParam::Scratch => Some(("scratch".into(), &self.scratch)),
-            KernelParam::DecayRates => Some(("decay_rates".into(), self.decay_rates.as_ref()?)),
-            KernelParam::ChunkStates => Some(("chunk_states".into(), self.chunk_states.as_ref()?)),
-            _ => None,
-        }
+        let (name, buf) = match p {
+            KernelParam::Scratch => ("scratch", &self.scratch),
+            KernelParam::DecayRates => ("decay_rates", self.decay_rates.as_ref()?),
+            KernelParam::ChunkStates => ("chunk_states", self.chunk_states.as_ref()?),
+            KernelParam::SegmentStates => ("segment_states", self.segment_states.as_ref()?),
+            KernelParam::SegmentDecays => ("segment_decays", self.segment_decays.as_ref()?),
+            _ => return None,
+        };
+        Some((name.into(), buf))
     }
 }
 
-/// Launches `info` and then every [`KernelInfo::then`] launch, in order, each with its
-/// parameters in ABI order: the caller's buffers from `given`, the scalars, and what `made`
-/// returns for the rest (the runtime's buffers, by parameter, the same for every launch). The
-/// arguments of every launch are assembled and checked, and every entry point looked up,
-/// before the first launch is enqueued: a parameter nobody has, in any launch, is an error
-/// with nothing launched.
+/// Makes the launches of the checked call ([`Checked::launches`]: `info`'s first launch or a
+/// narrower one, then every [`KernelInfo::then`] launch; or the [`KernelInfo::instead`]
+/// route's), in order, each with its parameters in ABI order: the caller's buffers from
+/// `given`, the scalars, and what `made` returns for the rest (the runtime's buffers, by
+/// parameter, the same for every launch). The arguments of every launch are assembled and
+/// checked, and every entry point looked up, before the first launch is enqueued: a parameter
+/// nobody has, in any launch, is an error with nothing launched.
 fn launch<'b>(
     device: &Device,
     info: &KernelInfo,
@@ -664,7 +840,7 @@ fn launch<'b>(
         scalar(dims.value_heads, "HV")?,
     );
 
-    let steps = steps(info, checked.first);
+    let steps = steps(info, checked.launches);
     if steps.len() != checked.grids.len() {
         return Err(launch_error(
             info,
@@ -683,7 +859,7 @@ fn launch<'b>(
                 sig = sig.buffer(name, dt, shape);
                 continue;
             }
-            // The caller's chunk states (a backward reading a split forward's), checked by
+            // The caller's chunk states (a backward reading a forward's), checked by
             // `check_call`; without them the runtime's, from `made`.
             if *p == KernelParam::ChunkStates
                 && let Some(states) = given.chunk_states
@@ -742,10 +918,12 @@ fn launch<'b>(
 }
 
 /// Launches the forward kernel `info` (binary `binary`, for this device's module format) on
-/// `device`: checks `args`, allocates the outputs, the chunk states and the scratch
-/// (NaN-poisoned), fills the RetNet decay rates when the kernel takes them, loads the module
-/// through the device's cache and enqueues `info`'s launch and then every
-/// [`KernelInfo::then`] one.
+/// `device`: checks `args`, allocates the outputs, the scratch and whatever the launches the
+/// call makes take of the chunk states and the segment states and decays (NaN-poisoned),
+/// fills the RetNet decay rates when they take them, loads the module through the device's
+/// cache and enqueues `info`'s launch and then every [`KernelInfo::then`] one — or, when
+/// [`KernelInfo::takes_instead`] says so for the call's sizes, the [`KernelInfo::instead`]
+/// route's launches.
 pub fn forward(
     device: &Device,
     info: &KernelInfo,
@@ -757,9 +935,10 @@ pub fn forward(
         .ok_or_else(|| launch_error(info, "no workspace was allocated".into()))
 }
 
-/// The buffers of one forward call (outputs, chunk states, scratch, decay rates), kept so the
-/// same kernel can be relaunched on the same sizes without allocating ([`forward_into`]): what
-/// a benchmark times.
+/// The buffers of one forward call (outputs, chunk states, segment states and decays,
+/// scratch, decay rates), kept so the same kernel can be relaunched on the same sizes without
+/// allocating ([`forward_into`]): what a benchmark times. The same sizes make the same
+/// launches, so the workspace fits them.
 #[derive(Debug, Clone)]
 pub struct ForwardWorkspace {
     /// The outputs the launches write.
@@ -815,7 +994,9 @@ fn forward_inner(
         Some(ws) => {
             check_reuse(info, &checked, &ws.outputs.dims, ws.outputs.sequences)?;
             ws.common.check(info, &checked, false)?;
-            if ws.outputs.final_state.is_some() != takes(info, &KernelParam::FinalState) {
+            if ws.outputs.final_state.is_some()
+                != takes(info, checked.launches, &KernelParam::FinalState)
+            {
                 return Err(launch_error(
                     info,
                     "the workspace was made for a kernel with other parameters".into(),
@@ -825,7 +1006,7 @@ fn forward_inner(
         }
         None => {
             let o = device.alloc_poisoned(dtype(info.config.dtype), &dims.output_shape())?;
-            let final_state = if takes(info, &KernelParam::FinalState) {
+            let final_state = if takes(info, checked.launches, &KernelParam::FinalState) {
                 Some(device.alloc_poisoned(DType::F32, &dims.state_shape(sequences))?)
             } else {
                 None
@@ -835,7 +1016,7 @@ fn forward_inner(
                 outputs: ForwardOutputs {
                     o,
                     final_state,
-                    // A view of the buffer the launches get.
+                    // A view of the buffer the launches get (none when they take none).
                     chunk_states: common.chunk_states.clone(),
                     dims,
                     sequences,

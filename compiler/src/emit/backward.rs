@@ -54,7 +54,7 @@ pub(super) fn build<'c>(ctx: &'c Context, bs: &BackwardSchedule, module: &Block<
     grads.func(module, None, |entry, args, _| {
         let env = grads.prologue(entry, args, None)?;
         grads.group_loop(entry, &env, |body, env| {
-            grads.chunk_loop(body, env, Phase::Grads)
+            grads.chunk_loop(body, env, Phase::Grads).map(|_| ())
         })
     })
 }

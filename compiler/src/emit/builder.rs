@@ -460,6 +460,44 @@ impl<'c> Builder<'c> {
         )
     }
 
+    /// `scf.for` carrying `init.len()` values; `body(block, iv, values)` returns the next
+    /// values (yielded). Returns the final values.
+    pub fn for_values<'a>(
+        &self,
+        b: &'a Block<'c>,
+        (lb, ub, step): (Value<'c, '_>, Value<'c, '_>, Value<'c, '_>),
+        init: &[Value<'c, '_>],
+        body: impl for<'x> FnOnce(
+            &'x Block<'c>,
+            Value<'c, 'x>,
+            Vec<Value<'c, 'x>>,
+        ) -> R<Vec<Value<'c, 'x>>>,
+    ) -> R<Vec<Value<'c, 'a>>> {
+        let types: Vec<Type<'c>> = init.iter().map(|v| v.r#type()).collect();
+        let mut args = vec![(self.index(), self.loc)];
+        args.extend(types.iter().map(|&t| (t, self.loc)));
+        let inner = Block::new(&args);
+        {
+            let iv = inner.argument(0).map_err(arg_err)?.into();
+            let values = (1..args.len())
+                .map(|k| inner.argument(k).map(Into::into).map_err(arg_err))
+                .collect::<R<Vec<_>>>()?;
+            let next = body(&inner, iv, values)?;
+            self.yield_(&inner, &next)?;
+        }
+        let region = Region::new();
+        region.append_block(inner);
+        let mut operands = vec![lb, ub, step];
+        operands.extend(init);
+        self.push_n(
+            b,
+            self.op("scf.for")
+                .add_operands(&operands)
+                .add_results(&types)
+                .add_regions([region]),
+        )
+    }
+
     /// `scf.if cond { body }` without results or else branch.
     pub fn if_(
         &self,

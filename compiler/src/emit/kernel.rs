@@ -17,7 +17,7 @@ use super::builder::{Builder, Cmp, R};
 use super::copy::Carried;
 use super::target::{DYNAMIC, TargetOps};
 use crate::lower::Vendor;
-use crate::plan::Direction;
+use crate::plan::{Direction, Sink};
 use crate::schedule::{BackwardSchedule, MatmulPath, OperandTile, Part, Schedule, Tile};
 
 /// The symbol of the dynamic shared memory. It must be a public, uninitialised
@@ -54,6 +54,9 @@ pub(super) struct Env<'c, 'a> {
     pub g: Option<Value<'c, 'a>>,
     /// A split forward's output kernel: the chunk of the sequence this workgroup computes.
     pub chunk: Option<Value<'c, 'a>>,
+    /// The split-scan's segment and states kernels: the segment of the sequence this
+    /// workgroup walks (block z).
+    pub segment: Option<Value<'c, 'a>>,
     /// First value column of this workgroup.
     pub v0: Value<'c, 'a>,
     /// Valid columns of the block, `min(BV, V − v0)` (at least 1).
@@ -90,6 +93,17 @@ pub(super) struct Kernel<'s, 'c> {
     pub bwd: Option<&'s BackwardSchedule>,
 }
 
+/// Where a kernel's state starts ([`Kernel::start_state`]).
+#[derive(Clone, Copy)]
+pub(super) enum StateStart<'c, 'a> {
+    /// `h0` (the config has an initial state).
+    Initial,
+    /// Zero.
+    Zero,
+    /// Slot `slot` of [`KernelParam::SegmentStates`].
+    Segment(Value<'c, 'a>),
+}
+
 /// Which loop over chunks a kernel runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Phase {
@@ -103,6 +117,9 @@ pub(super) enum Phase {
     /// Backward kernel 2: the workgroup's chunks (of [`crate::schedule::GRAD_CHUNKS_PER_WORKGROUP`]),
     /// each on its own: the gradients.
     Grads,
+    /// The split-scan's segment kernel: the next state per chunk of the workgroup's segment,
+    /// and the product of the chunks' decays.
+    Segments,
 }
 
 impl<'c> Kernel<'_, 'c> {
@@ -147,8 +164,12 @@ impl<'c> Kernel<'_, 'c> {
         };
         self.func(module, lds, |entry, args, lds_arg| {
             let env = self.prologue(entry, args, lds_arg)?;
-            if self.s.part == Part::Output {
-                return self.output_chunk(entry, &env);
+            match self.s.part {
+                Part::Output => return self.output_chunk(entry, &env),
+                Part::Combine => return self.combine(entry, &env),
+                Part::Segments => return self.segment(entry, &env),
+                Part::ScanStates => return self.scan_states(entry, &env),
+                _ => {}
             }
             self.init_state(entry, &env)?;
             self.t.barrier(b, entry)?;
@@ -327,8 +348,26 @@ impl<'c> Kernel<'_, 'c> {
         let rest = b.subi(blk, vdim, v0)?;
         let vvalid = b.bin(blk, "arith.minui", rest, bv_c)?;
 
-        // This workgroup's scratch: workgroups are numbered y·gx + x.
-        let wg = b.muli(blk, by, gx)?;
+        let segment = match s.part {
+            Part::Segments | Part::ScanStates => Some(b.gpu_id(blk, "gpu.block_id", "z")?),
+            _ => None,
+        };
+        // This workgroup's scratch: workgroups are numbered (y·gz + z)·gx + x, gz from T as
+        // the grid has it (`gpu.grid_dim` would need ROCm's device library on AMD).
+        let row = match segment {
+            Some(z) => {
+                // ceil((T + 1) / (L·C)) = ⌊T / (L·C)⌋ + 1.
+                let rows = linrec_spec::launch::SEGMENT_CHUNKS * s.config.chunk;
+                let rows = b.ci(blk, rows as i64)?;
+                let one = b.ci(blk, 1)?;
+                let gz = b.divui(blk, seq_len, rows)?;
+                let gz = b.addi(blk, gz, one)?;
+                let yz = b.muli(blk, by, gz)?;
+                b.addi(blk, yz, z)?
+            }
+            None => by,
+        };
+        let wg = b.muli(blk, row, gx)?;
         let wg = b.addi(blk, wg, bx)?;
         let scratch = b.ci(blk, s.scratch as i64)?;
         let base = b.muli(blk, wg, scratch)?;
@@ -411,6 +450,7 @@ impl<'c> Kernel<'_, 'c> {
             group,
             g: None,
             chunk,
+            segment,
             v0,
             vvalid,
             bos,
@@ -718,20 +758,37 @@ impl<'c> Kernel<'_, 'c> {
 
     /// `S ← h0` (or 0), columns past V read as 0.
     pub(super) fn init_state(&self, blk: &Block<'c>, env: &Env<'c, '_>) -> R<()> {
+        let start = match self.s.config.initial_state {
+            true => StateStart::Initial,
+            false => StateStart::Zero,
+        };
+        self.start_state(blk, env, start)
+    }
+
+    /// `S ←` the state `start` names, columns past V read as 0.
+    pub(super) fn start_state(
+        &self,
+        blk: &Block<'c>,
+        env: &Env<'c, '_>,
+        start: StateStart<'c, '_>,
+    ) -> R<()> {
         let b = &self.b;
         let state = self.s.state;
-        let h0 = if self.s.config.initial_state {
-            Some(env.arg(&KernelParam::InitialState)?)
-        } else {
-            None
+        let from = match start {
+            StateStart::Initial => Some((env.arg(&KernelParam::InitialState)?, None)),
+            StateStart::Segment(slot) => Some((env.arg(&KernelParam::SegmentStates)?, Some(slot))),
+            StateStart::Zero => None,
         };
         self.strided(blk, env, state.len(), |blk, e| {
-            let value = match h0 {
-                Some(h0) => {
+            let value = match from {
+                Some((mem, slot)) => {
                     let (k, c) = self.row_col(blk, e, state.cols)?;
                     self.masked_column(blk, env, c, |blk, c| {
-                        let idx = self.state_index(blk, env, k, c)?;
-                        b.load(blk, h0, idx)
+                        let idx = match slot {
+                            Some(slot) => self.slot_state_index(blk, env, slot, k, c)?,
+                            None => self.state_index(blk, env, k, c)?,
+                        };
+                        b.load(blk, mem, idx)
                     })?
                 }
                 None => b.cf32(blk, 0.0)?,
@@ -763,7 +820,14 @@ impl<'c> Kernel<'_, 'c> {
     /// The token rows that can be (`copy.rs`) are loaded one iteration ahead: a prologue loads
     /// the first chunk's, each iteration issues the next one's (the last chunk reloads itself)
     /// and carries them to the next iteration as `scf.for` iteration values.
-    pub(super) fn chunk_loop(&self, blk: &Block<'c>, env: &Env<'c, '_>, phase: Phase) -> R<()> {
+    /// For [`Phase::Segments`] with a [`Sink::StateDecay`], the loop also carries the product
+    /// of the chunks' decays (from 1) and returns it.
+    pub(super) fn chunk_loop<'a>(
+        &self,
+        blk: &'a Block<'c>,
+        env: &Env<'c, '_>,
+        phase: Phase,
+    ) -> R<Option<Value<'c, 'a>>> {
         let b = &self.b;
         let chunks = self.sequence_chunks(blk, env)?;
         let zero = b.ci(blk, 0)?;
@@ -782,13 +846,20 @@ impl<'c> Kernel<'_, 'c> {
                 let count = b.bin(blk, "arith.minsi", rest, per)?;
                 (first, b.bin(blk, "arith.maxsi", count, zero)?)
             }
-            _ => (zero, chunks),
+            _ => match env.segment {
+                Some(z) => self.segment_chunks(blk, (z, chunks), phase == Phase::Segments)?,
+                None => (zero, chunks),
+            },
         };
         let copies = self.prefetched();
         let counts: Vec<usize> = copies.iter().map(|c| self.vectors_per_thread(c)).collect();
-        let types = match copies.is_empty() {
+        let mut types = match copies.is_empty() {
             true => Vec::new(),
             false => vec![self.row_vector()?; counts.iter().sum()],
+        };
+        let decay = match phase {
+            Phase::Segments => self.sink_of(Sink::StateDecay),
+            _ => None,
         };
         let mut init = Vec::new();
         // One alignment check for the prologue and every iteration (the loop body reads it).
@@ -817,6 +888,10 @@ impl<'c> Kernel<'_, 'c> {
                 },
             )?;
         }
+        if decay.is_some() {
+            types.push(b.f32());
+            init.push(b.cf32(blk, 1.0)?);
+        }
         // Built by hand rather than with `Builder::for_`: the body stores entry-block values
         // (the scale) next to its own, which needs the body's lifetime to be a plain local one.
         let mut args = vec![(b.index(), b.loc)];
@@ -833,7 +908,11 @@ impl<'c> Kernel<'_, 'c> {
             };
             let it = arg(0)?;
             let (i, start, len) = self.iteration_rows(&body, env, (first, chunks), phase, it)?;
-            let carried_now: Vec<Value> = (1..args.len()).map(arg).collect::<R<_>>()?;
+            let mut carried_now: Vec<Value> = (1..args.len()).map(arg).collect::<R<_>>()?;
+            let product = match decay {
+                Some(_) => carried_now.pop(),
+                None => None,
+            };
             let mut next = Vec::new();
             if let Some(aligned) = aligned {
                 let one = b.ci(&body, 1)?;
@@ -852,6 +931,18 @@ impl<'c> Kernel<'_, 'c> {
                 Phase::States => self.states_chunk(&body, env, start, len, i, &carried)?,
                 Phase::DStates => self.dstates_chunk(&body, env, start, len, i, &carried)?,
                 Phase::Grads => self.grads_chunk(&body, env, start, len, i, &carried)?,
+                Phase::Segments => {
+                    let uniforms = self.segment_chunk(&body, env, start, len, &carried)?;
+                    if let (Some(d), Some(p)) = (decay, product) {
+                        let d = uniforms[d.0].ok_or_else(|| {
+                            EmitError::Schedule(format!(
+                                "the state's decay %{} is not a scalar",
+                                d.0
+                            ))
+                        })?;
+                        next.push(b.mulf(&body, p, d)?);
+                    }
+                }
             }
             b.yield_(&body, &next)?;
         }
@@ -859,14 +950,24 @@ impl<'c> Kernel<'_, 'c> {
         region.append_block(body);
         let mut operands = vec![zero, chunks, one];
         operands.extend(init);
-        b.push_n(
+        let results = b.push_n(
             blk,
             b.op("scf.for")
                 .add_operands(&operands)
                 .add_results(&types)
                 .add_regions([region]),
         )?;
-        Ok(())
+        Ok(decay.and(results.last().copied()))
+    }
+
+    /// The value of a plan sink, if the plan has it.
+    pub(super) fn sink_of(&self, sink: Sink) -> Option<crate::plan::ValueId> {
+        self.s
+            .plan
+            .sinks
+            .iter()
+            .find(|(s, _)| *s == sink)
+            .map(|(_, v)| *v)
     }
 
     /// The chunk of iteration `it` of [`Self::chunk_loop`] over `(first, chunks)` (in reverse

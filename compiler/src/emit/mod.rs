@@ -15,6 +15,7 @@ mod kernel;
 pub mod mfma;
 pub mod mma;
 mod scan;
+mod segments;
 mod states;
 mod target;
 mod tile;
@@ -33,7 +34,7 @@ use melior::{
     utility::{parse_pass_pipeline, register_all_dialects, register_all_passes},
 };
 
-use crate::schedule::{BackwardSchedule, Schedule, SplitForward};
+use crate::schedule::{BackwardSchedule, ScanForward, Schedule, SplitForward};
 
 /// Folds constants and common subexpressions of the built module (see [`forward`]).
 const TIDY_PIPELINE: &str = "builtin.module(gpu.module(canonicalize, cse))";
@@ -72,6 +73,15 @@ pub fn forward_split(split: &SplitForward) -> Result<String, EmitError> {
     let mut all = vec![&split.states];
     all.extend(&split.narrower);
     all.push(&split.output);
+    kernels(&all)
+}
+
+/// Emits the kernels of a split-scan forward (segments, combine, states, output) into one
+/// module, after `first` when given (the fused kernel of a forward that runs the split-scan
+/// only for long sequences).
+pub fn forward_scan(first: Option<&Schedule>, scan: &ScanForward) -> Result<String, EmitError> {
+    let mut all: Vec<&Schedule> = first.into_iter().collect();
+    all.extend([&scan.segments, &scan.combine, &scan.states, &scan.output]);
     kernels(&all)
 }
 

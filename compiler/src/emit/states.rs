@@ -27,11 +27,25 @@ impl<'c> Kernel<'_, 'c> {
         c: Value<'c, '_>,
     ) -> R<Value<'c, 'a>> {
         let b = &self.b;
-        let cfg = &self.s.config;
-        let chunk = b.ci(blk, cfg.chunk as i64)?;
+        let chunk = b.ci(blk, self.s.config.chunk as i64)?;
         let first = b.divui(blk, env.bos, chunk)?;
         let slot = b.addi(blk, first, env.n)?;
         let slot = b.addi(blk, slot, i)?;
+        self.slot_state_index(blk, env, slot, k, c)
+    }
+
+    /// Index of state element `(k, v0 + c)` of slot `slot` of a `[slots, HV, K, V]` buffer
+    /// (the chunk states, dh, the segment states).
+    pub(super) fn slot_state_index<'a>(
+        &self,
+        blk: &'a Block<'c>,
+        env: &Env<'c, '_>,
+        slot: Value<'c, '_>,
+        k: Value<'c, '_>,
+        c: Value<'c, '_>,
+    ) -> R<Value<'c, 'a>> {
+        let b = &self.b;
+        let cfg = &self.s.config;
         let head = b.muli(blk, slot, env.vheads)?;
         let head = b.addi(blk, head, env.hv)?;
         let row = b.mad(blk, k, head, cfg.key_dim as i64)?;
@@ -221,7 +235,8 @@ impl<'c> Kernel<'_, 'c> {
         self.t.barrier(&self.b, blk)
     }
 
-    /// Every plan node with the schedule's barriers, then the sinks' barrier.
+    /// Every plan node with the schedule's barriers, then the sinks' barrier. Returns the
+    /// scalar nodes' values (indexed like the plan's nodes).
     pub(super) fn nodes<'a>(
         &self,
         blk: &'a Block<'c>,
@@ -229,7 +244,7 @@ impl<'c> Kernel<'_, 'c> {
         start: Value<'c, '_>,
         len: Value<'c, '_>,
         carried: &Carried<'c, 'a>,
-    ) -> R<()> {
+    ) -> R<Vec<Option<Value<'c, 'a>>>> {
         let mut uniforms = vec![None; self.s.plan.nodes.len()];
         for i in 0..self.s.plan.nodes.len() {
             if self.s.barrier_before[i] {
@@ -240,7 +255,7 @@ impl<'c> Kernel<'_, 'c> {
         if self.s.barrier_before_sinks {
             self.t.barrier(&self.b, blk)?;
         }
-        Ok(())
+        Ok(uniforms)
     }
 
     /// Element `e` of a scratch tile.

@@ -361,7 +361,7 @@ pub fn backward(
                             }
                         }
                         Sink::StateGrad => dh_prev.clone_from(&t.data),
-                        Sink::Output | Sink::StateOut => {}
+                        Sink::Output | Sink::StateOut | Sink::StateDecay => {}
                     }
                 }
                 dh = dh_prev;

@@ -47,10 +47,12 @@ pub mod eval;
 mod forward;
 mod fuse;
 mod print;
+mod scan;
 
 pub use backward::backward;
 pub use forward::forward;
 pub use fuse::{FuseOptions, fuse};
+pub use scan::segment_plan;
 
 use linrec_spec::Role;
 
@@ -394,6 +396,9 @@ pub enum Sink {
     /// Backward: `dh`, the gradient of the state entering the chunk `[K, V]` (the reverse scan
     /// carries it to the previous chunk as its `dh'`).
     StateGrad,
+    /// The scalar `d` of a state update `S' = d · S + U` ([`segment_plan`]): the split-scan's
+    /// segment kernel multiplies it over its chunks.
+    StateDecay,
 }
 
 /// One node: an op and its result shape.

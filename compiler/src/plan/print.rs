@@ -102,6 +102,7 @@ impl fmt::Display for Sink {
             Sink::StateOut => f.write_str("state_out"),
             Sink::Grad(role) => write!(f, "grad {role}"),
             Sink::StateGrad => f.write_str("state_grad"),
+            Sink::StateDecay => f.write_str("state_decay"),
         }
     }
 }

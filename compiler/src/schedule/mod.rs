@@ -104,7 +104,9 @@ mod print;
 
 pub use backward::{BackwardSchedule, GRAD_CHUNKS_PER_WORKGROUP, backward};
 
-use linrec_spec::launch::{ElementType, KernelConfig, KernelInfo, KernelParam, SizeExpr, SizeSym};
+use linrec_spec::launch::{
+    ElementType, KernelConfig, KernelInfo, KernelParam, SEGMENT_CHUNKS, SizeExpr, SizeSym,
+};
 use linrec_spec::{ConstantRate, Decay, Role, Spec};
 
 pub use crate::emit::mfma::MatrixCore;
@@ -487,6 +489,26 @@ pub enum Part {
     /// A backward's gradient kernel: one workgroup per (group of chunks, sequence and q/k
     /// head) along (x, y), each chunk's state and dh read back (see [`backward`]).
     Grads,
+    /// The split-scan's first kernel ([`forward_scan`]): one workgroup per (value block,
+    /// sequence and value head, segment of [`SEGMENT_CHUNKS`] chunks) walks its segment from a
+    /// zero state and stores the state leaving it into [`KernelParam::SegmentStates`] and the
+    /// product of its chunks' decays into [`KernelParam::SegmentDecays`]. The last segment of
+    /// a sequence is skipped (nothing reads what it would store).
+    Segments,
+    /// The split-scan's combine kernel: per (value block, sequence and value head), the
+    /// segments in order, replacing each segment's state with the state entering it
+    /// (`S ← d · S + U` from `h0` or zero). No plan: an elementwise walk over segments.
+    Combine,
+    /// The split-scan's states kernel: as [`Part::States`] for one segment, from the state
+    /// entering it; the last segment writes the final state.
+    ScanStates,
+}
+
+impl Part {
+    /// Whether the kernel walks chunks carrying the state and never writes o.
+    pub fn states_only(self) -> bool {
+        matches!(self, Part::States | Part::Segments | Part::ScanStates)
+    }
 }
 
 /// A forward as two kernels of one binary: [`Part::States`] then [`Part::Output`] (see
@@ -543,6 +565,130 @@ pub fn forward_split(
     })
 }
 
+/// A forward as the split-scan over T segments (see [`forward_scan`]): four kernels of one
+/// binary, launched in order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScanForward {
+    /// The segments' states from zero ([`Part::Segments`]).
+    pub segments: Schedule,
+    /// The combine over segments ([`Part::Combine`]).
+    pub combine: Schedule,
+    /// The chunk states, segment by segment ([`Part::ScanStates`]).
+    pub states: Schedule,
+    /// The chunk-parallel output kernel ([`Part::Output`]).
+    pub output: Schedule,
+}
+
+impl ScanForward {
+    /// The four launches, in order.
+    pub fn launches(&self) -> Vec<linrec_spec::launch::Launch> {
+        [&self.segments, &self.combine, &self.states, &self.output]
+            .into_iter()
+            .map(Schedule::launch)
+            .collect()
+    }
+
+    /// The launch metadata when the split-scan is the only way the binary runs: the segment
+    /// kernel, then the other three.
+    pub fn kernel_info(&self) -> KernelInfo {
+        let mut info = self.segments.kernel_info();
+        info.then = self.launches().split_off(1);
+        info
+    }
+}
+
+/// The longest value block of the combine kernel: `[K × 16]` elements a workgroup, so that
+/// one sequence's heads still make many workgroups.
+pub const COMBINE_BLOCK_V: usize = 16;
+
+/// Lays out the forward of `spec` as the split-scan over T segments of [`SEGMENT_CHUNKS`]
+/// chunks, for long sequences on few heads, where one workgroup walking a whole sequence
+/// leaves the GPU idle: (1) every segment but a sequence's last walks its chunks from a zero
+/// state, in parallel, keeping the state leaving it and the product of its chunks' decays;
+/// (2) a combine walks each sequence's segments in order, turning those into the state
+/// entering each segment (`S ← d · S + U`, from `h0`); (3) every segment walks its chunks
+/// again from that state, storing each chunk's entering state (and the final state); (4) the
+/// chunk-parallel output kernel of [`forward_split`]. The chunk work is done twice, but the
+/// sequential depth is two segments and a combine step per segment instead of the sequence.
+/// It needs a state update of the form `S' = d · S + U` ([`crate::plan::segment_plan`]).
+pub fn forward_scan(
+    plan: &Plan,
+    spec: &Spec,
+    target: Target,
+    config: &KernelConfig,
+    choice: MatmulChoice,
+) -> Result<ScanForward, ScheduleError> {
+    let segment_plan = crate::plan::segment_plan(plan).ok_or_else(|| ScheduleError::Plan {
+        plan: plan.name.clone(),
+        node: 0,
+        op: String::new(),
+        why: "the split-scan over T needs a state update S' = d·S + U with a scalar decay d \
+              (the additive family); compile the fused or split forward instead"
+            .into(),
+    })?;
+    let states = plan.keep_sinks(|s| s == Sink::StateOut);
+    let output = plan.keep_sinks(|s| s == Sink::Output);
+    let kernel = |plan: &Plan, part| forward_kernel(plan, spec, target, config, choice, part, None);
+    let segments = kernel(&segment_plan, Part::Segments)?;
+    Ok(ScanForward {
+        combine: combine_kernel(&segments),
+        segments,
+        states: kernel(&states, Part::ScanStates)?,
+        output: kernel(&output, Part::Output)?,
+    })
+}
+
+/// The combine kernel of a split-scan, from its segment kernel's schedule (whose plan and
+/// layout it does not use: it has no plan work).
+fn combine_kernel(segments: &Schedule) -> Schedule {
+    let config = &segments.config;
+    let mut params = vec![KernelParam::SegmentStates];
+    if segments.params.contains(&KernelParam::SegmentDecays) {
+        params.push(KernelParam::SegmentDecays);
+    }
+    if config.initial_state {
+        params.push(KernelParam::InitialState);
+    }
+    if config.varlen {
+        params.push(KernelParam::CuSeqlens);
+    }
+    params.extend(scalar_params());
+    let block_v = config.value_dim.min(COMBINE_BLOCK_V);
+    Schedule {
+        entry: entry_name(&segments.spec_name, "fwd_combine"),
+        part: Part::Combine,
+        block_threads: BLOCK_THREADS,
+        block_v,
+        grid: [
+            SizeExpr::ceil_div(SizeExpr::Sym(SizeSym::V), SizeExpr::Const(block_v as u64)),
+            SizeExpr::product(SizeExpr::Sym(SizeSym::N), SizeExpr::Sym(SizeSym::Hv)),
+            SizeExpr::Const(1),
+        ],
+        params,
+        decay: None,
+        scratch: 0,
+        matmul: MatmulPath::Portable,
+        operands: vec![None; segments.plan.nodes.len()],
+        operand_arena: 0,
+        operand_base: 0,
+        shared_bytes: 0,
+        tiles_shared: false,
+        fallback: None,
+        max_registers: None,
+        ..segments.clone()
+    }
+}
+
+/// The scalar parameters every forward kernel ends with, in ABI order.
+fn scalar_params() -> [KernelParam; 4] {
+    [
+        KernelParam::SeqLen,
+        KernelParam::Heads,
+        KernelParam::ValueHeads,
+        KernelParam::Scale,
+    ]
+}
+
 fn forward_kernel(
     plan: &Plan,
     spec: &Spec,
@@ -563,7 +709,7 @@ fn forward_kernel(
             .unwrap_or_default(),
         why,
     };
-    if plan.direction != Direction::Forward || part == Part::Grads {
+    if plan.direction != Direction::Forward || matches!(part, Part::Grads | Part::Combine) {
         return Err(err(0, "the portable schedule runs forward plans".into()));
     }
     check_plan(plan, &err, false)?;
@@ -603,8 +749,8 @@ fn forward_kernel(
             .ok_or_else(|| err(0, format!("the plan has no {which:?} sink")))
     };
     let (output, state_out) = match part {
-        Part::Fused | Part::Grads => (sink(Sink::Output)?, sink(Sink::StateOut)?),
-        Part::States => {
+        Part::Fused | Part::Grads | Part::Combine => (sink(Sink::Output)?, sink(Sink::StateOut)?),
+        Part::States | Part::Segments | Part::ScanStates => {
             let s = sink(Sink::StateOut)?;
             (s, s)
         }
@@ -614,7 +760,7 @@ fn forward_kernel(
         }
     };
     let mut shaped = Vec::new();
-    if part != Part::States {
+    if !part.states_only() {
         shaped.push((output, [Dim::C, Dim::V]));
     }
     if part != Part::Output {
@@ -633,16 +779,16 @@ fn forward_kernel(
     }
 
     let sinks: Vec<ValueId> = match part {
-        Part::Fused | Part::Grads => vec![output, state_out],
-        Part::States => vec![state_out],
+        Part::Fused | Part::Grads | Part::Combine => vec![output, state_out],
+        Part::States | Part::Segments | Part::ScanStates => vec![state_out],
         Part::Output => vec![output],
     };
-    // The fused kernel's next state may overwrite S in place (the split kernels read S around
-    // the nodes: the states kernel stores it first).
-    let in_place = (part == Part::Fused).then_some(state_out);
+    // The fused and segment kernels' next state may overwrite S in place (the other kernels
+    // read S around the nodes: the states kernels store it first).
+    let in_place = matches!(part, Part::Fused | Part::Segments).then_some(state_out);
     // A fused output goes from its loop (or its matmuls' accumulators) to `o`.
     let direct =
-        (part != Part::States && matches!(plan.node(output).op, Op::Fused(_))).then_some(output);
+        (!part.states_only() && matches!(plan.node(output).op, Op::Fused(_))).then_some(output);
     let placing = alloc::Placing {
         state_in_place: in_place,
         direct_output: direct,
@@ -665,7 +811,7 @@ fn forward_kernel(
             ),
             _ => (
                 shared_memory_limit(target),
-                if part == Part::States {
+                if part.states_only() {
                     std::slice::from_ref(states_block_v.as_ref().unwrap_or(&STATES_BLOCK_V))
                 } else {
                     &TENSOR_CORE_BLOCK_V
@@ -790,23 +936,29 @@ fn forward_kernel(
         ));
     }
 
+    let scan = matches!(part, Part::Segments | Part::ScanStates);
     let mut params = input_params(spec, config);
-    if part != Part::Fused {
+    if scan {
+        // The combine kernel starts the first segment from h0.
+        params.retain(|p| *p != KernelParam::InitialState);
+    }
+    if !matches!(part, Part::Fused | Part::Segments) {
         params.push(KernelParam::ChunkStates);
     }
-    if part != Part::States {
+    if scan {
+        params.push(KernelParam::SegmentStates);
+    }
+    if part == Part::Segments && plan.sinks.iter().any(|(s, _)| *s == Sink::StateDecay) {
+        params.push(KernelParam::SegmentDecays);
+    }
+    if !part.states_only() {
         params.push(KernelParam::Output);
     }
-    if config.final_state && part != Part::Output {
+    if config.final_state && matches!(part, Part::Fused | Part::States | Part::ScanStates) {
         params.push(KernelParam::FinalState);
     }
-    params.extend([
-        KernelParam::Scratch,
-        KernelParam::SeqLen,
-        KernelParam::Heads,
-        KernelParam::ValueHeads,
-        KernelParam::Scale,
-    ]);
+    params.push(KernelParam::Scratch);
+    params.extend(scalar_params());
 
     // The output kernel's x is (chunk of the sequence, value block): ceil(T / C) chunks cover
     // every sequence of a batch; with varlen (B = 1, T the total) a workgroup past its
@@ -824,7 +976,15 @@ fn forward_kernel(
             _ => blocks,
         },
         SizeExpr::product(SizeExpr::Sym(SizeSym::N), SizeExpr::Sym(SizeSym::Hv)),
-        SizeExpr::Const(1),
+        // The split-scan's kernels: one workgroup per segment, ceil((T + 1) / (L·C)) of them:
+        // every sequence's segments and at least one (an empty sequence's final state).
+        match scan {
+            true => SizeExpr::ceil_div(
+                SizeExpr::sum(SizeExpr::Sym(SizeSym::T), SizeExpr::Const(1)),
+                SizeExpr::Const((SEGMENT_CHUNKS * config.chunk) as u64),
+            ),
+            false => SizeExpr::Const(1),
+        },
     ];
 
     Ok(Schedule {
@@ -837,6 +997,9 @@ fn forward_kernel(
             &match (part, states_block_v) {
                 (Part::States, Some(w)) => format!("fwd_states_v{w}"),
                 (Part::States, None) => "fwd_states".into(),
+                (Part::Segments, _) => "fwd_segments".into(),
+                (Part::ScanStates, _) => "fwd_scan_states".into(),
+                (Part::Output, _) => "fwd_output".into(),
                 _ => "fwd".into(),
             },
         ),
@@ -951,6 +1114,7 @@ impl Schedule {
             scratch: self.scratch,
             then: Vec::new(),
             narrower: Vec::new(),
+            instead: None,
         }
     }
 
@@ -1010,6 +1174,8 @@ pub fn buffer_type(dtype: ElementType, param: &KernelParam) -> Option<BufferType
         | KernelParam::GradFinalState
         | KernelParam::GradInitialState
         | KernelParam::GradAccumulator(_)
+        | KernelParam::SegmentStates
+        | KernelParam::SegmentDecays
         | KernelParam::Scratch => BufferType::Float(ElementType::F32),
         KernelParam::CuSeqlens => BufferType::I32,
         KernelParam::SeqLen

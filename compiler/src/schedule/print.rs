@@ -68,6 +68,8 @@ pub(crate) fn param_name(p: &KernelParam) -> String {
         KernelParam::ChunkStateGrads => "chunk_dh".into(),
         KernelParam::ChunkStatesGiven => "chunk_states_given".into(),
         KernelParam::GradAccumulator(role) => format!("d_{role}_sum"),
+        KernelParam::SegmentStates => "segment_states".into(),
+        KernelParam::SegmentDecays => "segment_decays".into(),
     }
 }
 
@@ -80,6 +82,9 @@ impl fmt::Display for Schedule {
             Part::States => "the states kernel of a split forward",
             Part::Output => "the chunk-parallel output kernel of a split forward",
             Part::Grads => "the gradient kernel of a backward",
+            Part::Segments => "the segment kernel of a split-scan forward",
+            Part::Combine => "the combine kernel of a split-scan forward",
+            Part::ScanStates => "the states kernel of a split-scan forward",
         };
         writeln!(
             f,
@@ -98,6 +103,17 @@ impl fmt::Display for Schedule {
             self.block_v
         )?;
         writeln!(f, "  params   {}", self.params_text())?;
+        if self.part == Part::Combine {
+            let decay = match self.params.contains(&KernelParam::SegmentDecays) {
+                true => "segment_decays[z] · ",
+                false => "",
+            };
+            return writeln!(
+                f,
+                "  per segment z of the sequence but its last, in order, from S = {}:\n    U <- segment_states[z]; segment_states[z] <- S; S <- {decay}S + U\n  then segment_states[last] <- S",
+                if self.config.initial_state { "h0" } else { "0" },
+            );
+        }
         writeln!(
             f,
             "  scratch  {} f32 per workgroup; state S [{} x {}] @ {}",
@@ -126,6 +142,19 @@ impl fmt::Display for Schedule {
                 "  the workgroup's chunk (x / value blocks): chunk_states[chunk] read (into S when read elementwise, else by its node into its operand tile), barrier, then"
             )?,
             Part::Grads => writeln!(f, "  per chunk of the workgroup's:")?,
+            Part::Segments => writeln!(
+                f,
+                "  per chunk of segment z = block z (a sequence's last segment skipped), S from 0{}:",
+                match self.plan.sinks.iter().any(|(s, _)| *s == Sink::StateDecay) {
+                    true => ", the decays' product from 1",
+                    false => "",
+                }
+            )?,
+            Part::ScanStates => writeln!(
+                f,
+                "  S <- segment_states[z], then per chunk of segment z = block z: chunk_states[chunk] <- S, then"
+            )?,
+            Part::Combine => {}
         }
         self.write_nodes(f)?;
         let direct = self.values[self.output.0] == Placement::Output;
@@ -137,7 +166,17 @@ impl fmt::Display for Schedule {
         match (self.part, direct) {
             (Part::Fused, false) => writeln!(f, "    store o <- %{}; {next}", self.output.0)?,
             (Part::Fused, true) => writeln!(f, "    (o stored by %{}); {next}", self.output.0)?,
-            (Part::States, _) => writeln!(f, "    {next}")?,
+            (Part::States | Part::ScanStates, _) => writeln!(f, "    {next}")?,
+            (Part::Segments, _) => {
+                writeln!(f, "    {next}")?;
+                writeln!(f, "    barrier")?;
+                let decay = match self.params.contains(&KernelParam::SegmentDecays) {
+                    true => " and segment_decays[z] <- the decays' product",
+                    false => "",
+                };
+                return writeln!(f, "  after the segment: segment_states[z] <- S{decay}");
+            }
+            (Part::Combine, _) => {}
             (Part::Output, false) => return writeln!(f, "    store o <- %{}", self.output.0),
             (Part::Output, true) => return writeln!(f, "    (o stored by %{})", self.output.0),
             (Part::Grads, _) => {}

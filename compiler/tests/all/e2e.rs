@@ -112,6 +112,8 @@ pub(crate) struct Case {
     matmul: MatmulChoice,
     /// One kernel, or states + chunk-parallel output.
     forward: ForwardForm,
+    /// [`ForwardForm::Auto`]: whether the call runs the split-scan.
+    expect_scan: bool,
 }
 
 impl Case {
@@ -125,11 +127,25 @@ impl Case {
             cu_seqlens: None,
             matmul: MatmulChoice::Auto,
             forward: ForwardForm::Fused,
+            expect_scan: false,
         }
     }
     /// Compile the split forward ([`ForwardForm::Split`]).
     pub(crate) fn split(mut self) -> Self {
         self.forward = ForwardForm::Split;
+        self
+    }
+    /// Compile the split-scan forward ([`ForwardForm::Scan`]).
+    pub(crate) fn scan(mut self) -> Self {
+        self.forward = ForwardForm::Scan;
+        self
+    }
+    /// Compile the fused forward with the split-scan as its alternative
+    /// ([`ForwardForm::Auto`]): the runtime picks by the call's sizes, the split-scan when
+    /// `scan`.
+    pub(crate) fn auto(mut self, scan: bool) -> Self {
+        self.forward = ForwardForm::Auto;
+        self.expect_scan = scan;
         self
     }
     pub(crate) fn h0(mut self) -> Self {
@@ -235,6 +251,13 @@ fn run(dev: &Device, case: &Case, seed: u64) -> (f64, f64) {
         },
     )
     .unwrap_or_else(|e| panic!("{case:?}: launch failed: {e}"));
+    if case.forward == ForwardForm::Auto {
+        // Chunk states come back exactly when the split-scan ran.
+        let scan = artifact.info.takes_instead(&d, n);
+        assert!(artifact.info.instead.is_some(), "{case:?}: no split-scan");
+        assert_eq!(out.chunk_states.is_some(), scan == Some(true), "{case:?}");
+        assert_eq!(scan, Some(case.expect_scan), "{case:?}: which forward ran");
+    }
     let o = download(dev, &out.o);
     let ht = download(dev, out.final_state.as_ref().expect("final state asked"));
     let want_ht = want.ht.as_ref().expect("reference final state");
@@ -284,6 +307,12 @@ pub(crate) fn check(test: &str, cases: &[Case]) {
                     " (split, tensor-core layout)".to_string()
                 }
                 (ForwardForm::Split, _) => " (split)".to_string(),
+                (ForwardForm::Scan, MatmulChoice::Emulated) => {
+                    " (scan, tensor-core layout)".to_string()
+                }
+                (ForwardForm::Scan, _) => " (scan)".to_string(),
+                (ForwardForm::Auto, _) if case.expect_scan => " (auto: split-scan)".to_string(),
+                (ForwardForm::Auto, _) => " (auto: fused)".to_string(),
                 (_, MatmulChoice::Emulated) => " (tensor-core layout)".to_string(),
                 (_, MatmulChoice::EmulatedMatrixCore(core)) => {
                     format!(" ({} layout)", core.name())
@@ -355,6 +384,56 @@ fn split_forward_runs_on_opencl() {
                 .h0()
                 .split(),
             Case::new(specs::rate(), F32, Dims::new(2, 40, 1, 16, 32), 16).split(),
+        ],
+    );
+}
+
+#[test]
+fn scan_forward_runs_on_opencl() {
+    // The split-scan over T segments of 16 chunks: several segments (a last one short, or
+    // exactly full), one segment, T = 0 and 1, varlen with an empty sequence and sequences of
+    // one and several segments, h0, every decay (none, constant, per token, per head input),
+    // GVA, the tensor-core layout (emulated).
+    let (la, re, sg) = (specs::linear_attn, specs::retention, specs::simple_gla);
+    check(
+        "scan forward",
+        &[
+            Case::new(la(), F32, Dims::new(1, 600, 1, 16, 16), 16)
+                .h0()
+                .scan(),
+            Case::new(la(), F32, Dims::new(1, 0, 1, 16, 20), 32)
+                .h0()
+                .scan(),
+            Case::new(la(), F32, Dims::new(1, 1, 1, 16, 16), 32)
+                .h0()
+                .scan(),
+            Case::new(re(), Bf16, Dims::new(2, 530, 2, 32, 32), 16).scan(),
+            Case::new(sg(), Bf16, Dims::new(1, 900, 1, 32, 48), 16)
+                .h0()
+                .varlen(&[0, 0, 256, 300, 900])
+                .scan(),
+            Case::new(sg(), F32, Dims::new(1, 1, 1, 16, 16), 64).scan(),
+            Case::new(
+                sg(),
+                F16,
+                Dims::new(1, 1100, 1, 16, 24).with_value_heads(2),
+                32,
+            )
+            .h0()
+            .scan(),
+            Case::new(sg(), Bf16, Dims::new(1, 560, 1, 32, 64), 16)
+                .h0()
+                .emulated()
+                .scan(),
+            Case::new(specs::rate(), F32, Dims::new(2, 300, 1, 16, 32), 16).scan(),
+            // The runtime's choice: the split-scan for one long sequence, the fused kernel
+            // for a short one (the route test in runtime/tests checks which ran).
+            Case::new(sg(), Bf16, Dims::new(1, 600, 1, 32, 32), 16)
+                .h0()
+                .auto(true),
+            Case::new(sg(), Bf16, Dims::new(1, 100, 1, 32, 32), 16)
+                .h0()
+                .auto(false),
         ],
     );
 }

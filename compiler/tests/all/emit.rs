@@ -208,7 +208,7 @@ fn split_forward_schedule_snapshot() {
     assert!(info.params.contains(&KernelParam::ChunkStates));
     assert!(!info.params.contains(&KernelParam::Output));
     let then = &info.then[0];
-    assert_eq!(then.entry, "linrec_simple_gla_fwd");
+    assert_eq!(then.entry, "linrec_simple_gla_fwd_output");
     assert!(then.params.contains(&KernelParam::ChunkStates));
     assert!(then.params.contains(&KernelParam::Output));
     assert!(!then.params.contains(&KernelParam::FinalState));
@@ -219,6 +219,49 @@ fn split_forward_schedule_snapshot() {
             SizeExpr::ceil_div(SizeExpr::Sym(SizeSym::V), SizeExpr::Const(64)),
         )
     );
+}
+
+/// The split-scan over T segments: its four kernels' schedules, the combine kernel's MLIR
+/// (its own emitter), and the launch metadata (segment slots along z, the decay product only
+/// where the state decays).
+#[test]
+fn scan_forward_schedule_snapshot() {
+    let config = specs::config();
+    for s in [specs::simple_gla(), specs::linear_attn()] {
+        let p = plan::forward(&s).expect("supported");
+        let scan =
+            schedule::forward_scan(&p, &s, Target::Sm90, &config, schedule::MatmulChoice::Auto)
+                .expect("schedules");
+        let text = format!(
+            "{}\n{}\n{}\n{}",
+            scan.segments, scan.combine, scan.states, scan.output
+        );
+        insta::assert_snapshot!(format!("schedule_scan_forward_{}", s.name), text);
+        let decays = s.name != "linear_attn";
+        let launches = scan.launches();
+        let takes = |k: usize, p: KernelParam| launches[k].params.contains(&p);
+        assert_eq!(takes(0, KernelParam::SegmentDecays), decays);
+        assert_eq!(takes(1, KernelParam::SegmentDecays), decays);
+        assert!(takes(0, KernelParam::SegmentStates) && !takes(0, KernelParam::ChunkStates));
+        assert!(takes(1, KernelParam::InitialState) && !takes(0, KernelParam::InitialState));
+        assert!(takes(2, KernelParam::ChunkStates) && takes(2, KernelParam::FinalState));
+        assert!(takes(3, KernelParam::Output) && !takes(2, KernelParam::Output));
+        let segments = SizeExpr::ceil_div(
+            SizeExpr::sum(SizeExpr::Sym(SizeSym::T), SizeExpr::Const(1)),
+            SizeExpr::Const(16 * 64),
+        );
+        assert_eq!(launches[0].grid[2], segments);
+        assert_eq!(launches[2].grid[2], segments);
+        assert_eq!(launches[1].grid[2], SizeExpr::Const(1));
+        if decays {
+            let mlir = emit::forward_scan(None, &scan).expect("emits");
+            let combine = mlir
+                .split("gpu.func @")
+                .find(|f| f.starts_with("linrec_simple_gla_fwd_combine"))
+                .expect("the combine kernel");
+            insta::assert_snapshot!("mlir_scan_combine_simple_gla", combine);
+        }
+    }
 }
 
 #[test]

@@ -72,11 +72,16 @@ fn compiled(variant: &str, target: Target) -> &'static Compiled {
     CACHE[v][t].get_or_init(|| compile_once(variant, target))
 }
 
+/// The stage snapshots show the fused forward (the split-scan has its own in emit.rs).
+fn fused() -> CompileOptions {
+    CompileOptions::default().with_forward(linrec_compiler::ForwardForm::Fused)
+}
+
 fn compile_once(variant: &str, target: Target) -> Compiled {
     let spec = spec_of(variant);
     let config = specs::config();
     if variant != DUMPED {
-        let artifact = compile_with(&spec, target, &config, &CompileOptions::default())
+        let artifact = compile_with(&spec, target, &config, &fused())
             .unwrap_or_else(|e| panic!("{variant} for {target}: {e}"));
         return Compiled {
             artifact,
@@ -88,7 +93,7 @@ fn compile_once(variant: &str, target: Target) -> Compiled {
         std::process::id()
     ));
     let _ = std::fs::remove_dir_all(&root);
-    let options = CompileOptions::default().with_dump_dir(&root);
+    let options = fused().with_dump_dir(&root);
     let result = compile_with(&spec, target, &config, &options);
     let dump = result.as_ref().ok().map(|a| read_dump(&root, a, target));
     let _ = std::fs::remove_dir_all(&root);

@@ -213,16 +213,38 @@ fn dump_dir_holds_every_stage() {
 
 #[test]
 fn split_forwards_compile_for_every_target_without_spills() {
-    let options = CompileOptions::default()
-        .with_amd_assembly(true)
-        .with_forward(linrec_compiler::ForwardForm::Split);
-    for target in Target::ALL {
+    use linrec_compiler::ForwardForm::{Auto, Split};
+    for (form, target) in [Split, Auto]
+        .into_iter()
+        .flat_map(|f| Target::ALL.into_iter().map(move |t| (f, t)))
+    {
+        let options = CompileOptions::default()
+            .with_amd_assembly(true)
+            .with_forward(form);
         for spec in specs::supported() {
             let a = compile_with(&spec, target, &specs::config(), &options)
-                .unwrap_or_else(|e| panic!("{} split for {target}: {e}", spec.name));
-            assert_eq!(a.info.then.len(), 1, "{}: states then output", spec.name);
-            let output = &a.info.then[0].entry;
-            assert!(a.info.entry.ends_with("_fwd_states") && output.ends_with("_fwd"));
+                .unwrap_or_else(|e| panic!("{} {form:?} for {target}: {e}", spec.name));
+            // Split: states then output. Auto: the fused kernel, and the split-scan's
+            // segments, combine, states and output.
+            let (kernels, output) = match form {
+                Split => {
+                    assert_eq!(a.info.then.len(), 1, "{}: states then output", spec.name);
+                    assert!(a.info.entry.ends_with("_fwd_states"));
+                    (2 + a.info.narrower.len(), a.info.then[0].entry.clone())
+                }
+                _ => {
+                    let scan = a.info.instead.as_ref().expect("the split-scan");
+                    let names: Vec<&str> = scan.launches.iter().map(|l| l.entry.as_str()).collect();
+                    let suffixes = ["_segments", "_combine", "_scan_states", "_output"];
+                    assert!(
+                        names.iter().zip(suffixes).all(|(n, s)| n.ends_with(s)),
+                        "{names:?}"
+                    );
+                    assert!(a.info.entry.ends_with("_fwd"));
+                    (1 + scan.launches.len(), names[3].to_string())
+                }
+            };
+            assert!(output.ends_with("_fwd_output"), "{output}");
             match target.format() {
                 linrec_compiler::BinaryFormat::Ptx => {
                     check_ptx(&a, target);
@@ -237,9 +259,8 @@ fn split_forwards_compile_for_every_target_without_spills() {
                             assert_eq!(
                                 log.matches("0 bytes spill stores, 0 bytes spill loads")
                                     .count(),
-                                // States (and its narrower variants), then output.
-                                2 + a.info.narrower.len(),
-                                "{} split spills on {target}:\n{log}",
+                                kernels,
+                                "{} {form:?} spills on {target}:\n{log}",
                                 spec.name
                             );
                         }

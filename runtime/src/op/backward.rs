@@ -5,8 +5,10 @@
 //! - **recomputed** (the default, like fla): [`BackwardArgs::chunk_states`] is `None`, the
 //!   runtime allocates the chunk states and passes [`KernelParam::ChunkStatesGiven`] = 0, and
 //!   the kernel first walks the chunks forwards from `h0` (or 0) to fill them;
-//! - **saved**: the caller passes the chunk states a split forward of the same call wrote
-//!   ([`super::ForwardOutputs::chunk_states`]: a forward compiled with `LINREC_FORWARD=split`);
+//! - **saved**: the caller passes the chunk states a forward of the same call wrote
+//!   ([`super::ForwardOutputs::chunk_states`]: a forward compiled with
+//!   `LINREC_FORWARD=split`, or a fused one whose call took its split-scan route,
+//!   [`KernelInfo::instead`]);
 //!   the runtime checks them (the kernel's dtype, exactly the shape it would allocate, this
 //!   device, contiguous), passes them with `ChunkStatesGiven` = 1 and the kernel skips its
 //!   recompute phase. That trades the memory of keeping them from the forward to the backward,
@@ -42,7 +44,7 @@
 //! let grads = op::backward(&dev, &info, &binary, &args)?;
 //! let dq = dev.download_bytes(grads.grad(Role::Query).expect("q has a gradient"))?;
 //!
-//! // Or read the ones a split forward wrote.
+//! // Or read the ones the forward wrote, if it wrote any.
 //! let fwd = op::forward(&dev, &fwd_info, &binary, &op::ForwardArgs {
 //!     inputs: &inputs,
 //!     initial_state: None,
@@ -87,8 +89,9 @@ pub struct BackwardArgs<'a> {
     /// it (compiled with a final state); `None` there passes zeros.
     pub dht: Option<&'a DeviceBuffer>,
     /// The forward's chunk states, to read instead of recomputing them:
-    /// [`super::ForwardOutputs::chunk_states`] of a split forward (compiled with
-    /// `LINREC_FORWARD=split`) of the same call and config — `[⌊B·T / C⌋ + N, HV, K, V]` in
+    /// [`super::ForwardOutputs::chunk_states`] of a forward of the same call and config that
+    /// wrote them (a split one, compiled with `LINREC_FORWARD=split`, or a fused one whose
+    /// call took its [`KernelInfo::instead`] split-scan) — `[⌊B·T / C⌋ + N, HV, K, V]` in
     /// the kernel's dtype, exactly the shape the runtime would allocate; anything else is an
     /// error naming `chunk_states` before anything launches. They are passed with
     /// [`KernelParam::ChunkStatesGiven`] = 1 and the kernel skips its recompute phase: the
@@ -230,7 +233,7 @@ fn backward_inner(
             check_reuse(info, &checked, &ws.outputs.dims, ws.outputs.sequences)?;
             ws.common
                 .check(info, &checked, args.chunk_states.is_some())?;
-            check_fits(info, ws, args.dht.is_some())?;
+            check_fits(info, &checked, ws, args.dht.is_some())?;
             (None, Some(ws))
         }
         Reuse::No { keep } => {
@@ -267,11 +270,17 @@ fn backward_inner(
     Ok(allocated)
 }
 
-/// Errors unless `ws` has a buffer for every parameter of `info` the runtime passes.
-fn check_fits(info: &KernelInfo, ws: &BackwardWorkspace, dht_given: bool) -> Result<()> {
+/// Errors unless `ws` has a buffer for every parameter the runtime passes to the launches of
+/// the checked call of `info`.
+fn check_fits(
+    info: &KernelInfo,
+    checked: &Checked,
+    ws: &BackwardWorkspace,
+    dht_given: bool,
+) -> Result<()> {
     let roles = |list: &[(Role, DeviceBuffer)]| list.iter().map(|(r, _)| *r).collect::<Vec<_>>();
     let wanted = |f: fn(&KernelParam) -> Option<Role>| {
-        all_params(info)
+        all_params(info, checked.launches)
             .into_iter()
             .filter_map(f)
             .collect::<Vec<_>>()
@@ -284,7 +293,7 @@ fn check_fits(info: &KernelInfo, ws: &BackwardWorkspace, dht_given: bool) -> Res
         KernelParam::GradAccumulator(r) => Some(*r),
         _ => None,
     });
-    let takes = |p: KernelParam| takes(info, &p);
+    let takes = |p: KernelParam| takes(info, checked.launches, &p);
     let fits = roles(&ws.outputs.grads) == grads
         && roles(&ws.accumulators) == accumulators
         && ws.outputs.dh0.is_some() == takes(KernelParam::GradInitialState)
@@ -319,7 +328,7 @@ fn allocate(
 
     let mut grads = Vec::new();
     let mut accumulators = Vec::new();
-    for p in all_params(info) {
+    for p in all_params(info, checked.launches) {
         match p {
             KernelParam::Grad(role) => {
                 let (dt, shape) = shape_of(*role)?;
@@ -337,19 +346,20 @@ fn allocate(
             _ => {}
         }
     }
+    let takes = |p: KernelParam| takes(info, checked.launches, &p);
     let state = dims.state_shape(n);
-    let dh0 = if takes(info, &KernelParam::GradInitialState) {
+    let dh0 = if takes(KernelParam::GradInitialState) {
         Some(device.alloc_poisoned(DType::F32, &state)?)
     } else {
         None
     };
-    let chunk_dh = if takes(info, &KernelParam::ChunkStateGrads) {
+    let chunk_dh = if takes(KernelParam::ChunkStateGrads) {
         let shape = chunk_states_shape(info, &dims, n)?;
         Some(device.alloc_poisoned(dtype(info.config.dtype), &shape)?)
     } else {
         None
     };
-    let dht_zeros = if zeros && takes(info, &KernelParam::GradFinalState) {
+    let dht_zeros = if zeros && takes(KernelParam::GradFinalState) {
         let z = device.alloc(DType::F32, &state)?;
         device.fill(&z, FillPattern::U32(0))?;
         Some(z)

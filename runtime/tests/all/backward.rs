@@ -15,7 +15,7 @@ use linrec_runtime::{
     KernelHandle, LaunchArg, LaunchConfig, ModuleHandle, RawBuffer, Result, RuntimeError,
 };
 use linrec_spec::Role;
-use linrec_spec::launch::{KernelInfo, KernelParam, Launch, SizeExpr, SizeSym};
+use linrec_spec::launch::{KernelInfo, KernelParam, Launch, Route, SizeExpr, SizeSym};
 
 use crate::common::{BINARY, Launched, all_nan, assert_names, qkvg, test_kernel};
 use crate::mock::MockBackend;
@@ -902,4 +902,101 @@ fn a_split_forwards_chunk_states_fit_the_backward() {
     let log = log.lock().expect("lock");
     assert_eq!(log.buffers[1][STATES_ARG], log.buffers[0][7]);
     assert_eq!(log.ints[1][0], 1);
+}
+
+/// A fused forward with a split-scan route ([`KernelInfo::instead`]): a call that takes the
+/// route returns the chunk states its states kernel wrote, which the backward reads; a call
+/// that does not returns none, and the backward recomputes them.
+#[test]
+fn a_routed_forwards_chunk_states_fit_the_backward_and_a_fused_call_has_none() {
+    use KernelParam as P;
+    let inputs_of = [Role::Query, Role::Key, Role::Value, Role::Gate].map(P::Input);
+    let with = |more: &[P]| [inputs_of.as_slice(), more].concat();
+    let mut fwd = info(ALL);
+    fwd.direction = "forward".into();
+    fwd.entry = "linrec_test_fused".into();
+    fwd.config.final_state = true;
+    let scalars = [P::Scratch, P::SeqLen, P::Heads, P::ValueHeads, P::Scale];
+    fwd.params = with(&[&[P::InitialState, P::Output, P::FinalState][..], &scalars].concat());
+    let launch = |entry: &str, params: Vec<P>| Launch {
+        entry: entry.into(),
+        params,
+        grid: [
+            SizeExpr::Const(1),
+            SizeExpr::Sym(SizeSym::N),
+            SizeExpr::Const(1),
+        ],
+        block: [64, 1, 1],
+        shared_bytes: 0,
+        scratch: 0,
+    };
+    fwd.instead = Some(Box::new(Route {
+        launches: vec![
+            launch(
+                "linrec_test_segment",
+                with(&[P::SegmentStates, P::Scratch, P::SeqLen]),
+            ),
+            launch(
+                "linrec_test_combine",
+                vec![P::InitialState, P::SegmentStates, P::SeqLen],
+            ),
+            launch(
+                "linrec_test_seg_states",
+                with(&[P::SegmentStates, P::ChunkStates, P::FinalState, P::SeqLen]),
+            ),
+            launch(
+                "linrec_test_output",
+                with(&[&[P::ChunkStates, P::Output][..], &scalars].concat()),
+            ),
+        ],
+    }));
+    let forward = |dev: &Device, b: &Bufs, ins: &[(Role, &DeviceBuffer)]| {
+        let out = op::forward(
+            dev,
+            &fwd,
+            BINARY,
+            &ForwardArgs {
+                inputs: ins,
+                initial_state: Some(&b.h0),
+                cu_seqlens: None,
+                scale: 0.5,
+            },
+        )
+        .expect("forward");
+        out.chunk_states
+    };
+
+    // B = 1, T = 300: longer than a segment (16 chunks of 16), 1·N = 1 workgroup fused.
+    let (dev, log) = device();
+    let b = buffers(&dev, 1, 300, 1, 1);
+    let ins = inputs(&b);
+    let states = forward(&dev, &b, &ins).expect("the route's chunk states");
+    // ⌊300 / 16⌋ + 1 = 19 slots, bf16: what the backward would allocate.
+    assert_eq!(
+        (states.dtype(), states.shape()),
+        (DType::BF16, &[19, 2, 8, 40][..])
+    );
+    assert_eq!(launches(&log).len(), 4);
+    let a = BackwardArgs {
+        chunk_states: Some(&states),
+        ..args(&b, &ins)
+    };
+    run(&dev, ALL, &a).expect("backward");
+    {
+        let log = log.lock().expect("lock");
+        // The states kernel's and the output kernel's chunk states.
+        assert_eq!(log.buffers[4][STATES_ARG], log.buffers[2][5]);
+        assert_eq!(log.buffers[4][STATES_ARG], log.buffers[3][4]);
+        assert_eq!(log.ints[4][0], 1, "read, not recomputed");
+    }
+
+    // B = 2, T = 20: the fused launch alone, no chunk states; the backward recomputes them.
+    let (dev, log, b) = gva_device();
+    let ins = inputs(&b);
+    assert!(forward(&dev, &b, &ins).is_none());
+    run(&dev, ALL, &args(&b, &ins)).expect("backward");
+    let log = log.lock().expect("lock");
+    assert!(log.launches[0].starts_with("linrec_test_fused["));
+    assert_eq!(log.launches.len(), 2);
+    assert_eq!(log.ints[1][0], 0, "recomputed");
 }

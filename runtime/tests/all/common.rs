@@ -163,5 +163,6 @@ pub fn test_kernel(
         scratch,
         then: Vec::new(),
         narrower: Vec::new(),
+        instead: None,
     }
 }

@@ -20,7 +20,8 @@
 //! - `mock_drivers`: both backends end to end, running every `kernels` check against stand-in
 //!   driver libraries (tests/mock_drivers/*.c, compiled with the system C compiler).
 //! - `select`: `DeviceKind::Auto` tries CUDA, HIP, Level Zero, OpenCL, and falls back to OpenCL.
-//! - `op`: `op::forward`'s argument checks and output allocation, on the mock backend.
+//! - `op`: `op::forward`'s argument checks and output allocation, and which launches it makes
+//!   (`then`, `narrower`, an `instead` route by size) with which buffers, on the mock backend.
 //! - `backward`: `op::backward`'s — direction, `do`, `dht`, the gradients, chunk states and
 //!   accumulators the runtime allocates, a missing `dht` passed as zeros, workspaces — on the
 //!   mock backend behind a recorder of argument sizes.

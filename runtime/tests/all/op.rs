@@ -3,15 +3,18 @@
 //! allocated NaN-poisoned with the right shapes, and the launch passes the parameters in ABI
 //! order. A split forward (`KernelInfo::then`) launches its kernels in order with the same
 //! buffers (chunk states, scratch sized by the larger launch), checks every launch before the
-//! first, and round-trips through JSON. (The kernels themselves run in linrec-compiler's
-//! end-to-end tests.)
+//! first, and round-trips through JSON. A fused forward with a split-scan route
+//! (`KernelInfo::instead`) makes the route's launches exactly at the sizes
+//! `KernelInfo::takes_instead` picks, with their chunk states and segment states and decays,
+//! and nothing of them otherwise. (The kernels themselves run in linrec-compiler's end-to-end
+//! tests.)
 
 use std::sync::{Arc, Mutex};
 
 use linrec_runtime::op::{self, ForwardArgs};
 use linrec_runtime::{DType, Device, DeviceBuffer, RuntimeError};
 use linrec_spec::Role;
-use linrec_spec::launch::{KernelInfo, KernelParam, Launch, SizeExpr, SizeSym};
+use linrec_spec::launch::{KernelInfo, KernelParam, Launch, Route, SizeExpr, SizeSym};
 
 use crate::backward::{device as recording_device, launches as recorded};
 use crate::common::{BINARY, all_nan, assert_names, mock_device, qkvg, test_kernel};
@@ -559,5 +562,367 @@ fn a_kernel_info_with_then_round_trips_through_json() {
     assert_eq!(
         serde_json::from_str::<KernelInfo>(&json).expect("parses"),
         single
+    );
+}
+
+// ---- a split-scan route (`KernelInfo::instead`) ---------------------------------------------
+
+/// [`info`]`(false)` (a fused forward: one launch of grid (⌈V / 32⌉, N·HV, 1)) with a
+/// split-scan route in the shape the compiler emits: a segment kernel writing the segment
+/// states and decays, a combine kernel over segments (reading h0), a states kernel writing
+/// the chunk states and the final state from the segments', the output kernel reading them.
+/// Scratch floats per workgroup: 10, 0, 7, 3.
+fn with_route() -> KernelInfo {
+    use KernelParam as P;
+    let qkvg = [Role::Query, Role::Key, Role::Value, Role::Gate].map(P::Input);
+    let params = |middle: &[P], tail: &[P]| {
+        let mut v = qkvg.to_vec();
+        v.push(P::DecayRates);
+        v.extend_from_slice(middle);
+        v.extend_from_slice(tail);
+        v
+    };
+    let sym = SizeExpr::Sym;
+    let n_hv = SizeExpr::product(sym(SizeSym::N), sym(SizeSym::Hv));
+    let v_blocks = |bv| SizeExpr::ceil_div(sym(SizeSym::V), SizeExpr::Const(bv));
+    // ⌈B·T / (16 chunks · C = 16)⌉ segments per row.
+    let segments = SizeExpr::ceil_div(
+        SizeExpr::product(sym(SizeSym::B), sym(SizeSym::T)),
+        SizeExpr::Const(256),
+    );
+    let launch = |entry: &str, params, grid, scratch| Launch {
+        entry: entry.into(),
+        params,
+        grid,
+        block: [64, 1, 1],
+        shared_bytes: 0,
+        scratch,
+    };
+    let scalars = [P::Scratch, P::SeqLen, P::Heads, P::ValueHeads];
+    let mut info = info(false);
+    info.instead = Some(Box::new(Route {
+        launches: vec![
+            launch(
+                "linrec_test_segment",
+                params(&[P::SegmentStates, P::SegmentDecays], &scalars),
+                [v_blocks(32), n_hv.clone(), segments.clone()],
+                10,
+            ),
+            launch(
+                "linrec_test_combine",
+                vec![
+                    P::InitialState,
+                    P::SegmentStates,
+                    P::SegmentDecays,
+                    P::SeqLen,
+                    P::ValueHeads,
+                ],
+                [SizeExpr::Const(1), n_hv.clone(), SizeExpr::Const(1)],
+                0,
+            ),
+            launch(
+                "linrec_test_seg_states",
+                params(
+                    &[P::SegmentStates, P::ChunkStates, P::FinalState],
+                    &[scalars.as_slice(), &[P::Scale]].concat(),
+                ),
+                [v_blocks(8), n_hv, segments],
+                7,
+            ),
+            launch(
+                "linrec_test_output",
+                params(
+                    &[P::ChunkStates, P::Output],
+                    &[scalars.as_slice(), &[P::Scale]].concat(),
+                ),
+                [
+                    v_blocks(32),
+                    SizeExpr::sum(
+                        SizeExpr::ceil_div(
+                            SizeExpr::product(sym(SizeSym::B), sym(SizeSym::T)),
+                            SizeExpr::Const(16),
+                        ),
+                        sym(SizeSym::N),
+                    ),
+                    sym(SizeSym::Hv),
+                ],
+                3,
+            ),
+        ],
+    }));
+    info
+}
+
+/// B = 1, T = 300, H = 1, HV = 2: more than one segment of 16 chunks of 16 rows, and
+/// ⌈V / 32⌉ · N·HV = 4 workgroups for the fused kernel, so the route is taken.
+fn long(dev: &Device) -> Bufs {
+    Bufs {
+        q: dev.alloc(DType::BF16, &[1, 300, 1, 8]).expect("alloc"),
+        k: dev.alloc(DType::BF16, &[1, 300, 1, 8]).expect("alloc"),
+        v: dev.alloc(DType::BF16, &[1, 300, 2, 40]).expect("alloc"),
+        g: dev.alloc(DType::F32, &[1, 300, 2]).expect("alloc"),
+        h0: dev.alloc(DType::F32, &[1, 2, 8, 40]).expect("alloc"),
+    }
+}
+
+/// The recorded launches' names and grids.
+fn names_and_grids(log: &[String]) -> Vec<String> {
+    log.iter()
+        .map(|l| l.split('(').next().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[test]
+fn a_route_is_not_taken_at_short_sequences_and_allocates_nothing_of_its_own() {
+    // B = 2, T = 5: 10 tokens, less than a segment per sequence.
+    let (dev, log) = recording_device();
+    let b = buffers(&dev);
+    let ins = inputs(&b);
+    let before = log.lock().expect("lock").allocations;
+    op::forward(&dev, &info(false), BINARY, &forward_args(&b, &ins)).expect("launches");
+    let fused = log.lock().expect("lock").allocations - before;
+
+    let before = log.lock().expect("lock").allocations;
+    let out = op::forward(&dev, &with_route(), BINARY, &forward_args(&b, &ins)).expect("launches");
+    // The same buffers as the kernel without a route: no chunk or segment states.
+    assert_eq!(log.lock().expect("lock").allocations - before, fused);
+    assert!(out.chunk_states.is_none());
+    let launched = recorded(&log);
+    assert_eq!(launched.len(), 2);
+    assert_eq!(
+        launched[0], launched[1],
+        "the fused launch, as without a route"
+    );
+    assert_eq!(names_and_grids(&launched[1..]), ["linrec_test_fwd[2x4x1]"]);
+
+    // T = 300 with HV = 64: long enough, but ⌈V / 32⌉ · N·HV = 128 workgroups keep the GPU
+    // busy without it.
+    let (dev, log) = recording_device();
+    let b = Bufs {
+        v: dev.alloc(DType::BF16, &[1, 300, 64, 40]).expect("alloc"),
+        g: dev.alloc(DType::F32, &[1, 300, 64]).expect("alloc"),
+        h0: dev.alloc(DType::F32, &[1, 64, 8, 40]).expect("alloc"),
+        ..long(&dev)
+    };
+    let ins = inputs(&b);
+    let out = op::forward(&dev, &with_route(), BINARY, &forward_args(&b, &ins)).expect("launches");
+    assert!(out.chunk_states.is_none());
+    assert_eq!(
+        names_and_grids(&recorded(&log)),
+        ["linrec_test_fwd[2x64x1]"]
+    );
+}
+
+#[test]
+fn a_route_is_taken_at_long_sequences_with_its_own_buffers() {
+    let (dev, log) = recording_device();
+    let b = long(&dev);
+    let ins = inputs(&b);
+    let out = op::forward(&dev, &with_route(), BINARY, &forward_args(&b, &ins)).expect("launches");
+
+    // Chunk states: ⌊300 / 16⌋ + 1 = 19 slots of [HV, K, V] = [2, 8, 40], bf16 like the
+    // kernel: 24320 bytes. Segment states: ⌊300 / 256⌋ + 1 = 2 slots, f32: 5120 bytes;
+    // segment decays [2, HV] f32: 16 bytes. Scratch: the largest launch's, the output
+    // kernel's 2·20·2 workgroups × 3 floats (> the states kernel's 5·2·2 × 7, the segment
+    // kernel's 2·2·2 × 10): 960 bytes. All NaN until a kernel writes them.
+    let states = out.chunk_states.as_ref().expect("the route's chunk states");
+    assert_eq!(
+        (states.dtype(), states.shape()),
+        (DType::BF16, &[19, 2, 8, 40][..])
+    );
+    assert!(all_nan(&dev, states));
+    assert_eq!(
+        recorded(&log),
+        [
+            "linrec_test_segment[2x2x2](4800=0, 4800=0, 48000=0, 2400=0, 8, \
+             5120=nan, 16=nan, 960=nan, i32, i32, i32)",
+            "linrec_test_combine[1x2x1](2560=0, 5120=nan, 16=nan, i32, i32)",
+            "linrec_test_seg_states[5x2x2](4800=0, 4800=0, 48000=0, 2400=0, 8, \
+             5120=nan, 24320=nan, 2560=nan, 960=nan, i32, i32, i32, f32)",
+            "linrec_test_output[2x20x2](4800=0, 4800=0, 48000=0, 2400=0, 8, \
+             24320=nan, 48000=nan, 960=nan, i32, i32, i32, f32)",
+        ]
+    );
+    // One buffer each, passed to every launch that names it.
+    let ids = log.lock().expect("lock").buffers.clone();
+    let same = |uses: &[(usize, usize)], what: &str| {
+        for &(launch, arg) in uses {
+            assert_eq!(
+                ids[launch][arg], ids[uses[0].0][uses[0].1],
+                "{what}: {launch}/{arg}"
+            );
+        }
+    };
+    same(&[(0, 5), (1, 1), (2, 5)], "segment states");
+    same(&[(0, 6), (1, 2)], "segment decays");
+    same(&[(2, 6), (3, 5)], "chunk states");
+    same(&[(0, 7), (2, 8), (3, 7)], "scratch");
+    same(&[(0, 4), (2, 4), (3, 4)], "decay rates");
+    assert_ne!(ids[0][5], ids[0][6]);
+    let raw = |buf: &DeviceBuffer| std::ptr::from_ref(buf.raw()) as usize;
+    assert_eq!(
+        ids[2][6],
+        raw(states),
+        "the chunk states returned are the route's"
+    );
+    assert_eq!(ids[3][6], raw(&out.o));
+    assert_eq!(ids[2][7], raw(out.final_state.as_ref().expect("ht")));
+    assert_eq!(ids[1][0], raw(&b.h0));
+
+    // Without a route the same call makes the fused launch.
+    let (dev, log) = recording_device();
+    let b = long(&dev);
+    let ins = inputs(&b);
+    let out = op::forward(&dev, &info(false), BINARY, &forward_args(&b, &ins)).expect("launches");
+    assert!(out.chunk_states.is_none());
+    assert_eq!(names_and_grids(&recorded(&log)), ["linrec_test_fwd[2x2x1]"]);
+}
+
+#[test]
+fn a_route_without_segment_decays_allocates_none() {
+    let (dev, log) = recording_device();
+    let b = long(&dev);
+    let ins = inputs(&b);
+    let mut info = with_route();
+    let route = info.instead.as_mut().expect("a route");
+    for l in &mut route.launches {
+        l.params.retain(|p| *p != KernelParam::SegmentDecays);
+    }
+    let before = log.lock().expect("lock").allocations;
+    op::forward(&dev, &info, BINARY, &forward_args(&b, &ins)).expect("launches");
+    let without = log.lock().expect("lock").allocations - before;
+    let before = log.lock().expect("lock").allocations;
+    op::forward(&dev, &with_route(), BINARY, &forward_args(&b, &ins)).expect("launches");
+    assert_eq!(log.lock().expect("lock").allocations - before, without + 1);
+    assert_eq!(
+        recorded(&log)[1],
+        "linrec_test_combine[1x2x1](2560=0, 5120=nan, i32, i32)"
+    );
+}
+
+#[test]
+fn a_route_workspace_relaunches_the_route_without_allocating() {
+    let (dev, log) = recording_device();
+    let b = long(&dev);
+    let ins = inputs(&b);
+    let routed = with_route();
+    let ws = op::forward_workspace(&dev, &routed, BINARY, &forward_args(&b, &ins)).expect("made");
+    assert!(ws.outputs.chunk_states.is_some());
+    let allocated = log.lock().expect("lock").allocations;
+    op::forward_into(&dev, &routed, BINARY, &forward_args(&b, &ins), &ws).expect("relaunches");
+    assert_eq!(log.lock().expect("lock").allocations, allocated);
+    let launched = recorded(&log);
+    assert_eq!(launched.len(), 8);
+    assert_eq!(launched[0..4], launched[4..8]);
+    let ids = log.lock().expect("lock").buffers.clone();
+    assert_eq!(ids[0..4], ids[4..8]);
+
+    // A workspace of the same call made without the route has no segment or chunk states
+    // (the same scratch, 4 workgroups × 60 floats: only those differ).
+    let mut fused = info(false);
+    fused.scratch = 60;
+    let fused_ws =
+        op::forward_workspace(&dev, &fused, BINARY, &forward_args(&b, &ins)).expect("made");
+    let err = op::forward_into(&dev, &routed, BINARY, &forward_args(&b, &ins), &fused_ws)
+        .expect_err("no route buffers");
+    assert!(err.to_string().contains("other parameters"), "{err}");
+    // Nor does the route's workspace fit the kernel without it.
+    let err = op::forward_into(&dev, &fused, BINARY, &forward_args(&b, &ins), &ws)
+        .expect_err("route buffers");
+    assert!(err.to_string().contains("other parameters"), "{err}");
+    // Nor one whose route takes no segment decays.
+    let mut no_decays = routed.clone();
+    for l in &mut no_decays.instead.as_mut().expect("a route").launches {
+        l.params.retain(|p| *p != KernelParam::SegmentDecays);
+    }
+    let err = op::forward_into(&dev, &no_decays, BINARY, &forward_args(&b, &ins), &ws)
+        .expect_err("segment decays");
+    assert!(err.to_string().contains("other parameters"), "{err}");
+    assert_eq!(
+        recorded(&log).len(),
+        9,
+        "refused relaunches launched nothing"
+    );
+}
+
+#[test]
+fn a_route_that_reads_or_writes_other_tensors_is_refused_at_any_size() {
+    let refused = |change: fn(&mut Route), needle: &str| {
+        let mut info = with_route();
+        change(info.instead.as_mut().expect("a route"));
+        for bufs in [buffers, long] {
+            let (dev, log) = recording_device();
+            let b = bufs(&dev);
+            let ins = inputs(&b);
+            let err = op::forward(&dev, &info, BINARY, &forward_args(&b, &ins)).expect_err(needle);
+            assert!(matches!(err, RuntimeError::Launch { .. }), "{err:?}");
+            let msg = err.to_string();
+            assert!(
+                msg.contains("linrec_test_fwd") && msg.contains(needle),
+                "{msg}"
+            );
+            assert!(recorded(&log).is_empty(), "launched anyway");
+        }
+    };
+    // No final state: a call's outputs must not depend on its sizes.
+    refused(
+        |r| {
+            r.launches[2]
+                .params
+                .retain(|p| *p != KernelParam::FinalState)
+        },
+        "route does not take FinalState, which its own launches do",
+    );
+    refused(
+        |r| r.launches[0].params.push(KernelParam::Input(Role::Beta)),
+        "route takes Input(Beta), which its own launches do not",
+    );
+    refused(|r| r.launches.clear(), "route has no launches");
+}
+
+#[test]
+fn a_bad_parameter_in_a_route_fails_before_anything_launches() {
+    let (dev, log) = recording_device();
+    let b = long(&dev);
+    let ins = inputs(&b);
+    let mut bad = with_route();
+    bad.instead.as_mut().expect("a route").launches[3]
+        .params
+        .push(KernelParam::ChunkStateGrads);
+    let err = op::forward(&dev, &bad, BINARY, &forward_args(&b, &ins)).expect_err("dh");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("linrec_test_output") && msg.contains("unexpected parameter ChunkStateGrads"),
+        "{msg}"
+    );
+    assert!(recorded(&log).is_empty(), "launched anyway");
+
+    // A grid that overflows where the route is decided.
+    let mut huge = with_route();
+    huge.grid[2] = SizeExpr::product(SizeExpr::Const(u64::MAX), SizeExpr::Sym(SizeSym::N));
+    let err = op::forward(&dev, &huge, BINARY, &forward_args(&b, &ins)).expect_err("overflow");
+    assert!(err.to_string().contains("a grid overflows"), "{err}");
+    assert!(recorded(&log).is_empty(), "launched anyway");
+}
+
+#[test]
+fn a_kernel_info_with_a_route_round_trips_through_json() {
+    let routed = with_route();
+    let json = serde_json::to_string(&routed).expect("serializes");
+    assert!(
+        json.contains("\"instead\":{\"launches\":[{\"entry\":\"linrec_test_segment\""),
+        "{json}"
+    );
+    assert!(
+        json.contains("\"segment_states\",\"segment_decays\""),
+        "{json}"
+    );
+    let back: KernelInfo = serde_json::from_str(&json).expect("parses");
+    assert_eq!(back, routed);
+    // Without one the field is left out.
+    assert!(
+        !serde_json::to_string(&info(false))
+            .expect("serializes")
+            .contains("instead")
     );
 }

@@ -22,7 +22,8 @@ use linrec_runtime::kernels::{
 };
 use linrec_runtime::{EmbeddedArtifacts, Kernel, RuntimeError};
 use linrec_spec::launch::{
-    ElementType, KernelConfig, KernelInfo, KernelParam, Launch, Manifest, SizeExpr, SizeSym,
+    ElementType, KernelConfig, KernelInfo, KernelParam, Launch, MANIFEST_VERSION, Manifest,
+    SizeExpr, SizeSym,
 };
 use linrec_spec::{Decay, Features, Input, Read, Role, Scale, Spec, Transition, Write};
 
@@ -118,6 +119,7 @@ fn info_for(key: &KernelKey) -> KernelInfo {
         scratch: 0,
         then: Vec::new(),
         narrower: Vec::new(),
+        instead: None,
     }
 }
 
@@ -410,7 +412,13 @@ fn a_manifest_of_another_version_names_both_versions() {
     let dir = fixture_copy("manifest-version");
     let path = dir.path().join("manifest.json");
     let text = std::fs::read_to_string(&path).expect("read");
-    std::fs::write(&path, text.replacen("\"version\": 1", "\"version\": 99", 1)).expect("write");
+    // The fixture is of this runtime's version (which a launch ABI change bumps).
+    let current = format!("\"version\": {MANIFEST_VERSION},");
+    assert!(
+        text.contains(&current),
+        "the fixture is not version {MANIFEST_VERSION}"
+    );
+    std::fs::write(&path, text.replacen(&current, "\"version\": 99,", 1)).expect("write");
     let err = Kernels::builder()
         .artifacts(dir.path())
         .build()
@@ -420,7 +428,7 @@ fn a_manifest_of_another_version_names_both_versions() {
             err,
             KernelError::ManifestVersion {
                 found: 99,
-                needed: 1,
+                needed: MANIFEST_VERSION,
                 ..
             }
         ),
@@ -429,7 +437,7 @@ fn a_manifest_of_another_version_names_both_versions() {
     let msg = err.to_string();
     assert!(
         msg.contains("manifest version 99")
-            && msg.contains("reads version 1")
+            && msg.contains(&format!("reads version {MANIFEST_VERSION}"))
             && msg.contains("linrec compile"),
         "{msg}"
     );

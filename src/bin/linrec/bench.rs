@@ -666,8 +666,9 @@ pub fn run(args: &BenchArgs) -> Result<(), Failure> {
                     scale: fargs.scale,
                     d_o: &d_o,
                     dht: None,
-                    // A split forward's chunk states (saved, as in training); a fused
-                    // forward has none and the backward recomputes them.
+                    // The forward's chunk states (saved, as in training): a split forward's,
+                    // or a fused one's split-scan's at sizes that take it; otherwise none and
+                    // the backward recomputes them.
                     chunk_states: ws.outputs.chunk_states.as_ref(),
                 };
                 let states = if bargs.chunk_states.is_some() {

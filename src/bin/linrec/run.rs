@@ -11,7 +11,8 @@
 //! `--save-chunk-states` (with `--backward`) keeps the chunk states the forward wrote and hands
 //! them to the backward, which then skips recomputing them (`ForwardOptions::save_chunk_states`
 //! in the library); only split forward kernels write them (`LINREC_FORWARD=split` when
-//! compiling), so with fused ones it fails with the library's error before launching.
+//! compiling), and fused ones with a split-scan over T at the sizes that take it, so with
+//! fused ones without one it fails with the library's error before launching.
 //!
 //! `--inputs FILE.safetensors` takes the inputs (and `do`, `dht`) from a file instead (sizes
 //! and dtype from its tensors, all checked before a device is opened: see `tensor_file`),
@@ -104,7 +105,8 @@ pub struct RunArgs {
     backward: bool,
     /// With --backward: keep the chunk states the forward wrote and let the backward read them
     /// instead of recomputing them (memory for time). Needs split forward kernels: compile
-    /// with LINREC_FORWARD=split (JIT or `linrec compile`).
+    /// with LINREC_FORWARD=split (JIT or `linrec compile`); a fused one with a split-scan
+    /// over T writes them only at sizes that take it (long sequences on few heads).
     #[arg(long, requires = "backward")]
     save_chunk_states: bool,
     /// Skip the comparison with the f64 reference (slow for large shapes): run and time only.
@@ -453,23 +455,28 @@ fn run_device(
         Some(b) => Some(device.download_bytes(b).map_err(Failure::check)?),
         None => None,
     };
-    let chunk_states = if args.save_chunk_states {
-        let states = out.chunk_states.as_ref().ok_or_else(|| {
-            Failure::check(format!(
-                "the forward kernel `{}` returned no chunk states to save",
+    let chunk_states = match (args.save_chunk_states, out.chunk_states.as_ref()) {
+        (true, Some(states)) => {
+            let bytes = states.shape().iter().product::<usize>() * states.dtype().size_bytes();
+            println!(
+                "states   saved by the forward for the backward: {} {:?} ({:.2} MB)",
+                states.dtype(),
+                states.shape(),
+                bytes as f64 / 1e6
+            );
+            Some(states)
+        }
+        // A fused forward with a split-scan route wrote none at these sizes (the route is for
+        // long sequences with few heads): not an error, the backward recomputes them.
+        (true, None) => {
+            println!(
+                "states   none to save: the forward kernel `{}` ran fused at these sizes; the \
+                 backward recomputes them",
                 kernel.info.entry
-            ))
-        })?;
-        let bytes = states.shape().iter().product::<usize>() * states.dtype().size_bytes();
-        println!(
-            "states   saved by the forward for the backward: {} {:?} ({:.2} MB)",
-            states.dtype(),
-            states.shape(),
-            bytes as f64 / 1e6
-        );
-        Some(states)
-    } else {
-        None
+            );
+            None
+        }
+        (false, _) => None,
     };
     let grads = match grads_in {
         Some(g) => {
