@@ -783,6 +783,7 @@ fn a_fused_forward_with_a_split_scan_saves_chunk_states_where_it_takes_it() {
             shared_bytes: 0,
             scratch: 0,
         }],
+        needs_chunk_states: false,
     }));
     assert!(ops::writes_chunk_states(&info));
     let kernels = Kernels::builder()

@@ -267,6 +267,7 @@ pub fn compile_with(
                     let mut info = fused.kernel_info();
                     info.instead = Some(Box::new(Route {
                         launches: s.launches(),
+                        needs_chunk_states: false,
                     }));
                     let text = format!(
                         "{fused}\ninstead, for long sequences on few heads (KernelInfo::takes_instead: fewer than {} workgroups and more than {} chunks a sequence), the split-scan:\n\n{}",

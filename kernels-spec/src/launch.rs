@@ -309,6 +309,10 @@ pub struct KernelInfo {
 pub struct Route {
     /// The launches, in order.
     pub launches: Vec<Launch>,
+    /// Taken only when the caller gives the chunk states ([`KernelParam::ChunkStates`]): a
+    /// backward's split-scan reads the forward's instead of recomputing them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub needs_chunk_states: bool,
 }
 
 /// Chunks per segment of the split-scan over T ([`KernelParam::SegmentStates`]): its
@@ -405,7 +409,7 @@ impl KernelInfo {
     ///     direction: "forward".into(), target: "sm_90".into(), config, params: vec![],
     ///     grid: per_head, block: [256, 1, 1], shared_bytes: 0, scratch: 0,
     ///     then: vec![], narrower: vec![],
-    ///     instead: Some(Box::new(Route { launches: vec![] })),
+    ///     instead: Some(Box::new(Route { launches: vec![], needs_chunk_states: false })),
     /// };
     /// let dims = |b, t| linrec_spec::Dims::new(b, t, 16, 128, 128);
     /// assert_eq!(info.takes_instead(&dims(8, 2048), 8), Some(false)); // 256 workgroups

@@ -344,8 +344,12 @@ fn check_chunk_states(
 ) -> Result<()> {
     const ARG: &str = "chunk_states";
     let kname = info.entry.as_str();
+    // A route that needs the caller's chunk states only reads them; the other launches are
+    // told by `chunk_states_given` not to recompute them.
+    let reads_only = launches == Launches::Instead
+        && info.instead.as_ref().is_some_and(|r| r.needs_chunk_states);
     if !takes(info, launches, &KernelParam::ChunkStates)
-        || !takes(info, launches, &KernelParam::ChunkStatesGiven)
+        || !(reads_only || takes(info, launches, &KernelParam::ChunkStatesGiven))
     {
         return Err(RuntimeError::ArgKind {
             arg: ARG.into(),
@@ -614,7 +618,12 @@ fn check_call(
 
     // Which launches: from the sizes alone, so a workspace fits the same call again.
     let overflows = || launch_error(info, "a grid overflows".into());
-    let launches = if info.takes_instead(&dims, sequences).ok_or_else(overflows)? {
+    // A route that reads the caller's chunk states is taken only with them.
+    let route_fits = info
+        .instead
+        .as_ref()
+        .is_some_and(|r| !r.needs_chunk_states || given.chunk_states.is_some());
+    let launches = if route_fits && info.takes_instead(&dims, sequences).ok_or_else(overflows)? {
         Launches::Instead
     } else {
         Launches::Own {

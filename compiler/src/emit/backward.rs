@@ -51,6 +51,21 @@ pub(super) fn build<'c>(ctx: &'c Context, bs: &BackwardSchedule, module: &Block<
             })
         })?;
     }
+    // The split-scan of dh: segments and scan walk the group's value heads as kernel 1 does;
+    // the combine owns one value head.
+    if let Some(scan) = &bs.scan {
+        let segments = kernel(ctx, &scan.segments, bs);
+        segments.func(module, None, |entry, args, _| {
+            let env = segments.prologue(entry, args, None)?;
+            segments.group_loop(entry, &env, |body, env| segments.segment(body, env))
+        })?;
+        kernel(ctx, &scan.combine, bs).build(module)?;
+        let states = kernel(ctx, &scan.states, bs);
+        states.func(module, None, |entry, args, _| {
+            let env = states.prologue(entry, args, None)?;
+            states.group_loop(entry, &env, |body, env| states.scan_states(body, env))
+        })?;
+    }
     grads.func(module, None, |entry, args, _| {
         let env = grads.prologue(entry, args, None)?;
         grads.group_loop(entry, &env, |body, env| {
@@ -358,7 +373,7 @@ impl<'c> Kernel<'_, 'c> {
     }
 
     /// `dh0 ← dh` for this (sequence, value head, value block).
-    fn store_dh0(&self, blk: &Block<'c>, env: &Env<'c, '_>) -> R<()> {
+    pub(super) fn store_dh0(&self, blk: &Block<'c>, env: &Env<'c, '_>) -> R<()> {
         let b = &self.b;
         let dstate = self.layout()?.dstate;
         let dh0 = env.arg(&KernelParam::GradInitialState)?;

@@ -306,7 +306,7 @@ impl<'c> Kernel<'_, 'c> {
         // Forward: workgroup y = n·HV + hv; GVA: HV/H value heads share one q/k head.
         // Backward: y = n·H + h, and the kernel walks the group's value heads (`hv` is the
         // first; the group loop sets the others).
-        let (n, h, hv, group) = if s.direction == Direction::Backward {
+        let (n, h, hv, group) = if s.direction == Direction::Backward && s.part != Part::Combine {
             let n = b.divui(blk, by, heads)?;
             let h = b.remui(blk, by, heads)?;
             let group = b.divui(blk, vheads, heads)?;
@@ -773,7 +773,7 @@ impl<'c> Kernel<'_, 'c> {
         start: StateStart<'c, '_>,
     ) -> R<()> {
         let b = &self.b;
-        let state = self.s.state;
+        let state = self.carried_tile()?;
         let from = match start {
             StateStart::Initial => Some((env.arg(&KernelParam::InitialState)?, None)),
             StateStart::Segment(slot) => Some((env.arg(&KernelParam::SegmentStates)?, Some(slot))),
@@ -960,6 +960,23 @@ impl<'c> Kernel<'_, 'c> {
         Ok(decay.and(results.last().copied()))
     }
 
+    /// Whether the loop of `phase` walks its chunks last to first: a backward's `dh`.
+    fn reverse(&self, phase: Phase) -> bool {
+        phase == Phase::DStates
+            || (phase == Phase::Segments && self.s.plan.direction == Direction::Backward)
+    }
+
+    /// The tile a sequential kernel carries from chunk to chunk: `S`, or a backward's `dh`.
+    pub(super) fn carried_tile(&self) -> R<Tile> {
+        match (self.s.plan.direction, self.bwd) {
+            (Direction::Backward, Some(bs)) => Ok(bs.dstate),
+            (Direction::Backward, None) => Err(EmitError::Schedule(
+                "a backward plan without its layout".into(),
+            )),
+            (Direction::Forward, _) => Ok(self.s.state),
+        }
+    }
+
     /// The value of a plan sink, if the plan has it.
     pub(super) fn sink_of(&self, sink: Sink) -> Option<crate::plan::ValueId> {
         self.s
@@ -982,10 +999,12 @@ impl<'c> Kernel<'_, 'c> {
     ) -> R<(Value<'c, 'a>, Value<'c, 'a>, Value<'c, 'a>)> {
         let b = &self.b;
         let c = self.s.config.chunk as i64;
-        let i = if phase == Phase::DStates {
+        let i = if self.reverse(phase) {
+            // first + (chunks − 1 − it)
             let one = b.ci(blk, 1)?;
             let last = b.subi(blk, chunks, one)?;
-            b.subi(blk, last, it)?
+            let back = b.subi(blk, last, it)?;
+            b.addi(blk, first, back)?
         } else {
             // A value of this block's lifetime even when `first` is 0 (folded by canonicalize).
             b.addi(blk, first, it)?

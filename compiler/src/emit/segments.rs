@@ -13,6 +13,7 @@ use super::EmitError;
 use super::builder::{Cmp, R};
 use super::copy::Carried;
 use super::kernel::{Env, Kernel, Phase, StateStart};
+use crate::plan::Direction;
 
 impl<'c> Kernel<'_, 'c> {
     /// This sequence's segments, `ceil(chunks / L)`, at least 0.
@@ -56,13 +57,13 @@ impl<'c> Kernel<'_, 'c> {
 
     /// The workgroup's segment `z` of a sequence of `chunks` chunks as the chunk loop's
     /// `(first chunk, chunks)`: `L` chunks from `z·L`, fewer in the sequence's last segment,
-    /// none past it — and none in the last one when `skip_last` (the segment kernel: nothing
-    /// reads what the last segment would store).
+    /// none past it — and, when `skip_unread` (the segment kernel), none in the segment whose
+    /// result nothing reads: a forward's last, a backward's first.
     pub(super) fn segment_chunks<'a>(
         &self,
         blk: &'a Block<'c>,
         (z, chunks): (Value<'c, '_>, Value<'c, '_>),
-        skip_last: bool,
+        skip_unread: bool,
     ) -> R<(Value<'c, 'a>, Value<'c, 'a>)> {
         let b = &self.b;
         let zero = b.ci(blk, 0)?;
@@ -71,13 +72,19 @@ impl<'c> Kernel<'_, 'c> {
         let rest = b.subi(blk, chunks, first)?;
         let count = b.bin(blk, "arith.minsi", rest, l)?;
         let count = b.bin(blk, "arith.maxsi", count, zero)?;
-        if !skip_last {
+        if !skip_unread {
             return Ok((first, count));
         }
-        // Not the last segment: another chunk follows this one's `L`.
-        let next = b.addi(blk, first, l)?;
-        let more = b.cmpi(blk, Cmp::Slt, next, chunks)?;
-        Ok((first, b.select(blk, more, count, zero)?))
+        let read = match self.s.plan.direction {
+            // Not the last segment: another chunk follows this one's `L`.
+            Direction::Forward => {
+                let next = b.addi(blk, first, l)?;
+                b.cmpi(blk, Cmp::Slt, next, chunks)?
+            }
+            // Not the first.
+            Direction::Backward => b.cmpi(blk, Cmp::Ult, zero, z)?,
+        };
+        Ok((first, b.select(blk, read, count, zero)?))
     }
 
     /// One chunk of the segment kernel: the plan, `S ←` the next state. Returns the scalar
@@ -91,13 +98,15 @@ impl<'c> Kernel<'_, 'c> {
         carried: &Carried<'c, 'a>,
     ) -> R<Vec<Option<Value<'c, 'a>>>> {
         let uniforms = self.nodes(blk, env, start, len, carried)?;
-        self.copy_state(blk, env)?;
+        let next = self.tile(self.s.state_out)?;
+        self.copy_tile(blk, env, next, self.carried_tile()?)?;
         self.t.barrier(&self.b, blk)?;
         Ok(uniforms)
     }
 
-    /// The segment kernel ([`crate::schedule::Part::Segments`]): S from zero over the
-    /// workgroup's segment, then, unless it is the sequence's last (or past it),
+    /// The segment kernel ([`crate::schedule::Part::Segments`]): S (a backward's `dh`, in
+    /// reverse) from zero over the workgroup's segment, then, unless nothing reads it (a
+    /// forward's last segment, a backward's first) or it is past the sequence,
     /// `segment_states[slot] ← S` and `segment_decays[slot] ←` the decays' product.
     pub(super) fn segment(&self, blk: &Block<'c>, env: &Env<'c, '_>) -> R<()> {
         let b = &self.b;
@@ -112,7 +121,7 @@ impl<'c> Kernel<'_, 'c> {
         b.if_(blk, walked, |blk| {
             let slot = self.segment_slot(blk, env, z)?;
             let states = env.arg(&KernelParam::SegmentStates)?;
-            let state = self.s.state;
+            let state = self.carried_tile()?;
             // The chunk loop ended with a barrier: S is complete.
             self.strided(blk, env, state.len(), |blk, e| {
                 let (k, c) = self.row_col(blk, e, state.cols)?;
@@ -139,7 +148,8 @@ impl<'c> Kernel<'_, 'c> {
     /// The split-scan's states kernel ([`crate::schedule::Part::ScanStates`]): for a segment
     /// of the sequence (an empty sequence has one, of no chunks), S from its entering state
     /// in `segment_states`, its chunks as a split forward's states kernel walks them, and the
-    /// final state from the last segment.
+    /// final state from the last segment. A backward's: `dh` from the `dh` leaving the
+    /// segment, its chunks in reverse as kernel 1's dh phase walks them, `dh0` from the first.
     pub(super) fn scan_states(&self, blk: &Block<'c>, env: &Env<'c, '_>) -> R<()> {
         let b = &self.b;
         let z = self.segment_of(env)?;
@@ -151,6 +161,15 @@ impl<'c> Kernel<'_, 'c> {
             let slot = self.segment_slot(blk, env, z)?;
             self.start_state(blk, env, StateStart::Segment(slot))?;
             self.t.barrier(b, blk)?;
+            if self.s.plan.direction == Direction::Backward {
+                self.chunk_loop(blk, env, Phase::DStates)?;
+                if self.s.config.initial_state {
+                    let zero = b.ci(blk, 0)?;
+                    let first = b.cmpi(blk, Cmp::Eq, z, zero)?;
+                    b.if_(blk, first, |blk| self.store_dh0(blk, env))?;
+                }
+                return Ok(());
+            }
             self.chunk_loop(blk, env, Phase::States)?;
             if self.s.config.final_state {
                 let last = b.subi(blk, segments, one)?;
@@ -164,7 +183,8 @@ impl<'c> Kernel<'_, 'c> {
     /// The combine kernel ([`crate::schedule::Part::Combine`]): each thread carries some
     /// elements of the workgroup's `[K × BV]` block of S through the sequence's segments in
     /// order, `S` from `h0` (or 0): for every segment, `U ← segment_states[z]`,
-    /// `segment_states[z] ← S`, and but for the last, `S ← d_z · S + U`. All of a
+    /// `segment_states[z] ← S`, and but for the last, `S ← d_z · S + U`. A backward's walks
+    /// them last to first from `dht`, leaving the `dh` leaving each segment. All of a
     /// segment's loads are issued before its stores (they may alias as far as the compiler
     /// knows), so each segment costs about one memory latency.
     pub(super) fn combine(&self, blk: &Block<'c>, env: &Env<'c, '_>) -> R<()> {
@@ -178,9 +198,12 @@ impl<'c> Kernel<'_, 'c> {
             true => Some(env.arg(&KernelParam::SegmentDecays)?),
             false => None,
         };
-        let h0 = match cfg.initial_state {
-            true => Some(env.arg(&KernelParam::InitialState)?),
-            false => None,
+        // A backward's combine walks the segments last to first, from dht.
+        let reverse = self.s.plan.direction == Direction::Backward;
+        let h0 = match (reverse, cfg.initial_state, cfg.final_state) {
+            (false, true, _) => Some(env.arg(&KernelParam::InitialState)?),
+            (true, _, true) => Some(env.arg(&KernelParam::GradFinalState)?),
+            _ => None,
         };
         let tid = self.thread_index(blk, env)?;
         // The thread's elements: (row, column, whether it is one of the block's).
@@ -223,7 +246,11 @@ impl<'c> Kernel<'_, 'c> {
         let one = b.ci(blk, 1)?;
         let segments = b.bin(blk, "arith.maxui", segments, one)?;
         let last = b.subi(blk, segments, one)?;
-        b.for_values(blk, (zero, segments, one), &init, |blk, z, s| {
+        b.for_values(blk, (zero, segments, one), &init, |blk, it, s| {
+            let z = match reverse {
+                true => b.subi(blk, last, it)?,
+                false => it,
+            };
             let slot = self.segment_slot(blk, env, z)?;
             let mut u = Vec::with_capacity(elements.len());
             for &(k, c, _) in &elements {
@@ -245,8 +272,9 @@ impl<'c> Kernel<'_, 'c> {
                     b.store(blk, s, states, idx)
                 })?;
             }
-            // The last segment's U was never written (the segment kernel skips it).
-            let more = b.cmpi(blk, Cmp::Ult, z, last)?;
+            // The last segment's U (a backward's first) was never written (the segment kernel
+            // skips it).
+            let more = b.cmpi(blk, Cmp::Ult, it, last)?;
             s.iter()
                 .zip(&u)
                 .map(|(&s, &u)| {

@@ -1,15 +1,16 @@
-//! The split-scan's view of a forward plan: whether the state leaves a chunk as
-//! `S' = d · S + U`, with `d` a scalar and neither `d` nor `U` reading `S` (the additive
-//! family: linear attention, RetNet, simple GLA). Then the state leaving a run of chunks is
-//! `(Π d) · S + U_run` too, so the runs (segments) of a long sequence can be walked from zero
-//! in parallel and combined afterwards (`schedule::forward_scan`).
+//! The split-scan's view of a plan: whether the state leaves a chunk as `S' = d · S + U`, with
+//! `d` a scalar and neither `d` nor `U` reading `S` (the additive family: linear attention,
+//! RetNet, simple GLA). Then the state leaving a run of chunks is `(Π d) · S + U_run` too, so
+//! the runs (segments) of a long sequence can be walked from zero in parallel and combined
+//! afterwards (`schedule::forward_scan`). A backward plan's `dh` has the same form in reverse:
+//! `dh = d · dh' + U` ([`Sink::StateGrad`] from [`Op::GradIn`]`(`[`Sink::StateOut`]`)`).
 
 use super::{Direction, Op, Plan, Shape, Sink, ValueId};
 
-/// The forward plan kept to its state, with its per-chunk decay `d` as a [`Sink::StateDecay`]
-/// (no such sink when the state is not scaled, `d = 1`); `None` unless the state update has
-/// the form `S' = d · S + U` described in the module docs (e.g. a delta-rule transition reads
-/// `S` through a matmul).
+/// The plan kept to its carried value (a forward's state, a backward's `dh`), with its
+/// per-chunk decay `d` as a [`Sink::StateDecay`] (no such sink when it is not scaled, `d = 1`);
+/// `None` unless the update has the form `S' = d · S + U` described in the module docs (e.g.
+/// a delta-rule transition reads `S` through a matmul).
 ///
 /// ```
 /// # let spec = linrec_spec::Spec {
@@ -31,11 +32,12 @@ use super::{Direction, Op, Plan, Shape, Sink, ValueId};
 /// # Ok::<(), linrec_compiler::plan::PlanError>(())
 /// ```
 pub fn segment_plan(plan: &Plan) -> Option<Plan> {
-    if plan.direction != Direction::Forward {
-        return None;
-    }
-    let (_, next) = plan.sinks.iter().find(|(s, _)| *s == Sink::StateOut)?;
-    let reads_state = reads_state(plan);
+    let (sink, carried) = match plan.direction {
+        Direction::Forward => (Sink::StateOut, Op::StateIn),
+        Direction::Backward => (Sink::StateGrad, Op::GradIn(Sink::StateOut)),
+    };
+    let (_, next) = plan.sinks.iter().find(|(s, _)| *s == sink)?;
+    let reads_state = reads(plan, &carried);
     let Op::Add(a, b) = plan.node(*next).op else {
         return None;
     };
@@ -45,9 +47,9 @@ pub fn segment_plan(plan: &Plan) -> Option<Plan> {
             .into_iter()
             .find_map(|(scaled, rest)| match reads_state[rest.0] {
                 true => None,
-                false => decay_of(plan, scaled, &reads_state),
+                false => decay_of(plan, scaled, &carried, &reads_state),
             })?;
-    let mut sinks = vec![(Sink::StateOut, *next)];
+    let mut sinks = vec![(sink, *next)];
     sinks.extend(decay.map(|d| (Sink::StateDecay, d)));
     Some(
         Plan {
@@ -58,24 +60,30 @@ pub fn segment_plan(plan: &Plan) -> Option<Plan> {
     )
 }
 
-/// `Some(None)` when `v` is the state itself, `Some(Some(d))` when it is `S · d` or `d · S`
-/// with `d` a scalar that does not read the state.
-fn decay_of(plan: &Plan, v: ValueId, reads_state: &[bool]) -> Option<Option<ValueId>> {
-    match plan.node(v).op {
-        Op::StateIn => Some(None),
-        Op::Mul(x, y) => [(x, y), (y, x)].into_iter().find_map(|(s, d)| {
+/// `Some(None)` when `v` is the carried value itself, `Some(Some(d))` when it is `S · d` or
+/// `d · S` with `d` a scalar that does not read it.
+fn decay_of(
+    plan: &Plan,
+    v: ValueId,
+    carried: &Op,
+    reads_state: &[bool],
+) -> Option<Option<ValueId>> {
+    match &plan.node(v).op {
+        op if op == carried => Some(None),
+        Op::Mul(x, y) => [(*x, *y), (*y, *x)].into_iter().find_map(|(s, d)| {
             let scalar = plan.node(d).shape == Shape::scalar();
-            (plan.node(s).op == Op::StateIn && scalar && !reads_state[d.0]).then_some(Some(d))
+            (plan.node(s).op == *carried && scalar && !reads_state[d.0]).then_some(Some(d))
         }),
         _ => None,
     }
 }
 
-/// Whether each node reads the state entering the chunk, directly or through its operands.
-fn reads_state(plan: &Plan) -> Vec<bool> {
+/// Whether each node reads the carried value (`carried`'s node), directly or through its
+/// operands.
+fn reads(plan: &Plan, carried: &Op) -> Vec<bool> {
     let mut reads = vec![false; plan.nodes.len()];
     for (i, node) in plan.nodes.iter().enumerate() {
-        reads[i] = node.op == Op::StateIn || node.op.operands().iter().any(|v| reads[v.0]);
+        reads[i] = node.op == *carried || node.op.operands().iter().any(|v| reads[v.0]);
     }
     reads
 }

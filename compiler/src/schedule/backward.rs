@@ -77,14 +77,45 @@ pub struct BackwardSchedule {
     pub sinks: Vec<(Sink, ValueId)>,
     /// Gradients the plan derives but the kernel does not write (a decay-rate input's).
     pub dropped: Vec<Role>,
+    /// The split-scan of `dh` over T segments, where dh's update has the form
+    /// `dh = d · dh' + U` ([`crate::plan::segment_plan`]): the runtime takes it instead of
+    /// kernel 1 for long sequences on few heads when the caller gives the forward's chunk
+    /// states (`Route::needs_chunk_states`).
+    pub scan: Option<BackwardScan>,
+}
+
+/// The backward's split-scan of `dh` over T segments of
+/// [`linrec_spec::launch::SEGMENT_CHUNKS`] chunks, kernel 1's dh phase three times over (the
+/// forward's split-scan in reverse; [`super::forward_scan`]), then kernel 2.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BackwardScan {
+    /// Every segment but a sequence's first walked in reverse from a zero `dh`: the `dh`
+    /// entering it into [`KernelParam::SegmentStates`], its decays' product into
+    /// [`KernelParam::SegmentDecays`] ([`super::Part::Segments`]).
+    pub segments: Schedule,
+    /// The segments from the last to the first, from `dht` (or 0): the `dh` leaving each
+    /// ([`super::Part::Combine`]).
+    pub combine: Schedule,
+    /// Every segment walked in reverse from the `dh` leaving it, storing `chunk_dh`; the
+    /// first writes `dh0` ([`super::Part::ScanStates`]).
+    pub states: Schedule,
 }
 
 impl BackwardSchedule {
-    /// The launch metadata: kernel 1, then kernel 2.
+    /// The launch metadata: kernel 1, then kernel 2; the split-scan as the route instead.
     pub fn kernel_info(&self) -> linrec_spec::launch::KernelInfo {
         let mut info = self.states.kernel_info();
         info.narrower = self.narrower.iter().map(|n| n.states.launch()).collect();
         info.then.push(self.grads.launch());
+        info.instead = self.scan.as_ref().map(|s| {
+            Box::new(linrec_spec::launch::Route {
+                launches: [&s.segments, &s.combine, &s.states, &self.grads]
+                    .into_iter()
+                    .map(Schedule::launch)
+                    .collect(),
+                needs_chunk_states: true,
+            })
+        });
         info
     }
 }
@@ -109,7 +140,69 @@ pub fn backward(
             first.narrower.push(v);
         }
     }
+    let dh = bwd.keep_sinks(|s| s == Sink::StateGrad);
+    if crate::plan::segment_plan(&dh).is_some() {
+        first.scan = Some(backward_scan(&first.dstates));
+    }
     Ok(first)
+}
+
+/// The split-scan of `dh` from kernel 1's dh phase: the same layout, with a frame per kernel
+/// (segments along z; segment states for the chunk states and `dht`/`dh0` where they are
+/// read and written).
+fn backward_scan(dh: &Schedule) -> BackwardScan {
+    use KernelParam as P;
+    let grid = [
+        dh.grid[0].clone(),
+        dh.grid[1].clone(),
+        super::segments_grid(&dh.config),
+    ];
+    // The frame's params without `drop`, with the segment buffers before the scratch.
+    let params = |drop: &[P], segment: &[P]| -> Vec<P> {
+        let mut out: Vec<P> = dh
+            .params
+            .iter()
+            .filter(|p| !drop.contains(p))
+            .cloned()
+            .collect();
+        let at = out
+            .iter()
+            .position(|p| *p == P::Scratch)
+            .unwrap_or(out.len());
+        out.splice(at..at, segment.iter().cloned());
+        out
+    };
+    let decays = dh.plan.sinks.iter().any(|(s, _)| *s == Sink::StateDecay);
+    let mut segment_params = vec![P::SegmentStates];
+    if decays {
+        segment_params.push(P::SegmentDecays);
+    }
+    let own = [P::ChunkStates, P::ChunkStatesGiven, P::ChunkStateGrads];
+    let segments = Schedule {
+        entry: entry_name(&dh.spec_name, "bwd_dh_segments"),
+        part: super::Part::Segments,
+        grid: grid.clone(),
+        params: params(
+            &[&own[..], &[P::GradFinalState, P::GradInitialState]].concat(),
+            &segment_params,
+        ),
+        ..dh.clone()
+    };
+    let states = Schedule {
+        entry: entry_name(&dh.spec_name, "bwd_dh_scan"),
+        part: super::Part::ScanStates,
+        grid,
+        params: params(
+            &[P::GradFinalState, P::ChunkStates, P::ChunkStatesGiven],
+            &[P::SegmentStates],
+        ),
+        ..dh.clone()
+    };
+    BackwardScan {
+        combine: super::combine_kernel(&segments),
+        segments,
+        states,
+    }
 }
 
 /// [`backward`] with kernel 1's value blocks `dh_width` wide (`None`: the default), and
@@ -189,17 +282,18 @@ fn blocked(
     // Kernel 1 walks the chunks per value block when dh's plan keeps the V columns apart
     // (the additive and delta families: a state column evolves with its value column);
     // kernel 2 owns all of V, whose sums (dq = dO·hᵀ + …) it reduces in place.
-    let dh_plan = super::order::by_level(&crate::plan::fuse(
-        &bwd.keep_sinks(|s| s == Sink::StateGrad),
-        &fusing,
-    ));
+    // With its decay as a sink where dh's update is `d · dh' + U`, for the split-scan.
+    let dh_base = bwd.keep_sinks(|s| s == Sink::StateGrad);
+    let dh_base = crate::plan::segment_plan(&dh_base).unwrap_or(dh_base);
+    let dh_plan = super::order::by_level(&crate::plan::fuse(&dh_base, &fusing));
     let grads_plan = super::order::by_level(&crate::plan::fuse(
         &bwd.keep_sinks(|s| matches!(s, Sink::Grad(_))),
         &fusing,
     ));
     let dh_sink = dh_plan
         .sinks
-        .first()
+        .iter()
+        .find(|(s, _)| *s == Sink::StateGrad)
         .map(|(_, v)| *v)
         .ok_or_else(|| err_in(bwd)(0, "the backward plan has no state_grad sink".into()))?;
     let grad_sinks: Vec<(Sink, ValueId)> = grads_plan.sinks.clone();
@@ -509,6 +603,7 @@ fn blocked(
         reduce,
         sinks: grad_sinks,
         dropped,
+        scan: None,
     };
     Ok((schedule, separable))
 }

@@ -102,7 +102,7 @@ mod backward;
 mod order;
 mod print;
 
-pub use backward::{BackwardSchedule, GRAD_CHUNKS_PER_WORKGROUP, backward};
+pub use backward::{BackwardScan, BackwardSchedule, GRAD_CHUNKS_PER_WORKGROUP, backward};
 
 use linrec_spec::launch::{
     ElementType, KernelConfig, KernelInfo, KernelParam, SEGMENT_CHUNKS, SizeExpr, SizeSym,
@@ -638,24 +638,40 @@ pub fn forward_scan(
     })
 }
 
+/// The split-scan kernels' workgroups along z: one per segment, ceil((T + 1) / (L·C)) of
+/// them: every sequence's segments and at least one (an empty sequence's final state).
+pub(crate) fn segments_grid(config: &KernelConfig) -> SizeExpr {
+    SizeExpr::ceil_div(
+        SizeExpr::sum(SizeExpr::Sym(SizeSym::T), SizeExpr::Const(1)),
+        SizeExpr::Const((SEGMENT_CHUNKS * config.chunk) as u64),
+    )
+}
+
 /// The combine kernel of a split-scan, from its segment kernel's schedule (whose plan and
-/// layout it does not use: it has no plan work).
-fn combine_kernel(segments: &Schedule) -> Schedule {
+/// layout it does not use: it has no plan work). A backward's combines `dh` from `dht` in
+/// reverse; either way a workgroup owns one value head (no GVA group loop).
+pub(crate) fn combine_kernel(segments: &Schedule) -> Schedule {
     let config = &segments.config;
     let mut params = vec![KernelParam::SegmentStates];
     if segments.params.contains(&KernelParam::SegmentDecays) {
         params.push(KernelParam::SegmentDecays);
     }
-    if config.initial_state {
-        params.push(KernelParam::InitialState);
+    match segments.plan.direction {
+        Direction::Forward if config.initial_state => params.push(KernelParam::InitialState),
+        Direction::Backward if config.final_state => params.push(KernelParam::GradFinalState),
+        _ => {}
     }
     if config.varlen {
         params.push(KernelParam::CuSeqlens);
     }
     params.extend(scalar_params());
     let block_v = config.value_dim.min(COMBINE_BLOCK_V);
+    let name = match segments.plan.direction {
+        Direction::Forward => "fwd_combine",
+        Direction::Backward => "bwd_dh_combine",
+    };
     Schedule {
-        entry: entry_name(&segments.spec_name, "fwd_combine"),
+        entry: entry_name(&segments.spec_name, name),
         part: Part::Combine,
         block_threads: BLOCK_THREADS,
         block_v,
@@ -976,13 +992,8 @@ fn forward_kernel(
             _ => blocks,
         },
         SizeExpr::product(SizeExpr::Sym(SizeSym::N), SizeExpr::Sym(SizeSym::Hv)),
-        // The split-scan's kernels: one workgroup per segment, ceil((T + 1) / (L·C)) of them:
-        // every sequence's segments and at least one (an empty sequence's final state).
         match scan {
-            true => SizeExpr::ceil_div(
-                SizeExpr::sum(SizeExpr::Sym(SizeSym::T), SizeExpr::Const(1)),
-                SizeExpr::Const((SEGMENT_CHUNKS * config.chunk) as u64),
-            ),
+            true => segments_grid(config),
             false => SizeExpr::Const(1),
         },
     ];

@@ -21,7 +21,13 @@ fn size(e: &SizeExpr) -> String {
         }
         .into(),
         SizeExpr::Mul(a, b) => format!("{}·{}", size(a), size(b)),
-        SizeExpr::CeilDiv(a, b) => format!("ceil({}/{})", size(a), size(b)),
+        SizeExpr::CeilDiv(a, b) => {
+            let part = |e: &SizeExpr| match e {
+                SizeExpr::Add(..) => format!("({})", size(e)),
+                _ => size(e),
+            };
+            format!("ceil({}/{})", part(a), part(b))
+        }
         SizeExpr::Add(a, b) => format!("{} + {}", size(a), size(b)),
     }
 }
@@ -376,6 +382,40 @@ impl fmt::Display for BackwardSchedule {
                 n.dstates.block_v,
                 linrec_spec::launch::ENOUGH_WORKGROUPS,
             )?;
+        }
+        if let Some(scan) = &self.scan {
+            writeln!(
+                f,
+                "  instead, for long sequences on few heads (fewer than {} workgroups, more than {} chunks a sequence) when the forward's chunk states are given, the split-scan of dh over segments of {} chunks, then the gradient kernel:",
+                linrec_spec::launch::ENOUGH_WORKGROUPS,
+                linrec_spec::launch::SEGMENT_CHUNKS,
+                linrec_spec::launch::SEGMENT_CHUNKS,
+            )?;
+            for (s, what) in [
+                (
+                    &scan.segments,
+                    "phase 2 per segment but a sequence's first, in reverse from dh = 0: segment_states[z] <- dh, segment_decays[z] <- the decays' product",
+                ),
+                (
+                    &scan.combine,
+                    "per value head, the segments last to first from dht: segment_states[z] <- the dh leaving segment z",
+                ),
+                (
+                    &scan.states,
+                    "phase 2 per segment from segment_states[z]: chunk_dh per chunk, dh0 from the first segment",
+                ),
+            ] {
+                writeln!(
+                    f,
+                    "    @{} grid ({}, {}, {}) BV {}: {what}\n      params {}",
+                    s.entry,
+                    size(&s.grid[0]),
+                    size(&s.grid[1]),
+                    size(&s.grid[2]),
+                    s.block_v,
+                    s.params_text(),
+                )?;
+            }
         }
         kernel(
             f,

@@ -3,7 +3,7 @@
 
 use linrec_compiler::lower::Target;
 use linrec_compiler::schedule::{self, MatmulChoice};
-use linrec_compiler::{CompileOptions, compile_backward_with, plan};
+use linrec_compiler::{CompileOptions, ForwardForm, compile_backward_with, compile_with, plan};
 use linrec_spec::Role;
 use linrec_spec::launch::{KernelParam, SizeExpr, SizeSym};
 
@@ -166,6 +166,9 @@ struct Case {
     cu_seqlens: Option<Vec<i64>>,
     /// The tensor-core layout, emulated (operand tiles rounded to the dtype, in scratch).
     emulated: bool,
+    /// Run the split-scan forward first and give its chunk states to the backward, whose
+    /// split-scan of dh the runtime then takes (the case's sizes must ask for it).
+    scan: bool,
 }
 
 fn case(spec: Spec, dtype: ElementType, dims: Dims, chunk: usize) -> Case {
@@ -178,6 +181,7 @@ fn case(spec: Spec, dtype: ElementType, dims: Dims, chunk: usize) -> Case {
         dht: false,
         cu_seqlens: None,
         emulated: false,
+        scan: false,
     }
 }
 
@@ -202,15 +206,12 @@ fn run_backward(dev: &Device, c: &Case, seed: u64) -> Vec<(String, f64)> {
         final_state: c.dht,
         varlen: c.cu_seqlens.is_some(),
     };
-    let artifact = compile_backward_with(&c.spec, Target::Spirv, &config, &{
-        let o = CompileOptions::from_env();
-        if c.emulated {
-            o.with_matmul(MatmulChoice::Emulated)
-        } else {
-            o
-        }
-    })
-    .unwrap_or_else(|e| panic!("{c:?}: compile failed: {e}"));
+    let options = match c.emulated {
+        true => CompileOptions::from_env().with_matmul(MatmulChoice::Emulated),
+        false => CompileOptions::from_env(),
+    };
+    let artifact = compile_backward_with(&c.spec, Target::Spirv, &config, &options)
+        .unwrap_or_else(|e| panic!("{c:?}: compile failed: {e}"));
     if c.emulated {
         assert!(
             artifact
@@ -273,6 +274,27 @@ fn run_backward(dev: &Device, c: &Case, seed: u64) -> Vec<(String, f64)> {
     });
     let d_o_buf = upload(dev, &d_o, c.dtype);
     let dht_buf = dht.as_ref().map(|t| upload(dev, t, ElementType::F32));
+    // The split-scan forward's chunk states, for the backward's split-scan.
+    let forward = c.scan.then(|| {
+        let options = options.clone().with_forward(ForwardForm::Scan);
+        let fwd = compile_with(&c.spec, Target::Spirv, &config, &options)
+            .unwrap_or_else(|e| panic!("{c:?}: forward compile failed: {e}"));
+        assert_eq!(artifact.info.takes_instead(&d, n), Some(true), "{c:?}");
+        let out = op::forward(
+            dev,
+            &fwd.info,
+            &fwd.binary,
+            &op::ForwardArgs {
+                inputs: &refs,
+                initial_state: h0.as_ref(),
+                cu_seqlens: cu.as_ref(),
+                scale: c.spec.scale.resolve(d.key_dim) as f32,
+            },
+        )
+        .unwrap_or_else(|e| panic!("{c:?}: forward launch failed: {e}"));
+        out.chunk_states
+            .expect("the split-scan returns the chunk states")
+    });
     let out = op::backward(
         dev,
         &artifact.info,
@@ -284,7 +306,7 @@ fn run_backward(dev: &Device, c: &Case, seed: u64) -> Vec<(String, f64)> {
             scale: c.spec.scale.resolve(d.key_dim) as f32,
             d_o: &d_o_buf,
             dht: dht_buf.as_ref(),
-            chunk_states: None,
+            chunk_states: forward.as_ref(),
         },
     )
     .unwrap_or_else(|e| panic!("{c:?}: launch failed: {e}"));
@@ -426,6 +448,39 @@ fn backward_in_the_tensor_core_layout_matches_the_reference() {
         "backward_in_the_tensor_core_layout_matches_the_reference",
         &cases,
     );
+}
+
+#[test]
+fn backward_split_scan_matches_the_reference() {
+    // The split-scan of dh over segments of 16 chunks, taken for one long sequence on few
+    // heads with the split-scan forward's chunk states: several segments (the last short),
+    // h0 and dht, GVA, varlen with an empty sequence, every decay, the tensor-core layout.
+    let (la, re, sg) = (specs::linear_attn, specs::retention, specs::simple_gla);
+    let mut cases = Vec::new();
+    for (spec, dtype, dims, emulated) in [
+        (sg(), ElementType::Bf16, Dims::new(1, 600, 1, 32, 32), false),
+        (re(), ElementType::F32, Dims::new(2, 530, 1, 16, 16), false),
+        (
+            la(),
+            ElementType::F32,
+            Dims::new(1, 300, 1, 16, 24).with_value_heads(2),
+            false,
+        ),
+        (sg(), ElementType::Bf16, Dims::new(1, 560, 1, 32, 64), true),
+    ] {
+        let mut c = case(spec, dtype, dims, 16);
+        c.h0 = true;
+        c.dht = true;
+        c.emulated = emulated;
+        c.scan = true;
+        cases.push(c);
+    }
+    let mut v = case(sg(), ElementType::Bf16, Dims::new(1, 900, 1, 16, 16), 16);
+    v.cu_seqlens = Some(vec![0, 0, 600, 900]);
+    v.h0 = true;
+    v.scan = true;
+    cases.push(v);
+    check_backward("backward_split_scan_matches_the_reference", &cases);
 }
 
 #[test]

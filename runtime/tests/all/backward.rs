@@ -949,6 +949,7 @@ fn a_routed_forwards_chunk_states_fit_the_backward_and_a_fused_call_has_none() {
                 with(&[&[P::ChunkStates, P::Output][..], &scalars].concat()),
             ),
         ],
+        needs_chunk_states: false,
     }));
     let forward = |dev: &Device, b: &Bufs, ins: &[(Role, &DeviceBuffer)]| {
         let out = op::forward(
@@ -999,4 +1000,119 @@ fn a_routed_forwards_chunk_states_fit_the_backward_and_a_fused_call_has_none() {
     assert!(log.launches[0].starts_with("linrec_test_fused["));
     assert_eq!(log.launches.len(), 2);
     assert_eq!(log.ints[1][0], 0, "recomputed");
+}
+
+/// A backward with a split-scan route that needs the caller's chunk states
+/// (`Route::needs_chunk_states`): at sizes that ask for it, the route runs only when the
+/// chunk states are given (it reads, never writes them); without them the own launch
+/// recomputes them.
+#[test]
+fn a_route_that_needs_chunk_states_runs_only_with_them() {
+    use KernelParam as P;
+    let inputs_of = [Role::Query, Role::Key, Role::Value, Role::Gate].map(P::Input);
+    let with = |more: &[P]| [inputs_of.as_slice(), more].concat();
+    let scalars = [P::Scratch, P::SeqLen, P::Heads, P::ValueHeads, P::Scale];
+    let launch = |entry: &str, params: Vec<P>| Launch {
+        entry: entry.into(),
+        params,
+        grid: [
+            SizeExpr::Const(1),
+            SizeExpr::Sym(SizeSym::N),
+            SizeExpr::Const(1),
+        ],
+        block: [64, 1, 1],
+        shared_bytes: 0,
+        scratch: 0,
+    };
+    let grads = [Role::Query, Role::Key, Role::Value, Role::Gate].map(P::Grad);
+    let mut bwd = info(ALL);
+    bwd.instead = Some(Box::new(Route {
+        launches: vec![
+            launch(
+                "linrec_test_dh_segments",
+                with(
+                    &[
+                        &[P::InitialState, P::GradOutput, P::SegmentStates][..],
+                        &scalars,
+                    ]
+                    .concat(),
+                ),
+            ),
+            launch(
+                "linrec_test_dh_combine",
+                vec![P::SegmentStates, P::GradFinalState, P::SeqLen],
+            ),
+            launch(
+                "linrec_test_dh_scan",
+                with(
+                    &[
+                        &[
+                            P::InitialState,
+                            P::GradOutput,
+                            P::GradInitialState,
+                            P::SegmentStates,
+                        ][..],
+                        &scalars,
+                    ]
+                    .concat(),
+                ),
+            ),
+            launch(
+                "linrec_test_grads",
+                with(
+                    &[
+                        &[P::InitialState, P::GradOutput][..],
+                        &grads,
+                        &[
+                            P::ChunkStates,
+                            P::GradAccumulator(Role::Query),
+                            P::GradAccumulator(Role::Key),
+                        ],
+                        &scalars,
+                    ]
+                    .concat(),
+                ),
+            ),
+        ],
+        needs_chunk_states: true,
+    }));
+
+    // B = 1, T = 300: longer than a segment (16 chunks of 16), one workgroup of its own.
+    let (dev, log) = device();
+    let b = buffers(&dev, 1, 300, 1, 1);
+    let ins = inputs(&b);
+    assert_eq!(
+        bwd.takes_instead(
+            &linrec_spec::Dims::new(1, 300, 1, 8, 40).with_value_heads(2),
+            1
+        ),
+        Some(true)
+    );
+    op::backward(&dev, &bwd, BINARY, &args(&b, &ins)).expect("backward without states");
+    assert_eq!(
+        launches(&log).len(),
+        1,
+        "its own launch, recomputing the states"
+    );
+    assert!(launches(&log)[0].starts_with("linrec_test_bwd["));
+
+    let states = ones(&dev, DType::BF16, &[19, 2, 8, 40]);
+    let a = BackwardArgs {
+        chunk_states: Some(&states),
+        ..args(&b, &ins)
+    };
+    op::backward(&dev, &bwd, BINARY, &a).expect("backward with states");
+    let names = launches(&log);
+    assert_eq!(names.len(), 5);
+    let route = ["dh_segments", "dh_combine", "dh_scan", "grads"];
+    for (name, want) in names[1..].iter().zip(route) {
+        assert!(name.starts_with(&format!("linrec_test_{want}[")), "{name}");
+    }
+    let log = log.lock().expect("lock");
+    // The grads launch reads the caller's chunk states; the segment states are the same
+    // buffer in the three launches that take them.
+    let grads_states = 4 + 2 + 4;
+    assert_eq!(log.buffers[4][grads_states], address(&states));
+    assert_eq!(log.buffers[1][6], log.buffers[2][0]);
+    assert_eq!(log.buffers[1][6], log.buffers[3][7]);
 }

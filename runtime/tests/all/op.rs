@@ -649,6 +649,7 @@ fn with_route() -> KernelInfo {
                 3,
             ),
         ],
+        needs_chunk_states: false,
     }));
     info
 }
