@@ -904,6 +904,22 @@ fn a_split_forwards_chunk_states_fit_the_backward() {
     assert_eq!(log.ints[1][0], 1);
 }
 
+/// A launch of a test route: grid (1, N, 1), 64 threads.
+fn launch(entry: &str, params: Vec<KernelParam>) -> Launch {
+    Launch {
+        entry: entry.into(),
+        params,
+        grid: [
+            SizeExpr::Const(1),
+            SizeExpr::Sym(SizeSym::N),
+            SizeExpr::Const(1),
+        ],
+        block: [64, 1, 1],
+        shared_bytes: 0,
+        scratch: 0,
+    }
+}
+
 /// A fused forward with a split-scan route ([`KernelInfo::instead`]): a call that takes the
 /// route returns the chunk states its states kernel wrote, which the backward reads; a call
 /// that does not returns none, and the backward recomputes them.
@@ -918,18 +934,6 @@ fn a_routed_forwards_chunk_states_fit_the_backward_and_a_fused_call_has_none() {
     fwd.config.final_state = true;
     let scalars = [P::Scratch, P::SeqLen, P::Heads, P::ValueHeads, P::Scale];
     fwd.params = with(&[&[P::InitialState, P::Output, P::FinalState][..], &scalars].concat());
-    let launch = |entry: &str, params: Vec<P>| Launch {
-        entry: entry.into(),
-        params,
-        grid: [
-            SizeExpr::Const(1),
-            SizeExpr::Sym(SizeSym::N),
-            SizeExpr::Const(1),
-        ],
-        block: [64, 1, 1],
-        shared_bytes: 0,
-        scratch: 0,
-    };
     fwd.instead = Some(Box::new(Route {
         launches: vec![
             launch(
@@ -1012,18 +1016,6 @@ fn a_route_that_needs_chunk_states_runs_only_with_them() {
     let inputs_of = [Role::Query, Role::Key, Role::Value, Role::Gate].map(P::Input);
     let with = |more: &[P]| [inputs_of.as_slice(), more].concat();
     let scalars = [P::Scratch, P::SeqLen, P::Heads, P::ValueHeads, P::Scale];
-    let launch = |entry: &str, params: Vec<P>| Launch {
-        entry: entry.into(),
-        params,
-        grid: [
-            SizeExpr::Const(1),
-            SizeExpr::Sym(SizeSym::N),
-            SizeExpr::Const(1),
-        ],
-        block: [64, 1, 1],
-        shared_bytes: 0,
-        scratch: 0,
-    };
     let grads = [Role::Query, Role::Key, Role::Value, Role::Gate].map(P::Grad);
     let mut bwd = info(ALL);
     bwd.instead = Some(Box::new(Route {
