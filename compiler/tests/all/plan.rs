@@ -479,3 +479,51 @@ fn backward_eval_rejects_bad_arguments() {
     assert!(err.to_string().contains("C = 0"), "{err}");
     assert!(plan::eval::forward(&fwd, &s, &inputs, &opts, 0).is_err());
 }
+
+/// `plan::segment_plan`: every supported spec's state update (and its backward's dh update)
+/// has the split-scan's form `S' = d·S + U`, with `d` a sink exactly when the spec decays; an
+/// update that reads the state elementwise (`S ⊙ S`) has not.
+#[test]
+fn segment_plans_find_the_additive_update_and_its_decay() {
+    use plan::{Node, Op, Sink};
+    for s in supported_specs() {
+        let decays = s.decay != Decay::None;
+        let fwd = plan::forward(&s).expect("forward plan");
+        let dh = plan::backward(&s)
+            .expect("backward plan")
+            .keep_sinks(|k| k == Sink::StateGrad);
+        for (p, carried) in [(&fwd, Sink::StateOut), (&dh, Sink::StateGrad)] {
+            let seg = plan::segment_plan(p).unwrap_or_else(|| panic!("{}: {p}", s.name));
+            let sinks: Vec<Sink> = seg.sinks.iter().map(|(k, _)| *k).collect();
+            let want = match decays {
+                true => vec![carried, Sink::StateDecay],
+                false => vec![carried],
+            };
+            assert_eq!(sinks, want, "{}", s.name);
+            if let Some((_, d)) = seg.sinks.get(1) {
+                assert!(seg.node(*d).shape.rank() == 0, "{}: a scalar decay", s.name);
+            }
+        }
+        // The next state from S ⊙ S + U: reads S beyond a scaling.
+        let mut bad = fwd.clone();
+        let (_, next) = bad.sinks[1];
+        let Op::Add(_, u) = bad.node(next).op else {
+            panic!("{}: the state update is an add", s.name)
+        };
+        let state = (bad.nodes.iter())
+            .position(|n| n.op == Op::StateIn)
+            .expect("state_in");
+        let shape = bad.node(next).shape.clone();
+        let id = |i: usize| plan::ValueId(i);
+        bad.nodes.push(Node {
+            op: Op::Mul(id(state), id(state)),
+            shape: shape.clone(),
+        });
+        bad.nodes.push(Node {
+            op: Op::Add(id(bad.nodes.len() - 1), u),
+            shape,
+        });
+        bad.sinks[1] = (Sink::StateOut, id(bad.nodes.len() - 1));
+        assert!(plan::segment_plan(&bad).is_none(), "{}", s.name);
+    }
+}
