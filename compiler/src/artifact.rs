@@ -234,8 +234,8 @@ pub fn compile_with(
     let plan = plan::forward(spec)?;
     let (info, schedule_text, mlir) = match options.forward {
         ForwardForm::Fused => {
-            let s = schedule::forward_with(&plan, spec, target, config, options.matmul)?;
-            (s.kernel_info(), s.to_string(), emit::forward(&s)?)
+            let w = schedule::forward_widths(&plan, spec, target, config, options.matmul)?;
+            (w.kernel_info(), widths_text(&w), emit::forward_widths(&w)?)
         }
         ForwardForm::Split => {
             let s = schedule::forward_split(&plan, spec, target, config, options.matmul)?;
@@ -253,14 +253,10 @@ pub fn compile_with(
         }
         ForwardForm::Scan => {
             let s = schedule::forward_scan(&plan, spec, target, config, options.matmul)?;
-            (
-                s.kernel_info(),
-                scan_text(&s),
-                emit::forward_scan(None, &s)?,
-            )
+            (s.kernel_info(), scan_text(&s), emit::forward_scan(&[], &s)?)
         }
         ForwardForm::Auto => {
-            let fused = schedule::forward_with(&plan, spec, target, config, options.matmul)?;
+            let fused = schedule::forward_widths(&plan, spec, target, config, options.matmul)?;
             match plan::segment_plan(&plan) {
                 Some(_) => {
                     let s = schedule::forward_scan(&plan, spec, target, config, options.matmul)?;
@@ -270,17 +266,18 @@ pub fn compile_with(
                         needs_chunk_states: false,
                     }));
                     let text = format!(
-                        "{fused}\ninstead, for long sequences on few heads (KernelInfo::takes_instead: fewer than {} workgroups and more than {} chunks a sequence), the split-scan:\n\n{}",
+                        "{}\ninstead, for long sequences on few heads (KernelInfo::takes_instead: fewer than {} workgroups even in the narrowest blocks and more than {} chunks a sequence), the split-scan:\n\n{}",
+                        widths_text(&fused),
                         linrec_spec::launch::ENOUGH_WORKGROUPS,
                         linrec_spec::launch::SEGMENT_CHUNKS,
                         scan_text(&s)
                     );
-                    (info, text, emit::forward_scan(Some(&fused), &s)?)
+                    (info, text, emit::forward_scan(&fused.all(), &s)?)
                 }
                 None => (
                     fused.kernel_info(),
-                    fused.to_string(),
-                    emit::forward(&fused)?,
+                    widths_text(&fused),
+                    emit::forward_widths(&fused)?,
                 ),
             }
         }
@@ -292,6 +289,20 @@ pub fn compile_with(
         mlir,
     };
     finish(stages, target, options, start)
+}
+
+/// The schedule text of a fused forward at its widths: the widest, then a line per narrower.
+fn widths_text(w: &schedule::Widths) -> String {
+    let mut text = w.first.to_string();
+    for n in &w.narrower {
+        text.push_str(&format!(
+            "narrower @{}: the same with blocks of {} value columns, the runtime launches the widest kernel with at least {} workgroups (else the narrowest)\n",
+            n.entry,
+            n.block_v,
+            linrec_spec::launch::ENOUGH_WORKGROUPS
+        ));
+    }
+    text
 }
 
 /// The schedule text of a split-scan forward: its four kernels in launch order.

@@ -389,9 +389,10 @@ impl KernelInfo {
     }
 
     /// Whether a call of `dims` with `n` sequences runs [`KernelInfo::instead`]: when there is
-    /// one, this launch's grid has fewer than [`ENOUGH_WORKGROUPS`] workgroups and the
-    /// sequences are longer than one segment ([`SEGMENT_CHUNKS`] chunks) on average, so that
-    /// splitting them over T gives the GPU more work. `None` when the grid does not evaluate.
+    /// one, this launch's grid — in its narrowest variant ([`KernelInfo::narrower`]) — has
+    /// fewer than [`ENOUGH_WORKGROUPS`] workgroups and the sequences are longer than one
+    /// segment ([`SEGMENT_CHUNKS`] chunks) on average, so that splitting them over T gives the
+    /// GPU more work. `None` when the grid does not evaluate.
     ///
     /// ```
     /// use linrec_spec::launch::{ElementType, KernelConfig, KernelInfo, Route, SizeExpr, SizeSym};
@@ -420,8 +421,8 @@ impl KernelInfo {
         if self.instead.is_none() {
             return Some(false);
         }
-        let workgroups = self
-            .grid
+        let grid = self.narrower.last().map_or(&self.grid, |l| &l.grid);
+        let workgroups = grid
             .iter()
             .try_fold(1u64, |acc, e| acc.checked_mul(e.eval(dims, n)?))?;
         let tokens = (dims.batch as u64).checked_mul(dims.seq_len as u64)?;

@@ -34,7 +34,7 @@ use melior::{
     utility::{parse_pass_pipeline, register_all_dialects, register_all_passes},
 };
 
-use crate::schedule::{BackwardSchedule, ScanForward, Schedule, SplitForward};
+use crate::schedule::{BackwardSchedule, ScanForward, Schedule, SplitForward, Widths};
 
 /// Folds constants and common subexpressions of the built module (see [`forward`]).
 const TIDY_PIPELINE: &str = "builtin.module(gpu.module(canonicalize, cse))";
@@ -77,12 +77,17 @@ pub fn forward_split(split: &SplitForward) -> Result<String, EmitError> {
 }
 
 /// Emits the kernels of a split-scan forward (segments, combine, states, output) into one
-/// module, after `first` when given (the fused kernel of a forward that runs the split-scan
-/// only for long sequences).
-pub fn forward_scan(first: Option<&Schedule>, scan: &ScanForward) -> Result<String, EmitError> {
-    let mut all: Vec<&Schedule> = first.into_iter().collect();
+/// module, after `first` (the fused kernels of a forward that runs the split-scan only for
+/// long sequences; none for the split-scan alone).
+pub fn forward_scan(first: &[&Schedule], scan: &ScanForward) -> Result<String, EmitError> {
+    let mut all = first.to_vec();
     all.extend([&scan.segments, &scan.combine, &scan.states, &scan.output]);
     kernels(&all)
+}
+
+/// Emits the fused forward at its widths (the widest first) into one module.
+pub fn forward_widths(widths: &Widths) -> Result<String, EmitError> {
+    kernels(&widths.all())
 }
 
 /// One module with a kernel per schedule (the dynamic shared memory declared once).

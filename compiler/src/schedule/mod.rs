@@ -129,6 +129,12 @@ pub const MAX_BLOCK_V: usize = 32;
 /// shares the `QKᵀ` work of a chunk among more columns.
 pub const TENSOR_CORE_BLOCK_V: [usize; 2] = [64, 32];
 
+/// The fused forward's wide value block on tensor cores, compiled where it fits and V is wider
+/// than the default block, with the default as its narrower variant (`KernelInfo::narrower`,
+/// [`forward_widths`]): one block of 128 columns does a chunk's `QKᵀ` and gate work once
+/// instead of twice at V = 128, where the grid still has enough workgroups.
+pub const WIDE_BLOCK_V: usize = 128;
+
 /// The block of value columns of the sequential state kernels on the tensor-core path (a split
 /// forward's states kernel, the backward's dh kernel): they exist for long sequences with few
 /// (sequence, head) pairs, where narrower blocks give the GPU more workgroups (each chunk's
@@ -475,6 +481,66 @@ pub fn forward_with(
     forward_kernel(plan, spec, target, config, choice, Part::Fused, None)
 }
 
+/// The fused forward at its widths, widest first: at [`WIDE_BLOCK_V`] where that fits on tensor
+/// cores and V is wider than the default block, then the default; the runtime launches the
+/// widest whose grid has enough workgroups (`KernelInfo::narrower`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Widths {
+    /// The widest kernel (`…_fwd`).
+    pub first: Schedule,
+    /// The narrower ones (`…_fwd_v64`), widest first.
+    pub narrower: Vec<Schedule>,
+}
+
+impl Widths {
+    /// Every kernel, the widest first.
+    pub fn all(&self) -> Vec<&Schedule> {
+        std::iter::once(&self.first).chain(&self.narrower).collect()
+    }
+
+    /// The launch metadata: the widest kernel, the others as its narrower variants.
+    pub fn kernel_info(&self) -> KernelInfo {
+        let mut info = self.first.kernel_info();
+        info.narrower = self.narrower.iter().map(Schedule::launch).collect();
+        info
+    }
+}
+
+/// The fused forward of `spec` at its widths ([`Widths`]).
+pub fn forward_widths(
+    plan: &Plan,
+    spec: &Spec,
+    target: Target,
+    config: &KernelConfig,
+    choice: MatmulChoice,
+) -> Result<Widths, ScheduleError> {
+    let base = forward_kernel(plan, spec, target, config, choice, Part::Fused, None)?;
+    let wide = |w: usize| forward_kernel(plan, spec, target, config, choice, Part::Fused, Some(w));
+    let tensor_cores = matches!(base.matmul, MatmulPath::TensorCore | MatmulPath::Emulated);
+    if !tensor_cores || config.value_dim <= base.block_v {
+        return Ok(Widths {
+            first: base,
+            narrower: Vec::new(),
+        });
+    }
+    // Forced to one width, a kernel that does not fit falls back to portable matmuls.
+    let wide = wide(WIDE_BLOCK_V)?;
+    if wide.matmul != base.matmul {
+        return Ok(Widths {
+            first: base,
+            narrower: Vec::new(),
+        });
+    }
+    let narrower = Schedule {
+        entry: format!("{}_v{}", base.entry, base.block_v),
+        ..base
+    };
+    Ok(Widths {
+        first: wide,
+        narrower: vec![narrower],
+    })
+}
+
 /// Which kernel of a forward a [`Schedule`] is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Part {
@@ -712,7 +778,7 @@ fn forward_kernel(
     config: &KernelConfig,
     choice: MatmulChoice,
     part: Part,
-    states_block_v: Option<usize>,
+    width: Option<usize>,
 ) -> Result<Schedule, ScheduleError> {
     check_config(config)?;
     let err = |node: usize, why: String| ScheduleError::Plan {
@@ -827,10 +893,10 @@ fn forward_kernel(
             ),
             _ => (
                 shared_memory_limit(target),
-                if part.states_only() {
-                    std::slice::from_ref(states_block_v.as_ref().unwrap_or(&STATES_BLOCK_V))
-                } else {
-                    &TENSOR_CORE_BLOCK_V
+                match (part.states_only(), width.as_ref()) {
+                    (true, w) => std::slice::from_ref(w.unwrap_or(&STATES_BLOCK_V)),
+                    (false, Some(w)) => std::slice::from_ref(w),
+                    (false, None) => &TENSOR_CORE_BLOCK_V,
                 },
                 alloc::Reuse::Never,
                 "shared memory",
@@ -1005,7 +1071,7 @@ fn forward_kernel(
         config: *config,
         entry: entry_name(
             &spec.name,
-            &match (part, states_block_v) {
+            &match (part, width) {
                 (Part::States, Some(w)) => format!("fwd_states_v{w}"),
                 (Part::States, None) => "fwd_states".into(),
                 (Part::Segments, _) => "fwd_segments".into(),

@@ -311,8 +311,19 @@ pub(crate) fn check(test: &str, cases: &[Case]) {
                     " (scan, tensor-core layout)".to_string()
                 }
                 (ForwardForm::Scan, _) => " (scan)".to_string(),
-                (ForwardForm::Auto, _) if case.expect_scan => " (auto: split-scan)".to_string(),
-                (ForwardForm::Auto, _) => " (auto: fused)".to_string(),
+                (ForwardForm::Auto, m) => format!(
+                    " (auto: {}{})",
+                    if case.expect_scan {
+                        "split-scan"
+                    } else {
+                        "fused"
+                    },
+                    if m == MatmulChoice::Emulated {
+                        ", tensor-core layout"
+                    } else {
+                        ""
+                    }
+                ),
                 (_, MatmulChoice::Emulated) => " (tensor-core layout)".to_string(),
                 (_, MatmulChoice::EmulatedMatrixCore(core)) => {
                     format!(" ({} layout)", core.name())
@@ -433,6 +444,13 @@ fn scan_forward_runs_on_opencl() {
                 .auto(true),
             Case::new(sg(), Bf16, Dims::new(1, 100, 1, 32, 32), 16)
                 .h0()
+                .auto(false),
+            // The fused kernel's wide block (128 value columns), which the runtime launches
+            // where its grid has 128 workgroups (here 64·2 sequences and heads), in the
+            // tensor-core layout.
+            Case::new(sg(), Bf16, Dims::new(64, 20, 2, 32, 128), 16)
+                .h0()
+                .emulated()
                 .auto(false),
         ],
     );

@@ -254,7 +254,7 @@ fn scan_forward_schedule_snapshot() {
         assert_eq!(launches[2].grid[2], segments);
         assert_eq!(launches[1].grid[2], SizeExpr::Const(1));
         if decays {
-            let mlir = emit::forward_scan(None, &scan).expect("emits");
+            let mlir = emit::forward_scan(&[], &scan).expect("emits");
             let combine = mlir
                 .split("gpu.func @")
                 .find(|f| f.starts_with("linrec_simple_gla_fwd_combine"))
