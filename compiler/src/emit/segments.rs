@@ -240,52 +240,72 @@ impl<'c> Kernel<'_, 'c> {
         }
         // Every segment, the last included (an empty sequence has one): its S is stored, and
         // the loop's results are never read (SPIR-V's lowering leaves those of a loop that
-        // runs no iteration undefined).
+        // runs no iteration undefined). A trip takes COMBINE_BATCH segments and issues all
+        // their loads before any store (the stores may alias them as far as the compiler
+        // knows): one memory latency per batch, not per segment.
+        let batch = crate::schedule::COMBINE_BATCH;
         let segments = self.sequence_segments(blk, env)?;
         let zero = b.ci(blk, 0)?;
         let one = b.ci(blk, 1)?;
         let segments = b.bin(blk, "arith.maxui", segments, one)?;
         let last = b.subi(blk, segments, one)?;
-        b.for_values(blk, (zero, segments, one), &init, |blk, it, s| {
-            let z = match reverse {
-                true => b.subi(blk, last, it)?,
-                false => it,
-            };
-            let slot = self.segment_slot(blk, env, z)?;
-            let mut u = Vec::with_capacity(elements.len());
-            for &(k, c, _) in &elements {
-                u.push(self.masked_column(blk, env, c, |blk, c| {
-                    let idx = self.slot_state_index(blk, env, slot, k, c)?;
-                    b.load(blk, states, idx)
-                })?);
-            }
-            let d = match decays {
-                Some(mem) => {
-                    let at = self.decay_index(blk, env, slot)?;
-                    Some(b.load(blk, mem, at)?)
+        let step = b.ci(blk, batch as i64)?;
+        b.for_values(blk, (zero, segments, step), &init, |blk, it0, mut s| {
+            // Per segment of the batch: whether it exists, its slot (clamped to the last, so
+            // the loads stay in bounds), U and d.
+            let mut loaded = Vec::with_capacity(batch);
+            for j in 0..batch {
+                let off = b.ci(blk, j as i64)?;
+                let it = b.addi(blk, it0, off)?;
+                let exists = b.cmpi(blk, Cmp::Ult, it, segments)?;
+                let it = b.bin(blk, "arith.minui", it, last)?;
+                let z = match reverse {
+                    true => b.subi(blk, last, it)?,
+                    false => it,
+                };
+                let slot = self.segment_slot(blk, env, z)?;
+                let mut u = Vec::with_capacity(elements.len());
+                for &(k, c, _) in &elements {
+                    u.push(self.masked_column(blk, env, c, |blk, c| {
+                        let idx = self.slot_state_index(blk, env, slot, k, c)?;
+                        b.load(blk, states, idx)
+                    })?);
                 }
-                None => None,
-            };
-            for (&(k, c, ok), &s) in elements.iter().zip(&s) {
-                b.if_(blk, ok, |blk| {
-                    let idx = self.slot_state_index(blk, env, slot, k, c)?;
-                    b.store(blk, s, states, idx)
-                })?;
+                let d = match decays {
+                    Some(mem) => {
+                        let at = self.decay_index(blk, env, slot)?;
+                        Some(b.load(blk, mem, at)?)
+                    }
+                    None => None,
+                };
+                // The last segment's U (a backward's first) was never written (the segment
+                // kernel skips it).
+                let more = b.cmpi(blk, Cmp::Ult, it, last)?;
+                let more = b.bin(blk, "arith.andi", more, exists)?;
+                loaded.push((exists, more, slot, u, d));
             }
-            // The last segment's U (a backward's first) was never written (the segment kernel
-            // skips it).
-            let more = b.cmpi(blk, Cmp::Ult, it, last)?;
-            s.iter()
-                .zip(&u)
-                .map(|(&s, &u)| {
-                    let ds = match d {
-                        Some(d) => b.mulf(blk, d, s)?,
-                        None => s,
-                    };
-                    let next = b.addf(blk, ds, u)?;
-                    b.select(blk, more, next, s)
-                })
-                .collect()
+            for (exists, more, slot, u, d) in loaded {
+                for (&(k, c, ok), &s) in elements.iter().zip(&s) {
+                    let store = b.bin(blk, "arith.andi", ok, exists)?;
+                    b.if_(blk, store, |blk| {
+                        let idx = self.slot_state_index(blk, env, slot, k, c)?;
+                        b.store(blk, s, states, idx)
+                    })?;
+                }
+                s = s
+                    .iter()
+                    .zip(&u)
+                    .map(|(&s, &u)| {
+                        let ds = match d {
+                            Some(d) => b.mulf(blk, d, s)?,
+                            None => s,
+                        };
+                        let next = b.addf(blk, ds, u)?;
+                        b.select(blk, more, next, s)
+                    })
+                    .collect::<R<_>>()?;
+            }
+            Ok(s)
         })?;
         Ok(())
     }

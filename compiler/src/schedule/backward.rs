@@ -178,6 +178,7 @@ fn backward_scan(dh: &Schedule) -> BackwardScan {
         segment_params.push(P::SegmentDecays);
     }
     let own = [P::ChunkStates, P::ChunkStatesGiven, P::ChunkStateGrads];
+    // Kernel 1's register budget: at `STATES_REGISTERS` dh's plan spills (4–20 bytes).
     let segments = Schedule {
         entry: entry_name(&dh.spec_name, "bwd_dh_segments"),
         part: super::Part::Segments,

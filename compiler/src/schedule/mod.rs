@@ -252,6 +252,14 @@ pub struct Schedule {
 /// K = V = 128 kernels already limits them to two workgroups per SM on an H100.
 pub const TENSOR_CORE_REGISTERS: u32 = 255;
 
+/// The registers per thread of a forward's sequential state kernels on tensor cores (a split
+/// forward's states kernel, the split-scan's segment and states kernels): 128, so that two
+/// 8-warp workgroups share an SM (ncu at (1, 32768, 16, 128): one a SM, they spent ~2.7 µs
+/// per 64-column chunk on latency). They do one `[K × BV]` state update a chunk: ptxas
+/// spills nothing at 128 for the built-ins at D = 64 and 128 (checked by the targets tests).
+/// The backward's dh kernels keep [`TENSOR_CORE_REGISTERS`]: at 128 they spill 4–20 bytes.
+pub const STATES_REGISTERS: u32 = 128;
+
 /// How a schedule runs the plan's matmuls (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MatmulPath {
@@ -667,6 +675,11 @@ impl ScanForward {
 /// one sequence's heads still make many workgroups.
 pub const COMBINE_BLOCK_V: usize = 16;
 
+/// Segments a trip of the combine kernel's loop takes, all their loads issued before any of
+/// their stores. One at a time, the loop waited on memory per segment: 0.44 ms for 33
+/// segments at (1, 32768, 16, 128) on an H200 (ncu), more than the segment kernel itself.
+pub const COMBINE_BATCH: usize = 8;
+
 /// Lays out the forward of `spec` as the split-scan over T segments of [`SEGMENT_CHUNKS`]
 /// chunks, for long sequences on few heads, where one workgroup walking a whole sequence
 /// leaves the GPU idle: (1) every segment but a sequence's last walks its chunks from a zero
@@ -739,7 +752,8 @@ pub(crate) fn combine_kernel(segments: &Schedule) -> Schedule {
     Schedule {
         entry: entry_name(&segments.spec_name, name),
         part: Part::Combine,
-        block_threads: BLOCK_THREADS,
+        // Eight warps: more of a segment's loads in flight at once.
+        block_threads: TENSOR_CORE_THREADS,
         block_v,
         grid: [
             SizeExpr::ceil_div(SizeExpr::Sym(SizeSym::V), SizeExpr::Const(block_v as u64)),
@@ -1105,7 +1119,10 @@ fn forward_kernel(
         shared_bytes,
         tiles_shared,
         fallback,
-        max_registers: (matmul == MatmulPath::TensorCore).then_some(TENSOR_CORE_REGISTERS),
+        max_registers: (matmul == MatmulPath::TensorCore).then_some(match part.states_only() {
+            true => STATES_REGISTERS,
+            false => TENSOR_CORE_REGISTERS,
+        }),
     })
 }
 

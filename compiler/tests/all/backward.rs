@@ -467,6 +467,8 @@ fn backward_split_scan_matches_the_reference() {
             false,
         ),
         (sg(), ElementType::Bf16, Dims::new(1, 560, 1, 32, 64), true),
+        // 9 segments: the combine's batches of 8, the second partial.
+        (sg(), ElementType::F32, Dims::new(1, 2300, 1, 16, 16), false),
     ] {
         let mut c = case(spec, dtype, dims, 16);
         c.h0 = true;

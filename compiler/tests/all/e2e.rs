@@ -412,6 +412,10 @@ fn scan_forward_runs_on_opencl() {
             Case::new(la(), F32, Dims::new(1, 600, 1, 16, 16), 16)
                 .h0()
                 .scan(),
+            // 10 segments: the combine's batches of 8, the second partial.
+            Case::new(re(), F32, Dims::new(1, 2400, 1, 16, 16), 16)
+                .h0()
+                .scan(),
             Case::new(la(), F32, Dims::new(1, 0, 1, 16, 20), 32)
                 .h0()
                 .scan(),
