@@ -91,7 +91,7 @@ case "$mode" in
     }
     for s in "${SETS[@]}"; do
       fwd=$(forward_of "$s")
-      step "compile $s (LINREC_FORWARD=${fwd:-fused})" compile_set "$s" \
+      step "compile $s (LINREC_FORWARD=${fwd:-auto})" compile_set "$s" \
         || { tail -n 5 "$dir/$s.compile.log"; exit 1; }
       tail -n 1 "$dir/$s.compile.log"
     done
