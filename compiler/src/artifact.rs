@@ -239,15 +239,7 @@ pub fn compile_with(
         }
         ForwardForm::Split => {
             let s = schedule::forward_split(&plan, spec, target, config, options.matmul)?;
-            let mut text = format!("{}\n", s.states);
-            for n in &s.narrower {
-                text.push_str(&format!(
-                    "narrower @{}: the states kernel with blocks of {} value columns, the runtime launches the widest kernel with at least {} workgroups (else the narrowest)\n",
-                    n.entry,
-                    n.block_v,
-                    linrec_spec::launch::ENOUGH_WORKGROUPS
-                ));
-            }
+            let mut text = with_narrower(format!("{}\n", s.states), &s.narrower);
             text.push_str(&format!("\n{}", s.output));
             (s.kernel_info(), text, emit::forward_split(&s)?)
         }
@@ -293,8 +285,12 @@ pub fn compile_with(
 
 /// The schedule text of a fused forward at its widths: the widest, then a line per narrower.
 fn widths_text(w: &schedule::Widths) -> String {
-    let mut text = w.first.to_string();
-    for n in &w.narrower {
+    with_narrower(w.first.to_string(), &w.narrower)
+}
+
+/// `text` (a kernel's schedule) and a line per narrower variant of it.
+fn with_narrower(mut text: String, narrower: &[schedule::Schedule]) -> String {
+    for n in narrower {
         text.push_str(&format!(
             "narrower @{}: the same with blocks of {} value columns, the runtime launches the widest kernel with at least {} workgroups (else the narrowest)\n",
             n.entry,
