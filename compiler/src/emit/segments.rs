@@ -36,11 +36,7 @@ impl<'c> Kernel<'_, 'c> {
         env: &Env<'c, '_>,
         z: Value<'c, '_>,
     ) -> R<Value<'c, 'a>> {
-        let b = &self.b;
-        let rows = b.ci(blk, (SEGMENT_CHUNKS * self.s.config.chunk) as i64)?;
-        let first = b.divui(blk, env.bos, rows)?;
-        let slot = b.addi(blk, first, env.n)?;
-        b.addi(blk, slot, z)
+        self.slot(blk, env, SEGMENT_CHUNKS * self.s.config.chunk, z)
     }
 
     /// The index of this value head's entry of slot `slot` in `segment_decays`.

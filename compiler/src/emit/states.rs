@@ -26,12 +26,24 @@ impl<'c> Kernel<'_, 'c> {
         k: Value<'c, '_>,
         c: Value<'c, '_>,
     ) -> R<Value<'c, 'a>> {
-        let b = &self.b;
-        let chunk = b.ci(blk, self.s.config.chunk as i64)?;
-        let first = b.divui(blk, env.bos, chunk)?;
-        let slot = b.addi(blk, first, env.n)?;
-        let slot = b.addi(blk, slot, i)?;
+        let slot = self.slot(blk, env, self.s.config.chunk, i)?;
         self.slot_state_index(blk, env, slot, k, c)
+    }
+
+    /// Slot `⌊bos / rows⌋ + n + i` of a per-sequence buffer whose slots cover `rows` tokens
+    /// each (a chunk's, a segment's): every sequence has its own slots, at least one.
+    pub(super) fn slot<'a>(
+        &self,
+        blk: &'a Block<'c>,
+        env: &Env<'c, '_>,
+        rows: usize,
+        i: Value<'c, '_>,
+    ) -> R<Value<'c, 'a>> {
+        let b = &self.b;
+        let rows = b.ci(blk, rows as i64)?;
+        let first = b.divui(blk, env.bos, rows)?;
+        let slot = b.addi(blk, first, env.n)?;
+        b.addi(blk, slot, i)
     }
 
     /// Index of state element `(k, v0 + c)` of slot `slot` of a `[slots, HV, K, V]` buffer
