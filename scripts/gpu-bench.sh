@@ -12,6 +12,9 @@
 #                over T which the runtime takes for long sequences on few heads) + backward
 #     art-split  LINREC_FORWARD=split: the split forward + the same backward
 #     art-fused  LINREC_FORWARD=fused (art-scan: scan), for comparisons
+#     art-90a    the default forms for sm_90a (wgmma on core-matrix operand tiles), run with
+#                LINREC_CUDA_TARGET=sm_90a; any set whose name ends in -90a is compiled and
+#                run for sm_90a (art-split-90a: the split forward there)
 #   and downloads the pure-Python wheels fla-core 0.6.0 and einops. DIR (default .device/bench,
 #   git-ignored) is what the device call carries.
 # There (the GPU):    bash scripts/gpu-bench.sh run [DIR]
@@ -61,11 +64,19 @@ step() {
 # other → unset (auto: the fused kernel, or the split-scan over T for long sequences on few
 # heads, picked at launch).
 forward_of() {
-  case "$1" in
+  case "${1%-90a}" in
     *-split) echo split ;;
     *-fused) echo fused ;;
     *-scan) echo scan ;;
     *) echo "" ;;
+  esac
+}
+
+# The CUDA target of a set: sm_90a for a name ending in -90a, else sm_90.
+target_of() {
+  case "$1" in
+    *-90a) echo sm_90a ;;
+    *) echo sm_90 ;;
   esac
 }
 
@@ -86,12 +97,12 @@ case "$mode" in
       fwd=$(forward_of "$1")
       rm -rf "${dir:?}/$1"
       env -u LINREC_FORWARD ${fwd:+LINREC_FORWARD=$fwd} "$tdir/gpucheck/debug/linrec" compile \
-        "${VARIANTS[@]}" --target sm_90 --dtype bf16 --head-dims "${HEAD_DIMS:-64,128,256}" \
+        "${VARIANTS[@]}" --target "$(target_of "$1")" --dtype bf16 --head-dims "${HEAD_DIMS:-64,128,256}" \
         --direction both --out "$dir/$1" 2>"$dir/$1.compile.log"
     }
     for s in "${SETS[@]}"; do
       fwd=$(forward_of "$s")
-      step "compile $s (LINREC_FORWARD=${fwd:-auto})" compile_set "$s" \
+      step "compile $s ($(target_of "$s"), LINREC_FORWARD=${fwd:-auto})" compile_set "$s" \
         || { tail -n 5 "$dir/$s.compile.log"; exit 1; }
       tail -n 1 "$dir/$s.compile.log"
     done
@@ -114,8 +125,8 @@ case "$mode" in
         echo "[gpu-bench] no $dir/$s/manifest.json: run \`bash scripts/gpu-bench.sh prepare\` with SETS including $s" >&2
         continue
       fi
-      step "linrec bench --backward $s ($label)" \
-        "$dir/linrec" bench "${VARIANTS[@]}" --device cuda --artifacts "$dir/$s" --backward \
+      step "linrec bench --backward $s ($label, $(target_of "$s"))" \
+        env LINREC_CUDA_TARGET="$(target_of "$s")" "$dir/linrec" bench "${VARIANTS[@]}" --device cuda --artifacts "$dir/$s" --backward \
         --label "$label" --shapes "$SHAPES" --iters "$ITERS" --json "$out/$label.json" \
         --budget-s "${LINREC_BUDGET_S:-120}" \
         2>&1 | tee "$out/$label.log"

@@ -14,13 +14,16 @@
 #   backward matrix: random dO and dht, every gradient (dq, dk, dv, dg, dh0) checked against
 #   the reference's exact backward (< 0.005, 0.02 for dg). Ends with `N passed, N failed`.
 #
-# Knob: TARGETS (prepare only), default "sm_80 sm_90"; `TARGETS=sm_90` halves the artifacts
-# for a Hopper-only call (scripts/gpu-session.sh does that).
+# Knobs: TARGETS (prepare only), default "sm_80 sm_90"; `TARGETS=sm_90` halves the artifacts
+# for a Hopper-only call (scripts/gpu-session.sh does that). RUN_TARGETS (run only), default
+# "default" (the device's own target): each listed CUDA target (e.g. "sm_90 sm_90a") runs the
+# whole matrix through LINREC_CUDA_TARGET, its kernels read from the same folders.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-}
 dir=${2:-.device}
 read -r -a TARGETS <<<"${TARGETS:-sm_80 sm_90}"
+read -r -a RUN_TARGETS <<<"${RUN_TARGETS:-default}"
 
 VARIANTS=(linear_attn retention simple_gla)
 # shape dtype extra-flags   (B,T,H,K,V or B,T,H,HV,K,V)
@@ -70,6 +73,9 @@ case "$mode" in
   run)
     nvidia-smi --query-gpu=name,driver_version --format=csv,noheader || true
     pass=0; fail=0
+    for target in "${RUN_TARGETS[@]}"; do
+    if [ "$target" = default ]; then unset LINREC_CUDA_TARGET; else export LINREC_CUDA_TARGET=$target; fi
+    echo "== target: $target"
     for variant in "${VARIANTS[@]}"; do
       for row in "${MATRIX[@]}"; do
         read -r shape dtype extra <<<"$row"
@@ -106,6 +112,7 @@ case "$mode" in
     else
       echo "note: no $dir/art-bwd (the backward kernels did not compile in prepare): backward skipped"
     fi
+    done
     echo "$pass passed, $fail failed"
     [ "$fail" -eq 0 ]
     ;;

@@ -11,7 +11,8 @@
 #   unpacks, runs gpu-check (CHECK_S seconds at most, default 150), then gpu-bench with the
 #   knobs below; everything goes to $OUT (check.log, bench/), a summary to stdout.
 #
-# Knobs (environment): SETS (default "art art-split"), SHAPES (default fla: the anchors
+# Knobs (environment): SETS (default "art art-split"; a set ending in -90a is sm_90a's),
+# CHECK_TARGETS (the conformance check's CUDA targets, compiled and run, default sm_90), SHAPES (default fla: the anchors
 # first), LINREC_BUDGET_S (default 60 per set), FLA_BUDGET_S (default 240; fla's Triton
 # autotuning takes minutes on a fresh machine), FLA=0 to skip fla; HEAD_DIMS at prepare.
 # Keep the call's timeout above CHECK_S + 2·LINREC_BUDGET_S + FLA_BUDGET_S + ~60 s.
@@ -20,7 +21,7 @@ cd "$(dirname "$0")/.."
 export SETS=${SETS:-art art-split}
 case "${1:-}" in
   prepare)
-    TARGETS=sm_90 bash scripts/gpu-check.sh prepare .device/gc || exit 1
+    TARGETS=${CHECK_TARGETS:-sm_90} bash scripts/gpu-check.sh prepare .device/gc || exit 1
     # The backward set holds the forward kernels too: the forward check reads it.
     if [ -f .device/gc/art-bwd/manifest.json ]; then
       rm -rf .device/gc/art && ln -s art-bwd .device/gc/art
@@ -35,7 +36,8 @@ case "${1:-}" in
     t0=$SECONDS
     tar xzf .device/session.tgz -C .device || exit 1
     nvidia-smi --query-gpu=name,driver_version --format=csv,noheader || true
-    timeout "${CHECK_S:-150}" bash scripts/gpu-check.sh run .device/gc >"$out/check.log" 2>&1
+    RUN_TARGETS=${CHECK_TARGETS:-default} timeout "${CHECK_S:-150}" \
+      bash scripts/gpu-check.sh run .device/gc >"$out/check.log" 2>&1
     echo "[gpu-session] check: exit $?, $((SECONDS - t0)) s"
     grep -E "passed|^FAIL" "$out/check.log" | head -40
     LINREC_BUDGET_S=${LINREC_BUDGET_S:-60} FLA_BUDGET_S=${FLA_BUDGET_S:-240} OUT="$out/bench" \

@@ -148,13 +148,19 @@ impl Default for CompileOptions {
 impl CompileOptions {
     /// Options from the environment: `LINREC_DUMP_DIR` (ignored when empty) and
     /// `LINREC_TENSOR_CORES` (`0` or `off`: [`MatmulChoice::Portable`]; `emulate`:
-    /// [`MatmulChoice::Emulated`]; `emulate-mfma` / `emulate-wmma`:
+    /// [`MatmulChoice::Emulated`]; `emulate-core-matrices`:
+    /// [`MatmulChoice::EmulatedCoreMatrices`]; `mma-sync` / `mma-sync-core-matrices`:
+    /// [`MatmulChoice::MmaSync`] / [`MatmulChoice::MmaSyncCoreMatrices`];
+    /// `emulate-mfma` / `emulate-wmma`:
     /// [`MatmulChoice::EmulatedMatrixCore`] with the CDNA / RDNA3 layout; anything else:
     /// [`MatmulChoice::Auto`]).
     pub fn from_env() -> Self {
         let matmul = match std::env::var(TENSOR_CORES_ENV).as_deref().map(str::trim) {
             Ok("0" | "off" | "false") => MatmulChoice::Portable,
             Ok("emulate") => MatmulChoice::Emulated,
+            Ok("emulate-core-matrices") => MatmulChoice::EmulatedCoreMatrices,
+            Ok("mma-sync") => MatmulChoice::MmaSync,
+            Ok("mma-sync-core-matrices") => MatmulChoice::MmaSyncCoreMatrices,
             Ok("emulate-mfma") => MatmulChoice::EmulatedMatrixCore(MatrixCore::Mfma16x16x16),
             Ok("emulate-wmma") => MatmulChoice::EmulatedMatrixCore(MatrixCore::Wmma16x16x16),
             _ => MatmulChoice::Auto,

@@ -31,7 +31,7 @@ pub(super) fn build<'c>(ctx: &'c Context, bs: &BackwardSchedule, module: &Block<
     ) -> Kernel<'s, 'c> {
         Kernel {
             b: Builder::new(ctx),
-            t: TargetOps::new(bs.grads.target),
+            t: TargetOps::new(s.target).with_proxy_fence(s.wgmma),
             s,
             bwd: Some(bs),
         }

@@ -164,7 +164,7 @@ impl<'c> Kernel<'_, 'c> {
         let mut indices = Vec::with_capacity(n);
         for step in 0..n {
             let (e, _) = self.vector_slot(blk, env, copy, step, true)?;
-            let (r, c) = self.row_col(blk, e, copy.tile.cols / LANES)?;
+            let (r, c) = self.vector_row_col(blk, e, copy.tile, copy.tile.cols / LANES)?;
             let lanes = b.ci(blk, LANES as i64)?;
             let c = b.muli(blk, c, lanes)?;
             let one = b.ci(blk, 1)?;
@@ -255,7 +255,7 @@ impl<'c> Kernel<'_, 'c> {
         let zeros = self.zero_vector(blk, self.row_vector()?)?;
         for (step, &v) in vectors.iter().enumerate() {
             let (e, partial) = self.vector_slot(blk, env, copy, step, false)?;
-            let (r, c) = self.row_col(blk, e, copy.tile.cols / LANES)?;
+            let (r, c) = self.vector_row_col(blk, e, copy.tile, copy.tile.cols / LANES)?;
             let lanes = b.ci(blk, LANES as i64)?;
             let c = b.muli(blk, c, lanes)?;
             let mut ok = b.cmpi(blk, Cmp::Ult, r, len)?;

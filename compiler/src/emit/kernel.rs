@@ -532,7 +532,16 @@ impl<'c> Kernel<'_, 'c> {
         c: Value<'c, '_>,
     ) -> R<Value<'c, 'a>> {
         let b = &self.b;
-        let within = b.mad(blk, c, r, tile.stride as i64)?;
+        let within = if tile.core_matrices {
+            // ⌊c/8⌋·8·rows_padded + 8·r + c mod 8.
+            let eight = b.ci(blk, 8)?;
+            let block = b.bin(blk, "arith.divui", c, eight)?;
+            let lane = b.bin(blk, "arith.remui", c, eight)?;
+            let row = b.mad(blk, lane, r, 8)?;
+            b.mad(blk, row, block, 8 * tile.rows_padded as i64)?
+        } else {
+            b.mad(blk, c, r, tile.stride as i64)?
+        };
         let path = self.s.matmul;
         if path.operands_on_chip() {
             let off = b.ci(blk, tile.offset as i64)?;
@@ -754,6 +763,31 @@ impl<'c> Kernel<'_, 'c> {
         }
         let w = b.ci(blk, cols as i64)?;
         Ok((b.divui(blk, e, w)?, b.remui(blk, e, w)?))
+    }
+
+    /// `(row, vector)` of the `e`-th 8-element vector of an operand tile with `per_row`
+    /// vectors a row, in the order threads copy them: along the row, or, for a tile of core
+    /// matrices whose rows are a multiple of 8, eight consecutive `e` down eight rows, so that
+    /// each eight threads store one contiguous 128-byte core matrix (along the row they would
+    /// hit the same banks, `8·rows_padded` elements apart) and still read whole 32-byte
+    /// sectors of each global row between the four groups of a warp.
+    pub fn vector_row_col<'a>(
+        &self,
+        blk: &'a Block<'c>,
+        e: Value<'c, 'a>,
+        tile: OperandTile,
+        per_row: usize,
+    ) -> R<(Value<'c, 'a>, Value<'c, 'a>)> {
+        if !tile.core_matrices || tile.rows % 8 != 0 || per_row == 1 {
+            return self.row_col(blk, e, per_row);
+        }
+        let b = &self.b;
+        let eight = b.ci(blk, 8)?;
+        let within = b.remui(blk, e, eight)?;
+        let group = b.divui(blk, e, eight)?;
+        let (band, col) = self.row_col(blk, group, per_row)?;
+        let row = b.mad(blk, within, band, 8)?;
+        Ok((row, col))
     }
 
     /// `S ← h0` (or 0), columns past V read as 0.

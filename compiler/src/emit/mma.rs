@@ -23,6 +23,11 @@
 //!   of the workgroup reaches the emitted code (warps without work skip it, warp-uniformly).
 //! * Barriers are the caller's: one after A and B are written, and one after the result tile
 //!   is written if other warps read it. The emitted code only reads A and B.
+//! * A tile may also be stored as core matrices ([`SmemTile::col_step`] > 1: each 8-column
+//!   block a `rows × 8` array); every address above then moves `col_step` elements per column
+//!   (column offsets here are multiples of 8), and with [`Matmul::wgmma`] a sum of matmuls
+//!   whose M is a multiple of 64 runs as Hopper's warpgroup MMA instead ([`super::wgmma`]).
+//!   The f32 result tiles are always row-major.
 //!
 //! # Work distribution
 //!
@@ -143,6 +148,10 @@ pub struct SmemTile<'c, 'v> {
     pub offset: i64,
     /// Elements from one stored row to the next.
     pub row_stride: i64,
+    /// Elements one column moves the address, for column offsets that are multiples of 8:
+    /// 1 for a row-major tile; `rows` for a tile of core matrices (each 8-column block a
+    /// `rows × 8` array, `row_stride` 8: [`crate::schedule::OperandTile::core_matrices`]).
+    pub col_step: i64,
 }
 
 /// One matmul operand: where it is stored and whether the stored matrix is used transposed.
@@ -314,6 +323,9 @@ pub struct Matmul<'c, 'v> {
     pub a: Operand<'c, 'v>,
     /// The right operand.
     pub b: Operand<'c, 'v>,
+    /// Issue Hopper's warpgroup MMA where the shape and tiles allow ([`super::wgmma`]; sm_90a
+    /// only), else `mma.sync`.
+    pub wgmma: bool,
 }
 
 impl<'c, 'v> Matmul<'c, 'v> {
@@ -417,6 +429,9 @@ impl<'c, 'v> Matmul<'c, 'v> {
                 )));
             }
         }
+        if terms.iter().all(|t| t.wgmma) && super::wgmma::applies(terms) {
+            return super::wgmma::emit_sum(terms, ctx, loc, block, init, epilogue);
+        }
         let e = Emit {
             ops: Ops { ctx, loc },
             top: block,
@@ -434,17 +449,9 @@ impl<'c, 'v> Matmul<'c, 'v> {
             let cond = e
                 .ops
                 .push(block, arith::cmpi(ctx, CmpiPredicate::Ult, warp, used, loc))?;
-            let then = Block::new(&[]);
-            e.warp_body(&then, warp, lane, &init, epilogue)?;
-            then.append_operation(scf::r#yield(&[], loc));
-            let region = Region::new();
-            region.append_block(then);
-            e.ops.build0(
-                block,
-                OperationBuilder::new("scf.if", loc)
-                    .add_operands(&[cond])
-                    .add_regions([region, Region::new()]),
-            )?;
+            e.ops.if_then(block, cond, |then| {
+                e.warp_body(then, warp, lane, &init, epilogue)
+            })?;
         } else {
             e.warp_body(block, warp, lane, &init, epilogue)?;
         }
@@ -486,6 +493,12 @@ impl<'c, 'v> Matmul<'c, 'v> {
 }
 
 fn check_f32_tile(ctx: &Context, t: &SmemTile, rows: i64, cols: i64, what: &str) -> R<()> {
+    if t.col_step != 1 {
+        return Err(invalid(format!(
+            "{what}: an f32 tile must be row-major (column step 1, not {})",
+            t.col_step
+        )));
+    }
     check_tile(ctx, t, rows, cols, Type::float32(ctx), 2, what)
 }
 
@@ -528,13 +541,26 @@ fn check_tile(
             align * if align == 8 { 2 } else { 4 }
         ));
     }
-    if t.row_stride < cols {
-        return bad(format!(
-            "row stride {} is less than the {cols} columns",
-            t.row_stride
-        ));
-    }
-    let end = t.offset + (rows - 1) * t.row_stride + cols;
+    let end = if t.col_step == 1 {
+        if t.row_stride < cols {
+            return bad(format!(
+                "row stride {} is less than the {cols} columns",
+                t.row_stride
+            ));
+        }
+        t.offset + (rows - 1) * t.row_stride + cols
+    } else {
+        // Core matrices: 16-bit operands only, each 8-column block `col_step` rows deep.
+        if align != 8 || t.row_stride != 8 || t.col_step < rows || t.col_step % 8 != 0 {
+            return bad(format!(
+                "a tile of core matrices needs 16-bit elements, row stride 8 and a column \
+                 step of at least the {rows} rows, a multiple of 8 (got row stride {}, column \
+                 step {})",
+                t.row_stride, t.col_step
+            ));
+        }
+        t.offset + ((cols + 7) / 8 - 1) * 8 * t.col_step + (rows - 1) * 8 + 8
+    };
     if let Ok(DimSize::Static(size)) = memref.dim_size(0)
         && i64::try_from(size).unwrap_or(i64::MAX) < end
     {
@@ -548,14 +574,18 @@ fn check_tile(
 
 /// Builds single ops at one location, turning MLIR failures into [`EmitError`]s.
 #[derive(Clone, Copy)]
-struct Ops<'c> {
-    ctx: &'c Context,
-    loc: Location<'c>,
+pub(super) struct Ops<'c> {
+    pub(super) ctx: &'c Context,
+    pub(super) loc: Location<'c>,
 }
 
 impl<'c> Ops<'c> {
     /// Builds `op`, appends it to `blk` and returns its first result.
-    fn build<'a>(&self, blk: &'a Block<'c>, op: OperationBuilder<'c>) -> R<Value<'c, 'a>> {
+    pub(super) fn build<'a>(
+        &self,
+        blk: &'a Block<'c>,
+        op: OperationBuilder<'c>,
+    ) -> R<Value<'c, 'a>> {
         let op = self.append(blk, op)?;
         let name = op.name().as_string_ref().as_str().unwrap_or("?").to_owned();
         op.result(0).map(Into::into).map_err(|e| EmitError::Build {
@@ -565,8 +595,28 @@ impl<'c> Ops<'c> {
     }
 
     /// Builds `op` (no results used) and appends it to `blk`.
-    fn build0(&self, blk: &Block<'c>, op: OperationBuilder<'c>) -> R<()> {
+    pub(super) fn build0(&self, blk: &Block<'c>, op: OperationBuilder<'c>) -> R<()> {
         self.append(blk, op).map(|_| ())
+    }
+
+    /// `scf.if cond { body }` with no results (a warp- or warpgroup-uniform skip).
+    pub(super) fn if_then(
+        &self,
+        blk: &Block<'c>,
+        cond: Value<'c, '_>,
+        body: impl FnOnce(&Block<'c>) -> R<()>,
+    ) -> R<()> {
+        let then = Block::new(&[]);
+        body(&then)?;
+        then.append_operation(scf::r#yield(&[], self.loc));
+        let region = Region::new();
+        region.append_block(then);
+        self.build0(
+            blk,
+            OperationBuilder::new("scf.if", self.loc)
+                .add_operands(&[cond])
+                .add_regions([region, Region::new()]),
+        )
     }
 
     fn append<'a>(
@@ -582,7 +632,7 @@ impl<'c> Ops<'c> {
     }
 
     /// Appends an op made by one of melior's dialect helpers and returns its result.
-    fn push<'a>(&self, blk: &'a Block<'c>, op: Operation<'c>) -> R<Value<'c, 'a>> {
+    pub(super) fn push<'a>(&self, blk: &'a Block<'c>, op: Operation<'c>) -> R<Value<'c, 'a>> {
         let op = blk.append_operation(op);
         let name = op.name().as_string_ref().as_str().unwrap_or("?").to_owned();
         op.result(0).map(Into::into).map_err(|e| EmitError::Build {
@@ -591,33 +641,53 @@ impl<'c> Ops<'c> {
         })
     }
 
-    fn attr(&self, text: &str) -> R<Attribute<'c>> {
+    pub(super) fn attr(&self, text: &str) -> R<Attribute<'c>> {
         Attribute::parse(self.ctx, text).ok_or_else(|| EmitError::Build {
             op: format!("attribute `{text}`"),
             detail: "MLIR could not parse it".into(),
         })
     }
 
-    fn named(&self, name: &str, a: Attribute<'c>) -> (Identifier<'c>, Attribute<'c>) {
+    pub(super) fn named(&self, name: &str, a: Attribute<'c>) -> (Identifier<'c>, Attribute<'c>) {
         (Identifier::new(self.ctx, name), a)
     }
 
     /// An `index` constant.
-    fn ci<'a>(&self, blk: &'a Block<'c>, n: i64) -> R<Value<'c, 'a>> {
+    pub(super) fn ci<'a>(&self, blk: &'a Block<'c>, n: i64) -> R<Value<'c, 'a>> {
         let attr = IntegerAttribute::new(Type::index(self.ctx), n).into();
         self.push(blk, arith::constant(self.ctx, attr, self.loc))
     }
 
-    fn add<'a>(&self, blk: &'a Block<'c>, x: Value<'c, '_>, y: Value<'c, '_>) -> R<Value<'c, 'a>> {
+    pub(super) fn add<'a>(
+        &self,
+        blk: &'a Block<'c>,
+        x: Value<'c, '_>,
+        y: Value<'c, '_>,
+    ) -> R<Value<'c, 'a>> {
         self.push(blk, arith::addi(x, y, self.loc))
     }
-    fn mul<'a>(&self, blk: &'a Block<'c>, x: Value<'c, '_>, y: Value<'c, '_>) -> R<Value<'c, 'a>> {
+    pub(super) fn mul<'a>(
+        &self,
+        blk: &'a Block<'c>,
+        x: Value<'c, '_>,
+        y: Value<'c, '_>,
+    ) -> R<Value<'c, 'a>> {
         self.push(blk, arith::muli(x, y, self.loc))
     }
-    fn div<'a>(&self, blk: &'a Block<'c>, x: Value<'c, '_>, y: Value<'c, '_>) -> R<Value<'c, 'a>> {
+    pub(super) fn div<'a>(
+        &self,
+        blk: &'a Block<'c>,
+        x: Value<'c, '_>,
+        y: Value<'c, '_>,
+    ) -> R<Value<'c, 'a>> {
         self.push(blk, arith::divui(x, y, self.loc))
     }
-    fn rem<'a>(&self, blk: &'a Block<'c>, x: Value<'c, '_>, y: Value<'c, '_>) -> R<Value<'c, 'a>> {
+    pub(super) fn rem<'a>(
+        &self,
+        blk: &'a Block<'c>,
+        x: Value<'c, '_>,
+        y: Value<'c, '_>,
+    ) -> R<Value<'c, 'a>> {
         self.push(blk, arith::remui(x, y, self.loc))
     }
 }
@@ -721,42 +791,35 @@ impl<'c, 't> Emit<'c, 't, '_, '_> {
         let l8 = o.rem(blk, lane, self.c(8)?)?;
         let h = o.div(blk, lane, self.c(16)?)?;
         let q = o.rem(blk, o.div(blk, lane, self.c(8)?)?, self.c(2)?)?;
-        // (l % 16)·s + 8·(l / 16): rows from l%16, column block from l/16.
-        let pat1 = |s: i64| -> R<Value<'c, 'x>> {
-            let c = self.mul_c(blk, h, 8)?;
-            self.mad(blk, l16, s, c)
+        // Row s = row stride, column step cs (column offsets here are multiples of 8).
+        // (l % 16)·s + 8·(l / 16)·cs: rows from l%16, column block from l/16.
+        let pat1 = |t: &SmemTile| -> R<Value<'c, 'x>> {
+            let c = self.mul_c(blk, h, 8 * t.col_step)?;
+            self.mad(blk, l16, t.row_stride, c)
         };
-        // (l % 8 + 8·(l / 16))·s + 8·((l / 8) % 2).
-        let pat2 = |s: i64| -> R<Value<'c, 'x>> {
+        // (l % 8 + 8·(l / 16))·s + 8·((l / 8) % 2)·cs.
+        let pat2 = |t: &SmemTile| -> R<Value<'c, 'x>> {
             let r = self.mad(blk, h, 8, l8)?;
-            let c = self.mul_c(blk, q, 8)?;
-            self.mad(blk, r, s, c)
+            let c = self.mul_c(blk, q, 8 * t.col_step)?;
+            self.mad(blk, r, t.row_stride, c)
         };
-        // .x2 forms for B (lanes 0–15 only): (l % 16)·s and (l % 8)·s + 8·((l / 8) % 2).
-        let pat1_x2 = |s: i64| -> R<Value<'c, 'x>> { self.mul_c(blk, l16, s) };
-        let pat2_x2 = |s: i64| -> R<Value<'c, 'x>> {
-            let c = self.mul_c(blk, q, 8)?;
-            self.mad(blk, l8, s, c)
+        // .x2 forms for B (lanes 0–15 only): (l % 16)·s and (l % 8)·s + 8·((l / 8) % 2)·cs.
+        let pat1_x2 = |t: &SmemTile| -> R<Value<'c, 'x>> { self.mul_c(blk, l16, t.row_stride) };
+        let pat2_x2 = |t: &SmemTile| -> R<Value<'c, 'x>> {
+            let c = self.mul_c(blk, q, 8 * t.col_step)?;
+            self.mad(blk, l8, t.row_stride, c)
         };
 
         let mut addrs = Vec::with_capacity(self.terms.len());
         for t in self.terms {
             let (at, bt) = (&t.a.tile, &t.b.tile);
-            let a_lane = if t.a.transposed {
-                pat2(at.row_stride)?
-            } else {
-                pat1(at.row_stride)?
-            };
-            let b_lane = if t.b.transposed {
-                pat2(bt.row_stride)?
-            } else {
-                pat1(bt.row_stride)?
-            };
+            let a_lane = if t.a.transposed { pat2(at)? } else { pat1(at)? };
+            let b_lane = if t.b.transposed { pat2(bt)? } else { pat1(bt)? };
             let b_lane_x2 = if lay.pass_n % 2 == 1 {
                 let v = if t.b.transposed {
-                    pat2_x2(bt.row_stride)?
+                    pat2_x2(bt)?
                 } else {
-                    pat1_x2(bt.row_stride)?
+                    pat1_x2(bt)?
                 };
                 Some(self.add_c(blk, v, bt.offset)?)
             } else {
@@ -764,14 +827,22 @@ impl<'c, 't> Emit<'c, 't, '_, '_> {
             };
             // Where a fragment row (A) / column (B) index moves the address: along the stored
             // row when the matrix is stored transposed relative to k-major, else by whole rows.
+            let (a_m_step, a_k_step) = match t.a.transposed {
+                true => (at.col_step, at.row_stride),
+                false => (at.row_stride, at.col_step),
+            };
+            let (b_n_step, b_k_step) = match t.b.transposed {
+                true => (bt.row_stride, bt.col_step),
+                false => (bt.col_step, bt.row_stride),
+            };
             addrs.push(TermAddr {
                 a_lane: self.add_c(blk, a_lane, at.offset)?,
                 b_lane: self.add_c(blk, b_lane, bt.offset)?,
                 b_lane_x2,
-                a_m_step: if t.a.transposed { 1 } else { at.row_stride },
-                a_k_step: if t.a.transposed { at.row_stride } else { 1 },
-                b_n_step: if t.b.transposed { bt.row_stride } else { 1 },
-                b_k_step: if t.b.transposed { 1 } else { bt.row_stride },
+                a_m_step,
+                a_k_step,
+                b_n_step,
+                b_k_step,
             });
         }
 

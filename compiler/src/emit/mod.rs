@@ -6,7 +6,9 @@
 //! Files: `builder.rs` (the ops, over melior), `target.rs` (every vendor difference),
 //! `kernel.rs` (the kernel's frame and chunk loop), `tile.rs` (one plan node's loop),
 //! `backward.rs` (the backward's two kernels and their gradient stores), `states.rs` (chunk
-//! states and dh per chunk), `copy.rs` (16-byte row copies), `scan.rs` (warp scans).
+//! states and dh per chunk), `copy.rs` (16-byte row copies), `scan.rs` (warp scans), `mma.rs`
+//! (tensor cores), `wgmma.rs` (Hopper's warpgroup MMA), `mfma.rs` (AMD matrix cores),
+//! `segments.rs` (the split-scan over T).
 
 mod backward;
 mod builder;
@@ -19,6 +21,7 @@ mod segments;
 mod states;
 mod target;
 mod tile;
+pub mod wgmma;
 
 use std::{cell::RefCell, rc::Rc};
 
@@ -97,7 +100,7 @@ fn kernels(schedules: &[&Schedule]) -> Result<String, EmitError> {
         for schedule in schedules {
             let k = kernel::Kernel {
                 b: builder::Builder::new(ctx),
-                t: target::TargetOps::new(schedule.target),
+                t: target::TargetOps::new(schedule.target).with_proxy_fence(schedule.wgmma),
                 s: schedule,
                 bwd: None,
             };

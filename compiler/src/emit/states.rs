@@ -202,7 +202,7 @@ impl<'c> Kernel<'_, 'c> {
             } else {
                 e
             };
-            let (k, c) = self.row_col(blk, ec, per_row)?;
+            let (k, c) = self.vector_row_col(blk, ec, to, per_row)?;
             let lanes = b.ci(blk, LANES as i64)?;
             let c = b.muli(blk, c, lanes)?;
             // Columns past the valid ones read the block's first (in bounds), stored as 0.

@@ -35,11 +35,24 @@ pub(super) const DYNAMIC: i64 = i64::MIN;
 #[derive(Clone, Copy, Debug)]
 pub(super) struct TargetOps {
     target: Target,
+    /// Precede barriers with `fence.proxy.async.shared::cta` (kernels with wgmma).
+    proxy_fence: bool,
 }
 
 impl TargetOps {
     pub fn new(target: Target) -> Self {
-        TargetOps { target }
+        TargetOps {
+            target,
+            proxy_fence: false,
+        }
+    }
+
+    /// The same, with barriers that make shared-memory writes visible to wgmma (`yes`).
+    pub fn with_proxy_fence(self, yes: bool) -> Self {
+        TargetOps {
+            proxy_fence: yes,
+            ..self
+        }
     }
 
     fn spirv(&self) -> bool {
@@ -317,6 +330,17 @@ impl TargetOps {
                 ]),
             )
         } else {
+            if self.proxy_fence {
+                // wgmma reads shared memory through the async proxy: what this thread wrote
+                // before the barrier must be visible there after it (`emit/wgmma.rs`).
+                b.push0(
+                    blk,
+                    b.op("nvvm.fence.proxy").add_attributes(&[
+                        b.named("kind", b.attr("#nvvm.proxy_kind<async.shared>")?),
+                        b.named("space", b.attr("#nvvm.shared_space<cta>")?),
+                    ]),
+                )?;
+            }
             b.push0(blk, b.op("gpu.barrier"))
         }
     }

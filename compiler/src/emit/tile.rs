@@ -646,6 +646,7 @@ impl<'c> Kernel<'_, 'c> {
                         memref: arena,
                         offset: t.offset as i64,
                         row_stride: t.stride as i64,
+                        col_step: t.col_step() as i64,
                     },
                     transposed,
                 };
@@ -660,6 +661,7 @@ impl<'c> Kernel<'_, 'c> {
                         thread_id,
                         a: side(self.operand_tile(t.a)?, t.ta),
                         b: side(self.operand_tile(t.b)?, t.tb),
+                        wgmma: self.s.wgmma,
                     });
                 }
                 // Accumulators go from the registers to the result tiles: C[row][col],

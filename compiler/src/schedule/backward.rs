@@ -303,10 +303,12 @@ fn blocked(
 
     let sixteen_bit = config.dtype != linrec_spec::launch::ElementType::F32;
     let wanted = match choice {
-        MatmulChoice::Auto if sixteen_bit && target.vendor() == Vendor::Nvidia => {
+        c if c.tensor_cores() && sixteen_bit && target.vendor() == Vendor::Nvidia => {
             MatmulPath::TensorCore
         }
-        MatmulChoice::Emulated if sixteen_bit => MatmulPath::Emulated,
+        MatmulChoice::Emulated | MatmulChoice::EmulatedCoreMatrices if sixteen_bit => {
+            MatmulPath::Emulated
+        }
         _ => MatmulPath::Portable,
     };
     let block_v = |path: MatmulPath| match (separable, path, dh_width) {
@@ -323,8 +325,9 @@ fn blocked(
             by_level,
             ..Default::default()
         };
-        let blocked = TileDims::new(config, block_v(path));
-        let whole = TileDims::new(config, config.value_dim);
+        let core = choice.core_matrices(target, path);
+        let blocked = TileDims::new(config, block_v(path)).with_core_matrices(core);
+        let whole = TileDims::new(config, config.value_dim).with_core_matrices(core);
         let place = |plan: &Plan,
                      dims: &TileDims,
                      sinks: &[ValueId],
@@ -556,6 +559,7 @@ fn blocked(
             fallback: fallback.clone(),
             max_registers: (matmul == MatmulPath::TensorCore)
                 .then_some(super::TENSOR_CORE_REGISTERS),
+            wgmma: choice.wgmma(target, matmul),
         }
     };
     let dh_frame = Frame {

@@ -32,6 +32,8 @@
 //!   (C already is; K and the BV block are rounded up) with zeros, so the padding adds
 //!   nothing to any product, and rows `cols_padded + 8` elements apart (16-byte aligned
 //!   `ldmatrix` rows in distinct banks). A value gets an operand tile when a matmul reads it.
+//!   On sm_90a the tiles are stored as 8×8 core matrices instead (no skew,
+//!   [`OperandTile::core_matrices`]), the layout wgmma reads ([`crate::emit::wgmma`]).
 //! * **Who writes them.** q, k and v are loaded straight into their operand tiles (they are
 //!   16-bit already: no f32 copy exists, and elementwise nodes that read them, such as
 //!   `Q ⊙ 2^b`, read the operand tile, which is exact). A computed operand (`Q ⊙ 2^b`, the
@@ -242,6 +244,9 @@ pub struct Schedule {
     /// The register budget per thread (NVIDIA `.maxnreg`), on the tensor-core path:
     /// [`TENSOR_CORE_REGISTERS`].
     pub max_registers: Option<u32>,
+    /// Matmuls whose M is a multiple of 64 run as Hopper's warpgroup MMA
+    /// ([`crate::emit::wgmma`]; sm_90a tensor cores with core-matrix operand tiles).
+    pub wgmma: bool,
 }
 
 /// The registers per thread a tensor-core kernel may use: all of them (255, two 4-warp
@@ -322,10 +327,48 @@ pub enum MatmulChoice {
     /// [`MatmulPath::EmulatedMatrixCore`] with this instruction's layout, for bf16/f16
     /// configs on any target (portable for f32).
     EmulatedMatrixCore(MatrixCore),
+    /// [`MatmulPath::Emulated`] with the operand tiles stored as sm_90a's core matrices
+    /// ([`OperandTile::core_matrices`]): a test of that layout's index math on any target.
+    EmulatedCoreMatrices,
+    /// Tensor cores with `mma.sync` only and sm_90's row-major operand tiles, on every NVIDIA
+    /// target (sm_90a too): for comparisons (`LINREC_TENSOR_CORES=mma-sync`).
+    MmaSync,
+    /// Tensor cores with `mma.sync` only, reading core-matrix operand tiles, on every NVIDIA
+    /// target: sm_90a's layout without wgmma, for comparisons
+    /// (`LINREC_TENSOR_CORES=mma-sync-core-matrices`).
+    MmaSyncCoreMatrices,
+}
+
+impl MatmulChoice {
+    /// Whether operand tiles on `path` are stored as core matrices: tensor cores on sm_90a
+    /// (where `wgmma` reads them, [`crate::emit::wgmma`]) and where asked for.
+    pub fn core_matrices(self, target: Target, path: MatmulPath) -> bool {
+        match (path, self) {
+            (MatmulPath::TensorCore, MatmulChoice::Auto) => target == Target::Sm90a,
+            (MatmulPath::TensorCore, MatmulChoice::MmaSyncCoreMatrices) => true,
+            (MatmulPath::Emulated, MatmulChoice::EmulatedCoreMatrices) => true,
+            _ => false,
+        }
+    }
+
+    /// Whether matmuls on `path` may run as wgmma: tensor cores on sm_90a, by default.
+    pub fn wgmma(self, target: Target, path: MatmulPath) -> bool {
+        path == MatmulPath::TensorCore && target == Target::Sm90a && self == MatmulChoice::Auto
+    }
+
+    /// Whether this asks for tensor cores on NVIDIA (by default or explicitly).
+    pub(crate) fn tensor_cores(self) -> bool {
+        matches!(
+            self,
+            MatmulChoice::Auto | MatmulChoice::MmaSync | MatmulChoice::MmaSyncCoreMatrices
+        )
+    }
 }
 
 /// A 16-bit matmul operand tile: element `(r, c)` is at `offset + r·stride + c` in the
-/// operand arena. Rows `rows..rows_padded` and columns `cols..cols_padded` hold zeros.
+/// operand arena, or with [`OperandTile::core_matrices`] at
+/// `offset + ⌊c/8⌋·8·rows_padded + 8·r + c mod 8`. Rows `rows..rows_padded` and columns
+/// `cols..cols_padded` hold zeros.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct OperandTile {
     /// First element in the arena (a multiple of 8: 16-byte aligned).
@@ -338,14 +381,33 @@ pub struct OperandTile {
     pub rows_padded: usize,
     /// Columns including the zero padding (a multiple of 16).
     pub cols_padded: usize,
-    /// Elements from one row to the next (`cols_padded + 8`).
+    /// Elements from one row to the next (`cols_padded + 8`; 8 with core matrices).
     pub stride: usize,
+    /// Stored as wgmma's 8×8 core matrices (sm_90a): every 8-column block of the tile is its
+    /// own `rows_padded × 8` array, so each 8×8 core matrix is 128 contiguous bytes, the
+    /// layout `wgmma` reads through a shared-memory descriptor without swizzling (both
+    /// K-major and MN-major operands, so one tile serves as A or B, transposed or not).
+    pub core_matrices: bool,
 }
 
 impl OperandTile {
     /// Elements the tile spans in the arena.
     pub fn len(&self) -> u64 {
-        (self.rows_padded * self.stride) as u64
+        if self.core_matrices {
+            (self.rows_padded * self.cols_padded) as u64
+        } else {
+            (self.rows_padded * self.stride) as u64
+        }
+    }
+
+    /// Elements one column moves the address, for column offsets that are multiples of 8
+    /// (`rows_padded` with core matrices, else 1).
+    pub fn col_step(&self) -> usize {
+        if self.core_matrices {
+            self.rows_padded
+        } else {
+            1
+        }
     }
 
     /// True when the tile has no elements (never, for valid configs).
@@ -771,6 +833,7 @@ pub(crate) fn combine_kernel(segments: &Schedule) -> Schedule {
         tiles_shared: false,
         fallback: None,
         max_registers: None,
+        wgmma: false,
         ..segments.clone()
     }
 }
@@ -811,14 +874,16 @@ fn forward_kernel(
     check_plan(plan, &err, false)?;
     let sixteen_bit = config.dtype != ElementType::F32;
     let wanted = match choice {
-        MatmulChoice::Auto if sixteen_bit && target.vendor() == Vendor::Nvidia => {
+        c if c.tensor_cores() && sixteen_bit && target.vendor() == Vendor::Nvidia => {
             MatmulPath::TensorCore
         }
         MatmulChoice::Auto if sixteen_bit => match MatrixCore::for_target(target) {
             Some(core) => MatmulPath::MatrixCore(core),
             None => MatmulPath::Portable,
         },
-        MatmulChoice::Emulated if sixteen_bit => MatmulPath::Emulated,
+        MatmulChoice::Emulated | MatmulChoice::EmulatedCoreMatrices if sixteen_bit => {
+            MatmulPath::Emulated
+        }
         MatmulChoice::EmulatedMatrixCore(core) if sixteen_bit => {
             MatmulPath::EmulatedMatrixCore(core)
         }
@@ -919,7 +984,8 @@ fn forward_kernel(
         let tiles_too = matches!(wanted, MatmulPath::TensorCore | MatmulPath::Emulated);
         let mut tried = Vec::new();
         'blocks: for &bv in block_vs {
-            let dims = TileDims::new(config, bv);
+            let dims =
+                TileDims::new(config, bv).with_core_matrices(choice.core_matrices(target, wanted));
             // Keeping tiles to the end of their readers' level saves barriers but takes more
             // memory: only where the tiles then still fit on chip.
             let tries = if placing.by_level {
@@ -1123,6 +1189,7 @@ fn forward_kernel(
             true => STATES_REGISTERS,
             false => TENSOR_CORE_REGISTERS,
         }),
+        wgmma: choice.wgmma(target, matmul),
     })
 }
 
@@ -1288,6 +1355,8 @@ pub(crate) struct TileDims {
     c: usize,
     k: usize,
     v: usize,
+    /// Operand tiles as core matrices ([`OperandTile::core_matrices`]).
+    core_matrices: bool,
 }
 
 impl TileDims {
@@ -1297,6 +1366,15 @@ impl TileDims {
             c: config.chunk,
             k: config.key_dim,
             v: config.value_dim.min(max_block_v),
+            core_matrices: false,
+        }
+    }
+
+    /// The same dims with operand tiles stored as core matrices (`yes`) or row-major.
+    fn with_core_matrices(self, yes: bool) -> Self {
+        TileDims {
+            core_matrices: yes,
+            ..self
         }
     }
 
@@ -1321,7 +1399,13 @@ impl TileDims {
             cols,
             rows_padded: pad(rows),
             cols_padded: pad(cols),
-            stride: pad(cols) + OPERAND_ROW_SKEW,
+            // Core matrices need no skew: `ldmatrix`'s eight rows are one 128-byte run.
+            stride: if self.core_matrices {
+                8
+            } else {
+                pad(cols) + OPERAND_ROW_SKEW
+            },
+            core_matrices: self.core_matrices,
         })
     }
 

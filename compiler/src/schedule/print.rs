@@ -192,10 +192,28 @@ impl fmt::Display for Schedule {
 }
 
 impl Schedule {
+    /// Whether the operand tiles are stored as core matrices (sm_90a's wgmma layout).
+    pub fn core_matrices(&self) -> bool {
+        self.operands.iter().flatten().any(|t| t.core_matrices)
+    }
+
     /// The line saying where the operand tiles live and how matmuls run (none when portable).
     fn write_matmuls(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.matmul {
             MatmulPath::Portable => {}
+            MatmulPath::TensorCore if self.core_matrices() => writeln!(
+                f,
+                "  operands {} x {} as 8x8 core matrices in dynamic shared memory ({} bytes); matmuls: {}, f32 accumulation; at most {} registers",
+                self.operand_arena,
+                self.config.dtype,
+                2 * self.operand_arena,
+                if self.wgmma {
+                    "wgmma m64nNk16 where M is a multiple of 64 (barriers fence the async proxy), else mma.sync m16n8k16"
+                } else {
+                    "mma.sync m16n8k16"
+                },
+                self.max_registers.unwrap_or(255)
+            )?,
             MatmulPath::TensorCore => writeln!(
                 f,
                 "  operands {} x {} in dynamic shared memory ({} bytes); matmuls: mma.sync m16n8k16, f32 accumulation; at most {} registers",
@@ -206,8 +224,15 @@ impl Schedule {
             )?,
             MatmulPath::Emulated => writeln!(
                 f,
-                "  operands {} x {} (as rounded f32) in scratch @ {}; matmuls: scalar, f32 accumulation",
-                self.operand_arena, self.config.dtype, self.operand_base
+                "  operands {} x {} (as rounded f32{}) in scratch @ {}; matmuls: scalar, f32 accumulation",
+                self.operand_arena,
+                self.config.dtype,
+                if self.core_matrices() {
+                    ", as 8x8 core matrices"
+                } else {
+                    ""
+                },
+                self.operand_base
             )?,
             MatmulPath::MatrixCore(core) => writeln!(
                 f,

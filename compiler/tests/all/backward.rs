@@ -166,6 +166,8 @@ struct Case {
     cu_seqlens: Option<Vec<i64>>,
     /// The tensor-core layout, emulated (operand tiles rounded to the dtype, in scratch).
     emulated: bool,
+    /// With `emulated`: sm_90a's operand tiles (core matrices) instead of sm_90's.
+    core_matrices: bool,
     /// Run the split-scan forward first and give its chunk states to the backward, whose
     /// split-scan of dh the runtime then takes (the case's sizes must ask for it).
     scan: bool,
@@ -181,6 +183,7 @@ fn case(spec: Spec, dtype: ElementType, dims: Dims, chunk: usize) -> Case {
         dht: false,
         cu_seqlens: None,
         emulated: false,
+        core_matrices: false,
         scan: false,
     }
 }
@@ -206,9 +209,10 @@ fn run_backward(dev: &Device, c: &Case, seed: u64) -> Vec<(String, f64)> {
         final_state: c.dht,
         varlen: c.cu_seqlens.is_some(),
     };
-    let options = match c.emulated {
-        true => CompileOptions::from_env().with_matmul(MatmulChoice::Emulated),
-        false => CompileOptions::from_env(),
+    let options = match (c.emulated, c.core_matrices) {
+        (true, false) => CompileOptions::from_env().with_matmul(MatmulChoice::Emulated),
+        (true, true) => CompileOptions::from_env().with_matmul(MatmulChoice::EmulatedCoreMatrices),
+        (false, _) => CompileOptions::from_env(),
     };
     let artifact = compile_backward_with(&c.spec, Target::Spirv, &config, &options)
         .unwrap_or_else(|e| panic!("{c:?}: compile failed: {e}"));
@@ -443,7 +447,12 @@ fn backward_in_the_tensor_core_layout_matches_the_reference() {
     w.h0 = true;
     w.dht = true;
     w.emulated = true;
-    cases.push(w);
+    cases.push(w.clone());
+    // sm_90a's layout (core matrices): the same kernels with every operand index changed.
+    for mut c in [cases[0].clone(), cases[2].clone(), w] {
+        c.core_matrices = true;
+        cases.push(c);
+    }
     check_backward(
         "backward_in_the_tensor_core_layout_matches_the_reference",
         &cases,

@@ -161,6 +161,12 @@ impl Case {
         self.matmul = MatmulChoice::Emulated;
         self
     }
+    /// Compile with sm_90a's layout (operand tiles as core matrices), emulated
+    /// ([`MatmulChoice::EmulatedCoreMatrices`]).
+    pub(crate) fn core_matrices(mut self) -> Self {
+        self.matmul = MatmulChoice::EmulatedCoreMatrices;
+        self
+    }
     /// Compile with an AMD matrix-core layout, emulated lane by lane
     /// ([`MatmulChoice::EmulatedMatrixCore`]).
     pub(crate) fn matrix_core(mut self, core: MatrixCore) -> Self {
@@ -325,6 +331,7 @@ pub(crate) fn check(test: &str, cases: &[Case]) {
                     }
                 ),
                 (_, MatmulChoice::Emulated) => " (tensor-core layout)".to_string(),
+                (_, MatmulChoice::EmulatedCoreMatrices) => " (core-matrix layout)".to_string(),
                 (_, MatmulChoice::EmulatedMatrixCore(core)) => {
                     format!(" ({} layout)", core.name())
                 }

@@ -65,6 +65,8 @@ struct Case {
     dtype: MmaType,
     warps: u32,
     mode: Mode,
+    /// sm_90a: A and B stored as core matrices, issued as wgmma ([`Matmul::wgmma`]).
+    wgmma: bool,
 }
 
 impl Case {
@@ -78,13 +80,24 @@ impl Case {
             dtype: MmaType::Bf16,
             warps: 4,
             mode: Mode::Overwrite,
+            wgmma: false,
+        }
+    }
+
+    /// The same case as wgmma on core-matrix tiles, two warpgroups.
+    const fn wgmma(self) -> Self {
+        Case {
+            wgmma: true,
+            warps: 8,
+            ..self
         }
     }
 
     fn name(&self) -> String {
         let t = |x: bool| if x { 't' } else { 'n' };
         format!(
-            "mma_{}_{}x{}x{}_{}{}_w{}_{}",
+            "{}_{}_{}x{}x{}_{}{}_w{}_{}",
+            if self.wgmma { "wgmma" } else { "mma" },
             self.dtype.ptx_name(),
             self.m,
             self.n,
@@ -146,6 +159,30 @@ fn cases() -> Vec<Case> {
     v.push(Case {
         mode: Mode::Callback,
         ..Case::new(48, 24, 32, false, false)
+    });
+    v
+}
+
+/// The wgmma cases (sm_90a): every transpose pair, a 128-row result (a unit per warpgroup),
+/// f16 with accumulation, the callback epilogue, 128 columns on one warpgroup (two units).
+fn wgmma_cases() -> Vec<Case> {
+    let mut v = Vec::new();
+    for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+        v.push(Case::new(64, 64, 64, ta, tb).wgmma());
+    }
+    v.push(Case::new(128, 128, 64, true, false).wgmma());
+    v.push(
+        Case {
+            dtype: MmaType::F16,
+            mode: Mode::Accumulate,
+            ..Case::new(64, 48, 32, false, true)
+        }
+        .wgmma(),
+    );
+    v.push(Case {
+        warps: 4,
+        mode: Mode::Callback,
+        ..Case::new(64, 256, 16, false, false).wgmma()
     });
     v
 }
@@ -223,16 +260,32 @@ impl<'c> K<'c> {
         smem: Value<'c, '_>,
         (rows, cols, stride): (i64, i64, i64),
         to_smem: bool,
+        core_rows: Option<i64>,
     ) {
         let body = Block::new(&[(Type::index(self.ctx), self.loc)]);
         {
             let i: Value = body.argument(0).expect("iv").into();
             let c_cols = self.ci(&body, cols);
-            let c_stride = self.ci(&body, stride);
             let r = self.bin(&body, "arith.divui", i, c_cols);
             let c = self.bin(&body, "arith.remui", i, c_cols);
-            let rs = self.bin(&body, "arith.muli", r, c_stride);
-            let j = self.bin(&body, "arith.addi", rs, c);
+            let j = match core_rows {
+                // ⌊c/8⌋·8·rows + 8·r + c mod 8.
+                Some(rows) => {
+                    let eight = self.ci(&body, 8);
+                    let block = self.bin(&body, "arith.divui", c, eight);
+                    let lane = self.bin(&body, "arith.remui", c, eight);
+                    let slab = self.ci(&body, 8 * rows);
+                    let at = self.bin(&body, "arith.muli", block, slab);
+                    let r8 = self.bin(&body, "arith.muli", r, eight);
+                    let at = self.bin(&body, "arith.addi", at, r8);
+                    self.bin(&body, "arith.addi", at, lane)
+                }
+                None => {
+                    let c_stride = self.ci(&body, stride);
+                    let rs = self.bin(&body, "arith.muli", r, c_stride);
+                    self.bin(&body, "arith.addi", rs, c)
+                }
+            };
             let (src, si, dst, di) = if to_smem {
                 (global, i, smem, j)
             } else {
@@ -283,6 +336,9 @@ fn build(case: &Case) -> String {
     let (br, bc) = case.b_shape();
     let (sa, sb, sc) = (pad16(ac), pad16(bc), pad32(case.n));
     let smem_c = case.mode != Mode::Callback;
+    // Core matrices: each 8-column block a `rows × 8` array (rows are multiples of 16 here).
+    let (sa, sb) = if case.wgmma { (ac, bc) } else { (sa, sb) };
+    let core = |rows: i64| case.wgmma.then_some(rows);
 
     let args = [
         k.memref(elem, ar * ac, false),
@@ -312,10 +368,19 @@ fn build(case: &Case) -> String {
                 )])
                 .add_results(&[Type::index(&ctx)]),
         );
-        k.copy(&entry, tid, threads, ga, wa, (ar, ac, sa), true);
-        k.copy(&entry, tid, threads, gb, wb, (br, bc, sb), true);
+        k.copy(&entry, tid, threads, ga, wa, (ar, ac, sa), true, core(ar));
+        k.copy(&entry, tid, threads, gb, wb, (br, bc, sb), true, core(br));
         if case.mode == Mode::Accumulate {
-            k.copy(&entry, tid, threads, gc, arg(5), (case.m, case.n, sc), true);
+            k.copy(
+                &entry,
+                tid,
+                threads,
+                gc,
+                arg(5),
+                (case.m, case.n, sc),
+                true,
+                None,
+            );
         }
         k.push0(&entry, k.op("gpu.barrier"));
 
@@ -330,7 +395,8 @@ fn build(case: &Case) -> String {
                 tile: SmemTile {
                     memref: wa,
                     offset: 0,
-                    row_stride: sa,
+                    row_stride: if case.wgmma { 8 } else { sa },
+                    col_step: if case.wgmma { ar } else { 1 },
                 },
                 transposed: case.ta,
             },
@@ -338,16 +404,19 @@ fn build(case: &Case) -> String {
                 tile: SmemTile {
                     memref: wb,
                     offset: 0,
-                    row_stride: sb,
+                    row_stride: if case.wgmma { 8 } else { sb },
+                    col_step: if case.wgmma { br } else { 1 },
                 },
                 transposed: case.tb,
             },
+            wgmma: case.wgmma,
         };
         if smem_c {
             let c = SmemTile {
                 memref: arg(5),
                 offset: 0,
                 row_stride: sc,
+                col_step: 1,
             };
             mm.emit_to_smem(&ctx, k.loc, &entry, c, case.mode == Mode::Accumulate)
                 .expect("emit the matmul");
@@ -360,6 +429,7 @@ fn build(case: &Case) -> String {
                 arg(5),
                 (case.m, case.n, sc),
                 false,
+                None,
             );
         } else {
             // Straight to global memory: two 8-byte stores per fragment and lane.
@@ -495,6 +565,7 @@ fn bad_operands_are_rejected() {
             memref: arg(i),
             offset: 0,
             row_stride: stride,
+            col_step: 1,
         },
         transposed: false,
     };
@@ -507,6 +578,7 @@ fn bad_operands_are_rejected() {
         thread_id: arg(0),
         a: tile(1, 72),
         b: tile(1, 72),
+        wgmma: false,
     };
     let err = |mm: Matmul| {
         let scratch = Block::new(&[]);
@@ -575,6 +647,52 @@ fn bad_operands_are_rejected() {
 fn mlir_of_the_nt_kernel() {
     let mlir = build(&Case::new(64, 64, 64, false, true));
     insta::assert_snapshot!(mlir);
+}
+
+#[test]
+fn mlir_of_the_wgmma_tn_kernel() {
+    // Kᵀ·V as the state update issues it: A stored K×M (MN-major), B stored K×N (MN-major).
+    let mlir = build(&Case::new(128, 128, 64, true, false).wgmma());
+    insta::assert_snapshot!(mlir);
+}
+
+/// Every wgmma case lowers for sm_90a to PTX with `wgmma.mma_async` at the unit's width, the
+/// transpose flags its operands need, no `mma.sync`, and ptxas assembles it without spills or
+/// injected `warpgroup.arrive` (LINREC_MMA_PTX_DIR writes them for `tc_check` as the mma
+/// cases). Their results were checked on an H200 inside the kernels (`gpu-check.sh`).
+#[test]
+fn wgmma_cases_lower_and_assemble() {
+    let dump = std::env::var_os("LINREC_MMA_PTX_DIR").map(PathBuf::from);
+    for case in wgmma_cases() {
+        let mlir = build(&case);
+        let lowered = lower(&mlir, Target::Sm90a)
+            .unwrap_or_else(|e| panic!("{} for sm_90a: {e}\n{mlir}", case.name()));
+        let ptx = lowered.ptx().expect("PTX");
+        let groups = i64::from(case.warps) / 4;
+        let width = linrec_compiler::emit::wgmma::unit_width(case.m, case.n, groups);
+        let t = case.dtype.ptx_name();
+        let want = format!("wgmma.mma_async.sync.aligned.m64n{width}k16.f32.{t}.{t}");
+        assert!(ptx.contains(&want), "{}: no `{want}`", case.name());
+        assert!(
+            !ptx.contains("mma.sync.aligned.m16n8k16"),
+            "{}",
+            case.name()
+        );
+        // imm-trans-a / imm-trans-b: 1 for an MN-major operand (A stored K×M, B stored K×N).
+        let flags = format!("1,  1, {},  {};", u8::from(case.ta), u8::from(!case.tb));
+        assert!(ptx.contains(&flags), "{}: no `{flags}`", case.name());
+        assert!(
+            ptx.contains("wgmma.wait_group.sync.aligned \t0;"),
+            "{}",
+            case.name()
+        );
+        ptxas_info(ptx, Target::Sm90a, &case.name());
+        if let Some(dir) = &dump {
+            std::fs::create_dir_all(dir).expect("create the PTX folder");
+            let file = format!("{}.sm_90a.ptx", case.name());
+            std::fs::write(dir.join(file), ptx).expect("write PTX");
+        }
+    }
 }
 
 /// Every case lowers for sm_80 and sm_90 to PTX with ldmatrix and the 16-bit `mma.sync`, and
@@ -684,6 +802,8 @@ fn ptxas_info(ptx: &str, target: Target, name: &str) -> Option<String> {
         log.contains("0 bytes stack frame"),
         "{name} {target}:\n{log}"
     );
+    // ptxas moving wgmma accumulators between groups (serialising them).
+    assert!(!log.contains("C7519"), "{name} {target}:\n{log}");
     log.lines()
         .find(|l| l.contains("Used") && l.contains("registers"))
         .map(|l| l.split(": ").last().unwrap_or(l).trim().to_owned())
@@ -700,4 +820,19 @@ fn ptxas() -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|d| d.join("ptxas"))
         .find(|p| p.is_file())
+}
+
+#[test]
+fn wgmma_units_cover_every_warpgroup_evenly() {
+    use linrec_compiler::emit::wgmma::unit_width;
+    // Q·Kᵀ at C = 64 on two warpgroups: two 32-column units.
+    assert_eq!(unit_width(64, 64, 2), 32);
+    // A 128-row state update, 128 columns: one full-width unit a group.
+    assert_eq!(unit_width(128, 128, 2), 128);
+    // 64 × 128 on two groups: 64 columns each.
+    assert_eq!(unit_width(64, 128, 2), 64);
+    // 256 columns on one group: two units of the widest width.
+    assert_eq!(unit_width(64, 256, 1), 128);
+    // 64 × 24 on two groups: three 8-wide units (one group takes two).
+    assert_eq!(unit_width(64, 24, 2), 8);
 }

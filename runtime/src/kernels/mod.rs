@@ -244,8 +244,9 @@ pub fn config_tag(config: &KernelConfig) -> String {
 }
 
 /// The target whose binaries `device` loads: `sm_80` / `sm_90` from a CUDA device's compute
-/// capability, `gfx90a` / `gfx942` / `gfx1100` from a HIP device's architecture, `spirv` for
-/// Level Zero and OpenCL. An error names a device linrec has no target for.
+/// capability (or the one [`CUDA_TARGET_ENV`] names, if the device runs it), `gfx90a` /
+/// `gfx942` / `gfx1100` from a HIP device's architecture, `spirv` for Level Zero and OpenCL.
+/// An error names a device linrec has no target for.
 ///
 /// ```
 /// # fn info() -> linrec_runtime::DeviceInfo { panic!("a device's info, e.g. Device::info()") }
@@ -254,19 +255,33 @@ pub fn config_tag(config: &KernelConfig) -> String {
 /// # } Ok(()) }
 /// ```
 pub fn device_target(device: &DeviceInfo) -> Result<&'static str, String> {
+    let asked = std::env::var(CUDA_TARGET_ENV).ok();
+    device_target_asking(device, asked.as_deref())
+}
+
+/// [`device_target`] with the CUDA target asked for given (`None` or empty: the compute
+/// capability's) instead of read from [`CUDA_TARGET_ENV`].
+///
+/// ```
+/// use linrec_runtime::{BackendKind, DeviceInfo, kernels::device_target_asking};
+/// let h100 = DeviceInfo {
+///     backend: BackendKind::Cuda, ordinal: 0, name: "H100".into(), vendor: String::new(),
+///     driver_version: String::new(), total_memory: 1, max_threads_per_block: 1024,
+///     max_shared_memory_per_block: 1, compute_capability: Some((9, 0)), arch: None,
+///     il_version: None, is_cpu: false,
+/// };
+/// assert_eq!(device_target_asking(&h100, None), Ok("sm_90"));
+/// assert_eq!(device_target_asking(&h100, Some("sm_90a")), Ok("sm_90a"));
+/// ```
+pub fn device_target_asking(
+    device: &DeviceInfo,
+    asked: Option<&str>,
+) -> Result<&'static str, String> {
     const AMD: [&str; 3] = ["gfx90a", "gfx942", "gfx1100"];
     match device.module_format() {
-        ModuleFormat::Ptx => match device.compute_capability {
-            Some((8, _)) => Ok("sm_80"),
-            Some((9, _)) => Ok("sm_90"),
-            Some((major, minor)) => Err(format!(
-                "CUDA device `{}` has compute capability {major}.{minor}; linrec targets sm_80 (8.x) and sm_90 (9.x)",
-                device.name
-            )),
-            None => Err(format!(
-                "CUDA device `{}` reports no compute capability",
-                device.name
-            )),
+        ModuleFormat::Ptx => match asked {
+            Some(asked) if !asked.is_empty() => cuda_target_override(device, asked),
+            _ => default_cuda_target(device),
         },
         ModuleFormat::Hsaco => {
             // `gfx90a:sramecc+:xnack-`: the processor, then its target features.
@@ -281,6 +296,51 @@ pub fn device_target(device: &DeviceInfo) -> Result<&'static str, String> {
             })
         }
         ModuleFormat::SpirV => Ok("spirv"),
+    }
+}
+
+/// The environment variable that picks the CUDA target a device loads instead of the one its
+/// compute capability gives ([`device_target`]): `sm_90a` runs the wgmma kernels on an
+/// H100/H200, `sm_80` the Ampere ones anywhere.
+pub const CUDA_TARGET_ENV: &str = "LINREC_CUDA_TARGET";
+
+/// `sm_80` on 8.x, `sm_90` on 9.x.
+fn default_cuda_target(device: &DeviceInfo) -> Result<&'static str, String> {
+    match device.compute_capability {
+        Some((8, _)) => Ok("sm_80"),
+        Some((9, _)) => Ok("sm_90"),
+        Some((major, minor)) => Err(format!(
+            "CUDA device `{}` has compute capability {major}.{minor}; linrec targets sm_80 (8.x) and sm_90 (9.x)",
+            device.name
+        )),
+        None => Err(format!(
+            "CUDA device `{}` reports no compute capability",
+            device.name
+        )),
+    }
+}
+
+/// The target `asked` through [`CUDA_TARGET_ENV`], if `device` runs its PTX: `sm_80` from
+/// 8.0 up, `sm_90` from 9.0 up, `sm_90a` on 9.0 only (architecture-specific features).
+fn cuda_target_override(device: &DeviceInfo, asked: &str) -> Result<&'static str, String> {
+    let cc = device.compute_capability.unwrap_or((0, 0));
+    let (target, runs) = match asked {
+        "sm_80" => ("sm_80", cc >= (8, 0)),
+        "sm_90" => ("sm_90", cc >= (9, 0)),
+        "sm_90a" => ("sm_90a", cc == (9, 0)),
+        other => {
+            return Err(format!(
+                "{CUDA_TARGET_ENV}={other} is not a CUDA target: use sm_80, sm_90 or sm_90a (or unset it)"
+            ));
+        }
+    };
+    if runs {
+        Ok(target)
+    } else {
+        Err(format!(
+            "{CUDA_TARGET_ENV}={asked}: CUDA device `{}` (compute capability {}.{}) cannot run {asked} PTX (sm_80 needs 8.0 or later, sm_90 9.0 or later, sm_90a exactly 9.0); unset it",
+            device.name, cc.0, cc.1
+        ))
     }
 }
 

@@ -1070,6 +1070,27 @@ fn each_device_asks_for_the_target_it_loads() {
         device_target(&device(BackendKind::OpenCl, None, None)),
         Ok("spirv")
     );
+    // LINREC_CUDA_TARGET: sm_90a on 9.0 only, sm_80 anywhere from 8.0, nothing else.
+    use linrec_runtime::kernels::device_target_asking as asking;
+    let h100 = device(BackendKind::Cuda, Some((9, 0)), None);
+    assert_eq!(asking(&h100, Some("sm_90a")), Ok("sm_90a"));
+    assert_eq!(asking(&h100, Some("sm_80")), Ok("sm_80"));
+    assert_eq!(asking(&h100, Some("")), Ok("sm_90"));
+    let err = asking(
+        &device(BackendKind::Cuda, Some((8, 0)), None),
+        Some("sm_90a"),
+    )
+    .expect_err("an A100 runs no sm_90a PTX");
+    assert!(
+        err.contains("LINREC_CUDA_TARGET=sm_90a") && err.contains("8.0"),
+        "{err}"
+    );
+    let err = asking(&h100, Some("sm_100")).expect_err("unknown");
+    assert!(err.contains("sm_80, sm_90 or sm_90a"), "{err}");
+    assert_eq!(
+        asking(&device(BackendKind::OpenCl, None, None), Some("sm_90a")),
+        Ok("spirv")
+    );
 }
 
 /// A second launch for a kernel's `then`: a chunk-parallel output kernel with a summed grid.
