@@ -6,15 +6,16 @@
 #
 # Here (with LLVM):   bash scripts/gpu-bench.sh prepare [DIR]
 #   builds linrec without `jit` ($BENCH_TARGET_DIR/nojit), compiles the bench's kernels
-#   (linear_attn, retention, simple_gla; sm_90; bf16; K=V in HEAD_DIMS, default 64,128,256;
+#   (linear_attn, retention, simple_gla; sm_90a, what an H100/H200 loads; bf16; K=V in HEAD_DIMS,
+#   default 64,128,256;
 #   chunk 64; every call option; forward and backward: `--direction both`) once per set in SETS:
 #     art        the default forward (LINREC_FORWARD unset: the fused kernel, and the split-scan
 #                over T which the runtime takes for long sequences on few heads) + backward
 #     art-split  LINREC_FORWARD=split: the split forward + the same backward
 #     art-fused  LINREC_FORWARD=fused (art-scan: scan), for comparisons
-#     art-90a    the default forms for sm_90a (wgmma on core-matrix operand tiles), run with
-#                LINREC_CUDA_TARGET=sm_90a; any set whose name ends in -90a is compiled and
-#                run for sm_90a (art-split-90a: the split forward there)
+#     art-90     the default forms for sm_90 (no wgmma: mma.sync on row-major tiles), run with
+#                LINREC_CUDA_TARGET=sm_90; any set whose name ends in -90 is compiled and run
+#                for sm_90 (art-split-90: the split forward there), any other for sm_90a
 #   and downloads the pure-Python wheels fla-core 0.6.0 and einops. DIR (default .device/bench,
 #   git-ignored) is what the device call carries.
 # There (the GPU):    bash scripts/gpu-bench.sh run [DIR]
@@ -64,7 +65,7 @@ step() {
 # other → unset (auto: the fused kernel, or the split-scan over T for long sequences on few
 # heads, picked at launch).
 forward_of() {
-  case "${1%-90a}" in
+  case "${1%-90}" in
     *-split) echo split ;;
     *-fused) echo fused ;;
     *-scan) echo scan ;;
@@ -72,11 +73,11 @@ forward_of() {
   esac
 }
 
-# The CUDA target of a set: sm_90a for a name ending in -90a, else sm_90.
+# The CUDA target of a set: sm_90 for a name ending in -90, else sm_90a.
 target_of() {
   case "$1" in
-    *-90a) echo sm_90a ;;
-    *) echo sm_90 ;;
+    *-90) echo sm_90 ;;
+    *) echo sm_90a ;;
   esac
 }
 

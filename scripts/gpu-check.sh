@@ -3,8 +3,8 @@
 # (DESIGN §8).
 #
 # Here (with LLVM):   bash scripts/gpu-check.sh prepare [DIR]
-#   builds linrec without `jit` (target/nojit) and compiles the matrix's kernels for sm_80 and
-#   sm_90 with the jit build: the forward kernels into DIR/art, forward + backward kernels into
+#   builds linrec without `jit` (target/nojit) and compiles the matrix's kernels for sm_80,
+#   sm_90 and sm_90a with the jit build: the forward kernels into DIR/art, forward + backward kernels into
 #   DIR/art-bwd (a failed backward compile is reported and leaves the forward check whole);
 #   DIR (default .device) then holds `linrec`, `art/` and `art-bwd/` to carry.
 # There (the GPU):    bash scripts/gpu-check.sh run [DIR]
@@ -14,15 +14,15 @@
 #   backward matrix: random dO and dht, every gradient (dq, dk, dv, dg, dh0) checked against
 #   the reference's exact backward (< 0.005, 0.02 for dg). Ends with `N passed, N failed`.
 #
-# Knobs: TARGETS (prepare only), default "sm_80 sm_90"; `TARGETS=sm_90` halves the artifacts
-# for a Hopper-only call (scripts/gpu-session.sh does that). RUN_TARGETS (run only), default
+# Knobs: TARGETS (prepare only), default "sm_80 sm_90 sm_90a"; `TARGETS=sm_90a` is what an
+# H100/H200 loads by default (scripts/gpu-session.sh does that). RUN_TARGETS (run only), default
 # "default" (the device's own target): each listed CUDA target (e.g. "sm_90 sm_90a") runs the
 # whole matrix through LINREC_CUDA_TARGET, its kernels read from the same folders.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-}
 dir=${2:-.device}
-read -r -a TARGETS <<<"${TARGETS:-sm_80 sm_90}"
+read -r -a TARGETS <<<"${TARGETS:-sm_80 sm_90 sm_90a}"
 read -r -a RUN_TARGETS <<<"${RUN_TARGETS:-default}"
 
 VARIANTS=(linear_attn retention simple_gla)

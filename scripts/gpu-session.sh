@@ -11,8 +11,9 @@
 #   unpacks, runs gpu-check (CHECK_S seconds at most, default 150), then gpu-bench with the
 #   knobs below; everything goes to $OUT (check.log, bench/), a summary to stdout.
 #
-# Knobs (environment): SETS (default "art art-split"; a set ending in -90a is sm_90a's),
-# CHECK_TARGETS (the conformance check's CUDA targets, compiled and run, default sm_90), SHAPES (default fla: the issue's anchors
+# Knobs (environment): SETS (default "art art-split"; sets are sm_90a's, what an H100/H200
+# loads, a set ending in -90 sm_90's), CHECK_TARGETS (the conformance check's CUDA targets,
+# compiled and run, default sm_90a), SHAPES (default fla: the issue's anchors
 # first), LINREC_BUDGET_S (default 60 per set), FLA_BUDGET_S (default 240; fla's Triton
 # autotuning takes minutes on a fresh machine), FLA=0 to skip fla; HEAD_DIMS at prepare.
 # Keep the call's timeout above CHECK_S + 2·LINREC_BUDGET_S + FLA_BUDGET_S + ~60 s.
@@ -21,7 +22,7 @@ cd "$(dirname "$0")/.."
 export SETS=${SETS:-art art-split}
 case "${1:-}" in
   prepare)
-    TARGETS=${CHECK_TARGETS:-sm_90} bash scripts/gpu-check.sh prepare .device/gc || exit 1
+    TARGETS=${CHECK_TARGETS:-sm_90a} bash scripts/gpu-check.sh prepare .device/gc || exit 1
     # The backward set holds the forward kernels too: the forward check reads it.
     if [ -f .device/gc/art-bwd/manifest.json ]; then
       rm -rf .device/gc/art && ln -s art-bwd .device/gc/art

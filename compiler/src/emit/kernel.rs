@@ -195,7 +195,13 @@ impl<'c> Kernel<'_, 'c> {
             b.op("memref.global").add_attributes(&[
                 b.named("sym_name", StringAttribute::new(b.ctx, SMEM_SYMBOL).into()),
                 b.named("type", TypeAttribute::new(ty.into()).into()),
-                b.named("alignment", IntegerAttribute::new(b.int(64), 16).into()),
+                // Swizzled tiles (sm_90a) need 1024-byte atoms: their XOR is the hardware's
+                // on address bits 4–9.
+                b.named(
+                    "alignment",
+                    IntegerAttribute::new(b.int(64), if self.t.aligned_smem() { 1024 } else { 16 })
+                        .into(),
+                ),
             ]),
         )
     }
@@ -400,12 +406,38 @@ impl<'c> Kernel<'_, 'c> {
         // starts at a multiple of 8 elements).
         let (arena, tiles) = if s.matmul == MatmulPath::TensorCore {
             let space = self.workgroup()?;
-            let bytes = MemRefType::new(b.int(8), &[DYNAMIC], None, Some(space));
-            let dynamic = b.push(
-                blk,
-                b.op("gpu.dynamic_shared_memory")
-                    .add_results(&[bytes.into()]),
-            )?;
+            let dynamic = if self.t.aligned_smem() {
+                // The extern array itself, 1024-byte aligned (`declare_smem`):
+                // `gpu.dynamic_shared_memory` would declare its own at 16 bytes.
+                let global = MemRefType::new(b.int(8), &[0], None, Some(space));
+                let g = b.push(
+                    blk,
+                    b.op("memref.get_global")
+                        .add_attributes(&[b.named("name", b.attr(&format!("@{SMEM_SYMBOL}"))?)])
+                        .add_results(&[global.into()]),
+                )?;
+                let len = i64::from(s.shared_bytes);
+                let bytes = MemRefType::new(b.int(8), &[len], None, Some(space));
+                b.push(
+                    blk,
+                    b.op("memref.reinterpret_cast")
+                        .add_attributes(&[
+                            b.named("static_offsets", b.attr("array<i64: 0>")?),
+                            b.named("static_sizes", b.attr(&format!("array<i64: {len}>"))?),
+                            b.named("static_strides", b.attr("array<i64: 1>")?),
+                            b.named("operandSegmentSizes", b.attr("array<i32: 1, 0, 0, 0>")?),
+                        ])
+                        .add_operands(&[g])
+                        .add_results(&[bytes.into()]),
+                )?
+            } else {
+                let bytes = MemRefType::new(b.int(8), &[DYNAMIC], None, Some(space));
+                b.push(
+                    blk,
+                    b.op("gpu.dynamic_shared_memory")
+                        .add_results(&[bytes.into()]),
+                )?
+            };
             let view = self.arena_type()?;
             let zero = b.ci(blk, 0)?;
             let arena = b.push(
@@ -532,7 +564,22 @@ impl<'c> Kernel<'_, 'c> {
         c: Value<'c, '_>,
     ) -> R<Value<'c, 'a>> {
         let b = &self.b;
-        let within = if tile.core_matrices {
+        let within = if tile.swizzled {
+            // ⌊c/64⌋·64·rows_padded + 64·r + 8·(⌊c/8⌋ mod 8 ⊕ r mod 8) + c mod 8.
+            // As bit operations on `c ⊕ 8·(r mod 8)`: the chunk bits of c XORed with r's.
+            let (eight, sixty4) = (b.ci(blk, 8)?, b.ci(blk, 64)?);
+            let phase = b.bin(blk, "arith.remui", r, eight)?;
+            let phase = b.muli(blk, phase, eight)?;
+            let swapped = b.bin(blk, "arith.xori", c, phase)?;
+            let within = b.bin(blk, "arith.remui", swapped, sixty4)?;
+            let at = b.mad(blk, within, r, 64)?;
+            if tile.cols_padded <= 64 {
+                at
+            } else {
+                let slab = b.bin(blk, "arith.divui", c, sixty4)?;
+                b.mad(blk, at, slab, 64 * tile.rows_padded as i64)?
+            }
+        } else if tile.core_matrices {
             // ⌊c/8⌋·8·rows_padded + 8·r + c mod 8.
             let eight = b.ci(blk, 8)?;
             let block = b.bin(blk, "arith.divui", c, eight)?;

@@ -150,8 +150,13 @@ pub struct SmemTile<'c, 'v> {
     pub row_stride: i64,
     /// Elements one column moves the address, for column offsets that are multiples of 8:
     /// 1 for a row-major tile; `rows` for a tile of core matrices (each 8-column block a
-    /// `rows × 8` array, `row_stride` 8: [`crate::schedule::OperandTile::core_matrices`]).
+    /// `rows × 8` array, `row_stride` 8: [`crate::schedule::OperandTile::core_matrices`]);
+    /// for a swizzled tile, its `rows`.
     pub col_step: i64,
+    /// Stored with the 128-byte swizzle ([`crate::schedule::OperandTile::swizzled`]):
+    /// `row_stride` 64, `col_step` the rows of each 64-column block, `offset` a multiple of
+    /// 512; addresses are then not linear in the column and are computed per load.
+    pub swizzled: bool,
 }
 
 /// One matmul operand: where it is stored and whether the stored matrix is used transposed.
@@ -541,7 +546,22 @@ fn check_tile(
             align * if align == 8 { 2 } else { 4 }
         ));
     }
-    let end = if t.col_step == 1 {
+    let end = if t.swizzled {
+        if align != 8
+            || t.row_stride != 64
+            || t.col_step < rows
+            || t.offset % 512 != 0
+            || cols % 64 != 0
+        {
+            return bad(format!(
+                "a swizzled tile needs 16-bit elements, row stride 64, blocks of at least the \
+                 {rows} rows, an offset that is a multiple of 512 and whole 64-column blocks \
+                 (got row stride {}, block rows {}, offset {}, {cols} columns)",
+                t.row_stride, t.col_step, t.offset
+            ));
+        }
+        t.offset + cols / 64 * 64 * t.col_step
+    } else if t.col_step == 1 {
         if t.row_stride < cols {
             return bad(format!(
                 "row stride {} is less than the {cols} columns",
@@ -711,6 +731,11 @@ struct TermAddr<'c, 'x> {
     a_lane: Value<'c, 'x>,
     b_lane: Value<'c, 'x>,
     b_lane_x2: Option<Value<'c, 'x>>,
+    /// For swizzled tiles: the lane's (row, column) of the stored tile at k = 0, before the
+    /// fragment's offset (A, B, B's `.x2` form).
+    a_rc: Option<(Value<'c, 'x>, Value<'c, 'x>)>,
+    b_rc: Option<(Value<'c, 'x>, Value<'c, 'x>)>,
+    b_rc_x2: Option<(Value<'c, 'x>, Value<'c, 'x>)>,
     a_m_step: i64,
     a_k_step: i64,
     b_n_step: i64,
@@ -726,6 +751,20 @@ struct Load<'c, 'x> {
     k_step: i64,
     tiles: i32,
     transpose: bool,
+    /// A swizzled tile's load: its address comes from this instead of `base`.
+    swizzled: Option<Swizzled<'c, 'x>>,
+}
+
+/// Where a lane's `ldmatrix` row lies in a swizzled tile.
+struct Swizzled<'c, 'x> {
+    /// Row and column at k = 0 (the column a multiple of 8).
+    row: Value<'c, 'x>,
+    col: Value<'c, 'x>,
+    /// k runs down the rows (else along them).
+    k_on_rows: bool,
+    /// The tile's first element and its 64-column blocks' size (`64·rows`).
+    offset: i64,
+    block: i64,
 }
 
 impl<'c, 't> Emit<'c, 't, '_, '_> {
@@ -810,6 +849,14 @@ impl<'c, 't> Emit<'c, 't, '_, '_> {
             self.mad(blk, l8, t.row_stride, c)
         };
 
+        // Swizzled tiles: the same lane patterns as (row, column) pairs.
+        let rc1 = || -> R<(Value<'c, 'x>, Value<'c, 'x>)> { Ok((l16, self.mul_c(blk, h, 8)?)) };
+        let rc2 = || -> R<(Value<'c, 'x>, Value<'c, 'x>)> {
+            Ok((self.mad(blk, h, 8, l8)?, self.mul_c(blk, q, 8)?))
+        };
+        let rc1_x2 = || -> R<(Value<'c, 'x>, Value<'c, 'x>)> { Ok((l16, o.ci(blk, 0)?)) };
+        let rc2_x2 = || -> R<(Value<'c, 'x>, Value<'c, 'x>)> { Ok((l8, self.mul_c(blk, q, 8)?)) };
+
         let mut addrs = Vec::with_capacity(self.terms.len());
         for t in self.terms {
             let (at, bt) = (&t.a.tile, &t.b.tile);
@@ -835,10 +882,28 @@ impl<'c, 't> Emit<'c, 't, '_, '_> {
                 true => (bt.row_stride, bt.col_step),
                 false => (bt.col_step, bt.row_stride),
             };
+            let a_rc = match (at.swizzled, t.a.transposed) {
+                (false, _) => None,
+                (true, false) => Some(rc1()?),
+                (true, true) => Some(rc2()?),
+            };
+            let b_rc = match (bt.swizzled, t.b.transposed) {
+                (false, _) => None,
+                (true, false) => Some(rc1()?),
+                (true, true) => Some(rc2()?),
+            };
+            let b_rc_x2 = match (bt.swizzled && lay.pass_n % 2 == 1, t.b.transposed) {
+                (false, _) => None,
+                (true, false) => Some(rc1_x2()?),
+                (true, true) => Some(rc2_x2()?),
+            };
             addrs.push(TermAddr {
                 a_lane: self.add_c(blk, a_lane, at.offset)?,
                 b_lane: self.add_c(blk, b_lane, bt.offset)?,
                 b_lane_x2,
+                a_rc,
+                b_rc,
+                b_rc_x2,
                 a_m_step,
                 a_k_step,
                 b_n_step,
@@ -859,12 +924,20 @@ impl<'c, 't> Emit<'c, 't, '_, '_> {
                     let mut loads_a = Vec::new();
                     for i in 0..lay.pass_m {
                         let m = self.add_c(blk, m0, i * FRAG_M)?;
+                        // A: m moves the row (stored M×K) or the column (stored K×M).
+                        let swizzled = match ad.a_rc {
+                            Some((r, c)) => {
+                                Some(self.swizzled(&t.a, (r, c), m, t.a.transposed, blk)?)
+                            }
+                            None => None,
+                        };
                         loads_a.push(Load {
                             mem: t.a.tile.memref,
                             base: self.mad(blk, m, ad.a_m_step, ad.a_lane)?,
                             k_step: ad.a_k_step,
                             tiles: 4,
                             transpose: t.a.transposed,
+                            swizzled,
                         });
                     }
                     let mut loads_b = Vec::new();
@@ -875,12 +948,24 @@ impl<'c, 't> Emit<'c, 't, '_, '_> {
                             (false, Some(x2)) => x2,
                             _ => ad.b_lane,
                         };
+                        // B: n moves the column (stored K×N) or the row (stored N×K).
+                        let rc = match (pair, ad.b_rc_x2) {
+                            (false, Some(x2)) => Some(x2),
+                            _ => ad.b_rc,
+                        };
+                        let swizzled = match rc {
+                            Some((r, c)) => {
+                                Some(self.swizzled(&t.b, (r, c), n, !t.b.transposed, blk)?)
+                            }
+                            None => None,
+                        };
                         loads_b.push(Load {
                             mem: t.b.tile.memref,
                             base: self.mad(blk, n, ad.b_n_step, lane_part)?,
                             k_step: ad.b_k_step,
                             tiles: if pair { 4 } else { 2 },
                             transpose: !t.b.transposed,
+                            swizzled,
                         });
                     }
                     acc = self.k_loop(blk, t.k, &loads_a, &loads_b, &acc)?;
@@ -975,6 +1060,30 @@ impl<'c, 't> Emit<'c, 't, '_, '_> {
         )
     }
 
+    /// A swizzled load's place: the lane's `(r, c)` with the fragment's offset `mn` added to
+    /// the column when k runs down the rows (A stored K×M, B stored K×N), else to the row.
+    fn swizzled<'x>(
+        &self,
+        op: &Operand<'c, '_>,
+        (r, c): (Value<'c, 'x>, Value<'c, 'x>),
+        mn: Value<'c, 'x>,
+        k_on_rows: bool,
+        blk: &'x Block<'c>,
+    ) -> R<Swizzled<'c, 'x>> {
+        let o = &self.ops;
+        let (row, col) = match k_on_rows {
+            true => (r, o.add(blk, c, mn)?),
+            false => (o.add(blk, r, mn)?, c),
+        };
+        Ok(Swizzled {
+            row,
+            col,
+            k_on_rows,
+            offset: op.tile.offset,
+            block: 64 * op.tile.col_step,
+        })
+    }
+
     /// The loop over K in steps of 16, carrying the accumulators; returns their final values.
     fn k_loop<'x>(
         &self,
@@ -1051,7 +1160,24 @@ impl<'c, 't> Emit<'c, 't, '_, '_> {
         kk: Value<'c, '_>,
     ) -> R<Vec<Value<'c, 'x>>> {
         let o = &self.ops;
-        let idx = self.mad(blk, kk, l.k_step, l.base)?;
+        let idx = match &l.swizzled {
+            None => self.mad(blk, kk, l.k_step, l.base)?,
+            Some(s) => {
+                let (r, c) = match s.k_on_rows {
+                    true => (o.add(blk, s.row, kk)?, s.col),
+                    false => (s.row, o.add(blk, s.col, kk)?),
+                };
+                // ⌊c/64⌋·block + 64·r + 8·(⌊c/8⌋ mod 8 ⊕ r mod 8) (c is a multiple of 8).
+                let block = o.div(blk, c, self.c(64)?)?;
+                let chunk = o.rem(blk, o.div(blk, c, self.c(8)?)?, self.c(8)?)?;
+                let phase = o.rem(blk, r, self.c(8)?)?;
+                let chunk = o.push(blk, arith::xori(chunk, phase, o.loc))?;
+                let at = self.mul_c(blk, chunk, 8)?;
+                let at = self.mad(blk, r, 64, at)?;
+                let at = self.mad(blk, block, s.block, at)?;
+                self.add_c(blk, at, s.offset)?
+            }
+        };
         let elem = self.mm.dtype.mlir_type(o.ctx);
         let pair = Type::vector(&[2], elem);
         let result = Type::vector(&[l.tiles as u64, 2], elem);

@@ -95,12 +95,16 @@ pub fn forward_widths(widths: &Widths) -> Result<String, EmitError> {
 
 /// One module with a kernel per schedule (the dynamic shared memory declared once).
 fn kernels(schedules: &[&Schedule]) -> Result<String, EmitError> {
+    // One module, one extern array: 1024-byte aligned for every kernel if any swizzles.
+    let aligned = schedules.iter().any(|s| s.wgmma);
     module(|ctx, body| {
         let mut declared = false;
         for schedule in schedules {
             let k = kernel::Kernel {
                 b: builder::Builder::new(ctx),
-                t: target::TargetOps::new(schedule.target).with_proxy_fence(schedule.wgmma),
+                t: target::TargetOps::new(schedule.target)
+                    .with_proxy_fence(schedule.wgmma)
+                    .with_aligned_smem(aligned),
                 s: schedule,
                 bwd: None,
             };

@@ -37,6 +37,9 @@ pub(super) struct TargetOps {
     target: Target,
     /// Precede barriers with `fence.proxy.async.shared::cta` (kernels with wgmma).
     proxy_fence: bool,
+    /// Address the dynamic shared memory through its extern array, declared 1024-byte
+    /// aligned (modules with swizzled tiles: their XOR is the hardware's on address bits).
+    aligned_smem: bool,
 }
 
 impl TargetOps {
@@ -44,6 +47,7 @@ impl TargetOps {
         TargetOps {
             target,
             proxy_fence: false,
+            aligned_smem: false,
         }
     }
 
@@ -53,6 +57,19 @@ impl TargetOps {
             proxy_fence: yes,
             ..self
         }
+    }
+
+    /// The same, with the dynamic shared memory 1024-byte aligned (`yes`).
+    pub fn with_aligned_smem(self, yes: bool) -> Self {
+        TargetOps {
+            aligned_smem: yes,
+            ..self
+        }
+    }
+
+    /// Whether the dynamic shared memory is the 1024-byte aligned extern array.
+    pub fn aligned_smem(&self) -> bool {
+        self.aligned_smem
     }
 
     fn spirv(&self) -> bool {

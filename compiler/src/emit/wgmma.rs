@@ -6,14 +6,17 @@
 //!
 //! What it needs from the caller, beyond [`super::mma`]'s rules: operand tiles stored as core
 //! matrices (`row_stride` 8, `col_step` the tile's padded rows:
-//! [`crate::schedule::OperandTile::core_matrices`]), M a multiple of 64 and whole warpgroups
+//! [`crate::schedule::OperandTile::core_matrices`]) or with the 128-byte swizzle (`row_stride`
+//! 64, [`crate::schedule::OperandTile::swizzled`]), M a multiple of 64 and whole warpgroups
 //! (the warps a multiple of 4). [`applies`] says whether a sum of matmuls qualifies;
 //! [`Matmul::emit_sum`] calls [`emit_sum`] when it does and the target allows it.
 //!
-//! # Descriptors (PTX ISA "Matrix Descriptor Format", no swizzling)
+//! # Descriptors (PTX ISA "Matrix Descriptor Format")
 //!
 //! Bits 0–13: start address >> 4; 16–29: leading-dimension byte offset (LBO) >> 4; 32–45:
-//! stride-dimension byte offset (SBO) >> 4; swizzle bits 62–63 zero. A core matrix is 8 rows
+//! stride-dimension byte offset (SBO) >> 4; layout bits 62–63: 0 none, 1 the 128-byte swizzle
+//! (then K-major: SBO 1024 bytes, LBO unused, the start moved along the row per k-step;
+//! MN-major: LBO the next 64-column block, SBO 1024 bytes). A core matrix is 8 rows
 //! of 16 contiguous bytes; LBO is the distance between core matrices along K, SBO along M
 //! (or N), whether the operand is K-major (k along the stored row: A as stored, B stored
 //! transposed) or MN-major (the layout flags tell wgmma which). In a tile of core matrices
@@ -43,11 +46,11 @@
 //!
 //! # Measured
 //!
-//! Correct on an H200 (the conformance matrix, forward and backward), but not yet faster: wgmma
-//! gains up to 7 % over `mma.sync` on the same tiles while the core-matrix layout costs 24–46 %
-//! in shared-memory store conflicts of the scalar loops that write operand tiles along rows
-//! (`docs/performance.md`). The runtime loads these kernels only when asked
-//! (`LINREC_CUDA_TARGET=sm_90a`).
+//! Correct on an H200 (the conformance rows, forward and backward). With core matrices only it
+//! was slower than `mma.sync` (store bank conflicts of the scalar loops writing tiles along
+//! rows); with 128-byte swizzled tiles, in the forward's chunk kernels only
+//! (`crate::schedule::Part::wgmma_pays`), sm_90a is 0–22 % faster than sm_90 in the forward
+//! and the default on 9.0 devices (`docs/performance.md`).
 
 use melior::{
     Context,
@@ -76,7 +79,10 @@ const MAX_WIDTH: i64 = 128;
 /// Whether `terms` can run as wgmma: 16-bit operands in core-matrix tiles, `m` a multiple of
 /// 64, `n` of 8, every `k` of 16, whole warpgroups.
 pub fn applies(terms: &[Matmul<'_, '_>]) -> bool {
-    let core = |o: &Operand| o.tile.row_stride == 8 && o.tile.col_step > 1;
+    let core = |o: &Operand| {
+        (o.tile.swizzled && o.tile.row_stride == 64)
+            || (!o.tile.swizzled && o.tile.row_stride == 8 && o.tile.col_step > 1)
+    };
     !terms.is_empty()
         && terms.iter().all(|t| {
             t.m % WG_M == 0
@@ -98,11 +104,17 @@ pub fn applies(terms: &[Matmul<'_, '_>]) -> bool {
 /// assert_eq!(unit_width(128, 128, 2), 128); // a 128-row state update: a unit each
 /// ```
 pub fn unit_width(m: i64, n: i64, groups: i64) -> i64 {
+    unit_width_of(m, n, groups, 8)
+}
+
+/// [`unit_width`] with units a multiple of `multiple` columns (64 where B is a swizzled
+/// MN-major tile: a unit must start on a swizzle atom).
+fn unit_width_of(m: i64, n: i64, groups: i64, multiple: i64) -> i64 {
     let blocks = m / WG_M;
     let widths: Vec<i64> = (1..=n / 8)
         .filter(|p| (n / 8) % p == 0)
         .map(|p| n / p)
-        .filter(|&w| w <= MAX_WIDTH)
+        .filter(|&w| w <= MAX_WIDTH && w % multiple == 0)
         .collect();
     let units = |w: i64| blocks * (n / w);
     widths
@@ -130,7 +142,9 @@ pub fn emit_sum<'c>(
     let o = Ops { ctx, loc };
     let (m, n) = (first.m, first.n);
     let groups = i64::from(first.num_warps) / 4;
-    let width = unit_width(m, n, groups);
+    // A swizzled B stored K×N (MN-major) is read from whole 64-column atoms.
+    let atoms = terms.iter().any(|t| t.b.tile.swizzled && !t.b.transposed);
+    let width = unit_width_of(m, n, groups, if atoms { 64 } else { 8 });
     let per_row = n / width;
     let units = (m / WG_M) * per_row;
     let i64t: Type<'c> = IntegerType::new(ctx, 64).into();
@@ -348,6 +362,8 @@ struct Side {
     offset: i64,
     row_stride: i64,
     col_step: i64,
+    /// 128-byte swizzle (`col_step` the rows of a 64-column block).
+    swizzled: bool,
 }
 
 impl Side {
@@ -358,6 +374,7 @@ impl Side {
             offset: op.tile.offset,
             row_stride: op.tile.row_stride,
             col_step: op.tile.col_step,
+            swizzled: op.tile.swizzled,
         }
     }
 
@@ -372,6 +389,17 @@ impl Side {
     /// Element steps per unit of MN and of k, and the core-matrix strides in bytes along k
     /// (LBO) and along MN (SBO).
     fn steps(&self) -> (i64, i64, i64, i64) {
+        if self.swizzled {
+            // 128-byte swizzle (measured on an H200 like the core matrices): SBO is an 8-row
+            // atom (1024 bytes); K-major needs no LBO (a k-step stays inside a 64-column
+            // block; its k-step is not linear, see `step`), MN-major's LBO is the next
+            // 64-column block along M/N.
+            return if self.k_major {
+                (64, 1, 16, 1024)
+            } else {
+                (self.col_step, 64, 128 * self.col_step, 1024)
+            };
+        }
         let (row_bytes, col_bytes) = (16 * self.row_stride, 16 * self.col_step);
         if self.k_major {
             (self.row_stride, self.col_step, col_bytes, row_bytes)
@@ -393,12 +421,17 @@ impl Side {
             return Ok(desc);
         }
         let (_, k_step, _, _) = self.steps();
+        // A swizzled K-major tile: k0 elements into the row of its 64-column block.
+        let elems = match (self.swizzled, self.k_major) {
+            (true, true) => k0 / 64 * 64 * self.col_step + k0 % 64,
+            _ => k0 * k_step,
+        };
         let i64t: Type<'c> = IntegerType::new(o.ctx, 64).into();
         let add = o.push(
             blk,
             arith::constant(
                 o.ctx,
-                IntegerAttribute::new(i64t, 2 * k0 * k_step / 16).into(),
+                IntegerAttribute::new(i64t, 2 * elems / 16).into(),
                 o.loc,
             ),
         )?;
@@ -431,7 +464,9 @@ impl Side {
         let addr = o.push(blk, arith::addi(base, bytes, o.loc))?;
         let addr = o.push(blk, arith::shrui(addr, c64(4)?, o.loc))?;
         let addr = o.push(blk, arith::andi(addr, c64(0x3FFF)?, o.loc))?;
-        let high = ((lbo >> 4) & 0x3FFF) << 16 | ((sbo >> 4) & 0x3FFF) << 32;
+        // Layout type (bits 62–63): 1 is the 128-byte swizzle, 0 none.
+        let swizzle = if self.swizzled { 1 << 62 } else { 0 };
+        let high = ((lbo >> 4) & 0x3FFF) << 16 | ((sbo >> 4) & 0x3FFF) << 32 | swizzle;
         o.push(blk, arith::ori(addr, c64(high)?, o.loc))
     }
 }

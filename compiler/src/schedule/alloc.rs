@@ -243,7 +243,7 @@ pub(super) fn place(
                 let offset = match shared {
                     // Same shape, same geometry: the tile lands exactly on its source.
                     Some(src) if src.len() == t.len() => src.offset,
-                    _ => first_fit(&live_op, 0, t.len()),
+                    _ => first_fit(&live_op, 0, t.len(), t.align()),
                 };
                 arena = arena.max(offset + t.len());
                 // A dead operand (no reader) still holds its tile for the node's duration.
@@ -274,7 +274,7 @@ pub(super) fn place(
             continue;
         }
         let len = (rows * cols) as u64;
-        let offset = first_fit(&live, fixed_end, len);
+        let offset = first_fit(&live, fixed_end, len, 1);
         let tile = Tile { offset, rows, cols };
         size = size.max(tile.offset + tile.len());
         // A value nobody reads (a dead node) still gets its own tile for the node's duration.
@@ -290,16 +290,17 @@ pub(super) fn place(
     }
 }
 
-/// The lowest offset at or after `start` where `len` elements overlap no live tile.
-fn first_fit(live: &[(u64, u64, usize)], start: u64, len: u64) -> u64 {
+/// The lowest multiple of `align` at or after `start` where `len` elements overlap no live
+/// tile.
+fn first_fit(live: &[(u64, u64, usize)], start: u64, len: u64, align: u64) -> u64 {
     let mut taken: Vec<(u64, u64)> = live.iter().map(|(o, l, _)| (*o, o + l)).collect();
     taken.sort_unstable();
-    let mut at = start;
+    let mut at = start.next_multiple_of(align);
     for (begin, end) in taken {
         if at + len <= begin {
             break;
         }
-        at = at.max(end);
+        at = at.max(end).next_multiple_of(align);
     }
     at
 }

@@ -325,7 +325,8 @@ fn blocked(
             by_level,
             ..Default::default()
         };
-        let core = choice.core_matrices(target, path);
+        // The backward keeps mma.sync on sm_90a (`Part::wgmma_pays`).
+        let core = choice.core_matrices(target, path, false);
         let blocked = TileDims::new(config, block_v(path)).with_core_matrices(core);
         let whole = TileDims::new(config, config.value_dim).with_core_matrices(core);
         let place = |plan: &Plan,
@@ -559,7 +560,7 @@ fn blocked(
             fallback: fallback.clone(),
             max_registers: (matmul == MatmulPath::TensorCore)
                 .then_some(super::TENSOR_CORE_REGISTERS),
-            wgmma: choice.wgmma(target, matmul),
+            wgmma: choice.wgmma(target, matmul, false),
         }
     };
     let dh_frame = Frame {

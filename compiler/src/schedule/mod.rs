@@ -340,20 +340,25 @@ pub enum MatmulChoice {
 }
 
 impl MatmulChoice {
-    /// Whether operand tiles on `path` are stored as core matrices: tensor cores on sm_90a
-    /// (where `wgmma` reads them, [`crate::emit::wgmma`]) and where asked for.
-    pub fn core_matrices(self, target: Target, path: MatmulPath) -> bool {
+    /// Whether operand tiles on `path` are stored in sm_90a's wgmma layouts (128-byte swizzled
+    /// rows, else core matrices): by default in the kernels where wgmma pays on sm_90a
+    /// (`pays`: [`Part::wgmma_pays`]), and wherever asked for.
+    pub fn core_matrices(self, target: Target, path: MatmulPath, pays: bool) -> bool {
         match (path, self) {
-            (MatmulPath::TensorCore, MatmulChoice::Auto) => target == Target::Sm90a,
+            (MatmulPath::TensorCore, MatmulChoice::Auto) => target == Target::Sm90a && pays,
             (MatmulPath::TensorCore, MatmulChoice::MmaSyncCoreMatrices) => true,
             (MatmulPath::Emulated, MatmulChoice::EmulatedCoreMatrices) => true,
             _ => false,
         }
     }
 
-    /// Whether matmuls on `path` may run as wgmma: tensor cores on sm_90a, by default.
-    pub fn wgmma(self, target: Target, path: MatmulPath) -> bool {
-        path == MatmulPath::TensorCore && target == Target::Sm90a && self == MatmulChoice::Auto
+    /// Whether matmuls on `path` may run as wgmma: tensor cores on sm_90a, by default, in the
+    /// kernels where it pays (`pays`: [`Part::wgmma_pays`]).
+    pub fn wgmma(self, target: Target, path: MatmulPath, pays: bool) -> bool {
+        path == MatmulPath::TensorCore
+            && target == Target::Sm90a
+            && self == MatmulChoice::Auto
+            && pays
     }
 
     /// Whether this asks for tensor cores on NVIDIA (by default or explicitly).
@@ -388,16 +393,34 @@ pub struct OperandTile {
     /// layout `wgmma` reads through a shared-memory descriptor without swizzling (both
     /// K-major and MN-major operands, so one tile serves as A or B, transposed or not).
     pub core_matrices: bool,
+    /// Stored with wgmma's 128-byte swizzle (sm_90a, where `cols_padded` is a multiple of 64):
+    /// every 64-column block of the tile is its own `rows_padded × 64` array whose row `r`
+    /// holds its eight 16-byte chunks in the order `chunk ⊕ (r mod 8)`, so element `(r, c)` is
+    /// at `offset + ⌊c/64⌋·64·rows_padded + 64·r + 8·(⌊c/8⌋ mod 8 ⊕ r mod 8) + c mod 8`
+    /// (`stride` 64). A row's elements are 128 contiguous bytes (scalar loops along rows
+    /// and `ldmatrix` alike are free of bank conflicts), and the tile starts at a multiple of
+    /// [`SWIZZLE_ALIGN`] elements, where the XOR matches the hardware's address bits.
+    pub swizzled: bool,
 }
+
+/// The alignment of a swizzled operand tile in the arena, in elements: 1024 bytes, one
+/// 8-row swizzle atom.
+pub const SWIZZLE_ALIGN: u64 = 512;
 
 impl OperandTile {
     /// Elements the tile spans in the arena.
     pub fn len(&self) -> u64 {
-        if self.core_matrices {
+        if self.core_matrices || self.swizzled {
             (self.rows_padded * self.cols_padded) as u64
         } else {
             (self.rows_padded * self.stride) as u64
         }
+    }
+
+    /// Where the tile may start in the arena: a multiple of this many elements
+    /// ([`SWIZZLE_ALIGN`] when swizzled, else 8: 16 bytes).
+    pub fn align(&self) -> u64 {
+        if self.swizzled { SWIZZLE_ALIGN } else { 8 }
     }
 
     /// Elements one column moves the address, for column offsets that are multiples of 8
@@ -644,6 +667,14 @@ impl Part {
     /// Whether the kernel walks chunks carrying the state and never writes o.
     pub fn states_only(self) -> bool {
         matches!(self, Part::States | Part::Segments | Part::ScanStates)
+    }
+
+    /// Whether a forward kernel of this part runs its matmuls as wgmma on sm_90a: the chunk
+    /// kernels (fused, output). Measured on an H200 (`docs/performance.md`): there wgmma on
+    /// swizzled tiles gains 2–10 %; the state walks (one small update a chunk, at 128
+    /// registers) and the backward's kernels were slower with it, so they keep `mma.sync`.
+    pub fn wgmma_pays(self) -> bool {
+        matches!(self, Part::Fused | Part::Output)
     }
 }
 
@@ -984,8 +1015,11 @@ fn forward_kernel(
         let tiles_too = matches!(wanted, MatmulPath::TensorCore | MatmulPath::Emulated);
         let mut tried = Vec::new();
         'blocks: for &bv in block_vs {
-            let dims =
-                TileDims::new(config, bv).with_core_matrices(choice.core_matrices(target, wanted));
+            let dims = TileDims::new(config, bv).with_core_matrices(choice.core_matrices(
+                target,
+                wanted,
+                part.wgmma_pays(),
+            ));
             // Keeping tiles to the end of their readers' level saves barriers but takes more
             // memory: only where the tiles then still fit on chip.
             let tries = if placing.by_level {
@@ -1189,7 +1223,7 @@ fn forward_kernel(
             true => STATES_REGISTERS,
             false => TENSOR_CORE_REGISTERS,
         }),
-        wgmma: choice.wgmma(target, matmul),
+        wgmma: choice.wgmma(target, matmul, part.wgmma_pays()),
     })
 }
 
@@ -1393,19 +1427,23 @@ impl TileDims {
             _ => return None,
         };
         let pad = |x: usize| x.div_ceil(OPERAND_PAD) * OPERAND_PAD;
+        // sm_90a's layout: swizzled where whole 64-column blocks exist, else core matrices.
+        let swizzled = self.core_matrices && pad(cols) % 64 == 0;
         Some(OperandTile {
             offset,
             rows,
             cols,
             rows_padded: pad(rows),
             cols_padded: pad(cols),
-            // Core matrices need no skew: `ldmatrix`'s eight rows are one 128-byte run.
-            stride: if self.core_matrices {
-                8
-            } else {
-                pad(cols) + OPERAND_ROW_SKEW
+            // Neither needs a skew: `ldmatrix`'s eight rows are one 128-byte run of core
+            // matrices, or eight rows' chunks permuted apart by the swizzle.
+            stride: match (swizzled, self.core_matrices) {
+                (true, _) => 64,
+                (false, true) => 8,
+                (false, false) => pad(cols) + OPERAND_ROW_SKEW,
             },
-            core_matrices: self.core_matrices,
+            core_matrices: self.core_matrices && !swizzled,
+            swizzled,
         })
     }
 

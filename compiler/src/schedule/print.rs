@@ -192,9 +192,13 @@ impl fmt::Display for Schedule {
 }
 
 impl Schedule {
-    /// Whether the operand tiles are stored as core matrices (sm_90a's wgmma layout).
+    /// Whether the operand tiles are stored in sm_90a's wgmma layouts (128-byte swizzled
+    /// rows, or core matrices).
     pub fn core_matrices(&self) -> bool {
-        self.operands.iter().flatten().any(|t| t.core_matrices)
+        self.operands
+            .iter()
+            .flatten()
+            .any(|t| t.core_matrices || t.swizzled)
     }
 
     /// The line saying where the operand tiles live and how matmuls run (none when portable).
@@ -203,7 +207,7 @@ impl Schedule {
             MatmulPath::Portable => {}
             MatmulPath::TensorCore if self.core_matrices() => writeln!(
                 f,
-                "  operands {} x {} as 8x8 core matrices in dynamic shared memory ({} bytes); matmuls: {}, f32 accumulation; at most {} registers",
+                "  operands {} x {} as 128-byte swizzled rows (8x8 core matrices without whole 64-column blocks) in dynamic shared memory ({} bytes); matmuls: {}, f32 accumulation; at most {} registers",
                 self.operand_arena,
                 self.config.dtype,
                 2 * self.operand_arena,
@@ -228,7 +232,7 @@ impl Schedule {
                 self.operand_arena,
                 self.config.dtype,
                 if self.core_matrices() {
-                    ", as 8x8 core matrices"
+                    ", as 128-byte swizzled rows or 8x8 core matrices"
                 } else {
                     ""
                 },

@@ -397,6 +397,7 @@ fn build(case: &Case) -> String {
                     offset: 0,
                     row_stride: if case.wgmma { 8 } else { sa },
                     col_step: if case.wgmma { ar } else { 1 },
+                    swizzled: false,
                 },
                 transposed: case.ta,
             },
@@ -406,6 +407,7 @@ fn build(case: &Case) -> String {
                     offset: 0,
                     row_stride: if case.wgmma { 8 } else { sb },
                     col_step: if case.wgmma { br } else { 1 },
+                    swizzled: false,
                 },
                 transposed: case.tb,
             },
@@ -417,6 +419,7 @@ fn build(case: &Case) -> String {
                 offset: 0,
                 row_stride: sc,
                 col_step: 1,
+                swizzled: false,
             };
             mm.emit_to_smem(&ctx, k.loc, &entry, c, case.mode == Mode::Accumulate)
                 .expect("emit the matmul");
@@ -566,6 +569,7 @@ fn bad_operands_are_rejected() {
             offset: 0,
             row_stride: stride,
             col_step: 1,
+            swizzled: false,
         },
         transposed: false,
     };

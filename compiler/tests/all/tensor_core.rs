@@ -164,10 +164,12 @@ fn simple_gla_runs_every_matmul_on_tensor_cores() {
     nvidia_kernels_use_tensor_cores(specs::simple_gla());
 }
 
-/// sm_90a: the matmuls whose M is a multiple of 64 run as wgmma on core-matrix operand tiles
-/// (the rest as `mma.sync` reading the same tiles), every kernel of the forward's forms and of
-/// the backward assembles for sm_90a, no forward kernel spills, and ptxas never has to move
-/// accumulators between wgmma groups.
+/// sm_90a: in the forward's chunk kernels (fused, output) the operand tiles are swizzled rows
+/// (core matrices without whole 64-column blocks) and the matmuls whose M is a multiple of 64
+/// run as wgmma (the rest as `mma.sync` reading the same tiles); the state walks and the
+/// backward keep sm_90's layout and `mma.sync` (`Part::wgmma_pays`). Every kernel assembles for
+/// sm_90a, no forward kernel spills, and ptxas never has to move accumulators between wgmma
+/// groups.
 #[test]
 fn sm_90a_runs_wgmma_on_core_matrices() {
     let mut report = String::new();
@@ -190,14 +192,16 @@ fn sm_90a_runs_wgmma_on_core_matrices() {
             let b = linrec_compiler::compile_backward(&spec, Target::Sm90a, &config)
                 .unwrap_or_else(|e| panic!("{what} backward: {e}"));
             for (art, dir) in [(&a, "forward"), (&b, "backward")] {
-                assert!(
-                    art.schedule_text.contains("as 8x8 core matrices"),
+                let forward = dir == "forward";
+                assert_eq!(
+                    art.schedule_text.contains("as 128-byte swizzled rows"),
+                    forward,
                     "{what} {dir}:\n{}",
                     art.schedule_text
                 );
                 let ptx = std::str::from_utf8(&art.binary).expect("PTX is text");
                 // wgmma where some M (the chunk, or K padded to 16) is a multiple of 64.
-                let expected = chunk == 64 || dim.div_ceil(16) * 16 % 64 == 0;
+                let expected = forward && (chunk == 64 || dim.div_ceil(16) * 16 % 64 == 0);
                 assert_eq!(
                     ptx.contains("wgmma.mma_async.sync.aligned.m64n"),
                     expected,
@@ -209,8 +213,16 @@ fn sm_90a_runs_wgmma_on_core_matrices() {
                         "{what} {dir}"
                     );
                 }
-                assert!(
+                // The chunk kernels' barriers fence the async proxy, and their module's shared
+                // memory is 1024-byte aligned, wgmma or not.
+                assert_eq!(
                     ptx.contains("fence.proxy.async.shared::cta"),
+                    forward,
+                    "{what} {dir}"
+                );
+                assert_eq!(
+                    ptx.contains(".extern .shared .align 1024 .b8 smem[];"),
+                    forward,
                     "{what} {dir}"
                 );
                 if chunk < 64 {

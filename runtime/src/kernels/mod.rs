@@ -243,15 +243,16 @@ pub fn config_tag(config: &KernelConfig) -> String {
     config.tag()
 }
 
-/// The target whose binaries `device` loads: `sm_80` / `sm_90` from a CUDA device's compute
-/// capability (or the one [`CUDA_TARGET_ENV`] names, if the device runs it), `gfx90a` /
+/// The target whose binaries `device` loads: `sm_80` / `sm_90a` / `sm_90` from a CUDA device's
+/// compute capability (8.x / 9.0 / other 9.x; or the one [`CUDA_TARGET_ENV`] names, if the
+/// device runs it), `gfx90a` /
 /// `gfx942` / `gfx1100` from a HIP device's architecture, `spirv` for Level Zero and OpenCL.
 /// An error names a device linrec has no target for.
 ///
 /// ```
 /// # fn info() -> linrec_runtime::DeviceInfo { panic!("a device's info, e.g. Device::info()") }
 /// # fn main() -> Result<(), String> { if false {
-/// let target = linrec_runtime::kernels::device_target(&info())?; // "sm_90" on an H100
+/// let target = linrec_runtime::kernels::device_target(&info())?; // "sm_90a" on an H100
 /// # } Ok(()) }
 /// ```
 pub fn device_target(device: &DeviceInfo) -> Result<&'static str, String> {
@@ -270,8 +271,8 @@ pub fn device_target(device: &DeviceInfo) -> Result<&'static str, String> {
 ///     max_shared_memory_per_block: 1, compute_capability: Some((9, 0)), arch: None,
 ///     il_version: None, is_cpu: false,
 /// };
-/// assert_eq!(device_target_asking(&h100, None), Ok("sm_90"));
-/// assert_eq!(device_target_asking(&h100, Some("sm_90a")), Ok("sm_90a"));
+/// assert_eq!(device_target_asking(&h100, None), Ok("sm_90a"));
+/// assert_eq!(device_target_asking(&h100, Some("sm_90")), Ok("sm_90"));
 /// ```
 pub fn device_target_asking(
     device: &DeviceInfo,
@@ -300,14 +301,16 @@ pub fn device_target_asking(
 }
 
 /// The environment variable that picks the CUDA target a device loads instead of the one its
-/// compute capability gives ([`device_target`]): `sm_90a` runs the wgmma kernels on an
-/// H100/H200, `sm_80` the Ampere ones anywhere.
+/// compute capability gives ([`device_target`]): `sm_90` runs the kernels without wgmma on an
+/// H100/H200 (for comparisons), `sm_80` the Ampere ones anywhere.
 pub const CUDA_TARGET_ENV: &str = "LINREC_CUDA_TARGET";
 
-/// `sm_80` on 8.x, `sm_90` on 9.x.
+/// `sm_80` on 8.x; `sm_90a` on 9.0 (H100, H200: wgmma in the forward's chunk kernels,
+/// measured faster than sm_90 on an H200, `docs/performance.md`); `sm_90` on other 9.x.
 fn default_cuda_target(device: &DeviceInfo) -> Result<&'static str, String> {
     match device.compute_capability {
         Some((8, _)) => Ok("sm_80"),
+        Some((9, 0)) => Ok("sm_90a"),
         Some((9, _)) => Ok("sm_90"),
         Some((major, minor)) => Err(format!(
             "CUDA device `{}` has compute capability {major}.{minor}; linrec targets sm_80 (8.x) and sm_90 (9.x)",

@@ -1041,6 +1041,10 @@ fn each_device_asks_for_the_target_it_loads() {
     };
     assert_eq!(
         device_target(&device(BackendKind::Cuda, Some((9, 0)), None)),
+        Ok("sm_90a")
+    );
+    assert_eq!(
+        device_target(&device(BackendKind::Cuda, Some((9, 2)), None)),
         Ok("sm_90")
     );
     assert_eq!(
@@ -1075,7 +1079,8 @@ fn each_device_asks_for_the_target_it_loads() {
     let h100 = device(BackendKind::Cuda, Some((9, 0)), None);
     assert_eq!(asking(&h100, Some("sm_90a")), Ok("sm_90a"));
     assert_eq!(asking(&h100, Some("sm_80")), Ok("sm_80"));
-    assert_eq!(asking(&h100, Some("")), Ok("sm_90"));
+    assert_eq!(asking(&h100, Some("")), Ok("sm_90a"));
+    assert_eq!(asking(&h100, Some("sm_90")), Ok("sm_90"));
     let err = asking(
         &device(BackendKind::Cuda, Some((8, 0)), None),
         Some("sm_90a"),
