@@ -646,11 +646,7 @@ impl<'c> Kernel<'_, 'c> {
                         memref: arena,
                         offset: t.offset as i64,
                         row_stride: t.stride as i64,
-                        col_step: if t.swizzled {
-                            t.rows_padded as i64
-                        } else {
-                            t.col_step() as i64
-                        },
+                        col_step: t.col_step() as i64,
                         swizzled: t.swizzled,
                     },
                     transposed,

@@ -326,9 +326,9 @@ fn blocked(
             ..Default::default()
         };
         // The backward keeps mma.sync on sm_90a (`Part::wgmma_pays`).
-        let core = choice.core_matrices(target, path, false);
-        let blocked = TileDims::new(config, block_v(path)).with_core_matrices(core);
-        let whole = TileDims::new(config, config.value_dim).with_core_matrices(core);
+        let core = choice.wgmma_layouts(target, path, false);
+        let blocked = TileDims::new(config, block_v(path)).with_wgmma_layouts(core);
+        let whole = TileDims::new(config, config.value_dim).with_wgmma_layouts(core);
         let place = |plan: &Plan,
                      dims: &TileDims,
                      sinks: &[ValueId],

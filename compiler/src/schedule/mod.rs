@@ -343,7 +343,7 @@ impl MatmulChoice {
     /// Whether operand tiles on `path` are stored in sm_90a's wgmma layouts (128-byte swizzled
     /// rows, else core matrices): by default in the kernels where wgmma pays on sm_90a
     /// (`pays`: [`Part::wgmma_pays`]), and wherever asked for.
-    pub fn core_matrices(self, target: Target, path: MatmulPath, pays: bool) -> bool {
+    pub fn wgmma_layouts(self, target: Target, path: MatmulPath, pays: bool) -> bool {
         match (path, self) {
             (MatmulPath::TensorCore, MatmulChoice::Auto) => target == Target::Sm90a && pays,
             (MatmulPath::TensorCore, MatmulChoice::MmaSyncCoreMatrices) => true,
@@ -424,9 +424,11 @@ impl OperandTile {
     }
 
     /// Elements one column moves the address, for column offsets that are multiples of 8
-    /// (`rows_padded` with core matrices, else 1).
+    /// (`rows_padded` with core matrices, else 1); for a swizzled tile, where the address is
+    /// not linear in the column, the rows of each 64-column block (`rows_padded`), as
+    /// [`crate::emit::mma::SmemTile::col_step`] takes it.
     pub fn col_step(&self) -> usize {
-        if self.core_matrices {
+        if self.core_matrices || self.swizzled {
             self.rows_padded
         } else {
             1
@@ -1015,7 +1017,7 @@ fn forward_kernel(
         let tiles_too = matches!(wanted, MatmulPath::TensorCore | MatmulPath::Emulated);
         let mut tried = Vec::new();
         'blocks: for &bv in block_vs {
-            let dims = TileDims::new(config, bv).with_core_matrices(choice.core_matrices(
+            let dims = TileDims::new(config, bv).with_wgmma_layouts(choice.wgmma_layouts(
                 target,
                 wanted,
                 part.wgmma_pays(),
@@ -1389,8 +1391,9 @@ pub(crate) struct TileDims {
     c: usize,
     k: usize,
     v: usize,
-    /// Operand tiles as core matrices ([`OperandTile::core_matrices`]).
-    core_matrices: bool,
+    /// Operand tiles in sm_90a's layouts: swizzled where whole 64-column blocks exist, else
+    /// core matrices ([`OperandTile::swizzled`], [`OperandTile::core_matrices`]).
+    wgmma_layouts: bool,
 }
 
 impl TileDims {
@@ -1400,14 +1403,14 @@ impl TileDims {
             c: config.chunk,
             k: config.key_dim,
             v: config.value_dim.min(max_block_v),
-            core_matrices: false,
+            wgmma_layouts: false,
         }
     }
 
-    /// The same dims with operand tiles stored as core matrices (`yes`) or row-major.
-    fn with_core_matrices(self, yes: bool) -> Self {
+    /// The same dims with operand tiles in sm_90a's layouts (`yes`) or row-major.
+    fn with_wgmma_layouts(self, yes: bool) -> Self {
         TileDims {
-            core_matrices: yes,
+            wgmma_layouts: yes,
             ..self
         }
     }
@@ -1428,7 +1431,7 @@ impl TileDims {
         };
         let pad = |x: usize| x.div_ceil(OPERAND_PAD) * OPERAND_PAD;
         // sm_90a's layout: swizzled where whole 64-column blocks exist, else core matrices.
-        let swizzled = self.core_matrices && pad(cols) % 64 == 0;
+        let swizzled = self.wgmma_layouts && pad(cols) % 64 == 0;
         Some(OperandTile {
             offset,
             rows,
@@ -1437,12 +1440,12 @@ impl TileDims {
             cols_padded: pad(cols),
             // Neither needs a skew: `ldmatrix`'s eight rows are one 128-byte run of core
             // matrices, or eight rows' chunks permuted apart by the swizzle.
-            stride: match (swizzled, self.core_matrices) {
+            stride: match (swizzled, self.wgmma_layouts) {
                 (true, _) => 64,
                 (false, true) => 8,
                 (false, false) => pad(cols) + OPERAND_ROW_SKEW,
             },
-            core_matrices: self.core_matrices && !swizzled,
+            core_matrices: self.wgmma_layouts && !swizzled,
             swizzled,
         })
     }

@@ -194,7 +194,7 @@ impl fmt::Display for Schedule {
 impl Schedule {
     /// Whether the operand tiles are stored in sm_90a's wgmma layouts (128-byte swizzled
     /// rows, or core matrices).
-    pub fn core_matrices(&self) -> bool {
+    pub fn wgmma_layouts(&self) -> bool {
         self.operands
             .iter()
             .flatten()
@@ -205,7 +205,7 @@ impl Schedule {
     fn write_matmuls(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.matmul {
             MatmulPath::Portable => {}
-            MatmulPath::TensorCore if self.core_matrices() => writeln!(
+            MatmulPath::TensorCore if self.wgmma_layouts() => writeln!(
                 f,
                 "  operands {} x {} as 128-byte swizzled rows (8x8 core matrices without whole 64-column blocks) in dynamic shared memory ({} bytes); matmuls: {}, f32 accumulation; at most {} registers",
                 self.operand_arena,
@@ -231,7 +231,7 @@ impl Schedule {
                 "  operands {} x {} (as rounded f32{}) in scratch @ {}; matmuls: scalar, f32 accumulation",
                 self.operand_arena,
                 self.config.dtype,
-                if self.core_matrices() {
+                if self.wgmma_layouts() {
                     ", as 128-byte swizzled rows or 8x8 core matrices"
                 } else {
                     ""
