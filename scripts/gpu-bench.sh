@@ -13,6 +13,9 @@
 #                over T which the runtime takes for long sequences on few heads) + backward
 #     art-split  LINREC_FORWARD=split: the split forward + the same backward
 #     art-fused  LINREC_FORWARD=fused (art-scan: scan), for comparisons
+#     art-notma  the default forms with LINREC_TENSOR_CORES=wgmma-without-tma: sm_90a's wgmma,
+#                token rows by the threads' 16-byte copies instead of TMA (any set ending in
+#                -notma), for comparisons
 #     art-90     the default forms for sm_90 (no wgmma: mma.sync on row-major tiles), run with
 #                LINREC_CUDA_TARGET=sm_90; any set whose name ends in -90 is compiled and run
 #                for sm_90 (art-split-90: the split forward there), any other for sm_90a
@@ -65,10 +68,20 @@ step() {
 # other → unset (auto: the fused kernel, or the split-scan over T for long sequences on few
 # heads, picked at launch).
 forward_of() {
-  case "${1%-90}" in
+  local s=${1%-90}
+  case "${s%-notma}" in
     *-split) echo split ;;
     *-fused) echo fused ;;
     *-scan) echo scan ;;
+    *) echo "" ;;
+  esac
+}
+
+# The `LINREC_TENSOR_CORES` of a set: a name ending in -notma (art-notma, art-split-notma)
+# keeps sm_90a's wgmma but loads the token rows with the threads' copies instead of TMA.
+tensor_cores_of() {
+  case "$1" in
+    *-notma) echo wgmma-without-tma ;;
     *) echo "" ;;
   esac
 }
@@ -94,10 +107,12 @@ case "$mode" in
       cargo build --locked --quiet --bin linrec --target-dir "$tdir/gpucheck" || exit 1
     # Compiles set $1 into $dir/$1 (its per-kernel lines into $dir/$1.compile.log).
     compile_set() {
-      local fwd
+      local fwd tc
       fwd=$(forward_of "$1")
+      tc=$(tensor_cores_of "$1")
       rm -rf "${dir:?}/$1"
-      env -u LINREC_FORWARD ${fwd:+LINREC_FORWARD=$fwd} "$tdir/gpucheck/debug/linrec" compile \
+      env -u LINREC_FORWARD -u LINREC_TENSOR_CORES ${fwd:+LINREC_FORWARD=$fwd} ${tc:+LINREC_TENSOR_CORES=$tc} \
+        "$tdir/gpucheck/debug/linrec" compile \
         "${VARIANTS[@]}" --target "$(target_of "$1")" --dtype bf16 --head-dims "${HEAD_DIMS:-64,128,256}" \
         --direction both --out "$dir/$1" 2>"$dir/$1.compile.log"
     }

@@ -151,6 +151,7 @@ impl CompileOptions {
     /// [`MatmulChoice::Emulated`]; `emulate-core-matrices`:
     /// [`MatmulChoice::EmulatedCoreMatrices`]; `mma-sync` / `mma-sync-core-matrices`:
     /// [`MatmulChoice::MmaSync`] / [`MatmulChoice::MmaSyncCoreMatrices`];
+    /// `wgmma-without-tma`: [`MatmulChoice::WgmmaWithoutTma`];
     /// `emulate-mfma` / `emulate-wmma`:
     /// [`MatmulChoice::EmulatedMatrixCore`] with the CDNA / RDNA3 layout; anything else:
     /// [`MatmulChoice::Auto`]).
@@ -161,6 +162,7 @@ impl CompileOptions {
             Ok("emulate-core-matrices") => MatmulChoice::EmulatedCoreMatrices,
             Ok("mma-sync") => MatmulChoice::MmaSync,
             Ok("mma-sync-core-matrices") => MatmulChoice::MmaSyncCoreMatrices,
+            Ok("wgmma-without-tma") => MatmulChoice::WgmmaWithoutTma,
             Ok("emulate-mfma") => MatmulChoice::EmulatedMatrixCore(MatrixCore::Mfma16x16x16),
             Ok("emulate-wmma") => MatmulChoice::EmulatedMatrixCore(MatrixCore::Wmma16x16x16),
             _ => MatmulChoice::Auto,

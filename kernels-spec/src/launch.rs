@@ -253,7 +253,18 @@ pub enum KernelParam {
     /// state is scaled across each segment (the product of its chunks' decays), written by the
     /// segment kernel, read by the combine kernel. Only plans whose state decays have it.
     SegmentDecays,
+    /// The Tensor Memory Accelerator's map of the q, k or v input (`CUtensorMap`, 128 bytes,
+    /// in device memory, 64-byte aligned), built by the runtime for each call (sm_90a kernels
+    /// whose token rows arrive by TMA). Its geometry is fixed by the config: a 3-D tiled map
+    /// over the input's `[B·T, heads, width]` (width innermost: K for q and k, V for v; heads
+    /// H or HV), bf16/f16 elements, box `[config.chunk rows, 1 head,`
+    /// [`TENSOR_MAP_BOX_COLUMNS`] `columns]`, 128-byte swizzle, zeros out of bounds.
+    TensorMap(Role),
 }
+
+/// Columns of one box of a [`KernelParam::TensorMap`]: 128 bytes of a 16-bit dtype, the
+/// widest row the 128-byte swizzle takes.
+pub const TENSOR_MAP_BOX_COLUMNS: usize = 64;
 
 /// Everything needed to launch one compiled kernel.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -10,6 +10,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::dtype::DType;
 use crate::error::{Result, RuntimeError};
 
 /// The vendor APIs linrec can launch through.
@@ -443,6 +444,23 @@ pub trait Backend: Send + Sync + fmt::Debug {
         })
     }
 
+    /// The device address of a buffer of this backend, where the API has one (CUDA).
+    fn device_address(&self, raw: &RawBuffer) -> Option<u64> {
+        let _ = raw;
+        None
+    }
+
+    /// Encodes a Tensor Memory Accelerator map (`CUtensorMap`, 128 bytes) of the tensor at
+    /// device address `address` ([`TensorMapSpec`]). CUDA only (sm_90 and newer).
+    fn encode_tensor_map(&self, address: u64, spec: &TensorMapSpec) -> Result<[u8; 128]> {
+        let _ = (address, spec);
+        Err(RuntimeError::Driver {
+            backend: self.kind(),
+            call: "encode_tensor_map",
+            detail: "TMA tensor maps exist on CUDA only (sm_90a kernels)".into(),
+        })
+    }
+
     /// Enqueues a device-to-device copy of the first `bytes` bytes of `src` into `dst`.
     /// `Ok(false)` when the backend does not implement it (the caller measures bandwidth
     /// another way).
@@ -450,6 +468,20 @@ pub trait Backend: Send + Sync + fmt::Debug {
         let _ = (dst, src, bytes);
         Ok(false)
     }
+}
+
+/// The geometry of a Tensor Memory Accelerator map ([`Backend::encode_tensor_map`]): a
+/// tiled map of a 16-bit tensor with 128-byte swizzle, zeros out of bounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TensorMapSpec {
+    /// [`DType::BF16`] or [`DType::F16`].
+    pub dtype: DType,
+    /// Elements along each dimension, innermost (contiguous) first.
+    pub dims: [u64; 3],
+    /// Bytes from one index of dimension 1 (then 2) to the next (multiples of 16).
+    pub strides: [u64; 2],
+    /// The box one copy moves, innermost first (its first dimension at most 128 bytes).
+    pub boxes: [u32; 3],
 }
 
 /// A recorded device timing event (backend-specific), see [`Backend::record_timer`].

@@ -17,7 +17,7 @@ use cudarc::nvrtc::Ptx;
 
 use crate::backend::{
     Backend, BackendKind, DeviceId, DeviceInfo, FillPattern, KernelHandle, LaunchArg, LaunchConfig,
-    ModuleFormat, ModuleHandle, RawBuffer, TimerEvent, check_copy, check_fill,
+    ModuleFormat, ModuleHandle, RawBuffer, TensorMapSpec, TimerEvent, check_copy, check_fill,
 };
 use crate::backend_common::{nul_in_kernel_name, payload, resolve_args, take_ordinal};
 use crate::error::{Result, RuntimeError};
@@ -58,6 +58,7 @@ const REQUIRED_SYMBOLS: &[&str] = &[
     "cuMemsetD8Async",
     "cuMemsetD16Async",
     "cuMemsetD32Async",
+    "cuTensorMapEncodeTiled",
     "cuModuleLoadData",
     "cuModuleUnload",
     "cuModuleGetFunction",
@@ -542,6 +543,58 @@ impl Backend for CudaBackend {
         a.elapsed_ms(b)
             .map(f64::from)
             .map_err(|e| cu_err("cuEventElapsedTime", e))
+    }
+
+    fn device_address(&self, raw: &RawBuffer) -> Option<u64> {
+        self.raw_ptr(raw, "tensor").ok()
+    }
+
+    fn encode_tensor_map(&self, address: u64, spec: &TensorMapSpec) -> Result<[u8; 128]> {
+        use sys::{
+            CUtensorMapDataType as D, CUtensorMapFloatOOBfill as Fill,
+            CUtensorMapInterleave as Interleave, CUtensorMapL2promotion as L2,
+            CUtensorMapSwizzle as Swizzle,
+        };
+        let dtype = match spec.dtype {
+            crate::DType::BF16 => D::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+            crate::DType::F16 => D::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+            other => {
+                return Err(RuntimeError::Driver {
+                    backend: KIND,
+                    call: "cuTensorMapEncodeTiled",
+                    detail: format!("a tensor map of {other} elements (bf16 or f16 only)"),
+                });
+            }
+        };
+        self.bind()?;
+        let mut map = sys::CUtensorMap { opaque: [0; 16] };
+        let unit = [1u32; 3];
+        // SAFETY: every pointer is to a live local of the length the rank (3) implies; the
+        // driver only reads them and writes `map`.
+        let status = unsafe {
+            sys::cuTensorMapEncodeTiled(
+                &mut map,
+                dtype,
+                3,
+                address as *mut std::ffi::c_void,
+                spec.dims.as_ptr(),
+                spec.strides.as_ptr(),
+                spec.boxes.as_ptr(),
+                unit.as_ptr(),
+                Interleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+                Swizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+                L2::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                Fill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+            )
+        };
+        status
+            .result()
+            .map_err(|e| cu_err("cuTensorMapEncodeTiled", e))?;
+        let mut bytes = [0u8; 128];
+        for (chunk, word) in bytes.chunks_exact_mut(8).zip(map.opaque) {
+            chunk.copy_from_slice(&word.to_le_bytes());
+        }
+        Ok(bytes)
     }
 
     fn copy(&self, dst: &RawBuffer, src: &RawBuffer, bytes: usize) -> Result<bool> {

@@ -1,13 +1,14 @@
 //! [`Device`]: one opened device of some backend, with typed buffers, checked launches and
 //! the module cache.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::backend::{
     Backend, BackendKind, DeviceInfo, FillPattern, KernelHandle, LaunchArg, LaunchConfig,
-    ModuleFormat, ModuleHandle,
+    ModuleFormat, ModuleHandle, TensorMapSpec,
 };
 use crate::buffer::DeviceBuffer;
 use crate::cache::ModuleCache;
@@ -138,6 +139,24 @@ pub fn poison_pattern(dtype: DType) -> FillPattern {
 struct Inner {
     backend: Box<dyn Backend>,
     modules: ModuleCache,
+    /// Encoded TMA maps in device memory, by (tensor address, geometry): a map depends on
+    /// nothing else, so a relaunch over the same tensors reuses it.
+    tensor_maps: Mutex<HashMap<(u64, TensorMapSpec), DeviceBuffer>>,
+}
+
+/// Tensor maps kept per device before the cache starts over (each holds 128 bytes of device
+/// memory).
+const TENSOR_MAPS_KEPT: usize = 1024;
+
+/// A TMA map for one launch ([`Device::tensor_map`]): the map, and the aligned copy of the
+/// tensor it maps when the tensor itself was not 16-byte aligned (kept until the launch is
+/// enqueued; the copy and the kernel run in stream order).
+#[derive(Debug)]
+pub struct TensorMapArg {
+    /// `CUtensorMap` as 16 i64 words in device memory.
+    pub map: DeviceBuffer,
+    /// The tensor's aligned copy, if one was made.
+    pub copy: Option<DeviceBuffer>,
 }
 
 /// An opened device: allocate typed buffers, load modules (cached), launch kernels.
@@ -212,6 +231,7 @@ impl Device {
             inner: Arc::new(Inner {
                 backend,
                 modules: ModuleCache::new(),
+                tensor_maps: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -430,6 +450,64 @@ impl Device {
         end: &crate::backend::TimerEvent,
     ) -> Result<f64> {
         self.backend().timer_elapsed_ms(start, end)
+    }
+
+    /// A Tensor Memory Accelerator map of `tensor` with geometry `spec` (its address is
+    /// the tensor's), in device memory, for a kernel's [`KernelParam`] `TensorMap`: cached per
+    /// (address, geometry). TMA reads only 16-byte aligned tensors: a misaligned one is first
+    /// copied (enqueued) into an aligned buffer, which the map then covers. CUDA only.
+    ///
+    /// [`KernelParam`]: linrec_spec::launch::KernelParam
+    pub fn tensor_map(&self, tensor: &DeviceBuffer, spec: &TensorMapSpec) -> Result<TensorMapArg> {
+        self.check_own("tensor map source", tensor)?;
+        let address = |buf: &DeviceBuffer| {
+            self.backend()
+                .device_address(buf.raw())
+                .ok_or_else(|| RuntimeError::Driver {
+                    backend: self.kind(),
+                    call: "tensor_map",
+                    detail: "TMA tensor maps exist on CUDA only (sm_90a kernels)".into(),
+                })
+        };
+        let mut at = address(tensor)?;
+        let copy = if at % 16 != 0 {
+            let bytes = tensor.allocation_bytes();
+            let aligned = self.alloc(tensor.dtype(), tensor.shape())?;
+            if !self.copy_bytes(&aligned, tensor, bytes)? {
+                return Err(RuntimeError::Driver {
+                    backend: self.kind(),
+                    call: "tensor_map",
+                    detail: "a misaligned tensor and no device copy to align it".into(),
+                });
+            }
+            at = address(&aligned)?;
+            Some(aligned)
+        } else {
+            None
+        };
+        let key = (at, *spec);
+        let mut maps = self
+            .inner
+            .tensor_maps
+            .lock()
+            .map_err(|_| RuntimeError::Driver {
+                backend: self.kind(),
+                call: "tensor_map",
+                detail: "the tensor-map cache's lock was poisoned by a panic".into(),
+            })?;
+        if let Some(map) = maps.get(&key) {
+            return Ok(TensorMapArg {
+                map: map.clone(),
+                copy,
+            });
+        }
+        let bytes = self.backend().encode_tensor_map(at, spec)?;
+        let map = self.upload_bytes(DType::I64, &[16], &bytes)?;
+        if maps.len() >= TENSOR_MAPS_KEPT {
+            maps.clear();
+        }
+        maps.insert(key, map.clone());
+        Ok(TensorMapArg { map, copy })
     }
 
     /// Enqueues a device-to-device copy of `bytes` bytes from `src` to `dst`; `Ok(false)`

@@ -60,12 +60,12 @@ mod signature;
 
 pub use backend::{
     Backend, BackendKind, DeviceId, DeviceInfo, FillPattern, KernelHandle, LaunchArg, LaunchConfig,
-    ModuleFormat, ModuleHandle, RawBuffer, TimerEvent,
+    ModuleFormat, ModuleHandle, RawBuffer, TensorMapSpec, TimerEvent,
 };
 pub use buffer::{DeviceBuffer, contiguous_strides};
 pub use cache::ModuleCache;
 pub use cuda::{CudaBackend, probe_driver as probe_cuda_driver};
-pub use device::{Device, DeviceKind, enumerate_backend, poison_pattern};
+pub use device::{Device, DeviceKind, TensorMapArg, enumerate_backend, poison_pattern};
 pub use dtype::{DType, Element};
 pub use embed::EmbeddedArtifacts;
 pub use error::{Result, RuntimeError};

@@ -48,11 +48,13 @@
 //! # Ok(()) }
 //! ```
 
-use linrec_spec::launch::{ElementType, KernelInfo, KernelParam, Launch, SEGMENT_CHUNKS, SizeExpr};
+use linrec_spec::launch::{
+    ElementType, KernelInfo, KernelParam, Launch, SEGMENT_CHUNKS, SizeExpr, TENSOR_MAP_BOX_COLUMNS,
+};
 use linrec_spec::reference::constant_log_decay;
 use linrec_spec::{ConstantRate, Dims, Role};
 
-use crate::backend::{LaunchConfig, ModuleFormat};
+use crate::backend::{LaunchConfig, ModuleFormat, TensorMapSpec};
 use crate::buffer::DeviceBuffer;
 use crate::device::Device;
 use crate::dtype::DType;
@@ -875,11 +877,29 @@ fn launch<'b>(
             "the launches changed since the call was checked".into(),
         ));
     }
+    // The TMA maps of the caller's q, k, v that any launch takes (sm_90a), built first.
+    let mut maps: Vec<(Role, crate::device::TensorMapArg)> = Vec::new();
+    for step in &steps {
+        for p in step.params {
+            if let KernelParam::TensorMap(role) = p
+                && !maps.iter().any(|(r, _)| r == role)
+            {
+                maps.push((*role, tensor_map(device, info, given, dims, *role)?));
+            }
+        }
+    }
     let mut prepared = Vec::with_capacity(steps.len());
     for (step, grid) in steps.iter().zip(&checked.grids) {
         let mut sig = KernelSignature::new(step.entry);
-        let mut args: Vec<KernelArg<'b>> = Vec::new();
+        let mut args: Vec<KernelArg<'_>> = Vec::new();
         for p in step.params {
+            if let KernelParam::TensorMap(role) = p
+                && let Some((_, map)) = maps.iter().find(|(r, _)| r == role)
+            {
+                args.push((&map.map).into());
+                sig = sig.buffer(format!("{role}_map"), DType::I64, vec![16]);
+                continue;
+            }
             if let Some((name, dt, shape)) = expected(info, p)
                 && let Some(buf) = given.buffer(p)
             {
@@ -943,6 +963,62 @@ fn launch<'b>(
         device.launch_checked(kernel, sig, config, args)?;
     }
     Ok(())
+}
+
+/// The TMA map of the caller's `role` input (q, k: `[B·T, H, K]`; v: `[B·T, HV, V]`) in the
+/// geometry [`KernelParam::TensorMap`] fixes: box `[chunk rows, 1 head, 64 columns]`.
+fn tensor_map(
+    device: &Device,
+    info: &KernelInfo,
+    given: &Given<'_>,
+    dims: &Dims,
+    role: Role,
+) -> Result<crate::device::TensorMapArg> {
+    let tensor = given.buffer(&KernelParam::Input(role)).ok_or_else(|| {
+        launch_error(
+            info,
+            format!("a TMA map of `{role}`, which the call does not give"),
+        )
+    })?;
+    device.tensor_map(tensor, &tensor_map_spec(info, dims, role)?)
+}
+
+/// The geometry of the TMA map of input `role` for a kernel of `info` on `dims`.
+pub(crate) fn tensor_map_spec(info: &KernelInfo, dims: &Dims, role: Role) -> Result<TensorMapSpec> {
+    let (heads, width) = match role {
+        Role::Query | Role::Key => (dims.heads, dims.key_dim),
+        Role::Value => (dims.value_heads, dims.value_dim),
+        other => {
+            return Err(launch_error(
+                info,
+                format!("a TMA map of `{other}` (q, k and v only)"),
+            ));
+        }
+    };
+    let dtype = dtype(info.config.dtype);
+    let size = dtype.size_bytes();
+    let rows = dims.batch * dims.seq_len;
+    let box_rows = u32::try_from(info.config.chunk)
+        .ok()
+        .filter(|&c| (1..=256).contains(&c))
+        .ok_or_else(|| {
+            launch_error(
+                info,
+                format!("a TMA box of {} rows (1 to 256)", info.config.chunk),
+            )
+        })?;
+    if size != 2 || (width * size) % 16 != 0 {
+        return Err(launch_error(
+            info,
+            format!("a TMA map of {width} {dtype} columns (16-bit, rows a multiple of 16 bytes)"),
+        ));
+    }
+    Ok(TensorMapSpec {
+        dtype,
+        dims: [width as u64, heads as u64, rows as u64],
+        strides: [(width * size) as u64, (heads * width * size) as u64],
+        boxes: [TENSOR_MAP_BOX_COLUMNS as u32, 1, box_rows],
+    })
 }
 
 /// Launches the forward kernel `info` (binary `binary`, for this device's module format) on

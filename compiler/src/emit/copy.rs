@@ -55,7 +55,7 @@ impl<'c> Kernel<'_, 'c> {
             Op::GradIn(Sink::Output) => (Role::Value, KernelParam::GradOutput),
             _ => return None,
         };
-        if self.s.values[node].tile().is_some() {
+        if self.s.values[node].tile().is_some() || self.tma_load(node).is_some() {
             return None;
         }
         let tile = self.s.operands.get(node).copied().flatten()?;
@@ -336,6 +336,8 @@ impl<'c> Kernel<'_, 'c> {
 #[derive(Default)]
 pub(super) struct Carried<'c, 'a> {
     parts: Vec<(RowCopy, Vec<Value<'c, 'a>>)>,
+    /// The iteration's TMA phase and next chunk, in kernels with TMA loads.
+    pub tma: Option<super::tma::TmaStep<'c, 'a>>,
 }
 
 impl<'c, 'a> Carried<'c, 'a> {
@@ -353,7 +355,7 @@ impl<'c, 'a> Carried<'c, 'a> {
             parts.push((copy.clone(), part.to_vec()));
             at += n;
         }
-        Ok(Carried { parts })
+        Ok(Carried { parts, tma: None })
     }
 
     /// The copy of `node` and its vectors, if `node` is prefetched.

@@ -16,6 +16,7 @@ use super::EmitError;
 use super::builder::{Builder, Cmp, R};
 use super::copy::Carried;
 use super::target::{DYNAMIC, TargetOps};
+use super::tma::TmaStep;
 use crate::lower::Vendor;
 use crate::plan::{Direction, Sink};
 use crate::schedule::{BackwardSchedule, MatmulPath, OperandTile, Part, Schedule, Tile};
@@ -973,6 +974,21 @@ impl<'c> Kernel<'_, 'c> {
             types.push(b.f32());
             init.push(b.cf32(blk, 1.0)?);
         }
+        // TMA loads (the fused forward on sm_90a): the first chunk's copies before the loop.
+        let tma = !self.s.tma.is_empty();
+        if tma {
+            if phase != Phase::Forward {
+                return Err(EmitError::Schedule(format!(
+                    "TMA loads in a {phase:?} chunk loop"
+                )));
+            }
+            self.tma_init(blk, env)?;
+            let nonempty = b.cmpi(blk, Cmp::Slt, zero, chunks)?;
+            let (_, start, _) = self.iteration_rows(blk, env, (first, chunks), phase, zero)?;
+            for load in &self.s.tma {
+                self.tma_issue(blk, env, load, start, Some(nonempty))?;
+            }
+        }
         // Built by hand rather than with `Builder::for_`: the body stores entry-block values
         // (the scale) next to its own, which needs the body's lifetime to be a plain local one.
         let mut args = vec![(b.index(), b.loc)];
@@ -1006,7 +1022,20 @@ impl<'c> Kernel<'_, 'c> {
                     next.extend(self.issue_rows(&body, env, (nstart, nlen), copy, aligned)?);
                 }
             }
-            let carried = Carried::new(&copies, &counts, &carried_now)?;
+            let mut carried = Carried::new(&copies, &counts, &carried_now)?;
+            if tma {
+                let one = b.ci(&body, 1)?;
+                let after = b.addi(&body, it, one)?;
+                let more = b.cmpi(&body, Cmp::Slt, after, chunks)?;
+                let (_, nstart, _) =
+                    self.iteration_rows(&body, env, (first, chunks), phase, after)?;
+                let two = b.ci(&body, 2)?;
+                let parity = b.remui(&body, it, two)?;
+                carried.tma = Some(TmaStep {
+                    parity: b.cast(&body, "arith.index_cast", parity, b.int(32))?,
+                    next: Some((nstart, more)),
+                });
+            }
             match phase {
                 Phase::Forward => self.chunk_body(&body, env, start, len, &carried)?,
                 Phase::States => self.states_chunk(&body, env, start, len, i, &carried)?,
@@ -1109,7 +1138,8 @@ impl<'c> Kernel<'_, 'c> {
         self.nodes(blk, env, start, len, carried)?;
         self.store_output(blk, env, start, len)?;
         self.copy_state(blk, env)?;
-        self.t.barrier(&self.b, blk)
+        self.t.barrier(&self.b, blk)?;
+        self.tma_next(blk, env, carried, None)
     }
 
     /// `o[rows, v0 + c] ← output tile`, for the chunk's valid rows and columns.

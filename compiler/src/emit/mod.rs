@@ -8,7 +8,8 @@
 //! `backward.rs` (the backward's two kernels and their gradient stores), `states.rs` (chunk
 //! states and dh per chunk), `copy.rs` (16-byte row copies), `scan.rs` (warp scans), `mma.rs`
 //! (tensor cores), `wgmma.rs` (Hopper's warpgroup MMA), `mfma.rs` (AMD matrix cores),
-//! `segments.rs` (the split-scan over T).
+//! `segments.rs` (the split-scan over T), `tma.rs` (token rows by the Tensor Memory
+//! Accelerator).
 
 mod backward;
 mod builder;
@@ -21,6 +22,7 @@ mod segments;
 mod states;
 mod target;
 mod tile;
+mod tma;
 pub mod wgmma;
 
 use std::{cell::RefCell, rc::Rc};

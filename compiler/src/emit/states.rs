@@ -257,15 +257,19 @@ impl<'c> Kernel<'_, 'c> {
         len: Value<'c, '_>,
         carried: &Carried<'c, 'a>,
     ) -> R<Vec<Option<Value<'c, 'a>>>> {
-        let mut uniforms = vec![None; self.s.plan.nodes.len()];
-        for i in 0..self.s.plan.nodes.len() {
+        let n = self.s.plan.nodes.len();
+        let mut uniforms = vec![None; n];
+        for i in 0..n {
             if self.s.barrier_before[i] {
                 self.t.barrier(&self.b, blk)?;
+                self.tma_next(blk, env, carried, Some(i))?;
             }
+            self.tma_await(blk, env, carried, i, len)?;
             self.node(blk, env, start, len, i, &mut uniforms, carried)?;
         }
         if self.s.barrier_before_sinks {
             self.t.barrier(&self.b, blk)?;
+            self.tma_next(blk, env, carried, Some(n))?;
         }
         Ok(uniforms)
     }
@@ -302,10 +306,22 @@ impl<'c> Kernel<'_, 'c> {
             let rest = b.subi(blk, env.eos, start)?;
             let cc = b.ci(blk, c)?;
             let len = b.bin(blk, "arith.minsi", rest, cc)?;
+            let mut carried = Carried::default();
+            if !self.s.tma.is_empty() {
+                // One chunk: its copies fly while the chunk's state is read.
+                self.tma_init(blk, env)?;
+                for load in &self.s.tma {
+                    self.tma_issue(blk, env, load, start, None)?;
+                }
+                carried.tma = Some(super::tma::TmaStep {
+                    parity: b.ci32(blk, 0)?,
+                    next: None,
+                });
+            }
             if self.s.in_tile(&crate::plan::Op::StateIn) {
                 self.load_chunk_state(blk, env, i)?;
             }
-            self.nodes(blk, env, start, len, &Carried::default())?;
+            self.nodes(blk, env, start, len, &carried)?;
             self.store_output(blk, env, start, len)
         })
     }

@@ -80,6 +80,7 @@ impl TargetOps {
     fn storage<'c>(&self, b: &Builder<'c>, ty: BufferType) -> Type<'c> {
         match ty {
             BufferType::I32 => b.int(32),
+            BufferType::I64 => b.int(64),
             BufferType::Float(ElementType::F32) => b.f32(),
             BufferType::Float(ElementType::F16) => Type::float16(b.ctx),
             BufferType::Float(ElementType::Bf16) if self.spirv() => b.int(16),

@@ -105,6 +105,10 @@ impl<'c> Kernel<'_, 'c> {
         if let Some((copy, vectors)) = carried.of(i) {
             return self.store_rows(blk, env, len, copy, vectors);
         }
+        // Rows by TMA: awaited before their first reader (`Kernel::tma_await`).
+        if self.tma_load(i).is_some() {
+            return Ok(());
+        }
         if let Some(copy) = self.row_copy(i) {
             return self.copy_rows(blk, env, (start, len), &copy);
         }

@@ -90,6 +90,10 @@ pub(super) struct Placing {
     /// Every fused sink of the plan that no node reads gets [`Placement::Output`]: its node
     /// stores it to memory (the backward's gradients from the matmul accumulators), no tile.
     pub direct_sinks: bool,
+    /// The operand tiles of q, k and v hold their rows for the whole chunk: the Tensor Memory
+    /// Accelerator writes the next chunk's rows there once their last reader is done
+    /// (`emit/tma.rs`), so no later tile of the chunk may take their place.
+    pub pin_rows: bool,
 }
 
 /// Where everything of one kernel lives.
@@ -165,6 +169,7 @@ pub(super) fn place(
         by_level,
         from_memory,
         direct_sinks,
+        pin_rows,
     } = opts;
     // With `by_level`, a tile is free again only once its last reader's level is over.
     let level = if by_level {
@@ -186,6 +191,14 @@ pub(super) fn place(
     }
     for v in sinks {
         last_f32[v.0] = Some(n);
+    }
+    if pin_rows && operands {
+        for (i, node) in plan.nodes.iter().enumerate() {
+            let rows = matches!(node.op, Op::Load(Role::Query | Role::Key | Role::Value));
+            if rows && last_op[i].is_some() {
+                last_op[i] = Some(n);
+            }
+        }
     }
 
     // The state tile comes first and stays for the whole kernel.

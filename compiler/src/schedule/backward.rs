@@ -561,6 +561,7 @@ fn blocked(
             max_registers: (matmul == MatmulPath::TensorCore)
                 .then_some(super::TENSOR_CORE_REGISTERS),
             wgmma: choice.wgmma(target, matmul, false),
+            tma: Vec::new(),
         }
     };
     let dh_frame = Frame {

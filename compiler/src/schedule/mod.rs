@@ -247,6 +247,22 @@ pub struct Schedule {
     /// Matmuls whose M is a multiple of 64 run as Hopper's warpgroup MMA
     /// ([`crate::emit::wgmma`]; sm_90a tensor cores with core-matrix operand tiles).
     pub wgmma: bool,
+    /// Token rows brought into their operand tiles by the Tensor Memory Accelerator
+    /// ([`crate::emit::tma`]; sm_90a, swizzled tiles), in plan order; empty elsewhere.
+    pub tma: Vec<TmaLoad>,
+}
+
+/// One load node whose rows arrive by TMA: one bulk tensor copy per 64-column block of its
+/// swizzled operand tile, completing on an mbarrier of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TmaLoad {
+    /// The plan node (a load of q, k or v).
+    pub node: usize,
+    /// Whose rows: the kernel takes [`KernelParam::TensorMap`] of it.
+    pub role: Role,
+    /// The mbarrier's byte offset in dynamic shared memory (8-byte aligned, after
+    /// everything else).
+    pub barrier: u32,
 }
 
 /// The registers per thread a tensor-core kernel may use: all of them (255, two 4-warp
@@ -337,6 +353,10 @@ pub enum MatmulChoice {
     /// target: sm_90a's layout without wgmma, for comparisons
     /// (`LINREC_TENSOR_CORES=mma-sync-core-matrices`).
     MmaSyncCoreMatrices,
+    /// As [`MatmulChoice::Auto`], but sm_90a's kernels load their token rows with the
+    /// threads' 16-byte copies instead of the Tensor Memory Accelerator: for comparisons
+    /// (`LINREC_TENSOR_CORES=wgmma-without-tma`).
+    WgmmaWithoutTma,
 }
 
 impl MatmulChoice {
@@ -345,7 +365,9 @@ impl MatmulChoice {
     /// (`pays`: [`Part::wgmma_pays`]), and wherever asked for.
     pub fn wgmma_layouts(self, target: Target, path: MatmulPath, pays: bool) -> bool {
         match (path, self) {
-            (MatmulPath::TensorCore, MatmulChoice::Auto) => target == Target::Sm90a && pays,
+            (MatmulPath::TensorCore, MatmulChoice::Auto | MatmulChoice::WgmmaWithoutTma) => {
+                target == Target::Sm90a && pays
+            }
             (MatmulPath::TensorCore, MatmulChoice::MmaSyncCoreMatrices) => true,
             (MatmulPath::Emulated, MatmulChoice::EmulatedCoreMatrices) => true,
             _ => false,
@@ -357,15 +379,24 @@ impl MatmulChoice {
     pub fn wgmma(self, target: Target, path: MatmulPath, pays: bool) -> bool {
         path == MatmulPath::TensorCore
             && target == Target::Sm90a
-            && self == MatmulChoice::Auto
+            && matches!(self, MatmulChoice::Auto | MatmulChoice::WgmmaWithoutTma)
             && pays
+    }
+
+    /// Whether token rows on `path` may arrive by the Tensor Memory Accelerator: by default
+    /// wherever wgmma runs ([`Self::wgmma`]; its swizzled tiles are TMA's layout).
+    pub fn tma(self, target: Target, path: MatmulPath, pays: bool) -> bool {
+        self == MatmulChoice::Auto && self.wgmma(target, path, pays)
     }
 
     /// Whether this asks for tensor cores on NVIDIA (by default or explicitly).
     pub(crate) fn tensor_cores(self) -> bool {
         matches!(
             self,
-            MatmulChoice::Auto | MatmulChoice::MmaSync | MatmulChoice::MmaSyncCoreMatrices
+            MatmulChoice::Auto
+                | MatmulChoice::MmaSync
+                | MatmulChoice::MmaSyncCoreMatrices
+                | MatmulChoice::WgmmaWithoutTma
         )
     }
 }
@@ -867,6 +898,7 @@ pub(crate) fn combine_kernel(segments: &Schedule) -> Schedule {
         fallback: None,
         max_registers: None,
         wgmma: false,
+        tma: Vec::new(),
         ..segments.clone()
     }
 }
@@ -990,6 +1022,7 @@ fn forward_kernel(
         // The output kernel reads each chunk's state from `chunk_states`.
         from_memory: part == Part::Output,
         direct_sinks: false,
+        pin_rows: choice.tma(target, wanted, part.wgmma_pays()),
     };
     let mut fallback = None;
     let mut chosen = None;
@@ -1124,6 +1157,16 @@ fn forward_kernel(
         &sinks,
         placing.from_memory,
     );
+    let (tma, shared_bytes) = match placing.pin_rows && matmul == MatmulPath::TensorCore {
+        true => tma_loads(
+            plan,
+            config,
+            &layout,
+            shared_bytes,
+            shared_memory_limit(target),
+        ),
+        false => (Vec::new(), shared_bytes),
+    };
 
     let decay = decay_param(spec);
     if plan.nodes.iter().any(|n| n.op == Op::ConstantGate) && decay.is_none() {
@@ -1155,6 +1198,7 @@ fn forward_kernel(
     if config.final_state && matches!(part, Part::Fused | Part::States | Part::ScanStates) {
         params.push(KernelParam::FinalState);
     }
+    params.extend(tma.iter().map(|l| KernelParam::TensorMap(l.role)));
     params.push(KernelParam::Scratch);
     params.extend(scalar_params());
 
@@ -1226,7 +1270,57 @@ fn forward_kernel(
             false => TENSOR_CORE_REGISTERS,
         }),
         wgmma: choice.wgmma(target, matmul, part.wgmma_pays()),
+        tma,
     })
+}
+
+/// The load nodes whose rows can arrive by TMA, each with an mbarrier placed after the
+/// kernel's `shared_bytes`, and the shared bytes with those barriers (none when they would
+/// pass `limit`). A node qualifies when its rows go to a swizzled operand tile alone,
+/// without padding (TMA writes whole 64-column blocks of `chunk` rows, zero past the
+/// tensor's end), the box fits TMA (at most 256 rows) and the input's rows are 16-byte
+/// multiples (TMA's stride rule).
+fn tma_loads(
+    plan: &Plan,
+    config: &KernelConfig,
+    layout: &alloc::Layout,
+    shared_bytes: u32,
+    limit: u64,
+) -> (Vec<TmaLoad>, u32) {
+    let mut loads = Vec::new();
+    let mut at = shared_bytes.next_multiple_of(8);
+    for (node, n) in plan.nodes.iter().enumerate() {
+        let (&Op::Load(role @ (Role::Query | Role::Key | Role::Value)), Some(Some(tile))) =
+            (&n.op, layout.operands.get(node))
+        else {
+            continue;
+        };
+        let width = match role {
+            Role::Value => config.value_dim,
+            _ => config.key_dim,
+        };
+        let whole = tile.swizzled
+            && tile.rows == tile.rows_padded
+            && tile.cols == tile.cols_padded
+            && tile.rows == config.chunk;
+        if whole
+            && !loads.iter().any(|l: &TmaLoad| l.role == role)
+            && layout.values[node].tile().is_none()
+            && config.chunk <= 256
+            && width % 8 == 0
+        {
+            loads.push(TmaLoad {
+                node,
+                role,
+                barrier: at,
+            });
+            at += 8;
+        }
+    }
+    match u64::from(at) <= limit && !loads.is_empty() {
+        true => (loads, at),
+        false => (Vec::new(), shared_bytes),
+    }
 }
 
 /// Where the f32 tiles start in dynamic shared memory when they live there: after the
@@ -1285,7 +1379,9 @@ impl Schedule {
     /// [`Schedule::tiles_shared`]): the operand arena's emulated copy excluded.
     pub fn scratch_tiles(&self) -> u64 {
         if self.tiles_shared {
-            (u64::from(self.shared_bytes) - tiles_offset(self.operand_arena * 2)) / 4
+            // The TMA loads' mbarriers, if any, come after the tiles.
+            let end = self.tma.first().map_or(self.shared_bytes, |l| l.barrier);
+            (u64::from(end) - tiles_offset(self.operand_arena * 2)) / 4
         } else {
             self.scratch
         }
@@ -1352,6 +1448,8 @@ pub enum BufferType {
     Float(ElementType),
     /// 32-bit integers (`cu_seqlens`).
     I32,
+    /// 64-bit words: a [`KernelParam::TensorMap`] (its address is all the kernel uses).
+    I64,
 }
 
 /// The element type of a buffer parameter for inputs of `dtype` (`None` for scalars).
@@ -1375,6 +1473,7 @@ pub fn buffer_type(dtype: ElementType, param: &KernelParam) -> Option<BufferType
         | KernelParam::SegmentDecays
         | KernelParam::Scratch => BufferType::Float(ElementType::F32),
         KernelParam::CuSeqlens => BufferType::I32,
+        KernelParam::TensorMap(_) => BufferType::I64,
         KernelParam::SeqLen
         | KernelParam::Heads
         | KernelParam::ValueHeads

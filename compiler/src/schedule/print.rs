@@ -76,6 +76,7 @@ pub(crate) fn param_name(p: &KernelParam) -> String {
         KernelParam::GradAccumulator(role) => format!("d_{role}_sum"),
         KernelParam::SegmentStates => "segment_states".into(),
         KernelParam::SegmentDecays => "segment_decays".into(),
+        KernelParam::TensorMap(role) => format!("{role}_map"),
     }
 }
 
@@ -257,6 +258,14 @@ impl Schedule {
                 core.wave_size()
             )?,
         }
+        if !self.tma.is_empty() {
+            let roles: Vec<String> = self.tma.iter().map(|l| l.role.to_string()).collect();
+            writeln!(
+                f,
+                "  tma      {} rows by the Tensor Memory Accelerator: one bulk tensor copy per 64-column block, on an mbarrier each; a chunk loop issues the next chunk's once their last reader is done",
+                roles.join(", ")
+            )?;
+        }
         Ok(())
     }
 
@@ -291,6 +300,7 @@ impl Schedule {
             .map(|p| match self.buffer_type(p) {
                 Some(BufferType::Float(t)) => format!("{}: {t}*", param_name(p)),
                 Some(BufferType::I32) => format!("{}: i32*", param_name(p)),
+                Some(BufferType::I64) => format!("{}: tensor map*", param_name(p)),
                 None if *p == KernelParam::Scale => format!("{}: f32", param_name(p)),
                 None => format!("{}: i32", param_name(p)),
             })
@@ -319,6 +329,9 @@ impl Schedule {
                     "{} [{} x {}] pad [{} x {}] @ {}",
                     self.config.dtype, t.rows, t.cols, t.rows_padded, t.cols_padded, t.offset
                 ));
+            }
+            if let Some(l) = self.tma.iter().find(|l| l.node == i) {
+                place.push_str(&format!(" by TMA (mbarrier @ byte {})", l.barrier));
             }
             writeln!(f, "    %{i:<3} {:<38} {place}", node.op.to_string())?;
         }

@@ -51,6 +51,86 @@ fn schedule_of(spec: &Spec, target: Target, config: &KernelConfig) -> schedule::
     schedule::forward(&p, spec, target, config).expect("schedules")
 }
 
+/// The TMA loads of sm_90a's chunk kernels: q, k and v each by TMA with its own 8-byte aligned
+/// mbarrier after everything else in shared memory, their tiles kept for the whole chunk (no
+/// other operand tile overlaps them), a tensor-map parameter per load before the scratch; the
+/// split forward's state walk takes none; `wgmma-without-tma` keeps wgmma with
+/// the threads' row copies.
+#[test]
+fn sm_90a_loads_rows_by_tma() {
+    use linrec_spec::Role;
+    use linrec_spec::launch::KernelParam;
+    for spec in [
+        specs::linear_attn(),
+        specs::retention(),
+        specs::simple_gla(),
+    ] {
+        for (dim, chunk) in [(64, 64), (128, 64), (128, 32), (256, 64)] {
+            let config = config(Bf16, dim, chunk);
+            let what = format!("{} K=V={dim} C={chunk}", spec.name);
+            let p = plan::forward(&spec).expect("supported");
+            let split =
+                schedule::forward_split(&p, &spec, Target::Sm90a, &config, MatmulChoice::Auto)
+                    .expect(&what);
+            let fused = schedule_of(&spec, Target::Sm90a, &config);
+            for s in [&fused, &split.output] {
+                let roles: Vec<Role> = s.tma.iter().map(|l| l.role).collect();
+                assert_eq!(
+                    roles,
+                    [Role::Query, Role::Key, Role::Value],
+                    "{what} {}",
+                    s.entry
+                );
+                let end = u64::from(s.shared_bytes);
+                for (i, l) in s.tma.iter().enumerate() {
+                    assert_eq!(l.barrier % 8, 0, "{what}");
+                    assert_eq!(u64::from(l.barrier) + 8 * (s.tma.len() - i) as u64, end);
+                    let t = s.operands[l.node].expect("an operand tile");
+                    assert!(t.swizzled && t.rows == chunk, "{what}");
+                    for (j, o) in s.operands.iter().enumerate() {
+                        let Some(o) = o else { continue };
+                        let apart =
+                            o.offset + o.len() <= t.offset || t.offset + t.len() <= o.offset;
+                        assert!(
+                            j == l.node || apart,
+                            "{what}: %{j} overlaps the TMA tile %{}",
+                            l.node
+                        );
+                    }
+                }
+                let maps: Vec<&KernelParam> = s
+                    .params
+                    .iter()
+                    .filter(|p| matches!(p, KernelParam::TensorMap(_)))
+                    .collect();
+                assert_eq!(maps.len(), 3, "{what}");
+                let at = s.params.iter().position(|p| *p == KernelParam::Scratch);
+                assert_eq!(
+                    s.params.get(at.expect("scratch") - 1),
+                    Some(&KernelParam::TensorMap(Role::Value)),
+                    "{what}"
+                );
+            }
+            // The state walks keep mma.sync and the threads' copies (the backward likewise,
+            // checked in `sm_90a_runs_wgmma_on_core_matrices`).
+            assert!(split.states.tma.is_empty(), "{what}");
+            let options = CompileOptions::default().with_matmul(MatmulChoice::WgmmaWithoutTma);
+            let art = compile_with(&spec, Target::Sm90a, &config, &options).expect(&what);
+            let ptx = std::str::from_utf8(&art.binary).expect("PTX is text");
+            assert!(
+                ptx.contains("wgmma.mma_async") && !ptx.contains("cp.async.bulk"),
+                "{what}"
+            );
+            assert!(
+                !art.info
+                    .params
+                    .iter()
+                    .any(|p| matches!(p, KernelParam::TensorMap(_)))
+            );
+        }
+    }
+}
+
 // ---- ptxas ------------------------------------------------------------------------------------
 
 fn ptxas() -> Option<PathBuf> {
@@ -228,6 +308,17 @@ fn sm_90a_runs_wgmma_on_core_matrices() {
                 if chunk < 64 {
                     assert!(ptx.contains("ldmatrix.sync.aligned"), "{what} {dir}");
                 }
+                // q, k, v by TMA where their tiles are swizzled (whole 64-column blocks), in
+                // the forward's chunk kernels only.
+                let tma = forward && dim % 64 == 0;
+                for needle in [
+                    "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes",
+                    "mbarrier.try_wait.parity.shared::cta.b64",
+                    "mbarrier.arrive.expect_tx.shared::cta.b64",
+                ] {
+                    assert_eq!(ptx.contains(needle), tma, "{what} {dir}: {needle}");
+                }
+                assert_eq!(art.schedule_text.contains("by TMA"), tma, "{what} {dir}");
                 if let Some(log) = assemble(&art.binary, Target::Sm90a, &what) {
                     let kernels = log.matches("Compiling entry function").count();
                     let clean = log

@@ -1,11 +1,12 @@
 //! An in-memory backend: host vectors stand in for device memory and launches are only
 //! recorded, so the checks of `Device` can be tested on any machine.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use linrec_runtime::{
     Backend, BackendKind, DeviceId, DeviceInfo, FillPattern, KernelHandle, LaunchArg, LaunchConfig,
-    ModuleHandle, RawBuffer, Result, RuntimeError,
+    ModuleHandle, RawBuffer, Result, RuntimeError, TensorMapSpec,
 };
 
 #[derive(Debug)]
@@ -14,9 +15,18 @@ pub struct MockBackend {
     info: DeviceInfo,
     /// One line per launch that reached the backend: `name(arg kinds)`.
     pub launches: Arc<Mutex<Vec<String>>>,
+    /// Every TMA map encoded: (address, geometry).
+    pub maps: Arc<Mutex<Vec<(u64, TensorMapSpec)>>>,
+    /// Whether buffers have device addresses (and so TMA maps); true by default.
+    pub tma: Arc<AtomicBool>,
+    /// Added to the (256-byte aligned) address of each later allocation: 2 makes them
+    /// misaligned for TMA.
+    pub misalign: Arc<AtomicU64>,
+    next_address: AtomicU64,
 }
 
-struct MockMem(Mutex<Vec<u8>>);
+/// A buffer: its bytes and its made-up device address.
+struct MockMem(Mutex<Vec<u8>>, u64);
 
 impl MockBackend {
     pub fn new() -> (Self, Arc<Mutex<Vec<String>>>) {
@@ -38,6 +48,10 @@ impl MockBackend {
                 is_cpu: true,
             },
             launches: launches.clone(),
+            maps: Arc::default(),
+            tma: Arc::new(AtomicBool::new(true)),
+            misalign: Arc::default(),
+            next_address: AtomicU64::new(1 << 20),
         };
         (backend, launches)
     }
@@ -70,10 +84,14 @@ impl Backend for MockBackend {
     }
 
     fn allocate(&self, bytes: usize) -> Result<RawBuffer> {
+        let at = self
+            .next_address
+            .fetch_add((bytes as u64 + 1).next_multiple_of(256), Ordering::Relaxed);
+        let at = at + self.misalign.load(Ordering::Relaxed);
         Ok(RawBuffer::new(
             self.id,
             bytes,
-            Box::new(MockMem(Mutex::new(vec![0; bytes]))),
+            Box::new(MockMem(Mutex::new(vec![0; bytes]), at)),
         ))
     }
 
@@ -127,5 +145,23 @@ impl Backend for MockBackend {
 
     fn synchronize(&self) -> Result<()> {
         Ok(())
+    }
+
+    fn device_address(&self, raw: &RawBuffer) -> Option<u64> {
+        let at = self.mem(raw).ok()?.1;
+        self.tma.load(Ordering::Relaxed).then_some(at)
+    }
+
+    fn encode_tensor_map(&self, address: u64, spec: &TensorMapSpec) -> Result<[u8; 128]> {
+        self.maps.lock().expect("mock lock").push((address, *spec));
+        let mut map = [0u8; 128];
+        map[..8].copy_from_slice(&address.to_le_bytes());
+        Ok(map)
+    }
+
+    fn copy(&self, dst: &RawBuffer, src: &RawBuffer, bytes: usize) -> Result<bool> {
+        let from = self.mem(src)?.0.lock().expect("mock lock")[..bytes].to_vec();
+        self.mem(dst)?.0.lock().expect("mock lock")[..bytes].copy_from_slice(&from);
+        Ok(true)
     }
 }

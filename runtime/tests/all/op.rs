@@ -136,6 +136,76 @@ fn a_good_launch_allocates_poisoned_outputs_and_passes_the_abi_order() {
     assert_eq!(dev.module_cache().len(), 1);
 }
 
+/// An sm_90a kernel's TMA maps of q, k and v: encoded in the geometry the kernel reads (a
+/// 3-D map over `[B·T, heads, width]`, box `[C, 1, 64]`), passed as 16-word buffers before
+/// the scratch, cached per (address, geometry) so a relaunch encodes nothing; a misaligned
+/// tensor is copied to an aligned buffer which the map covers; a device without device
+/// addresses refuses, launching nothing.
+#[test]
+fn tma_maps_are_encoded_cached_and_passed() {
+    use std::sync::atomic::Ordering;
+    let (backend, launches) = crate::mock::MockBackend::new();
+    let (maps, tma, misalign) = (
+        backend.maps.clone(),
+        backend.tma.clone(),
+        backend.misalign.clone(),
+    );
+    let dev = Device::from_backend(Box::new(backend));
+    let mut info = info(false);
+    let at = info
+        .params
+        .iter()
+        .position(|p| *p == KernelParam::Scratch)
+        .expect("scratch");
+    for (i, role) in [Role::Query, Role::Key, Role::Value]
+        .into_iter()
+        .enumerate()
+    {
+        info.params.insert(at + i, KernelParam::TensorMap(role));
+    }
+    let b = buffers(&dev);
+    run(&dev, &info, &inputs(&b), Some(&b.h0)).expect("launches");
+    assert_eq!(
+        launches.lock().expect("lock").as_slice(),
+        [
+            "linrec_test_fwd(buffer, buffer, buffer, buffer, buffer, buffer, buffer, buffer, buffer, buffer, buffer, buffer, i32, i32, i32, f32)"
+        ]
+    );
+    let address = |buf: &DeviceBuffer| dev.backend().device_address(buf.raw()).expect("address");
+    let spec = |dims: [u64; 3], strides: [u64; 2]| linrec_runtime::TensorMapSpec {
+        dtype: DType::BF16,
+        dims,
+        strides,
+        boxes: [64, 1, 16],
+    };
+    // B·T = 10 rows; q, k: H = 1, K = 8; v: HV = 2, V = 40 (bf16).
+    let qk = spec([8, 1, 10], [16, 16]);
+    let v = spec([40, 2, 10], [80, 160]);
+    let expected = vec![(address(&b.q), qk), (address(&b.k), qk), (address(&b.v), v)];
+    assert_eq!(*maps.lock().expect("lock"), expected);
+    run(&dev, &info, &inputs(&b), Some(&b.h0)).expect("launches");
+    assert_eq!(
+        *maps.lock().expect("lock"),
+        expected,
+        "a relaunch encodes again"
+    );
+
+    // A q 2 bytes past alignment: its map covers an aligned copy.
+    misalign.store(2, Ordering::Relaxed);
+    let q = dev.alloc(DType::BF16, &[2, 5, 1, 8]).expect("alloc");
+    misalign.store(0, Ordering::Relaxed);
+    run(&dev, &info, &qkvg(&q, &b.k, &b.v, &b.g), Some(&b.h0)).expect("launches");
+    let last = *maps.lock().expect("lock").last().expect("a new map");
+    assert_eq!(last.1, qk);
+    assert!(last.0 % 16 == 0 && last.0 != address(&q), "{last:?}");
+
+    tma.store(false, Ordering::Relaxed);
+    launches.lock().expect("lock").clear();
+    let err = run(&dev, &info, &inputs(&b), Some(&b.h0)).expect_err("no TMA");
+    assert!(err.to_string().contains("CUDA only"), "{err}");
+    assert!(launches.lock().expect("lock").is_empty());
+}
+
 #[test]
 fn a_wrong_dtype_names_the_argument() {
     let (err, launches) = refused_after(
