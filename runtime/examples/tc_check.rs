@@ -460,9 +460,24 @@ fn time(
     } else {
         None
     };
+    // sm_90a kernels read q, k, v through TMA maps.
+    let mut maps = Vec::new();
+    for p in &info.params {
+        if let KernelParam::TensorMap(role) = p {
+            let input = up.buffers.iter().find(|(r, _)| r == role);
+            let (_, buf) = input.ok_or("a TMA map of a missing input")?;
+            let spec = op::tensor_map_spec(info, &d, *role).map_err(e)?;
+            maps.push((*role, dev.tensor_map(buf, &spec).map_err(e)?));
+        }
+    }
     let mut args: Vec<KernelArg<'_>> = Vec::new();
     for p in &info.params {
         args.push(match p {
+            KernelParam::TensorMap(role) => maps
+                .iter()
+                .find(|(r, _)| r == role)
+                .map(|(_, m)| (&m.map).into())
+                .ok_or("map")?,
             KernelParam::Input(role) => up
                 .buffers
                 .iter()

@@ -460,6 +460,17 @@ impl Device {
     /// [`KernelParam`]: linrec_spec::launch::KernelParam
     pub fn tensor_map(&self, tensor: &DeviceBuffer, spec: &TensorMapSpec) -> Result<TensorMapArg> {
         self.check_own("tensor map source", tensor)?;
+        if !tensor.is_contiguous() {
+            return Err(RuntimeError::Layout {
+                what: "tensor map source".into(),
+                detail: format!(
+                    "a strided view (shape {:?}, strides {:?}): TMA maps cover contiguous \
+                     tensors; pass a contiguous copy",
+                    tensor.shape(),
+                    tensor.strides()
+                ),
+            });
+        }
         let address = |buf: &DeviceBuffer| {
             self.backend()
                 .device_address(buf.raw())
@@ -471,7 +482,7 @@ impl Device {
         };
         let mut at = address(tensor)?;
         let copy = if at % 16 != 0 {
-            let bytes = tensor.allocation_bytes();
+            let bytes = tensor.numel() * tensor.dtype().size_bytes();
             let aligned = self.alloc(tensor.dtype(), tensor.shape())?;
             if !self.copy_bytes(&aligned, tensor, bytes)? {
                 return Err(RuntimeError::Driver {

@@ -983,8 +983,10 @@ fn tensor_map(
     device.tensor_map(tensor, &tensor_map_spec(info, dims, role)?)
 }
 
-/// The geometry of the TMA map of input `role` for a kernel of `info` on `dims`.
-pub(crate) fn tensor_map_spec(info: &KernelInfo, dims: &Dims, role: Role) -> Result<TensorMapSpec> {
+/// The geometry of the TMA map of input `role` (q, k or v) that a kernel of `info` reads on
+/// `dims` ([`KernelParam::TensorMap`]), for [`Device::tensor_map`]: what [`forward`] builds
+/// for each call; for launching such a kernel by hand.
+pub fn tensor_map_spec(info: &KernelInfo, dims: &Dims, role: Role) -> Result<TensorMapSpec> {
     let (heads, width) = match role {
         Role::Query | Role::Key => (dims.heads, dims.key_dim),
         Role::Value => (dims.value_heads, dims.value_dim),

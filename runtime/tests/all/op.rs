@@ -139,8 +139,8 @@ fn a_good_launch_allocates_poisoned_outputs_and_passes_the_abi_order() {
 /// An sm_90a kernel's TMA maps of q, k and v: encoded in the geometry the kernel reads (a
 /// 3-D map over `[B·T, heads, width]`, box `[C, 1, 64]`), passed as 16-word buffers before
 /// the scratch, cached per (address, geometry) so a relaunch encodes nothing; a misaligned
-/// tensor is copied to an aligned buffer which the map covers; a device without device
-/// addresses refuses, launching nothing.
+/// tensor is copied to an aligned buffer which the map covers, a strided view refused; a
+/// device without device addresses refuses, launching nothing.
 #[test]
 fn tma_maps_are_encoded_cached_and_passed() {
     use std::sync::atomic::Ordering;
@@ -198,6 +198,13 @@ fn tma_maps_are_encoded_cached_and_passed() {
     let last = *maps.lock().expect("lock").last().expect("a new map");
     assert_eq!(last.1, qk);
     assert!(last.0 % 16 == 0 && last.0 != address(&q), "{last:?}");
+
+    // A strided view has no map.
+    let view =
+        b.q.with_strides(&[2, 5, 1, 4], &[40, 8, 8, 2])
+            .expect("a strided view");
+    let err = dev.tensor_map(&view, &qk).expect_err("strided");
+    assert!(err.to_string().contains("strided view"), "{err}");
 
     tma.store(false, Ordering::Relaxed);
     launches.lock().expect("lock").clear();
