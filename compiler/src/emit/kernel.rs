@@ -19,7 +19,9 @@ use super::target::{DYNAMIC, TargetOps};
 use super::tma::TmaStep;
 use crate::lower::Vendor;
 use crate::plan::{Direction, Sink};
-use crate::schedule::{BackwardSchedule, MatmulPath, OperandTile, Part, Schedule, Tile};
+use crate::schedule::{
+    BackwardSchedule, MatmulPath, OperandTile, Part, Schedule, Tile, TileLayout,
+};
 
 /// The symbol of the dynamic shared memory. It must be a public, uninitialised
 /// `memref.global` of `memref<0xi8, workgroup>`: `gpu.dynamic_shared_memory` then reuses it
@@ -565,30 +567,32 @@ impl<'c> Kernel<'_, 'c> {
         c: Value<'c, '_>,
     ) -> R<Value<'c, 'a>> {
         let b = &self.b;
-        let within = if tile.swizzled {
-            // ⌊c/64⌋·64·rows_padded + 64·r + 8·(⌊c/8⌋ mod 8 ⊕ r mod 8) + c mod 8.
-            // As bit operations on `c ⊕ 8·(r mod 8)`: the chunk bits of c XORed with r's.
-            let (eight, sixty4) = (b.ci(blk, 8)?, b.ci(blk, 64)?);
-            let phase = b.bin(blk, "arith.remui", r, eight)?;
-            let phase = b.muli(blk, phase, eight)?;
-            let swapped = b.bin(blk, "arith.xori", c, phase)?;
-            let within = b.bin(blk, "arith.remui", swapped, sixty4)?;
-            let at = b.mad(blk, within, r, 64)?;
-            if tile.cols_padded <= 64 {
-                at
-            } else {
-                let slab = b.bin(blk, "arith.divui", c, sixty4)?;
-                b.mad(blk, at, slab, 64 * tile.rows_padded as i64)?
+        let within = match tile.layout {
+            TileLayout::Swizzled => {
+                // ⌊c/64⌋·64·rows_padded + 64·r + 8·(⌊c/8⌋ mod 8 ⊕ r mod 8) + c mod 8.
+                // As bit operations on `c ⊕ 8·(r mod 8)`: the chunk bits of c XORed with r's.
+                let (eight, sixty4) = (b.ci(blk, 8)?, b.ci(blk, 64)?);
+                let phase = b.bin(blk, "arith.remui", r, eight)?;
+                let phase = b.muli(blk, phase, eight)?;
+                let swapped = b.bin(blk, "arith.xori", c, phase)?;
+                let within = b.bin(blk, "arith.remui", swapped, sixty4)?;
+                let at = b.mad(blk, within, r, 64)?;
+                if tile.cols_padded <= 64 {
+                    at
+                } else {
+                    let slab = b.bin(blk, "arith.divui", c, sixty4)?;
+                    b.mad(blk, at, slab, 64 * tile.rows_padded as i64)?
+                }
             }
-        } else if tile.core_matrices {
-            // ⌊c/8⌋·8·rows_padded + 8·r + c mod 8.
-            let eight = b.ci(blk, 8)?;
-            let block = b.bin(blk, "arith.divui", c, eight)?;
-            let lane = b.bin(blk, "arith.remui", c, eight)?;
-            let row = b.mad(blk, lane, r, 8)?;
-            b.mad(blk, row, block, 8 * tile.rows_padded as i64)?
-        } else {
-            b.mad(blk, c, r, tile.stride as i64)?
+            TileLayout::CoreMatrices => {
+                // ⌊c/8⌋·8·rows_padded + 8·r + c mod 8.
+                let eight = b.ci(blk, 8)?;
+                let block = b.bin(blk, "arith.divui", c, eight)?;
+                let lane = b.bin(blk, "arith.remui", c, eight)?;
+                let row = b.mad(blk, lane, r, 8)?;
+                b.mad(blk, row, block, 8 * tile.rows_padded as i64)?
+            }
+            TileLayout::Rows => b.mad(blk, c, r, tile.stride as i64)?,
         };
         let path = self.s.matmul;
         if path.operands_on_chip() {
@@ -826,7 +830,7 @@ impl<'c> Kernel<'_, 'c> {
         tile: OperandTile,
         per_row: usize,
     ) -> R<(Value<'c, 'a>, Value<'c, 'a>)> {
-        if !tile.core_matrices || tile.rows % 8 != 0 || per_row == 1 {
+        if tile.layout != TileLayout::CoreMatrices || tile.rows % 8 != 0 || per_row == 1 {
             return self.row_col(blk, e, per_row);
         }
         let b = &self.b;

@@ -150,10 +150,10 @@ pub struct SmemTile<'c, 'v> {
     pub row_stride: i64,
     /// Elements one column moves the address, for column offsets that are multiples of 8:
     /// 1 for a row-major tile; `rows` for a tile of core matrices (each 8-column block a
-    /// `rows × 8` array, `row_stride` 8: [`crate::schedule::OperandTile::core_matrices`]);
+    /// `rows × 8` array, `row_stride` 8: [`crate::schedule::TileLayout::CoreMatrices`]);
     /// for a swizzled tile, its `rows`.
     pub col_step: i64,
-    /// Stored with the 128-byte swizzle ([`crate::schedule::OperandTile::swizzled`]):
+    /// Stored with the 128-byte swizzle ([`crate::schedule::TileLayout::Swizzled`]):
     /// `row_stride` 64, `col_step` the rows of each 64-column block, `offset` a multiple of
     /// 512; addresses are then not linear in the column and are computed per load.
     pub swizzled: bool,

@@ -651,7 +651,7 @@ impl<'c> Kernel<'_, 'c> {
                         offset: t.offset as i64,
                         row_stride: t.stride as i64,
                         col_step: t.col_step() as i64,
-                        swizzled: t.swizzled,
+                        swizzled: t.layout == crate::schedule::TileLayout::Swizzled,
                     },
                     transposed,
                 };

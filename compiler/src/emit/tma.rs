@@ -5,7 +5,7 @@
 //! swizzle's index math and 12 shared stores per chunk at K = V = 128 (ncu: +16–23 %
 //! instructions against sm_90's unswizzled tiles), and 48 registers to carry the next chunk's
 //! rows across the chunk. One thread issues a TMA copy instead; the hardware writes the rows
-//! in the 128-byte swizzle that the tiles already use ([`crate::schedule::OperandTile::swizzled`]
+//! in the 128-byte swizzle that the tiles already use ([`crate::schedule::TileLayout::Swizzled`]
 //! is TMA's `CU_TENSOR_MAP_SWIZZLE_128B`) and zeros past the tensor's end.
 //!
 //! How: each load ([`TmaLoad`]) has an mbarrier after the kernel's shared memory. Thread 0
@@ -27,7 +27,7 @@ use melior::ir::{Attribute, Block, Region, RegionLike, Type, Value};
 use super::EmitError;
 use super::builder::{Cmp, R};
 use super::kernel::{Env, Kernel};
-use crate::schedule::TmaLoad;
+use crate::schedule::{TileLayout, TmaLoad};
 
 /// Where a chunk loop's iteration stands for the TMA loads (see [`Kernel::tma_wait`]).
 #[derive(Clone, Copy)]
@@ -279,7 +279,7 @@ impl<'c> Kernel<'_, 'c> {
             .get(load.node)
             .copied()
             .flatten()
-            .filter(|t| t.swizzled && t.cols % TENSOR_MAP_BOX_COLUMNS == 0)
+            .filter(|t| t.layout == TileLayout::Swizzled && t.cols % TENSOR_MAP_BOX_COLUMNS == 0)
             .ok_or_else(|| {
                 EmitError::Schedule(format!(
                     "the TMA load %{} has no whole swizzled operand tile",

@@ -6,8 +6,8 @@
 //!
 //! What it needs from the caller, beyond [`super::mma`]'s rules: operand tiles stored as core
 //! matrices (`row_stride` 8, `col_step` the tile's padded rows:
-//! [`crate::schedule::OperandTile::core_matrices`]) or with the 128-byte swizzle (`row_stride`
-//! 64, [`crate::schedule::OperandTile::swizzled`]), M a multiple of 64 and whole warpgroups
+//! [`crate::schedule::TileLayout::CoreMatrices`]) or with the 128-byte swizzle (`row_stride`
+//! 64, [`crate::schedule::TileLayout::Swizzled`]), M a multiple of 64 and whole warpgroups
 //! (the warps a multiple of 4). [`applies`] says whether a sum of matmuls qualifies;
 //! [`Matmul::emit_sum`] calls [`emit_sum`] when it does and the target allows it.
 //!

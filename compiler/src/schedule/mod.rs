@@ -33,7 +33,7 @@
 //!   nothing to any product, and rows `cols_padded + 8` elements apart (16-byte aligned
 //!   `ldmatrix` rows in distinct banks). A value gets an operand tile when a matmul reads it.
 //!   On sm_90a the tiles are stored as 8×8 core matrices instead (no skew,
-//!   [`OperandTile::core_matrices`]), the layout wgmma reads ([`crate::emit::wgmma`]).
+//!   [`TileLayout::CoreMatrices`]), the layout wgmma reads ([`crate::emit::wgmma`]).
 //! * **Who writes them.** q, k and v are loaded straight into their operand tiles (they are
 //!   16-bit already: no f32 copy exists, and elementwise nodes that read them, such as
 //!   `Q ⊙ 2^b`, read the operand tile, which is exact). A computed operand (`Q ⊙ 2^b`, the
@@ -248,7 +248,7 @@ pub struct Schedule {
     /// ([`crate::emit::wgmma`]; sm_90a tensor cores with core-matrix operand tiles).
     pub wgmma: bool,
     /// Token rows brought into their operand tiles by the Tensor Memory Accelerator
-    /// ([`crate::emit::tma`]; sm_90a, swizzled tiles), in plan order; empty elsewhere.
+    /// (`emit/tma.rs`; sm_90a, swizzled tiles), in plan order; empty elsewhere.
     pub tma: Vec<TmaLoad>,
 }
 
@@ -344,7 +344,7 @@ pub enum MatmulChoice {
     /// configs on any target (portable for f32).
     EmulatedMatrixCore(MatrixCore),
     /// [`MatmulPath::Emulated`] with the operand tiles stored as sm_90a's core matrices
-    /// ([`OperandTile::core_matrices`]): a test of that layout's index math on any target.
+    /// ([`TileLayout::CoreMatrices`]): a test of that layout's index math on any target.
     EmulatedCoreMatrices,
     /// Tensor cores with `mma.sync` only and sm_90's row-major operand tiles, on every NVIDIA
     /// target (sm_90a too): for comparisons (`LINREC_TENSOR_CORES=mma-sync`).
@@ -401,10 +401,30 @@ impl MatmulChoice {
     }
 }
 
-/// A 16-bit matmul operand tile: element `(r, c)` is at `offset + r·stride + c` in the
-/// operand arena, or with [`OperandTile::core_matrices`] at
-/// `offset + ⌊c/8⌋·8·rows_padded + 8·r + c mod 8`. Rows `rows..rows_padded` and columns
-/// `cols..cols_padded` hold zeros.
+/// How an operand tile's elements lie in the arena ([`OperandTile::layout`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TileLayout {
+    /// Row-major: element `(r, c)` at `offset + r·stride + c`, rows skewed by 8 elements
+    /// (`stride` = `cols_padded + 8`) so that `ldmatrix`'s eight rows hit eight bank groups.
+    Rows,
+    /// wgmma's 8×8 core matrices (sm_90a): every 8-column block of the tile is its own
+    /// `rows_padded × 8` array, so each 8×8 core matrix is 128 contiguous bytes, the layout
+    /// `wgmma` reads through a shared-memory descriptor without swizzling (both K-major and
+    /// MN-major operands, so one tile serves as A or B, transposed or not): element `(r, c)` at
+    /// `offset + ⌊c/8⌋·8·rows_padded + 8·r + c mod 8` (`stride` 8).
+    CoreMatrices,
+    /// wgmma's (and TMA's) 128-byte swizzle (sm_90a, where `cols_padded` is a multiple of 64):
+    /// every 64-column block of the tile is its own `rows_padded × 64` array whose row `r`
+    /// holds its eight 16-byte chunks in the order `chunk ⊕ (r mod 8)`, so element `(r, c)` is
+    /// at `offset + ⌊c/64⌋·64·rows_padded + 64·r + 8·(⌊c/8⌋ mod 8 ⊕ r mod 8) + c mod 8`
+    /// (`stride` 64). A row's elements are 128 contiguous bytes (scalar loops along rows
+    /// and `ldmatrix` alike are free of bank conflicts), and the tile starts at a multiple of
+    /// [`SWIZZLE_ALIGN`] elements, where the XOR matches the hardware's address bits.
+    Swizzled,
+}
+
+/// A 16-bit matmul operand tile in the operand arena, laid out as [`OperandTile::layout`]
+/// says. Rows `rows..rows_padded` and columns `cols..cols_padded` hold zeros.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct OperandTile {
     /// First element in the arena (a multiple of 8: 16-byte aligned).
@@ -417,21 +437,11 @@ pub struct OperandTile {
     pub rows_padded: usize,
     /// Columns including the zero padding (a multiple of 16).
     pub cols_padded: usize,
-    /// Elements from one row to the next (`cols_padded + 8`; 8 with core matrices).
+    /// Elements from one row to the next (`cols_padded + 8` row-major; 8 with core matrices,
+    /// 64 swizzled).
     pub stride: usize,
-    /// Stored as wgmma's 8×8 core matrices (sm_90a): every 8-column block of the tile is its
-    /// own `rows_padded × 8` array, so each 8×8 core matrix is 128 contiguous bytes, the
-    /// layout `wgmma` reads through a shared-memory descriptor without swizzling (both
-    /// K-major and MN-major operands, so one tile serves as A or B, transposed or not).
-    pub core_matrices: bool,
-    /// Stored with wgmma's 128-byte swizzle (sm_90a, where `cols_padded` is a multiple of 64):
-    /// every 64-column block of the tile is its own `rows_padded × 64` array whose row `r`
-    /// holds its eight 16-byte chunks in the order `chunk ⊕ (r mod 8)`, so element `(r, c)` is
-    /// at `offset + ⌊c/64⌋·64·rows_padded + 64·r + 8·(⌊c/8⌋ mod 8 ⊕ r mod 8) + c mod 8`
-    /// (`stride` 64). A row's elements are 128 contiguous bytes (scalar loops along rows
-    /// and `ldmatrix` alike are free of bank conflicts), and the tile starts at a multiple of
-    /// [`SWIZZLE_ALIGN`] elements, where the XOR matches the hardware's address bits.
-    pub swizzled: bool,
+    /// How the elements lie.
+    pub layout: TileLayout,
 }
 
 /// The alignment of a swizzled operand tile in the arena, in elements: 1024 bytes, one
@@ -441,7 +451,7 @@ pub const SWIZZLE_ALIGN: u64 = 512;
 impl OperandTile {
     /// Elements the tile spans in the arena.
     pub fn len(&self) -> u64 {
-        if self.core_matrices || self.swizzled {
+        if self.layout != TileLayout::Rows {
             (self.rows_padded * self.cols_padded) as u64
         } else {
             (self.rows_padded * self.stride) as u64
@@ -451,7 +461,10 @@ impl OperandTile {
     /// Where the tile may start in the arena: a multiple of this many elements
     /// ([`SWIZZLE_ALIGN`] when swizzled, else 8: 16 bytes).
     pub fn align(&self) -> u64 {
-        if self.swizzled { SWIZZLE_ALIGN } else { 8 }
+        match self.layout {
+            TileLayout::Swizzled => SWIZZLE_ALIGN,
+            _ => 8,
+        }
     }
 
     /// Elements one column moves the address, for column offsets that are multiples of 8
@@ -459,7 +472,7 @@ impl OperandTile {
     /// not linear in the column, the rows of each 64-column block (`rows_padded`), as
     /// [`crate::emit::mma::SmemTile::col_step`] takes it.
     pub fn col_step(&self) -> usize {
-        if self.core_matrices || self.swizzled {
+        if self.layout != TileLayout::Rows {
             self.rows_padded
         } else {
             1
@@ -1299,7 +1312,7 @@ fn tma_loads(
             Role::Value => config.value_dim,
             _ => config.key_dim,
         };
-        let whole = tile.swizzled
+        let whole = tile.layout == TileLayout::Swizzled
             && tile.rows == tile.rows_padded
             && tile.cols == tile.cols_padded
             && tile.rows == config.chunk;
@@ -1491,7 +1504,7 @@ pub(crate) struct TileDims {
     k: usize,
     v: usize,
     /// Operand tiles in sm_90a's layouts: swizzled where whole 64-column blocks exist, else
-    /// core matrices ([`OperandTile::swizzled`], [`OperandTile::core_matrices`]).
+    /// core matrices ([`TileLayout::Swizzled`], [`TileLayout::CoreMatrices`]).
     wgmma_layouts: bool,
 }
 
@@ -1544,8 +1557,11 @@ impl TileDims {
                 (false, true) => 8,
                 (false, false) => pad(cols) + OPERAND_ROW_SKEW,
             },
-            core_matrices: self.wgmma_layouts && !swizzled,
-            swizzled,
+            layout: match (swizzled, self.wgmma_layouts) {
+                (true, _) => TileLayout::Swizzled,
+                (false, true) => TileLayout::CoreMatrices,
+                (false, false) => TileLayout::Rows,
+            },
         })
     }
 

@@ -199,7 +199,7 @@ impl Schedule {
         self.operands
             .iter()
             .flatten()
-            .any(|t| t.core_matrices || t.swizzled)
+            .any(|t| t.layout != super::TileLayout::Rows)
     }
 
     /// The line saying where the operand tiles live and how matmuls run (none when portable).

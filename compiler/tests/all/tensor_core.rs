@@ -86,7 +86,10 @@ fn sm_90a_loads_rows_by_tma() {
                     assert_eq!(l.barrier % 8, 0, "{what}");
                     assert_eq!(u64::from(l.barrier) + 8 * (s.tma.len() - i) as u64, end);
                     let t = s.operands[l.node].expect("an operand tile");
-                    assert!(t.swizzled && t.rows == chunk, "{what}");
+                    assert!(
+                        t.layout == schedule::TileLayout::Swizzled && t.rows == chunk,
+                        "{what}"
+                    );
                     for (j, o) in s.operands.iter().enumerate() {
                         let Some(o) = o else { continue };
                         let apart =
