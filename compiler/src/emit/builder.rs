@@ -11,7 +11,7 @@ use melior::{
     ir::{
         Attribute, Block, BlockLike, Identifier, Location, Region, RegionLike, Type, Value,
         ValueLike,
-        attribute::{FloatAttribute, IntegerAttribute},
+        attribute::{FloatAttribute, IntegerAttribute, StringAttribute},
         operation::{OperationBuilder, OperationLike},
         r#type::IntegerType,
     },
@@ -496,6 +496,27 @@ impl<'c> Builder<'c> {
                 .add_results(&types)
                 .add_regions([region]),
         )
+    }
+
+    /// `llvm.inline_asm` of `text` with `constraints`, operands and results still to add;
+    /// `side_effects`: never merged, moved or removed by LLVM.
+    pub fn inline_asm(
+        &self,
+        text: &str,
+        constraints: &str,
+        side_effects: bool,
+    ) -> OperationBuilder<'c> {
+        let mut attrs = vec![
+            self.named("asm_string", StringAttribute::new(self.ctx, text).into()),
+            self.named(
+                "constraints",
+                StringAttribute::new(self.ctx, constraints).into(),
+            ),
+        ];
+        if side_effects {
+            attrs.push(self.named("has_side_effects", Attribute::unit(self.ctx)));
+        }
+        self.op("llvm.inline_asm").add_attributes(&attrs)
     }
 
     /// `scf.if cond { body }` without results or else branch.

@@ -986,12 +986,9 @@ impl<'c> Kernel<'_, 'c> {
                     "TMA loads in a {phase:?} chunk loop"
                 )));
             }
-            self.tma_init(blk, env)?;
             let nonempty = b.cmpi(blk, Cmp::Slt, zero, chunks)?;
             let (_, start, _) = self.iteration_rows(blk, env, (first, chunks), phase, zero)?;
-            for load in &self.s.tma {
-                self.tma_issue(blk, env, load, start, Some(nonempty))?;
-            }
+            self.tma_start(blk, env, start, Some(nonempty))?;
         }
         // Built by hand rather than with `Builder::for_`: the body stores entry-block values
         // (the scale) next to its own, which needs the body's lifetime to be a plain local one.

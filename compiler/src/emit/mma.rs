@@ -626,17 +626,11 @@ impl<'c> Ops<'c> {
         cond: Value<'c, '_>,
         body: impl FnOnce(&Block<'c>) -> R<()>,
     ) -> R<()> {
-        let then = Block::new(&[]);
-        body(&then)?;
-        then.append_operation(scf::r#yield(&[], self.loc));
-        let region = Region::new();
-        region.append_block(then);
-        self.build0(
-            blk,
-            OperationBuilder::new("scf.if", self.loc)
-                .add_operands(&[cond])
-                .add_regions([region, Region::new()]),
-        )
+        let b = super::builder::Builder {
+            ctx: self.ctx,
+            loc: self.loc,
+        };
+        b.if_(blk, cond, body)
     }
 
     fn append<'a>(

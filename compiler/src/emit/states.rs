@@ -309,10 +309,7 @@ impl<'c> Kernel<'_, 'c> {
             let mut carried = Carried::default();
             if !self.s.tma.is_empty() {
                 // One chunk: its copies fly while the chunk's state is read.
-                self.tma_init(blk, env)?;
-                for load in &self.s.tma {
-                    self.tma_issue(blk, env, load, start, None)?;
-                }
+                self.tma_start(blk, env, start, None)?;
                 carried.tma = Some(super::tma::TmaStep {
                     parity: b.ci32(blk, 0)?,
                     next: None,

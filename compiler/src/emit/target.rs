@@ -213,15 +213,7 @@ impl TargetOps {
         };
         let tid = b.push(
             blk,
-            b.op("llvm.inline_asm")
-                .add_attributes(&[
-                    b.named("asm_string", StringAttribute::new(b.ctx, asm).into()),
-                    b.named(
-                        "constraints",
-                        StringAttribute::new(b.ctx, constraints).into(),
-                    ),
-                    b.named("has_side_effects", Attribute::unit(b.ctx)),
-                ])
+            b.inline_asm(asm, constraints, true)
                 .add_operands(&operands)
                 .add_results(&[b.int(32)]),
         )?;
@@ -253,20 +245,13 @@ impl TargetOps {
         })?;
         let words = b.push(
             blk,
-            b.op("llvm.inline_asm")
-                .add_attributes(&[
-                    b.named(
-                        "asm_string",
-                        StringAttribute::new(b.ctx, "ld.global.nc.v4.b32 {$0, $1, $2, $3}, [$4];")
-                            .into(),
-                    ),
-                    b.named(
-                        "constraints",
-                        StringAttribute::new(b.ctx, "=r,=r,=r,=r,l").into(),
-                    ),
-                ])
-                .add_operands(&[addr])
-                .add_results(&[st]),
+            b.inline_asm(
+                "ld.global.nc.v4.b32 {$0, $1, $2, $3}, [$4];",
+                "=r,=r,=r,=r,l",
+                false,
+            )
+            .add_operands(&[addr])
+            .add_results(&[st]),
         )?;
         let mut parts = Vec::with_capacity(4);
         for i in 0..4 {

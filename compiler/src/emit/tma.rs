@@ -21,11 +21,10 @@
 
 use linrec_spec::Role;
 use linrec_spec::launch::{KernelParam, TENSOR_MAP_BOX_COLUMNS};
-use melior::ir::attribute::StringAttribute;
-use melior::ir::{Attribute, Block, Region, RegionLike, Type, Value};
+use melior::ir::{Block, Region, RegionLike, Type, Value};
 
 use super::EmitError;
-use super::builder::{Cmp, R};
+use super::builder::{Builder, Cmp, R};
 use super::kernel::{Env, Kernel};
 use crate::schedule::{TileLayout, TmaLoad};
 
@@ -113,9 +112,25 @@ impl<'c> Kernel<'_, 'c> {
         Ok(())
     }
 
+    /// Before a kernel's first chunk (rows from `start`): the mbarriers ([`Self::tma_init`])
+    /// and every load's copy of that chunk (when `go`, an `i1`, holds).
+    pub(super) fn tma_start(
+        &self,
+        blk: &Block<'c>,
+        env: &Env<'c, '_>,
+        start: Value<'c, '_>,
+        go: Option<Value<'c, '_>>,
+    ) -> R<()> {
+        self.tma_init(blk, env)?;
+        for load in &self.s.tma {
+            self.tma_issue(blk, env, load, start, go)?;
+        }
+        Ok(())
+    }
+
     /// Thread 0 initialises every load's mbarrier (one arrival a phase) and prefetches the
     /// tensor maps; a barrier then publishes the mbarriers to all threads and the async proxy.
-    pub(super) fn tma_init(&self, blk: &Block<'c>, env: &Env<'c, '_>) -> R<()> {
+    fn tma_init(&self, blk: &Block<'c>, env: &Env<'c, '_>) -> R<()> {
         let b = &self.b;
         let zero = b.ci(blk, 0)?;
         let first = b.cmpi(blk, Cmp::Eq, env.tid, zero)?;
@@ -123,7 +138,7 @@ impl<'c> Kernel<'_, 'c> {
             for load in &self.s.tma {
                 let bar = self.smem_address(blk, env, u64::from(load.barrier))?;
                 asm(
-                    self,
+                    b,
                     blk,
                     "mbarrier.init.shared::cta.b64 [$0], 1;",
                     "r,~{memory}",
@@ -132,10 +147,10 @@ impl<'c> Kernel<'_, 'c> {
                 )?;
                 let map = b.base_address(blk, env.arg(&KernelParam::TensorMap(load.role))?)?;
                 let map = b.cast(blk, "arith.index_cast", map, b.int(64))?;
-                asm(self, blk, "prefetch.tensormap [$0];", "l", &[map], None)?;
+                asm(b, blk, "prefetch.tensormap [$0];", "l", &[map], None)?;
             }
             asm(
-                self,
+                b,
                 blk,
                 "fence.mbarrier_init.release.cluster;\n\tfence.proxy.async.shared::cta;",
                 "~{memory}",
@@ -168,7 +183,7 @@ impl<'c> Kernel<'_, 'c> {
             let bar = self.smem_address(blk, env, u64::from(load.barrier))?;
             let bytes = b.ci32(blk, (tile.rows * tile.cols * 2) as i64)?;
             asm(
-                self,
+                b,
                 blk,
                 "mbarrier.arrive.expect_tx.shared::cta.b64 _, [$0], $1;",
                 "r,r,~{memory}",
@@ -189,7 +204,7 @@ impl<'c> Kernel<'_, 'c> {
                 let shift = b.ci(blk, (block * TENSOR_MAP_BOX_COLUMNS) as i64)?;
                 let col = i32(b.addi(blk, col0, shift)?)?;
                 asm(
-                    self,
+                    b,
                     blk,
                     "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [$0], [$1, {$2, $3, $4}], [$5];",
                     "r,l,r,r,r,r,~{memory}",
@@ -219,7 +234,7 @@ impl<'c> Kernel<'_, 'c> {
         {
             let bar = self.smem_address(&before, env, u64::from(load.barrier))?;
             let done = asm(
-                self,
+                b,
                 &before,
                 "{\n\t.reg .pred p;\n\tmbarrier.try_wait.parity.shared::cta.b64 p, [$1], $2;\n\tselp.u32 $0, 1, 0, p;\n\t}",
                 "=r,r,r,~{memory}",
@@ -303,28 +318,17 @@ impl<'c> Kernel<'_, 'c> {
     }
 }
 
-/// An `llvm.inline_asm` with side effects: PTX `text` over `operands`, returning one value of
-/// `result` when given.
+/// An `llvm.inline_asm` with side effects ([`Builder::inline_asm`]): PTX `text` over
+/// `operands`, returning one value of `result` when given.
 fn asm<'c, 'a>(
-    k: &Kernel<'_, 'c>,
+    b: &Builder<'c>,
     blk: &'a Block<'c>,
     text: &str,
     constraints: &str,
     operands: &[Value<'c, '_>],
     result: Option<Type<'c>>,
 ) -> R<Option<Value<'c, 'a>>> {
-    let b = &k.b;
-    let op = b
-        .op("llvm.inline_asm")
-        .add_attributes(&[
-            b.named("asm_string", StringAttribute::new(b.ctx, text).into()),
-            b.named(
-                "constraints",
-                StringAttribute::new(b.ctx, constraints).into(),
-            ),
-            b.named("has_side_effects", Attribute::unit(b.ctx)),
-        ])
-        .add_operands(operands);
+    let op = b.inline_asm(text, constraints, true).add_operands(operands);
     match result {
         Some(ty) => Ok(Some(b.push(blk, op.add_results(&[ty]))?)),
         None => b.push0(blk, op).map(|()| None),
